@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Sets up (ci/setup-debian.sh) and runs the example suite in examples/ (the main job).  Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash ci/setup-debian.sh
+exec .venv/bin/python -m pytest examples -p no:cacheprovider --udpsend-require-privileges "$@"

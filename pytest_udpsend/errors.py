@@ -1,0 +1,37 @@
+"""Errors that name their cause and the fix in one sentence.
+
+Every error a user can provoke (bad marker argument, unknown sysctl, missing
+privilege, missing kernel feature) is one of these; the plugin turns them into a
+collection error, a skip or a test failure with that sentence, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class UdpsendError(Exception):
+    """Base class: the message is the whole story (cause and fix)."""
+
+
+class ConfigError(UdpsendError):
+    """A marker, option or fixture argument is invalid."""
+
+
+class SysctlError(UdpsendError):
+    """A sysctl could not be read or written (unknown, refused, read-only)."""
+
+
+class PrivilegeError(UdpsendError):
+    """The host lacks a privilege or kernel feature the test needs."""
+
+
+class CommandError(UdpsendError):
+    """A helper process failed; carries its exit code and output."""
+
+    def __init__(self, argv: list[str], returncode: int, stdout: str, stderr: str) -> None:
+        self.argv = argv
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(
+            f"{argv[0]} exited with {returncode}\n--- stdout ---\n{stdout[-2000:]}\n--- stderr ---\n{stderr[-2000:]}"
+        )

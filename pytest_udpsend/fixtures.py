@@ -1,0 +1,128 @@
+"""The public fixtures (names in SPEC.md).  Each is small and builds on ``_udpsend_ctx``.
+
+Every change a fixture makes is pushed on the test's one undo stack right after
+it is made, so teardown undoes everything last-in-first-out, also when set-up
+failed half way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import pytest
+
+from . import load, netns
+from .markers import SCENARIO_KEY, Scenario
+from .session import TestContext, UdpsendSession
+from .sysctl import Sysctls
+from .topology import Topology, build, make_namespace
+
+SESSION_KEY = pytest.StashKey[UdpsendSession]()
+
+
+def udpsend_session(config: pytest.Config) -> UdpsendSession:
+    return config.stash[SESSION_KEY]
+
+
+def scenario(request: pytest.FixtureRequest) -> Scenario:
+    node = request.node
+    return node.stash.get(SCENARIO_KEY, None) or Scenario()
+
+
+@pytest.fixture
+def _udpsend_ctx(request: pytest.FixtureRequest) -> Iterator[TestContext]:
+    """Function scope.  Checks privileges (skip, or fail under --udpsend-require-privileges),
+    then yields the test's undo stack; flushes it at teardown."""
+    session = udpsend_session(request.config)
+    if session.privilege_problem:
+        if session.options.require_privileges:
+            pytest.fail(session.privilege_problem, pytrace=False)
+        pytest.skip(session.privilege_problem)
+    ctx = TestContext(session, marked_sysctls=scenario(request).sysctls)
+    session.active.append(ctx)
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+def _register(ctx: TestContext, ns: netns.Namespace) -> None:
+    ctx.session.namespaces[ns.name] = ns
+    ctx.undo.push(f"forget {ns.name}", lambda: ctx.session.namespaces.pop(ns.name, None))
+
+
+@pytest.fixture
+def netns(_udpsend_ctx: TestContext) -> Callable[[str], netns.Namespace]:
+    """Function scope.  Factory: ``netns("hint") -> Namespace`` with lo up; all removed at teardown.
+
+    Example::
+
+        def test_two(netns):
+            a = netns("client")
+            assert a.name in subprocess.check_output(["ip", "netns"], text=True)
+    """
+
+    def make(hint: str = "ns") -> netns.Namespace:
+        ns = make_namespace(hint, _udpsend_ctx.undo)
+        _register(_udpsend_ctx, ns)
+        return ns
+
+    return make
+
+
+@pytest.fixture
+def veth(request: pytest.FixtureRequest, _udpsend_ctx: TestContext) -> Topology:
+    """Function scope.  Sender and receiver namespaces joined by a veth pair, shaped by the
+    ``topology`` marker; per-netns knobs of the ``sysctl`` marker are applied in both.
+
+    Example::
+
+        @pytest.mark.topology(rps_cpus=[1])
+        def test_pair(veth):
+            assert veth.sender.addr != veth.receiver.addr
+    """
+    ctx = _udpsend_ctx
+    spec = scenario(request).topology
+    topo = build(spec, ctx.undo, ctx.session.subnets, hint=request.node.name)
+    for end in (topo.sender, topo.receiver):
+        _register(ctx, end.ns)
+    ctx.topology = topo
+    ctx.apply_marked_to(topo)
+    return topo
+
+
+@pytest.fixture
+def sysctl(request: pytest.FixtureRequest, _udpsend_ctx: TestContext) -> Sysctls:
+    """Function scope.  ``sysctl.set(name, value, netns=None)`` / ``sysctl.get(name, netns=None)``;
+    applies the ``sysctl`` marker first; every change restored at teardown (globals journaled).
+
+    Example::
+
+        def test_budget(sysctl):
+            sysctl.set("net.core.netdev_budget", 8)
+    """
+    ctx = _udpsend_ctx
+    if ctx.per_netns_marked() and ctx.topology is None:
+        request.getfixturevalue("veth")  # builds the pair and applies the per-netns knobs
+    return ctx.sysctls
+
+
+@pytest.fixture
+def cpu_pressure(request: pytest.FixtureRequest, _udpsend_ctx: TestContext) -> Callable[..., contextlib.AbstractContextManager[list[int]]]:
+    """Function scope.  ``with cpu_pressure(cpus=[1], workers=2): ...`` runs pinned CPU hogs inside
+    the block (a measurement: takes the host lock); stopped on exit and at teardown.
+
+    Example::
+
+        def test_busy(cpu_pressure, udp_sender):
+            with cpu_pressure(cpus=[1], workers=2):
+                result = udp_sender.run(duration=1)
+    """
+
+    def start(cpus: object = (1,), workers: object = 2, **kw: object) -> contextlib.AbstractContextManager[list[int]]:
+        spec = load.make_spec(cpus, workers, **kw)
+        _udpsend_ctx.exclusive()
+        return load.pressure(spec)
+
+    return start

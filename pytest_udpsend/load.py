@@ -1,0 +1,173 @@
+"""CPU hogs pinned to chosen CPUs: the "busy receiving CPU" of the EAGAIN story.
+
+Each hog is a child process that pins itself, optionally renices or changes its
+scheduling policy, writes one byte to say it spins, and then spins.  The parent
+waits for every byte (a readiness handshake with a deadline, never a sleep), and
+the kernel kills the hogs if this process dies (PR_SET_PDEATHSIG), so a SIGKILLed
+session does not leave them burning CPU.  With ``cpu_max`` the hogs run in a
+cgroup v2 of their own whose ``cpu.max`` caps them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .errors import ConfigError, PrivilegeError
+from .host import owner_tag, tag_alive
+
+PR_SET_PDEATHSIG = 1
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_PREFIX = "pytest-udpsend-"
+_POLICIES = {"other": 0, "batch": 3, "idle": 5}
+_HOG = "import os,sys\nos.write(1,b'r')\nwhile True:\n    pass\n"
+
+
+@dataclass(frozen=True)
+class PressureSpec:
+    """Validated ``cpu_pressure`` arguments."""
+
+    cpus: tuple[int, ...] = (1,)
+    workers: int = 2
+    nice: int = 0
+    policy: str = "other"
+    cpu_max: float | None = None  # fraction of one CPU per hog group, e.g. 0.5
+
+    def describe(self) -> str:
+        extra = "" if self.policy == "other" else f" policy={self.policy}"
+        extra += f" nice={self.nice}" if self.nice else ""
+        extra += f" cpu.max={self.cpu_max:.2f}" if self.cpu_max is not None else ""
+        return f"{self.workers} hog(s) on CPU {list(self.cpus)}{extra}"
+
+
+def make_spec(cpus: object = (1,), workers: object = 2, nice: object = 0, policy: object = "other",
+              cpu_max: object = None) -> PressureSpec:  # fmt: skip
+    cpu_list = [cpus] if isinstance(cpus, int) and not isinstance(cpus, bool) else cpus
+    if not isinstance(cpu_list, (list, tuple)) or not cpu_list or not all(isinstance(c, int) for c in cpu_list):
+        raise ConfigError(f"cpus={cpus!r}: give a list of CPU numbers such as [1]")
+    online = os.sched_getaffinity(0)
+    if set(cpu_list) - online:
+        raise ConfigError(f"cpus={cpus!r}: CPU(s) {sorted(set(cpu_list) - online)} are not available (have {sorted(online)})")
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
+        raise ConfigError(f"workers={workers!r}: must be an integer from 1 to 64")
+    if not isinstance(nice, int) or not -20 <= nice <= 19:
+        raise ConfigError(f"nice={nice!r}: must be an integer from -20 to 19")
+    if policy not in _POLICIES:
+        raise ConfigError(f"policy={policy!r}: accepted: {', '.join(_POLICIES)}")
+    if cpu_max is not None and (not isinstance(cpu_max, (int, float)) or not 0.01 <= cpu_max <= len(cpu_list)):
+        raise ConfigError(f"cpu_max={cpu_max!r}: a fraction of CPU time from 0.01 to {len(cpu_list)} (number of CPUs)")
+    return PressureSpec(tuple(cpu_list), workers, nice, str(policy), None if cpu_max is None else float(cpu_max))
+
+
+def _child_setup(cpu: int, nice: int, policy: int) -> None:
+    """Runs in the child between fork and exec: die with the parent, pin, renice."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    os.sched_setaffinity(0, {cpu})
+    if policy:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    if nice:
+        os.nice(nice)
+
+
+class Cgroup:
+    """A cgroup v2 directory of ours with a cpu.max limit."""
+
+    def __init__(self, fraction: float) -> None:
+        if not (CGROUP_ROOT / "cgroup.controllers").exists():
+            raise PrivilegeError("cpu_max needs cgroup v2 mounted at /sys/fs/cgroup: mount it or drop cpu_max.")
+        if "cpu" not in (CGROUP_ROOT / "cgroup.subtree_control").read_text().split():
+            raise PrivilegeError(
+                "cpu_max needs the cgroup v2 cpu controller enabled at /sys/fs/cgroup "
+                "(echo +cpu > /sys/fs/cgroup/cgroup.subtree_control), or drop cpu_max."
+            )
+        self.path = CGROUP_ROOT / f"{CGROUP_PREFIX}{owner_tag()}-{time.monotonic_ns()}"
+        self.path.mkdir()
+        period = 100_000
+        (self.path / "cpu.max").write_text(f"{int(fraction * period)} {period}")
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def remove(self) -> None:
+        remove_cgroup(self.path)
+
+
+def remove_cgroup(path: Path) -> None:
+    procs = (path / "cgroup.procs").read_text().split() if path.exists() else []
+    for pid in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while path.exists():
+        try:
+            path.rmdir()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def reap_cgroups() -> list[str]:
+    """Remove hog cgroups left by dead owners."""
+    reaped = []
+    for path in CGROUP_ROOT.glob(f"{CGROUP_PREFIX}*"):
+        tag = path.name[len(CGROUP_PREFIX) :].rsplit("-", 1)[0]
+        if not tag_alive(tag):
+            remove_cgroup(path)
+            reaped.append(path.name)
+    return reaped
+
+
+def _wait_ready(procs: list[subprocess.Popen[bytes]], deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    waiting = {p.stdout.fileno(): p for p in procs if p.stdout}
+    while waiting:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{len(waiting)} CPU hog(s) did not report ready within {deadline_s:.0f} s")
+        ready, _, _ = select.select(list(waiting), [], [], left)
+        for fd in ready:
+            proc = waiting.pop(fd)
+            if os.read(fd, 1) != b"r":
+                raise RuntimeError(f"CPU hog {proc.pid} exited before it started spinning (code {proc.poll()})")
+
+
+@contextlib.contextmanager
+def pressure(spec: PressureSpec) -> Iterator[list[int]]:
+    """Run ``spec.workers`` hogs on each CPU of ``spec.cpus``; yield their pids; always stop them."""
+    procs: list[subprocess.Popen[bytes]] = []
+    group = Cgroup(spec.cpu_max) if spec.cpu_max is not None else None
+    try:
+        for cpu in spec.cpus:
+            for _ in range(spec.workers):
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-S", "-c", _HOG],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        preexec_fn=lambda cpu=cpu: _child_setup(cpu, spec.nice, _POLICIES[spec.policy]),
+                    )
+                )
+                if group:
+                    group.add(procs[-1].pid)
+        _wait_ready(procs, 10.0)
+        yield [p.pid for p in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+        if group:
+            group.remove()

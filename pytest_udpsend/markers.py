@@ -1,0 +1,139 @@
+"""Marker definitions and their validation into a Scenario, at collection time.
+
+A bad argument becomes a collection error naming the marker, the argument and
+what is accepted, before any namespace is built.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pytest
+
+from . import assertions, load, params, sysctl, topology
+from .errors import ConfigError
+
+MARKERS = {
+    "topology": "topology(rps_cpus=None, qdisc=None, gro=False, threaded_napi=False, mtu=1500, ipv6=False): "
+    "shape the veth pair of the `veth` fixture",
+    "sysctl": 'sysctl({"net.core.netdev_budget": 8, ...}): sysctls set for the test and restored after it '
+    "(global knobs in the initial netns, per-netns knobs in both veth namespaces)",
+    "cpu_pressure": "cpu_pressure(cpus=[1], workers=2, nice=0, policy='other', cpu_max=None): CPU hogs during the run",
+    "udpsend": "udpsend(duration=2.0, payload=1400, sndbuf=None, force_sndbuf=False, rate=None, cpu=None, ipv6=False): "
+    "the send run that `udpsend_result` performs",
+    "eagain_rate": "eagain_rate(max=None, min=None): bound on the fraction of send attempts that got EAGAIN",
+    "time_squeeze": "time_squeeze(max=None, min=None): bound on time_squeeze increments during the run, all CPUs",
+    "wfree_latency": "wfree_latency(p50_us=None, p99_us=None, max_us=None, backend='any'): bounds on "
+    "charge-to-sock_wfree latency; backend='bpf' demands the exact eBPF measurement",
+    "udpsend_baseline": "udpsend_baseline(tolerance=None, metrics=None): per-test baseline comparison settings",
+}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    tolerance: float | None = None
+    metrics: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything the markers of one test ask for."""
+
+    topology: topology.TopologySpec = field(default_factory=topology.TopologySpec)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    pressure: load.PressureSpec | None = None
+    params: params.SendParams = field(default_factory=params.SendParams)
+    bounds: assertions.Bounds = field(default_factory=assertions.Bounds)
+    baseline: Baseline = field(default_factory=Baseline)
+    has_udpsend_marker: bool = False
+
+
+SCENARIO_KEY = pytest.StashKey[Scenario]()
+
+
+def _call(marker: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call a spec builder with the marker's arguments; a TypeError or ConfigError names the marker."""
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as exc:
+        names = [p for p in inspect.signature(fn).parameters if not p.startswith("_")]
+        raise ConfigError(f"@pytest.mark.{marker}: {exc}; accepted arguments: {', '.join(names)}") from None
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"@pytest.mark.{marker}: {exc}") from None
+
+
+def _sysctl_dict(values: Any) -> dict[str, str]:
+    if not isinstance(values, dict) or not values:
+        raise ConfigError(f"expects one dict of dotted names to values, e.g. {{'net.core.netdev_budget': 8}}, got {values!r}")
+    out = {}
+    for name, value in values.items():
+        try:
+            path = sysctl.sysctl_path(str(name))
+            out[str(name)] = sysctl.format_value(value)
+        except Exception as exc:
+            raise ConfigError(str(exc)) from None
+        if not path.exists():
+            raise ConfigError(f"unknown sysctl {name}: no {path} on this kernel; check the name with 'sysctl -a'")
+    return out
+
+
+def _baseline(tolerance: Any = None, metrics: Any = None) -> Baseline:
+    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0):
+        raise ConfigError(f"tolerance={tolerance!r}: a non-negative fraction such as 0.2")
+    if metrics is not None and (not isinstance(metrics, (list, tuple)) or not all(isinstance(m, str) for m in metrics)):
+        raise ConfigError(f"metrics={metrics!r}: a list of metric names such as ['eagain_rate']")
+    return Baseline(None if tolerance is None else float(tolerance), None if metrics is None else tuple(metrics))
+
+
+def scenario_for(item: pytest.Item) -> Scenario:
+    """Validate every udpsend marker on ``item`` into a Scenario (ConfigError on the first bad one)."""
+
+    def one(name: str) -> pytest.Mark | None:
+        return item.get_closest_marker(name)
+
+    kw: dict[str, Any] = {}
+    if m := one("topology"):
+        kw["topology"] = _call("topology", topology.make_spec, m.args, m.kwargs)
+    if m := one("sysctl"):
+        kw["sysctls"] = _call("sysctl", _sysctl_dict, m.args, m.kwargs)
+    if m := one("cpu_pressure"):
+        kw["pressure"] = _call("cpu_pressure", load.make_spec, m.args, m.kwargs)
+    if m := one("udpsend"):
+        if m.args:
+            raise ConfigError("@pytest.mark.udpsend: takes keyword arguments only, e.g. udpsend(duration=1.0)")
+        kw["params"] = _call("udpsend", params.make_params, (), m.kwargs)
+        kw["has_udpsend_marker"] = True
+    if m := one("udpsend_baseline"):
+        kw["baseline"] = _call("udpsend_baseline", _baseline, m.args, m.kwargs)
+    bounds: list[assertions.Bound] = []
+    backend = "any"
+    for name, metric in (("eagain_rate", "eagain_rate"), ("time_squeeze", "time_squeeze")):
+        if m := one(name):
+            bounds.append(_call(name, lambda max=None, min=None, _n=name, _m=metric: assertions.min_max(_n, _m, max, min),
+                                m.args, m.kwargs))  # fmt: skip
+    if m := one("wfree_latency"):
+        wb, backend = _call("wfree_latency", assertions.wfree_bounds, m.args, m.kwargs)
+        bounds.extend(wb)
+    kw["bounds"] = assertions.Bounds(tuple(bounds), backend)
+    return Scenario(**kw)
+
+
+def validate_collected(report: pytest.CollectReport) -> None:
+    """Turn a collect report with invalid markers into a failed one (a collection error)."""
+    if report.outcome != "passed":
+        return
+    errors = []
+    for node in report.result:
+        if isinstance(node, pytest.Item):
+            try:
+                node.stash[SCENARIO_KEY] = scenario_for(node)
+            except ConfigError as exc:
+                errors.append(f"{node.nodeid}: {exc}")
+    if errors:
+        report.outcome = "failed"
+        report.longrepr = "\n".join(errors)
+        report.result = []

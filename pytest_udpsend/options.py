@@ -1,0 +1,51 @@
+"""Command-line options, defined once for pytest and for the ``udpsend`` command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Opt:
+    flag: str
+    help: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+BACKEND = Opt(
+    "--udpsend-backend",
+    "how sock_wfree timing is measured: auto (bpf where eBPF tracing works, else timestamp), "
+    "bpf (exact, eBPF kprobes; fails where unavailable), timestamp (receiver-timestamp estimate)",
+    {"choices": ["auto", "bpf", "timestamp"], "default": "auto"},
+)
+REPEAT = Opt("--udpsend-repeat", "run each measuring scenario N times and keep every sample (default 1)",
+             {"type": int, "default": 1, "metavar": "N"})  # fmt: skip
+JSON = Opt("--udpsend-json", "write every test's SendResult(s) and the environment to PATH", {"metavar": "PATH"})
+BASELINE = Opt(
+    "--udpsend-baseline",
+    "compare with a saved --udpsend-json file; a significant regression beyond the tolerance fails the test",
+    {"metavar": "PATH"},
+)
+KERNEL = Opt("--udpsend-kernel", "run the selected tests in a VM booted with this kernel image (virtme-ng)",
+             {"metavar": "PATH"})  # fmt: skip
+HTML = Opt("--udpsend-html", "write a self-contained HTML report with plots to PATH", {"metavar": "PATH"})
+PCAP = Opt("--udpsend-pcap", "keep a bounded capture of each failing measuring test's traffic in DIR", {"metavar": "DIR"})
+REQUIRE = Opt(
+    "--udpsend-require-privileges",
+    "fail, instead of skip, where root, netns or a needed kernel feature is missing",
+    {"action": "store_true", "default": False},
+)
+
+PYTEST_OPTIONS = [BACKEND, REPEAT, JSON, BASELINE, KERNEL, HTML, PCAP, REQUIRE]
+
+
+def add_options(addoption: Callable[..., Any], opts: list[Opt], prefix: str = "--udpsend-") -> None:
+    """Register ``opts`` with an argparse-like ``addoption``; ``prefix`` is dropped for the CLI."""
+    for opt in opts:
+        flag = "--" + opt.flag[len(prefix) :] if prefix != "--udpsend-" else opt.flag
+        addoption(flag, dest=opt.dest, help=opt.help, **opt.kwargs)

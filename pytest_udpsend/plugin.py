@@ -1,0 +1,61 @@
+"""pytest wiring only: options, markers, the session object, hooks that delegate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from . import markers, reporting
+from .fixtures import SESSION_KEY
+from .options import PYTEST_OPTIONS, add_options
+from .session import SessionOptions, UdpsendSession
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("udpsend", "UDP send-path regression tests (pytest-udpsend)")
+    add_options(group.addoption, PYTEST_OPTIONS)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in markers.MARKERS.values():
+        config.addinivalue_line("markers", line)
+    opts = SessionOptions(
+        backend=config.getoption("udpsend_backend"),
+        repeat=config.getoption("udpsend_repeat"),
+        json_path=config.getoption("udpsend_json"),
+        baseline_path=config.getoption("udpsend_baseline"),
+        html_path=config.getoption("udpsend_html"),
+        pcap_dir=config.getoption("udpsend_pcap"),
+        require_privileges=config.getoption("udpsend_require_privileges"),
+    )
+    if opts.repeat < 1:
+        raise pytest.UsageError(f"--udpsend-repeat {opts.repeat}: must be 1 or more")
+    session = UdpsendSession(opts)
+    config.stash[SESSION_KEY] = session
+    if not hasattr(config, "workerinput"):  # xdist workers leave reaping to the controller
+        session.reap()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        session.abandon_active()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return reporting.header(config.stash[SESSION_KEY])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    report = yield
+    markers.validate_collected(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    reporting.shorten_own_errors(report, call)
+    return report

@@ -1,0 +1,27 @@
+"""What the terminal shows: the header line and one-sentence errors."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from .errors import UdpsendError
+from .session import UdpsendSession
+from .undo import UndoFailed
+
+
+def header(session: UdpsendSession) -> list[str]:
+    lines = [f"udpsend: kernel {os.uname().release}, {os.cpu_count()} CPUs"]
+    if session.privilege_problem:
+        lines.append(f"udpsend: namespace tests will be skipped: {session.privilege_problem}")
+    if session.reaped:
+        lines.append(f"udpsend: restored leftovers of dead sessions: {', '.join(session.reaped)}")
+    return lines
+
+
+def shorten_own_errors(report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:
+    """Our errors already say cause and fix: show that sentence, not a traceback."""
+    if call.excinfo is not None and isinstance(call.excinfo.value, (UdpsendError, UndoFailed)):
+        exc = call.excinfo.value
+        report.longrepr = f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,129 @@
+"""The per-session state of the plugin and the per-test context every fixture shares."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import load, netns, privileges
+from .errors import ConfigError
+from .host import FileLock
+from .journal import Journal, restore_orphans
+from .sysctl import Sysctls, SysctlHost
+from .topology import Endpoint, SubnetAllocator, Topology
+from .undo import UndoStack
+
+log = logging.getLogger("pytest_udpsend")
+
+
+def worker_index() -> int:
+    """xdist worker number (gw3 -> 3), 0 without xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    digits = "".join(ch for ch in worker if ch.isdigit())
+    return int(digits or 0)
+
+
+@dataclass
+class SessionOptions:
+    backend: str = "auto"
+    repeat: int = 1
+    json_path: str | None = None
+    baseline_path: str | None = None
+    html_path: str | None = None
+    pcap_dir: str | None = None
+    require_privileges: bool = False
+
+
+class UdpsendSession:
+    """Created once per pytest process; fixtures and hooks reach it through config.stash."""
+
+    def __init__(self, options: SessionOptions) -> None:
+        self.options = options
+        self.journal = Journal()
+        self.sysctl_host = SysctlHost(self.journal)
+        self.subnets = SubnetAllocator(worker_index())
+        # One lock for global sysctl changes and measurements: both disturb every other
+        # measurement on the host, and a single lock cannot deadlock against itself.
+        self.host_lock = FileLock("host")
+        self.namespaces: dict[str, netns.Namespace] = {}
+        self.active: list[TestContext] = []
+        self.privilege_problem = privileges.missing()
+        self.reaped: list[str] = []
+        self.results: list[dict[str, Any]] = []
+
+    def reap(self) -> None:
+        """Undo what dead sessions left: journaled sysctls, namespaces, hog cgroups."""
+        if self.privilege_problem:
+            return
+        with self.host_lock:
+            self.reaped += restore_orphans(lambda name, value: self.sysctl_host.write(name, value))
+        self.reaped += netns.reap_orphans()
+        self.reaped += load.reap_cgroups()
+        if self.reaped:
+            log.warning("pytest-udpsend restored leftovers of dead sessions: %s", ", ".join(self.reaped))
+
+    def abandon_active(self) -> None:
+        """Safety net at exit (Ctrl-C, internal error): flush contexts whose teardown never ran."""
+        while self.active:
+            self.active.pop().close()
+
+
+@dataclass
+class TestContext:
+    """Shared by every fixture of one test: one undo stack, run LIFO at teardown."""
+
+    session: UdpsendSession
+    undo: UndoStack = field(default_factory=UndoStack)
+    marked_sysctls: dict[str, str] = field(default_factory=dict)
+    topology: Topology | None = None
+    _sysctls: Sysctls | None = None
+
+    @property
+    def sysctls(self) -> Sysctls:
+        """The test's Sysctls; made on first use, applying the marker's global knobs."""
+        if self._sysctls is None:
+            self._sysctls = Sysctls(self.session.sysctl_host, self.undo, self.resolve, self.exclusive)
+            for name, value in self.marked_sysctls.items():
+                if self.session.sysctl_host.scope(name) == "global":
+                    self._sysctls.set(name, value)
+        return self._sysctls
+
+    def per_netns_marked(self) -> dict[str, str]:
+        host = self.session.sysctl_host
+        return {k: v for k, v in self.marked_sysctls.items() if host.scope(k) == "netns"}
+
+    def apply_marked_to(self, topo: Topology) -> None:
+        """The marker's knobs: globals once, per-namespace ones in both namespaces of the pair."""
+        if not self.marked_sysctls:
+            return
+        sysctls = self.sysctls
+        for name, value in self.per_netns_marked().items():
+            for end in (topo.sender, topo.receiver):
+                sysctls.set(name, value, netns=end)
+
+    def exclusive(self) -> None:
+        """Take the host lock until this test's teardown (re-entrant)."""
+        lock = self.session.host_lock
+        if not lock.held:
+            lock.acquire()
+            self.undo.push("release host lock", lock.release)
+
+    def resolve(self, target: object) -> netns.Namespace:
+        """A Namespace, an endpoint, or the name of a namespace this session made."""
+        if isinstance(target, netns.Namespace):
+            return target
+        if isinstance(target, Endpoint):
+            return target.ns
+        if isinstance(target, str) and target in self.session.namespaces:
+            return self.session.namespaces[target]
+        raise ConfigError(
+            f"netns={target!r} is not a namespace this session made: pass a Namespace from the netns "
+            "fixture, veth.sender / veth.receiver, or one of their names."
+        )
+
+    def close(self) -> None:
+        if self in self.session.active:
+            self.session.active.remove(self)
+        self.undo.flush()
