@@ -86,6 +86,24 @@ def check(bounds: Bounds, result: Mapping[str, Any]) -> list[tuple[Bound, Any, b
     return rows
 
 
+def aggregate(samples: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """With --udpsend-repeat, bounds are checked on the per-metric median of the samples."""
+    if len(samples) == 1:
+        return samples[0]
+
+    def median_at(path: str) -> Any:
+        values = sorted(v for v in (lookup(s, path) for s in samples) if isinstance(v, (int, float)))
+        return values[len(values) // 2] if values else None
+
+    merged: dict[str, Any] = dict(samples[-1])
+    for metric in ("eagain_rate", "time_squeeze", "pps"):
+        merged[metric] = median_at(metric)
+    merged["wfree"] = dict(samples[-1].get("wfree") or {})
+    for key in ("p50_us", "p90_us", "p99_us", "max_us", "count"):
+        merged["wfree"][key] = median_at(f"wfree.{key}")
+    return merged
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

@@ -1,24 +1,191 @@
-"""The ``udpsend`` command."""
+"""The ``udpsend`` command: doctor, run, compare, report.
+
+Options that also exist for pytest (--backend, --json, --repeat, ...) come from
+``options.py``, so both share one definition and one help text.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+import time
+from typing import Any, Callable, NoReturn
+
+from . import load, options, topology
+from .errors import UdpsendError
+from .params import make_params
+from .undo import UndoFailed
+
+
+def _sysctl_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"{text!r}: use NAME=VALUE, e.g. net.core.netdev_budget=8")
+    return name.strip(), value.strip()
+
+
+def _cpu_list(text: str) -> list[int]:
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of CPU numbers, e.g. 1 or 0,1") from None
+
+
+def _pressure(text: str) -> tuple[list[int], int]:
+    cpus, _, workers = text.partition(":")
+    try:
+        return _cpu_list(cpus), int(workers or 2)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: CPUS[:WORKERS], e.g. 1:2") from None
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The scenario, as the markers would describe it."""
+    g = p.add_argument_group("topology (the topology marker)")
+    g.add_argument("--rps-cpus", type=_cpu_list, metavar="CPUS", help="RPS mask of the receiver veth, e.g. 1")
+    g.add_argument("--qdisc", help='root qdisc of the sender veth, e.g. "tbf rate 200mbit burst 32kb latency 50ms"')
+    g.add_argument("--gro", action="store_true", help="GRO (veth NAPI) on the receiver veth")
+    g.add_argument("--threaded-napi", action="store_true", help="threaded NAPI on the receiver veth (needs --gro)")
+    g.add_argument("--mtu", type=int, default=1500)
+    g = p.add_argument_group("host (the sysctl and cpu_pressure markers)")
+    g.add_argument("--sysctl", type=_sysctl_pair, action="append", default=[], metavar="NAME=VALUE",
+                   help="a sysctl for the run (repeatable); restored afterwards")  # fmt: skip
+    g.add_argument("--cpu-pressure", type=_pressure, metavar="CPUS[:WORKERS]", help="CPU hogs during the run, e.g. 1:2")
+    g = p.add_argument_group("sender (the udpsend marker)")
+    g.add_argument("--duration", type=float, default=2.0, help="seconds (default 2.0)")
+    g.add_argument("--payload", type=int, default=1400, help="bytes per datagram (default 1400)")
+    g.add_argument("--sndbuf", type=int, help="SO_SNDBUF to request (default: the kernel's)")
+    g.add_argument("--force-sndbuf", action="store_true", help="use SO_SNDBUFFORCE (not clamped by wmem_max)")
+    g.add_argument("--rate", type=float, help="packets/s (default: as fast as possible)")
+    g.add_argument("--cpu", type=int, help="CPU to pin the sender to")
+    g.add_argument("--receiver-cpu", type=int, help="CPU to pin the draining receiver to")
+    g.add_argument("--ipv6", action="store_true")
+    g.add_argument("--wfree", action="store_true", help="measure sock_wfree timing with the chosen backend")
+    options.add_options(p.add_argument, [options.BACKEND, options.JSON, options.REPEAT], short=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="udpsend", description="UDP send-path regression tests (pytest-udpsend)")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("doctor", help="what this host can do, each line with the fix")
+    run = sub.add_parser("run", help="run one scenario and print the result table")
+    add_run_options(run)
+    cmp = sub.add_parser("compare", help="the regression table of NEW against BASELINE; exit 1 on regression")
+    cmp.add_argument("baseline", metavar="BASELINE.json")
+    cmp.add_argument("new", metavar="NEW.json")
+    cmp.add_argument("--tolerance", type=float, help="relative change allowed before a significant change is a regression")
+    rep = sub.add_parser("report", help="a self-contained HTML report with plots")
+    rep.add_argument("results", metavar="RESULTS.json")
+    rep.add_argument("--baseline", metavar="BASELINE.json", help="add baseline-versus-new plots")
+    rep.add_argument("-o", "--output", required=True, metavar="report.html")
     return parser
+
+
+class Progress:
+    """A progress line on stderr while a run measures (rewritten in place on a terminal)."""
+
+    def __init__(self, total_s: float) -> None:
+        self.total = total_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        start, tty = time.monotonic(), sys.stderr.isatty()
+        step = 0.2 if tty else 1.0
+        while not self._stop.wait(step):
+            done = min(time.monotonic() - start, self.total)
+            line = f"udpsend: measuring {done:4.1f}/{self.total:.1f} s"
+            sys.stderr.write(("\r" + line) if tty else (line + "\n"))
+            sys.stderr.flush()
+        if tty:
+            sys.stderr.write("\r" + " " * 40 + "\r")
+
+    def __enter__(self) -> "Progress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import store
+    from .sender import UdpSender
+    from .session import SessionOptions, TestContext, UdpsendSession
+    from .sysctl import format_value
+
+    session = UdpsendSession(SessionOptions(backend=args.udpsend_backend, repeat=args.udpsend_repeat))
+    if session.privilege_problem:
+        raise UdpsendError(session.privilege_problem)
+    spec = topology.make_spec(args.rps_cpus, args.qdisc, args.gro, args.threaded_napi, args.mtu, args.ipv6)
+    pressure = load.make_spec(*args.cpu_pressure) if args.cpu_pressure else None
+    params = make_params(duration=args.duration, payload=args.payload, sndbuf=args.sndbuf, force_sndbuf=args.force_sndbuf,
+                         rate=args.rate, cpu=args.cpu, ipv6=args.ipv6, receiver_cpu=args.receiver_cpu)  # fmt: skip
+    session.reap()
+    ctx = TestContext(session, marked_sysctls={k: format_value(v) for k, v in args.sysctl})
+    try:
+        topo = topology.build(spec, ctx.undo, session.subnets, hint="cli")
+        ctx.apply_marked_to(topo)
+        probe: Callable[[], Any] = session.probe if args.wfree else (lambda: None)
+        sender = UdpSender(topo, ctx.sysctls, ctx.exclusive, probe, pressure)
+        samples = []
+        for i in range(args.udpsend_repeat):
+            with Progress(params.duration):
+                samples.append(sender.run(**params.as_dict()))
+            print(("" if i == 0 else "\n") + samples[-1].summary())
+    finally:
+        ctx.close()
+        session.close()
+    if args.udpsend_json:
+        env = store.environment(session.backend_choice()[0])
+        store.write(args.udpsend_json, store.document(env, {"udpsend run": {"outcome": "passed", "samples": [s.to_dict() for s in samples]}}))
+        print(f"saved {args.udpsend_json}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_checks
+
+    return run_checks()
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_files
+
+    return compare_files(args.baseline, args.new, args.tolerance)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    write_report(args.results, args.output, args.baseline)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _terminate(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt  # so that the undo stack runs on SIGTERM as on Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.command:
+    commands = {"run": cmd_run, "doctor": cmd_doctor, "compare": cmd_compare, "report": cmd_report}
+    if args.command not in commands:
         parser.print_help()
-        return 0
-    return 0
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return commands[args.command](args)
+    except (UdpsendError, UndoFailed, ValueError) as exc:
+        print(f"udpsend {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"udpsend {args.command}: interrupted; everything it changed was undone", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,17 +8,23 @@ failed half way.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 import pytest
 
 from . import load, netns
+from .capture import capture_for
+from .errors import PrivilegeError
 from .markers import SCENARIO_KEY, Scenario
+from .probes import WfreeProbe
+from .results import SendResult
+from .sender import UdpSender
 from .session import TestContext, UdpsendSession
 from .sysctl import Sysctls
 from .topology import Topology, build, make_namespace
 
 SESSION_KEY = pytest.StashKey[UdpsendSession]()
+RESULTS_KEY = pytest.StashKey[list[SendResult]]()
 
 
 def udpsend_session(config: pytest.Config) -> UdpsendSession:
@@ -126,3 +132,90 @@ def cpu_pressure(request: pytest.FixtureRequest, _udpsend_ctx: TestContext) -> C
         return load.pressure(spec)
 
     return start
+
+
+def _probe_for(request: pytest.FixtureRequest, ctx: TestContext) -> Callable[[], WfreeProbe | None]:
+    """sock_wfree timing is measured when the test asks: the wfree_probe fixture or wfree_latency."""
+    wanted = "wfree_probe" in request.fixturenames or scenario(request).bounds.wants_wfree
+    if not wanted:
+        return lambda: None
+    return lambda: request.getfixturevalue("wfree_probe")
+
+
+@pytest.fixture(scope="session")
+def wfree_probe(request: pytest.FixtureRequest) -> Iterator[WfreeProbe]:
+    """Session scope.  The sock_wfree timing probe (``.backend`` is "bpf" or "timestamp"),
+    chosen by --udpsend-backend and built once (an eBPF compile costs seconds to minutes).
+
+    Example::
+
+        def test_backend(wfree_probe, udp_sender):
+            r = udp_sender.run(duration=0.5)
+            assert r.wfree["backend"] == wfree_probe.backend
+    """
+    session = udpsend_session(request.config)
+    if session.privilege_problem:
+        _skip_or_fail(session, session.privilege_problem)
+    try:
+        probe = session.probe()
+    except PrivilegeError as exc:
+        _skip_or_fail(session, str(exc))
+    yield probe
+
+
+def _skip_or_fail(session: UdpsendSession, reason: str) -> NoReturn:
+    if session.options.require_privileges:
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def udp_sender(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, veth: Topology) -> UdpSender:
+    """Function scope, bound to ``veth``.  ``udp_sender.run(duration=2.0, payload=1400, sndbuf=None,
+    force_sndbuf=False, rate=None, cpu=None, ipv6=False) -> SendResult``.  A measurement: takes the
+    host lock; the ``cpu_pressure`` marker's hogs run during each run.
+
+    Example::
+
+        @pytest.mark.topology(rps_cpus=[1])
+        def test_rps(udp_sender):
+            assert udp_sender.run(duration=1, cpu=0).sent > 0
+    """
+    ctx = _udpsend_ctx
+    scen = scenario(request)
+    demand = scen.bounds.backend
+    probe = _probe_for(request, ctx)
+    if demand == "bpf":
+        probe = _demand_bpf(request, probe)
+    sender = UdpSender(veth, ctx.sysctls, ctx.exclusive, probe, scen.pressure, capture_for(request, ctx, veth))
+    request.node.stash[RESULTS_KEY] = sender.results
+    return sender
+
+
+def _demand_bpf(request: pytest.FixtureRequest, probe: Callable[[], WfreeProbe | None]) -> Callable[[], WfreeProbe | None]:
+    chosen = probe()
+    if chosen is not None and chosen.backend != "bpf":
+        session = udpsend_session(request.config)
+        _skip_or_fail(session, f"wfree_latency(backend='bpf') demands the exact eBPF measurement, but the backend is "
+                               f"{chosen.backend} ({chosen.reason})")  # fmt: skip
+    return lambda: chosen
+
+
+@pytest.fixture
+def udpsend_result(request: pytest.FixtureRequest, udp_sender: UdpSender) -> SendResult:
+    """Function scope.  Runs the scenario the test's markers describe (``topology``, ``sysctl``,
+    ``cpu_pressure``, ``udpsend``), --udpsend-repeat times, and returns the median sample by
+    EAGAIN rate (every sample is kept for --udpsend-json and the baseline).
+
+    Example::
+
+        @pytest.mark.topology(rps_cpus=[1])
+        @pytest.mark.udpsend(duration=1.0, cpu=0)
+        @pytest.mark.eagain_rate(max=0.5)
+        def test_rps(udpsend_result):
+            assert udpsend_result.sent > 0
+    """
+    params = scenario(request).params.as_dict()
+    repeat = udpsend_session(request.config).options.repeat
+    samples = [udp_sender.run(**params) for _ in range(repeat)]
+    return sorted(samples, key=lambda r: r.eagain_rate)[len(samples) // 2]

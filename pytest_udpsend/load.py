@@ -5,7 +5,7 @@ scheduling policy, writes one byte to say it spins, and then spins.  The parent
 waits for every byte (a readiness handshake with a deadline, never a sleep), and
 the kernel kills the hogs if this process dies (PR_SET_PDEATHSIG), so a SIGKILLed
 session does not leave them burning CPU.  With ``cpu_max`` the hogs run in a
-cgroup v2 of their own whose ``cpu.max`` caps them.
+cgroup of their own whose CPU quota caps them (v2 ``cpu.max``, or v1 CFS quota).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from .errors import ConfigError, PrivilegeError
 from .host import owner_tag, tag_alive
 
 PR_SET_PDEATHSIG = 1
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PREFIX = "pytest-udpsend-"
 _POLICIES = {"other": 0, "batch": 3, "idle": 5}
 _HOG = "import os,sys\nos.write(1,b'r')\nwhile True:\n    pass\n"
@@ -79,21 +78,43 @@ def _child_setup(cpu: int, nice: int, policy: int) -> None:
         os.nice(nice)
 
 
+def _cgroup_mounts() -> dict[str, Path]:
+    """Mount points by type: 'cgroup2', and 'cpu' for a v1 hierarchy with the cpu controller."""
+    found: dict[str, Path] = {}
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _dev, where, fstype, opts = line.split()[:4]
+        if fstype == "cgroup2":
+            controllers = Path(where, "cgroup.controllers")
+            if controllers.exists() and "cpu" in controllers.read_text().split():
+                found.setdefault("cgroup2", Path(where))
+        elif fstype == "cgroup" and "cpu" in opts.split(","):
+            found.setdefault("cpu", Path(where))
+    return found
+
+
 class Cgroup:
-    """A cgroup v2 directory of ours with a cpu.max limit."""
+    """A cgroup of ours capping its members' CPU time (cgroup v2 cpu.max, else v1 CFS quota)."""
+
+    PERIOD_US = 100_000
 
     def __init__(self, fraction: float) -> None:
-        if not (CGROUP_ROOT / "cgroup.controllers").exists():
-            raise PrivilegeError("cpu_max needs cgroup v2 mounted at /sys/fs/cgroup: mount it or drop cpu_max.")
-        if "cpu" not in (CGROUP_ROOT / "cgroup.subtree_control").read_text().split():
+        mounts = _cgroup_mounts()
+        quota = int(fraction * self.PERIOD_US)
+        name = f"{CGROUP_PREFIX}{owner_tag()}-{time.monotonic_ns()}"
+        if "cgroup2" in mounts:
+            self.path = mounts["cgroup2"] / name
+            self.path.mkdir()
+            (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        elif "cpu" in mounts:
+            self.path = mounts["cpu"] / name
+            self.path.mkdir()
+            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
             raise PrivilegeError(
-                "cpu_max needs the cgroup v2 cpu controller enabled at /sys/fs/cgroup "
-                "(echo +cpu > /sys/fs/cgroup/cgroup.subtree_control), or drop cpu_max."
+                "cpu_max needs a cgroup hierarchy with the cpu controller (cgroup v2 with +cpu, or v1 cpu): "
+                "mount one or drop cpu_max."
             )
-        self.path = CGROUP_ROOT / f"{CGROUP_PREFIX}{owner_tag()}-{time.monotonic_ns()}"
-        self.path.mkdir()
-        period = 100_000
-        (self.path / "cpu.max").write_text(f"{int(fraction * period)} {period}")
 
     def add(self, pid: int) -> None:
         (self.path / "cgroup.procs").write_text(str(pid))
@@ -120,11 +141,12 @@ def remove_cgroup(path: Path) -> None:
 def reap_cgroups() -> list[str]:
     """Remove hog cgroups left by dead owners."""
     reaped = []
-    for path in CGROUP_ROOT.glob(f"{CGROUP_PREFIX}*"):
-        tag = path.name[len(CGROUP_PREFIX) :].rsplit("-", 1)[0]
-        if not tag_alive(tag):
-            remove_cgroup(path)
-            reaped.append(path.name)
+    for root in _cgroup_mounts().values():
+        for path in root.glob(f"{CGROUP_PREFIX}*"):
+            tag = path.name[len(CGROUP_PREFIX) :].rsplit("-", 1)[0]
+            if not tag_alive(tag):
+                remove_cgroup(path)
+                reaped.append(path.name)
     return reaped
 
 

@@ -44,8 +44,9 @@ REQUIRE = Opt(
 PYTEST_OPTIONS = [BACKEND, REPEAT, JSON, BASELINE, KERNEL, HTML, PCAP, REQUIRE]
 
 
-def add_options(addoption: Callable[..., Any], opts: list[Opt], prefix: str = "--udpsend-") -> None:
-    """Register ``opts`` with an argparse-like ``addoption``; ``prefix`` is dropped for the CLI."""
+def add_options(addoption: Callable[..., Any], opts: list[Opt], short: bool = False) -> None:
+    """Register ``opts`` with an argparse-like ``addoption``; ``short`` drops the ``--udpsend-``
+    prefix (the ``udpsend`` command's spelling: ``--json`` for ``--udpsend-json``)."""
     for opt in opts:
-        flag = "--" + opt.flag[len(prefix) :] if prefix != "--udpsend-" else opt.flag
+        flag = "--" + opt.flag.removeprefix("--udpsend-") if short else opt.flag
         addoption(flag, dest=opt.dest, help=opt.help, **opt.kwargs)

@@ -18,6 +18,7 @@ class SendParams:
     rate: float | None = None
     cpu: int | None = None
     ipv6: bool = False
+    receiver_cpu: int | None = None  # beyond SPEC: pin the draining receiver (the busy application CPU)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,10 +44,11 @@ def make_params(**kwargs: Any) -> SendParams:
         _number("sndbuf", params.sndbuf, 1024, 1 << 30, integer=True)
     if params.rate is not None:
         _number("rate", params.rate, 1, 50_000_000)
-    if params.cpu is not None:
-        online = sorted(os.sched_getaffinity(0))
-        if params.cpu not in online:
-            raise ConfigError(f"cpu={params.cpu!r}: not an available CPU (have {online})")
+    online = sorted(os.sched_getaffinity(0))
+    for key in ("cpu", "receiver_cpu"):
+        value = getattr(params, key)
+        if value is not None and (isinstance(value, bool) or value not in online):
+            raise ConfigError(f"{key}={value!r}: not an available CPU (have {online})")
     for key in ("force_sndbuf", "ipv6"):
         if not isinstance(getattr(params, key), bool):
             raise ConfigError(f"{key}={getattr(params, key)!r}: must be True or False")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from . import markers, reporting
+from . import capture, collect, markers, reporting, verdicts
 from .fixtures import SESSION_KEY
 from .options import PYTEST_OPTIONS, add_options
 from .session import SessionOptions, UdpsendSession
@@ -33,6 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--udpsend-repeat {opts.repeat}: must be 1 or more")
     session = UdpsendSession(opts)
     config.stash[SESSION_KEY] = session
+    config.pluginmanager.register(collect.Collector(session), "udpsend-collector")
     if not hasattr(config, "workerinput"):  # xdist workers leave reaping to the controller
         session.reap()
 
@@ -40,7 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
-        session.abandon_active()
+        session.close()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -55,7 +56,20 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Any:
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    result = yield  # the test body raised: that failure stands, bounds are not checked
+    verdicts.check_item(item)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     reporting.shorten_own_errors(report, call)
+    capture.keep_or_discard(item, report)
+    collect.attach(item, report)
     return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    collect.finish(session.config.stash[SESSION_KEY], hasattr(session.config, "workerinput"))

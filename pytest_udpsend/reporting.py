@@ -13,6 +13,8 @@ from .undo import UndoFailed
 
 def header(session: UdpsendSession) -> list[str]:
     lines = [f"udpsend: kernel {os.uname().release}, {os.cpu_count()} CPUs"]
+    backend, why = session.backend_choice()
+    lines.append(f"udpsend: sock_wfree timing backend: {backend} ({why})")
     if session.privilege_problem:
         lines.append(f"udpsend: namespace tests will be skipped: {session.privilege_problem}")
     if session.reaped:

@@ -7,10 +7,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import load, netns, privileges
-from .errors import ConfigError
+from . import load, netns, privileges, probes
+from .errors import ConfigError, PrivilegeError
 from .host import FileLock
 from .journal import Journal, restore_orphans
+from .probes import WfreeProbe
 from .sysctl import Sysctls, SysctlHost
 from .topology import Endpoint, SubnetAllocator, Topology
 from .undo import UndoStack
@@ -51,7 +52,28 @@ class UdpsendSession:
         self.active: list[TestContext] = []
         self.privilege_problem = privileges.missing()
         self.reaped: list[str] = []
-        self.results: list[dict[str, Any]] = []
+        self.tests: dict[str, dict[str, Any]] = {}  # nodeid -> outcome and samples
+        self._probe: WfreeProbe | None = None
+
+    def probe(self) -> WfreeProbe:
+        """The session's sock_wfree probe, chosen and built on first use (PrivilegeError if bpf cannot work)."""
+        if self._probe is None:
+            self._probe = probes.select(self.options.backend)
+        return self._probe
+
+    def backend_choice(self) -> tuple[str, str]:
+        """(backend, why), as the session's probe is or would be chosen."""
+        if self._probe is not None:
+            return self._probe.backend, self._probe.reason
+        try:
+            return probes.choose(self.options.backend)
+        except PrivilegeError as exc:
+            return "unavailable", str(exc)
+
+    def close(self) -> None:
+        self.abandon_active()
+        if self._probe is not None:
+            self._probe.close()
 
     def reap(self) -> None:
         """Undo what dead sessions left: journaled sysctls, namespaces, hog cgroups."""
@@ -122,6 +144,15 @@ class TestContext:
             f"netns={target!r} is not a namespace this session made: pass a Namespace from the netns "
             "fixture, veth.sender / veth.receiver, or one of their names."
         )
+
+    def backend_choice(self) -> tuple[str, str]:
+        """(backend, why), as the session's probe is or would be chosen."""
+        if self._probe is not None:
+            return self._probe.backend, self._probe.reason
+        try:
+            return probes.choose(self.options.backend)
+        except PrivilegeError as exc:
+            return "unavailable", str(exc)
 
     def close(self) -> None:
         if self in self.session.active:

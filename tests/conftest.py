@@ -28,7 +28,7 @@ def host_snapshot() -> dict[str, object]:
     knobs = {k: Path("/proc/sys", *k.split(".")).read_text().strip() for k in GLOBAL_KNOBS}
     rps = {str(p): p.read_text().strip() for p in Path("/sys/class/net").glob("*/queues/rx-*/rps_cpus")}
     ours = {n for n in netns_names() if n.startswith("udps-")}
-    cgroups = sorted(p.name for p in Path("/sys/fs/cgroup").glob("pytest-udpsend-*"))
+    cgroups = sorted(p.name for p in Path("/sys/fs/cgroup").glob("**/pytest-udpsend-*"))
     return {"netns": ours, "knobs": knobs, "rps": rps, "cgroups": cgroups}
 
 

@@ -1,0 +1,208 @@
+/*
+ * The hot loops of pytest-udpsend, in C so that the sender runs at the speed of
+ * a plain C send() loop: Python only sets up sockets and reads the counters.
+ * Both loops release the GIL for their whole run.
+ *
+ * send_loop: non-blocking send() on a connected UDP socket until a deadline,
+ *   counting every attempt and every errno exactly, an EAGAIN time series in
+ *   fixed buckets, and SIOCOUTQ (sk_wmem_alloc) samples.  Optional pacing sleeps
+ *   with clock_nanosleep() when well ahead of schedule.  Optional stamp writes a
+ *   sequence number and the CLOCK_REALTIME send time into each payload.
+ * recv_loop: recvmmsg() drain until the sender's deadline plus a quiet period,
+ *   optionally pairing SO_TIMESTAMPNS receive stamps with the payload's send
+ *   stamp into a caller-provided uint32 buffer of latencies in nanoseconds.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <linux/sockios.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define BATCH 64
+#define MAX_PAYLOAD 65536
+
+static inline uint64_t now_ns(clockid_t clk)
+{
+    struct timespec ts;
+    clock_gettime(clk, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static PyObject *send_loop(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"fd", "duration", "payload", "rate", "stamp", "bucket_ms", "outq_every", NULL};
+    int fd, payload, stamp = 0, bucket_ms = 10, outq_every = 64;
+    double duration, rate = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "idi|dpii", names, &fd, &duration, &payload, &rate, &stamp,
+                                     &bucket_ms, &outq_every))
+        return NULL;
+    if (payload < 16 || payload > MAX_PAYLOAD || duration <= 0 || bucket_ms < 1 || outq_every < 1) {
+        PyErr_SetString(PyExc_ValueError, "send_loop: bad arguments");
+        return NULL;
+    }
+    size_t nbuckets = (size_t)(duration * 1000.0 / bucket_ms) + 2;
+    uint32_t *b_att = calloc(nbuckets, sizeof(uint32_t));
+    uint32_t *b_eag = calloc(nbuckets, sizeof(uint32_t));
+    char *buf = calloc(1, (size_t)payload);
+    if (!b_att || !b_eag || !buf) {
+        free(b_att); free(b_eag); free(buf);
+        return PyErr_NoMemory();
+    }
+    uint64_t attempts = 0, sent = 0, eagain = 0, enobufs = 0, other = 0, outq_sum = 0, outq_n = 0;
+    int last_errno = 0, outq_max = 0;
+    uint64_t bucket_ns = (uint64_t)bucket_ms * 1000000ull;
+    uint64_t interval = rate > 0 ? (uint64_t)(1e9 / rate) : 0;
+    uint64_t start, end, now;
+
+    Py_BEGIN_ALLOW_THREADS
+    start = now_ns(CLOCK_MONOTONIC);
+    end = start + (uint64_t)(duration * 1e9);
+    now = start;
+    while (now < end) {
+        if (interval) {
+            uint64_t due = start + attempts * interval;
+            if (due > now + 50000) { /* far ahead: sleep instead of spinning */
+                struct timespec ts = {(time_t)(due / 1000000000ull), (long)(due % 1000000000ull)};
+                clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+                now = now_ns(CLOCK_MONOTONIC);
+                continue;
+            }
+            if (due > now) {
+                now = now_ns(CLOCK_MONOTONIC);
+                continue;
+            }
+        }
+        if (stamp) {
+            uint64_t tx = now_ns(CLOCK_REALTIME);
+            memcpy(buf, &attempts, 8);
+            memcpy(buf + 8, &tx, 8);
+        }
+        size_t bucket = (now - start) / bucket_ns;
+        if (bucket >= nbuckets)
+            bucket = nbuckets - 1;
+        b_att[bucket]++;
+        attempts++;
+        if (send(fd, buf, (size_t)payload, 0) >= 0) {
+            sent++;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            eagain++;
+            b_eag[bucket]++;
+        } else if (errno == ENOBUFS) {
+            enobufs++;
+        } else {
+            other++;
+            last_errno = errno;
+        }
+        if (attempts % (uint64_t)outq_every == 0) {
+            int outq = 0;
+            if (ioctl(fd, SIOCOUTQ, &outq) == 0) {
+                outq_sum += (uint64_t)outq;
+                outq_n++;
+                if (outq > outq_max)
+                    outq_max = outq;
+            }
+        }
+        now = now_ns(CLOCK_MONOTONIC);
+    }
+    Py_END_ALLOW_THREADS
+
+    size_t used = (size_t)((now - start) / bucket_ns) + 1;
+    if (used > nbuckets)
+        used = nbuckets;
+    PyObject *series = PyList_New((Py_ssize_t)used);
+    for (size_t i = 0; series && i < used; i++)
+        PyList_SET_ITEM(series, (Py_ssize_t)i, Py_BuildValue("(II)", b_att[i], b_eag[i]));
+    free(b_att); free(b_eag); free(buf);
+    if (!series)
+        return NULL;
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:i,s:d,s:i,s:K,s:K,s:N,s:i}",
+                         "attempts", attempts, "sent", sent, "eagain", eagain, "enobufs", enobufs,
+                         "other_errors", other, "last_errno", last_errno,
+                         "elapsed_s", (double)(now - start) / 1e9, "outq_max", outq_max,
+                         "outq_sum", outq_sum, "outq_samples", outq_n, "series", series,
+                         "bucket_ms", bucket_ms);
+}
+
+static PyObject *recv_loop(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"fd", "until_mono_ns", "quiet_ms", "latencies", "timestamps", NULL};
+    int fd, quiet_ms = 100, timestamps = 0;
+    unsigned long long until;
+    Py_buffer lat = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iK|iw*p", names, &fd, &until, &quiet_ms, &lat, &timestamps))
+        return NULL;
+    uint32_t *out = lat.buf;
+    size_t cap = lat.buf ? (size_t)lat.len / sizeof(uint32_t) : 0;
+    static __thread char bufs[BATCH][2048];
+    static __thread char ctrl[BATCH][64];
+    struct mmsghdr msgs[BATCH];
+    struct iovec iov[BATCH];
+    uint64_t received = 0, bytes = 0, samples = 0, lost_samples = 0, truncated = 0;
+    uint64_t hard_end = until + 3000000000ull, last_rx;
+
+    Py_BEGIN_ALLOW_THREADS
+    last_rx = now_ns(CLOCK_MONOTONIC);
+    for (;;) {
+        for (int i = 0; i < BATCH; i++) {
+            iov[i].iov_base = bufs[i];
+            iov[i].iov_len = sizeof(bufs[i]);
+            memset(&msgs[i].msg_hdr, 0, sizeof(msgs[i].msg_hdr));
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_control = ctrl[i];
+            msgs[i].msg_hdr.msg_controllen = sizeof(ctrl[i]);
+        }
+        int n = recvmmsg(fd, msgs, BATCH, MSG_WAITFORONE, NULL);
+        uint64_t now = now_ns(CLOCK_MONOTONIC);
+        if (n > 0) {
+            last_rx = now;
+            for (int i = 0; i < n; i++) {
+                received++;
+                bytes += msgs[i].msg_len;
+                if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
+                    truncated++;
+                if (!timestamps || msgs[i].msg_len < 16)
+                    continue;
+                uint64_t tx;
+                memcpy(&tx, bufs[i] + 8, 8);
+                for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c; c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
+                    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+                        struct timespec ts;
+                        memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+                        uint64_t rx = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+                        uint64_t d = rx > tx ? rx - tx : 0;
+                        if (samples < cap)
+                            out[samples++] = d > 0xffffffffull ? 0xffffffffu : (uint32_t)d;
+                        else
+                            lost_samples++;
+                    }
+                }
+            }
+        } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            break;
+        }
+        if (now >= hard_end || (now >= until && now - last_rx >= (uint64_t)quiet_ms * 1000000ull))
+            break;
+    }
+    Py_END_ALLOW_THREADS
+
+    if (lat.buf)
+        PyBuffer_Release(&lat);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K}", "received", received, "bytes", bytes, "samples", samples,
+                         "lost_samples", lost_samples, "truncated", truncated);
+}
+
+static PyMethodDef methods[] = {
+    {"send_loop", (PyCFunction)(void (*)(void))send_loop, METH_VARARGS | METH_KEYWORDS, "Timed non-blocking send() loop."},
+    {"recv_loop", (PyCFunction)(void (*)(void))recv_loop, METH_VARARGS | METH_KEYWORDS, "recvmmsg() drain loop."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_engine", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__engine(void) { return PyModule_Create(&module); }

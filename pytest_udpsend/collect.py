@@ -1,0 +1,47 @@
+"""Gathering each test's samples into the session (also across xdist) for JSON and reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from . import store
+from .fixtures import RESULTS_KEY
+from .session import UdpsendSession
+
+
+def attach(item: pytest.Item, report: pytest.TestReport) -> None:
+    """On the worker: put the test's samples into the call report (xdist ships user_properties)."""
+    if report.when != "call":
+        return
+    results = item.stash.get(RESULTS_KEY, [])
+    if results:
+        report.user_properties.append((store.PROPERTY, [r.to_dict() for r in results]))
+
+
+def gather(session: UdpsendSession, report: pytest.TestReport) -> None:
+    """On the controller (or the only process): keep what a report carries."""
+    for name, value in report.user_properties:
+        if name == store.PROPERTY:
+            session.tests[report.nodeid] = {"outcome": report.outcome, "samples": value}
+
+
+class Collector:
+    """Registered as a plugin: sees every report, including those xdist workers send."""
+
+    def __init__(self, session: UdpsendSession) -> None:
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        gather(self.session, report)
+
+
+def finish(session: UdpsendSession, is_worker: bool) -> dict[str, Any] | None:
+    """Write --udpsend-json (controller only); return the document."""
+    if is_worker:
+        return None
+    doc = store.document(store.environment(session.backend_choice()[0]), session.tests)
+    if session.options.json_path:
+        store.write(session.options.json_path, doc)
+    return doc

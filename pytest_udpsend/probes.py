@@ -1,0 +1,156 @@
+"""sock_wfree timing probes: the interface, backend choice, and the timestamp estimate.
+
+A probe measures, per TX datagram of the run's own socket, the time from being
+charged to the socket (``skb_set_owner_w``) to ``sock_wfree`` releasing it.
+
+* ``bpf`` (exact): kprobes on both functions via bcc; see ``bpfprobe.py``.
+* ``timestamp`` (estimate): the receiver's ``SO_TIMESTAMPNS`` minus the send time
+  written into the payload.  With ``net.core.netdev_tstamp_prequeue=0`` (global:
+  set and restored through the sysctl machinery) the kernel stamps the skb in
+  ``__netif_receive_skb_core``, just before ``ip_rcv_core()`` orphans it and runs
+  ``sock_wfree``.  Limits: the charge happens a little after the send time is
+  read (the estimate is high by the syscall entry, well under a microsecond);
+  datagrams the receiver never reads (RcvbufErrors, drops) give no sample; it
+  cannot tell *where* sock_wfree ran (contexts stay empty); on a qdisc'd link it
+  stamps at reception, so time spent queued in the qdisc is included, as it is
+  for sock_wfree itself.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from .errors import PrivilegeError
+from .sysctl import Sysctls
+
+# log-spaced histogram edges in microseconds, 1 us .. 10 s, 5 per decade
+HIST_EDGES_US = [round(10 ** (i / 5), 3) for i in range(0, 36)]
+
+
+def latency_stats(samples_ns: Sequence[int]) -> dict[str, Any]:
+    """count, p50/p90/p99/max (us, nearest rank) and a log histogram of ``samples_ns``."""
+    values = sorted(samples_ns)
+    n = len(values)
+    if not n:
+        return {"count": 0, "p50_us": None, "p90_us": None, "p99_us": None, "max_us": None, "histogram": {}}
+
+    def pct(q: float) -> float:
+        return round(values[min(n - 1, max(0, int(q * n + 0.5) - 1))] / 1000, 2)
+
+    counts = [0] * (len(HIST_EDGES_US) + 1)
+    for v in values:
+        counts[bisect.bisect_right(HIST_EDGES_US, v / 1000)] += 1
+    return {
+        "count": n,
+        "p50_us": pct(0.50),
+        "p90_us": pct(0.90),
+        "p99_us": pct(0.99),
+        "max_us": round(values[-1] / 1000, 2),
+        "histogram": {"edges_us": HIST_EDGES_US, "counts": counts},
+    }
+
+
+class WfreeProbe(Protocol):
+    """What the sender needs from a probe; one instance per session."""
+
+    backend: str  # "bpf" or "timestamp"
+    reason: str  # why this backend was chosen
+    method: str  # one line: how the figure is obtained
+    receiver_timestamps: bool  # does the receiver need SO_TIMESTAMPNS and payload stamps?
+
+    def prepare(self, sysctls: Sysctls) -> None: ...
+
+    def begin(self, sock_fd: int, tgid: int) -> None: ...
+
+    def end(self, rx_latencies_ns: Sequence[int], lost_samples: int, sent: int) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class TimestampProbe:
+    backend = "timestamp"
+    receiver_timestamps = True
+    method = (
+        "estimate: receiver SO_TIMESTAMPNS taken in __netif_receive_skb_core "
+        "(net.core.netdev_tstamp_prequeue=0) minus the send time in the payload"
+    )
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def prepare(self, sysctls: Sysctls) -> None:
+        sysctls.set("net.core.netdev_tstamp_prequeue", 0)
+
+    def begin(self, sock_fd: int, tgid: int) -> None:
+        pass
+
+    def end(self, rx_latencies_ns: Sequence[int], lost_samples: int, sent: int) -> dict[str, Any]:
+        stats = latency_stats(rx_latencies_ns)
+        stats.update(
+            backend=self.backend,
+            method=self.method,
+            contexts={},
+            lost_samples=lost_samples,
+            coverage=round(stats["count"] / sent, 4) if sent else 0.0,
+        )
+        return stats
+
+    def close(self) -> None:
+        pass
+
+
+def kernel_headers_dir(release: str | None = None) -> Path | None:
+    release = release or os.uname().release
+    for cand in (Path(f"/lib/modules/{release}/build"), Path(f"/usr/src/linux-headers-{release}")):
+        if (cand / "include").exists():
+            return cand
+    return None
+
+
+def bpf_unavailable() -> str | None:
+    """None if eBPF kprobe tracing with bcc can work here, else why not and the fix."""
+    release = os.uname().release
+    if not Path("/sys/bus/event_source/devices/kprobe").exists() and not Path("/sys/kernel/tracing/kprobe_events").exists():
+        if not Path("/proc/sys/debug/kprobes-optimization").exists():
+            return (
+                f"this kernel ({release}) has no kprobes (CONFIG_KPROBES unset), so eBPF tracing cannot work: "
+                "use --udpsend-backend timestamp, or run the tests under a kernel with kprobes via --udpsend-kernel"
+            )
+        return (
+            f"this kernel ({release}) has kprobes but no kprobe events (no kprobe PMU, tracefs not mounted): "
+            "mount tracefs at /sys/kernel/tracing or use --udpsend-backend timestamp"
+        )
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc is not importable: apt-get install python3-bpfcc and use a venv made with --system-site-packages"
+    if not hasattr(bcc, "BPF"):
+        return "the 'bcc' module found is not the BPF Compiler Collection (the PyPI 'bcc' is unrelated): pip uninstall bcc; apt-get install python3-bpfcc"
+    if kernel_headers_dir(release) is None and not Path("/sys/kernel/kheaders.tar.xz").exists():
+        return f"no kernel headers for {release}: apt-get install linux-headers-{release} (or provide /lib/modules/{release}/build)"
+    return None
+
+
+def choose(requested: str) -> tuple[str, str]:
+    """(backend, why) for ``--udpsend-backend``, without building anything; PrivilegeError if bpf cannot work."""
+    if requested == "timestamp":
+        return "timestamp", "chosen with --udpsend-backend timestamp"
+    problem = bpf_unavailable()
+    if problem is None:
+        return "bpf", "kprobes, bcc and kernel headers are available" if requested == "auto" else "chosen with --udpsend-backend bpf"
+    if requested == "bpf":
+        raise PrivilegeError(f"--udpsend-backend bpf: {problem}.")
+    return "timestamp", f"eBPF unavailable: {problem}"
+
+
+def select(requested: str) -> WfreeProbe:
+    """The probe for ``--udpsend-backend`` (the bpf one compiles lazily, on first use)."""
+    backend, why = choose(requested)
+    if backend == "bpf":
+        from .bpfprobe import BpfProbe
+
+        return BpfProbe(why)
+    return TimestampProbe(why)

@@ -1,0 +1,71 @@
+"""SendResult: what one run measured, with how it was measured."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class SendResult:
+    """Attributes and JSON keys as in SPEC.md; extra keys say how it was measured."""
+
+    attempts: int = 0
+    sent: int = 0
+    eagain: int = 0
+    enobufs: int = 0
+    eagain_rate: float = 0.0
+    pps: float = 0.0
+    duration_s: float = 0.0
+    payload: int = 0
+    sndbuf_requested: int | None = None
+    sndbuf_effective: int = 0
+    time_squeeze: int = 0
+    softnet: dict[str, dict[str, int]] = field(default_factory=dict)
+    snmp: dict[str, int] = field(default_factory=dict)
+    wmem: dict[str, float] = field(default_factory=dict)
+    wfree: dict[str, Any] = field(default_factory=dict)
+    received: int = 0
+    rcvbuf_errors: int = 0
+    kernel: str = ""
+    sysctls: dict[str, str] = field(default_factory=dict)
+    # beyond SPEC: context and raw series
+    other_errors: int = 0
+    series: dict[str, Any] = field(default_factory=dict)
+    topology: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    pressure: str = ""
+    started: float = 0.0
+    finished: float = 0.0
+    checks: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def summary(self) -> str:
+        w = self.wfree or {}
+        lines = [
+            f"kernel {self.kernel}  topology: {self.topology}" + (f"  pressure: {self.pressure}" if self.pressure else ""),
+            f"attempts {self.attempts}  sent {self.sent}  EAGAIN {self.eagain} ({self.eagain_rate:.2%})  "
+            f"ENOBUFS {self.enobufs}  other errors {self.other_errors}",
+            f"rate {self.pps:,.0f} pps over {self.duration_s:.2f} s  payload {self.payload} B  "
+            f"sndbuf {self.sndbuf_effective} effective ({self.sndbuf_requested or 'default'} requested)",
+            f"received {self.received}  RcvbufErrors {self.rcvbuf_errors}  time_squeeze {self.time_squeeze}",
+            f"SIOCOUTQ max {self.wmem.get('max_bytes', 0):.0f} B mean {self.wmem.get('mean_bytes', 0):.0f} B",
+            f"SNMP (sender netns): UdpSndbufErrors {self.snmp.get('UdpSndbufErrors', 0)}  "
+            f"UdpOutDatagrams {self.snmp.get('UdpOutDatagrams', 0)}  IpOutDiscards {self.snmp.get('IpOutDiscards', 0)}",
+        ]
+        if w.get("backend"):
+            lines.append(
+                f"sock_wfree ({w['backend']}): n={w.get('count', 0)} p50 {w.get('p50_us')} us  p90 {w.get('p90_us')} us  "
+                f"p99 {w.get('p99_us')} us  max {w.get('max_us')} us  contexts {w.get('contexts') or '-'}"
+            )
+        lines.append("sysctls: " + (", ".join(f"{k}={v}" for k, v in sorted(self.sysctls.items())) or "-"))
+        lines += [f"check: {c}" for c in self.checks]
+        return "\n".join(lines)

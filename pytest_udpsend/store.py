@@ -1,0 +1,92 @@
+"""Saved results: the --udpsend-json document, written atomically, keyed by kernel.
+
+Layout::
+
+    {"format": "pytest-udpsend/1", "environment": {...}, "tests": {nodeid: {"outcome": ...,
+     "samples": [SendResult dicts]}}}
+
+Results travel from xdist workers to the controller in ``report.user_properties``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .sender import knobs_in_force
+
+FORMAT = "pytest-udpsend/1"
+PROPERTY = "udpsend_samples"
+
+
+def kernel_config_hash() -> str | None:
+    """sha256 of the running kernel's config, where the kernel exposes it."""
+    for path in (Path("/proc/config.gz"), Path(f"/boot/config-{os.uname().release}")):
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if path.suffix == ".gz":
+            data = gzip.decompress(data)
+        return hashlib.sha256(data).hexdigest()[:16]
+    return None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment(backend: str) -> dict[str, Any]:
+    return {
+        "kernel": os.uname().release,
+        "kernel_version": os.uname().version,
+        "kernel_config_sha256": kernel_config_hash(),
+        "machine": os.uname().machine,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "sysctls": knobs_in_force({}),
+        "plugin_version": __version__,
+        "python": sys.version.split()[0],
+        "backend": backend,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def document(env: dict[str, Any], tests: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"format": FORMAT, "environment": env, "tests": tests}
+
+
+def write(path: str | Path, doc: dict[str, Any]) -> None:
+    """Write atomically: a reader never sees half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    os.replace(tmp, target)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a saved document; ValueError with one sentence if it is not one."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a pytest-udpsend results file (no format '{FORMAT}')")
+    return doc

@@ -1,0 +1,5 @@
+"""Only the C extension lives here; everything else is in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("pytest_udpsend._engine", ["pytest_udpsend/_engine.c"], extra_compile_args=["-O2", "-Wall"])])
