@@ -5,7 +5,7 @@
  *
  * send_loop: non-blocking send() on a connected UDP socket until a deadline,
  *   counting every attempt and every errno exactly, an EAGAIN time series in
- *   fixed buckets, and SIOCOUTQ (sk_wmem_alloc) samples.  Optional pacing sleeps
+ *   fixed buckets, and SIOCOUTQ (sk_wmem_alloc) samples (overall and max per bucket).  Optional pacing sleeps
  *   with clock_nanosleep() when well ahead of schedule.  Optional stamp writes a
  *   sequence number and the CLOCK_REALTIME send time into each payload.
  * recv_loop: recvmmsg() drain until the sender's deadline plus a quiet period,
@@ -48,9 +48,10 @@ static PyObject *send_loop(PyObject *self, PyObject *args, PyObject *kw)
     size_t nbuckets = (size_t)(duration * 1000.0 / bucket_ms) + 2;
     uint32_t *b_att = calloc(nbuckets, sizeof(uint32_t));
     uint32_t *b_eag = calloc(nbuckets, sizeof(uint32_t));
+    uint32_t *b_outq = calloc(nbuckets, sizeof(uint32_t));
     char *buf = calloc(1, (size_t)payload);
-    if (!b_att || !b_eag || !buf) {
-        free(b_att); free(b_eag); free(buf);
+    if (!b_att || !b_eag || !b_outq || !buf) {
+        free(b_att); free(b_eag); free(b_outq); free(buf);
         return PyErr_NoMemory();
     }
     uint64_t attempts = 0, sent = 0, eagain = 0, enobufs = 0, other = 0, outq_sum = 0, outq_n = 0;
@@ -105,6 +106,8 @@ static PyObject *send_loop(PyObject *self, PyObject *args, PyObject *kw)
                 outq_n++;
                 if (outq > outq_max)
                     outq_max = outq;
+                if ((uint32_t)outq > b_outq[bucket])
+                    b_outq[bucket] = (uint32_t)outq;
             }
         }
         now = now_ns(CLOCK_MONOTONIC);
@@ -116,8 +119,8 @@ static PyObject *send_loop(PyObject *self, PyObject *args, PyObject *kw)
         used = nbuckets;
     PyObject *series = PyList_New((Py_ssize_t)used);
     for (size_t i = 0; series && i < used; i++)
-        PyList_SET_ITEM(series, (Py_ssize_t)i, Py_BuildValue("(II)", b_att[i], b_eag[i]));
-    free(b_att); free(b_eag); free(buf);
+        PyList_SET_ITEM(series, (Py_ssize_t)i, Py_BuildValue("(III)", b_att[i], b_eag[i], b_outq[i]));
+    free(b_att); free(b_eag); free(b_outq); free(buf);
     if (!series)
         return NULL;
     return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:i,s:d,s:i,s:K,s:K,s:N,s:i}",

@@ -94,6 +94,8 @@ class Progress:
     def _loop(self) -> None:
         start, tty = time.monotonic(), sys.stderr.isatty()
         step = 0.2 if tty else 1.0
+        if not tty:
+            sys.stderr.write(f"udpsend: measuring for {self.total:.1f} s\n")
         while not self._stop.wait(step):
             done = min(time.monotonic() - start, self.total)
             line = f"udpsend: measuring {done:4.1f}/{self.total:.1f} s"

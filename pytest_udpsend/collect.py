@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from . import store
+from . import compare, store
 from .fixtures import RESULTS_KEY
+from .verdicts import COMPARE_KEY
 from .session import UdpsendSession
+
+
+COMPARE_PROPERTY = "udpsend_compare"
 
 
 def attach(item: pytest.Item, report: pytest.TestReport) -> None:
@@ -18,6 +23,9 @@ def attach(item: pytest.Item, report: pytest.TestReport) -> None:
     results = item.stash.get(RESULTS_KEY, [])
     if results:
         report.user_properties.append((store.PROPERTY, [r.to_dict() for r in results]))
+    rows = item.stash.get(COMPARE_KEY, None)
+    if rows:
+        report.user_properties.append((COMPARE_PROPERTY, rows))
 
 
 def gather(session: UdpsendSession, report: pytest.TestReport) -> None:
@@ -25,6 +33,8 @@ def gather(session: UdpsendSession, report: pytest.TestReport) -> None:
     for name, value in report.user_properties:
         if name == store.PROPERTY:
             session.tests[report.nodeid] = {"outcome": report.outcome, "samples": value}
+        elif name == COMPARE_PROPERTY:
+            session.comparison += [compare.Row(**row) for row in value]
 
 
 class Collector:
@@ -36,6 +46,14 @@ class Collector:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         gather(self.session, report)
 
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        rows = self.session.comparison
+        if not rows:
+            return
+        terminalreporter.section("udpsend baseline comparison")
+        base_env = (self.session.baseline or {}).get("environment")
+        terminalreporter.write_line(compare.table(rows, base_env, {"kernel": self.session.kernel}))
+
 
 def finish(session: UdpsendSession, is_worker: bool) -> dict[str, Any] | None:
     """Write --udpsend-json (controller only); return the document."""
@@ -44,4 +62,11 @@ def finish(session: UdpsendSession, is_worker: bool) -> dict[str, Any] | None:
     doc = store.document(store.environment(session.backend_choice()[0]), session.tests)
     if session.options.json_path:
         store.write(session.options.json_path, doc)
+    if session.options.html_path:
+        from .report import render
+
+        baseline = session.baseline
+        html = render(doc, baseline)
+        Path(session.options.html_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(session.options.html_path).write_text(html)
     return doc

@@ -84,8 +84,12 @@ def _sysctl_dict(values: Any) -> dict[str, str]:
 def _baseline(tolerance: Any = None, metrics: Any = None) -> Baseline:
     if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0):
         raise ConfigError(f"tolerance={tolerance!r}: a non-negative fraction such as 0.2")
-    if metrics is not None and (not isinstance(metrics, (list, tuple)) or not all(isinstance(m, str) for m in metrics)):
-        raise ConfigError(f"metrics={metrics!r}: a list of metric names such as ['eagain_rate']")
+    from .compare import METRICS
+
+    if metrics is not None and (
+        not isinstance(metrics, (list, tuple)) or not metrics or not all(m in METRICS for m in metrics)
+    ):
+        raise ConfigError(f"metrics={metrics!r}: a list of metric names from {', '.join(METRICS)}")
     return Baseline(None if tolerance is None else float(tolerance), None if metrics is None else tuple(metrics))
 
 

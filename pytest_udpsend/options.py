@@ -50,3 +50,37 @@ def add_options(addoption: Callable[..., Any], opts: list[Opt], short: bool = Fa
     for opt in opts:
         flag = "--" + opt.flag.removeprefix("--udpsend-") if short else opt.flag
         addoption(flag, dest=opt.dest, help=opt.help, **opt.kwargs)
+
+
+INI_OPTIONS = [
+    ("udpsend_tolerance", "baseline: relative change of a metric's median allowed before a significant change fails "
+     "(default 0.25); the udpsend_baseline marker overrides it per test", "0.25"),
+    ("udpsend_alpha", "baseline: significance level of the one-sided Mann-Whitney test (default 0.05)", "0.05"),
+    ("udpsend_compare_metrics", "baseline: metrics compared, space-separated (default: all: eagain_rate "
+     "time_squeeze enobufs wfree.p50_us wfree.p99_us pps)", ""),
+]  # fmt: skip
+
+
+def configure_baseline(session: Any, config: Any) -> None:
+    """Read the ini settings and load --udpsend-baseline; a bad value is a usage error, one sentence."""
+    import pytest
+
+    from . import compare, store
+
+    try:
+        session.tolerance = float(config.getini("udpsend_tolerance"))
+        session.alpha = float(config.getini("udpsend_alpha"))
+    except ValueError as exc:
+        raise pytest.UsageError(f"udpsend_tolerance / udpsend_alpha must be numbers: {exc}") from None
+    metrics = tuple(str(config.getini("udpsend_compare_metrics")).split())
+    unknown = [m for m in metrics if m not in compare.METRICS]
+    if unknown:
+        raise pytest.UsageError(f"udpsend_compare_metrics: unknown {unknown}; accepted: {', '.join(compare.METRICS)}")
+    session.compare_metrics = metrics or None
+    if session.options.baseline_path:
+        try:
+            doc = store.load(session.options.baseline_path)
+        except ValueError as exc:
+            raise pytest.UsageError(f"--udpsend-baseline {exc}") from None
+        session.baseline = doc
+        session.baseline_samples = compare.samples_by_test(doc)

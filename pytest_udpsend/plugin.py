@@ -8,13 +8,15 @@ import pytest
 
 from . import capture, collect, markers, reporting, verdicts
 from .fixtures import SESSION_KEY
-from .options import PYTEST_OPTIONS, add_options
-from .session import SessionOptions, UdpsendSession
+from .options import INI_OPTIONS, PYTEST_OPTIONS, add_options, configure_baseline
+from .session import SessionOptions, UdpsendSession, interrupt_on_sigterm
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("udpsend", "UDP send-path regression tests (pytest-udpsend)")
     add_options(group.addoption, PYTEST_OPTIONS)
+    for name, help_text, default in INI_OPTIONS:
+        parser.addini(name, help_text, default=default)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -32,10 +34,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if opts.repeat < 1:
         raise pytest.UsageError(f"--udpsend-repeat {opts.repeat}: must be 1 or more")
     session = UdpsendSession(opts)
+    configure_baseline(session, config)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(collect.Collector(session), "udpsend-collector")
     if not hasattr(config, "workerinput"):  # xdist workers leave reaping to the controller
         session.reap()
+    interrupt_on_sigterm()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -216,8 +216,8 @@ def _measure(
         rcvbuf_errors=rcv_snmp_delta.get("Udp6RcvbufErrors" if p.ipv6 else "UdpRcvbufErrors", 0),
         kernel=os.uname().release,
         other_errors=tx_out["other_errors"],
-        series={"bucket_ms": tx_out["bucket_ms"], "attempts": [a for a, _ in tx_out["series"]],
-                "eagain": [e for _, e in tx_out["series"]]},  # fmt: skip
+        series={"bucket_ms": tx_out["bucket_ms"], "attempts": [b[0] for b in tx_out["series"]],
+                "eagain": [b[1] for b in tx_out["series"]], "outq_max": [b[2] for b in tx_out["series"]]},  # fmt: skip
         topology=topo.describe(),
         params=p.as_dict(),
         started=started,

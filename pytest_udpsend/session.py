@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,16 @@ from .topology import Endpoint, SubnetAllocator, Topology
 from .undo import UndoStack
 
 log = logging.getLogger("pytest_udpsend")
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM unwind like Ctrl-C, so every undo stack runs (main thread, default handler only)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def worker_index() -> int:
@@ -53,6 +65,13 @@ class UdpsendSession:
         self.privilege_problem = privileges.missing()
         self.reaped: list[str] = []
         self.tests: dict[str, dict[str, Any]] = {}  # nodeid -> outcome and samples
+        self.comparison: list[Any] = []  # compare.Row of every test compared with the baseline
+        self.baseline: dict[str, Any] | None = None  # the --udpsend-baseline document
+        self.baseline_samples: dict[str, list[dict[str, Any]]] = {}  # its samples by comparison key
+        self.tolerance = 0.25
+        self.alpha = 0.05
+        self.compare_metrics: tuple[str, ...] | None = None
+        self.kernel = os.uname().release
         self._probe: WfreeProbe | None = None
 
     def probe(self) -> WfreeProbe:

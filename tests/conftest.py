@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_udpsend.host import FileLock, tag_alive
+
 
 def netns_names() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
@@ -23,13 +25,24 @@ GLOBAL_KNOBS = [
 ]
 
 
+def _owner_dead(name: str, prefix: str) -> bool:
+    tag = name[len(prefix) :].split("-", 1)[0]
+    return not tag_alive(tag)
+
+
 def host_snapshot() -> dict[str, object]:
-    """What must be the same before and after any run: namespaces, global knobs, host RPS masks."""
-    knobs = {k: Path("/proc/sys", *k.split(".")).read_text().strip() for k in GLOBAL_KNOBS}
+    """What must be the same before and after a run: global knobs, host RPS masks, and no
+    namespace or hog cgroup of a dead owner (other xdist workers' live ones are theirs).
+
+    Knobs are read under the host lock: every worker changes them only while holding it
+    and restores them before letting go, so what is seen here is the resting state.
+    """
+    with FileLock("host"):
+        knobs = {k: Path("/proc/sys", *k.split(".")).read_text().strip() for k in GLOBAL_KNOBS}
     rps = {str(p): p.read_text().strip() for p in Path("/sys/class/net").glob("*/queues/rx-*/rps_cpus")}
-    ours = {n for n in netns_names() if n.startswith("udps-")}
-    cgroups = sorted(p.name for p in Path("/sys/fs/cgroup").glob("**/pytest-udpsend-*"))
-    return {"netns": ours, "knobs": knobs, "rps": rps, "cgroups": cgroups}
+    orphans = {n for n in netns_names() if n.startswith("udps-") and _owner_dead(n, "udps-")}
+    cgroups = {p.name for p in Path("/sys/fs/cgroup").glob("**/pytest-udpsend-*") if _owner_dead(p.name, "pytest-udpsend-")}
+    return {"orphan_netns": orphans, "knobs": knobs, "rps": rps, "orphan_cgroups": cgroups}
 
 
 @pytest.fixture

@@ -13,16 +13,19 @@ from pathlib import Path
 import pytest
 
 from pytest_udpsend.errors import SysctlError
+from pytest_udpsend.host import FileLock
+
+from .conftest import netns_names
 
 BUDGET = Path("/proc/sys/net/core/netdev_budget")
 
 
 def test_global_set_and_get(sysctl):
-    before = sysctl.get("net.core.netdev_budget")
-    previous = sysctl.set("net.core.netdev_budget", 17)
-    assert previous == before
+    sysctl.set("net.core.netdev_budget", 17)  # from here on this test holds the host lock
     assert BUDGET.read_text().strip() == "17"
     assert sysctl.get("net.core.netdev_budget") == "17"
+    assert sysctl.set("net.core.netdev_budget", 18) == "17"
+    assert sysctl.in_force["net.core.netdev_budget"] == "18"
 
 
 def test_global_value_restored_after_test(pytester, host_unchanged):
@@ -76,9 +79,11 @@ def test_unknown_sysctl(sysctl):
 
 
 def test_out_of_range_value_names_knob_and_value(sysctl):
+    sysctl.set("net.core.netdev_budget", 300)  # takes the host lock: nobody else changes knobs now
+    before = sysctl.get("net.core.netdev_budget_usecs")
     with pytest.raises(SysctlError, match=r"netdev_budget_usecs='-5' was refused by the kernel \(EINVAL"):
         sysctl.set("net.core.netdev_budget_usecs", -5)
-    assert Path("/proc/sys/net/core/netdev_budget_usecs").read_text().strip() == "8000"
+    assert sysctl.get("net.core.netdev_budget_usecs") == before
 
 
 def test_bad_name_is_rejected(sysctl):
@@ -86,9 +91,26 @@ def test_bad_name_is_rejected(sysctl):
         sysctl.set("../../etc/passwd", 1)
 
 
+def test_sigterm_mid_test_cleans_up(pytester, host_unchanged):
+    pytester.makepyfile(
+        """
+        import os, signal
+        import pytest
+        @pytest.mark.topology(rps_cpus=[1])
+        @pytest.mark.sysctl({"net.core.netdev_budget": 13})
+        def test_terminated(veth, sysctl, cpu_pressure):
+            with cpu_pressure(cpus=[0], workers=1):
+                os.kill(os.getpid(), signal.SIGTERM)
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    assert "KeyboardInterrupt" in result.stdout.str()
+
+
 def test_sigkilled_session_is_restored_by_the_next(pytester, host_unchanged):
     """A session killed while a global knob is changed: the next session restores it."""
-    original = BUDGET.read_text().strip()
+    with FileLock("host"):
+        original = BUDGET.read_text().strip()
     pytester.makepyfile(
         test_hang=textwrap.dedent(
             """
@@ -113,10 +135,13 @@ def test_sigkilled_session_is_restored_by_the_next(pytester, host_unchanged):
     assert BUDGET.read_text().strip() == "11"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert BUDGET.read_text().strip() == "11"  # the dead session could not restore it
-    time.sleep(0.2)  # PDEATHSIG delivery to the hogs is asynchronous
+    with FileLock("host"):  # keep other xdist workers off the knob while we look
+        assert BUDGET.read_text().strip() == "11"  # the dead session could not restore it
+        assert any(n.startswith(f"udps-{proc.pid}.") for n in netns_names())
     pytester.runpytest_subprocess("test_noop.py").assert_outcomes(passed=1)
-    assert BUDGET.read_text().strip() == original
+    with FileLock("host"):
+        assert BUDGET.read_text().strip() == original
+    assert not any(n.startswith(f"udps-{proc.pid}.") for n in netns_names())
 
 
 def test_ctrl_c_mid_test_cleans_up(pytester, host_unchanged):
@@ -127,6 +152,7 @@ def test_ctrl_c_mid_test_cleans_up(pytester, host_unchanged):
         @pytest.mark.topology(rps_cpus=[1])
         @pytest.mark.sysctl({"net.core.netdev_budget": 12})
         def test_interrupted(veth, sysctl, cpu_pressure):
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # xdist workers pass SIGINT on ignored
             with cpu_pressure(cpus=[0], workers=1):
                 os.kill(os.getpid(), signal.SIGINT)
         """
