@@ -3,7 +3,7 @@
 #   ci/prepare-kernel.sh VERSION [DEST]     e.g.  ci/prepare-kernel.sh 6.1.0-56-amd64
 # Installs qemu, busybox, kmod, bcc (python3-bpfcc) and the kernel's headers with
 # apt-get; fetches linux-image-VERSION with `apt-get download` and unpacks it with
-# `dpkg -x` under DEST (default /var/cache/pytest-udpsend/kernels/VERSION), runs depmod
+# `dpkg -x` under DEST (default .kernels/VERSION in the project), runs depmod
 # there and links build/source to the headers so bcc finds them in the guest.
 # VERSION ending in +deb12-amd64 (6.12 and later) comes from bookworm-backports,
 # which is added as an apt source using the mirror the machine already uses.
@@ -12,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 version=${1:?usage: ci/prepare-kernel.sh VERSION [DEST]}
 case "$version" in *[!A-Za-z0-9.+_-]*) echo "bad kernel version: $version" >&2; exit 2;; esac
-dest=${2:-/var/cache/pytest-udpsend/kernels/$version}
+# not under /var/cache or /tmp: virtme-ng mounts fresh tmpfs there in the guest
+dest=${2:-$PWD/.kernels/$version}
 export DEBIAN_FRONTEND=noninteractive
 
 add_backports() {

@@ -10,6 +10,7 @@ import pytest
 from . import compare, store
 from .fixtures import RESULTS_KEY
 from .verdicts import COMPARE_KEY
+from .vm import write_guest_report
 from .session import UdpsendSession
 
 
@@ -45,6 +46,7 @@ class Collector:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         gather(self.session, report)
+        write_guest_report(report)  # only inside a kernel-lane guest
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         rows = self.session.comparison

@@ -33,6 +33,8 @@ BASELINE = Opt(
 )
 KERNEL = Opt("--udpsend-kernel", "run the selected tests in a VM booted with this kernel image (virtme-ng)",
              {"metavar": "PATH"})  # fmt: skip
+KERNEL_TIMEOUT = Opt("--udpsend-kernel-timeout", "seconds the kernel-lane guest may run before it is killed (default 2400)",
+                     {"type": float, "default": 2400.0, "metavar": "S"})  # fmt: skip
 HTML = Opt("--udpsend-html", "write a self-contained HTML report with plots to PATH", {"metavar": "PATH"})
 PCAP = Opt("--udpsend-pcap", "keep a bounded capture of each failing measuring test's traffic in DIR", {"metavar": "DIR"})
 REQUIRE = Opt(
@@ -41,7 +43,7 @@ REQUIRE = Opt(
     {"action": "store_true", "default": False},
 )
 
-PYTEST_OPTIONS = [BACKEND, REPEAT, JSON, BASELINE, KERNEL, HTML, PCAP, REQUIRE]
+PYTEST_OPTIONS = [BACKEND, REPEAT, JSON, BASELINE, KERNEL, KERNEL_TIMEOUT, HTML, PCAP, REQUIRE]
 
 
 def add_options(addoption: Callable[..., Any], opts: list[Opt], short: bool = False) -> None:
@@ -84,3 +86,17 @@ def configure_baseline(session: Any, config: Any) -> None:
             raise pytest.UsageError(f"--udpsend-baseline {exc}") from None
         session.baseline = doc
         session.baseline_samples = compare.samples_by_test(doc)
+
+
+def configure_lane(config: Any) -> Any:
+    """The KernelLane for --udpsend-kernel (controller only), or None."""
+    import pytest
+
+    image = config.getoption("udpsend_kernel")
+    if not image or hasattr(config, "workerinput"):
+        return None
+    if getattr(config.option, "numprocesses", None):
+        raise pytest.UsageError("--udpsend-kernel runs the selected tests in one VM: drop -n/--numprocesses")
+    from .vm import KernelLane
+
+    return KernelLane(image, config.getoption("udpsend_kernel_timeout"))

@@ -8,7 +8,7 @@ import pytest
 
 from . import capture, collect, markers, reporting, verdicts
 from .fixtures import SESSION_KEY
-from .options import INI_OPTIONS, PYTEST_OPTIONS, add_options, configure_baseline
+from .options import INI_OPTIONS, PYTEST_OPTIONS, add_options, configure_baseline, configure_lane
 from .session import SessionOptions, UdpsendSession, interrupt_on_sigterm
 
 
@@ -35,6 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--udpsend-repeat {opts.repeat}: must be 1 or more")
     session = UdpsendSession(opts)
     configure_baseline(session, config)
+    session.lane = configure_lane(config)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(collect.Collector(session), "udpsend-collector")
     if not hasattr(config, "workerinput"):  # xdist workers leave reaping to the controller
@@ -46,6 +47,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
         session.close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    lane = session.config.stash[SESSION_KEY].lane
+    if lane is None or session.config.option.collectonly:
+        return None
+    lane.run(session)
+    return True
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -13,10 +13,14 @@ from .undo import UndoFailed
 
 def header(session: UdpsendSession) -> list[str]:
     lines = [f"udpsend: kernel {os.uname().release}, {os.cpu_count()} CPUs"]
-    backend, why = session.backend_choice()
-    lines.append(f"udpsend: sock_wfree timing backend: {backend} ({why})")
+    if session.lane is None:
+        backend, why = session.backend_choice()
+        lines.append(f"udpsend: sock_wfree timing backend: {backend} ({why})")
     if session.privilege_problem:
         lines.append(f"udpsend: namespace tests will be skipped: {session.privilege_problem}")
+    if session.lane is not None:
+        lane = session.lane
+        lines.append(f"udpsend: kernel lane: tests run in a VM booted with {lane.image} ({lane.release})")
     if session.reaped:
         lines.append(f"udpsend: restored leftovers of dead sessions: {', '.join(session.reaped)}")
     return lines

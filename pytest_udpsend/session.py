@@ -73,6 +73,7 @@ class UdpsendSession:
         self.compare_metrics: tuple[str, ...] | None = None
         self.kernel = os.uname().release
         self._probe: WfreeProbe | None = None
+        self.lane: Any = None  # vm.KernelLane under --udpsend-kernel
 
     def probe(self) -> WfreeProbe:
         """The session's sock_wfree probe, chosen and built on first use (PrivilegeError if bpf cannot work)."""

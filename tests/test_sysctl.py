@@ -107,6 +107,7 @@ def test_sigterm_mid_test_cleans_up(pytester, host_unchanged):
     assert "KeyboardInterrupt" in result.stdout.str()
 
 
+@pytest.mark.isolated  # leaves orphans on purpose until the next session: nothing may run beside it
 def test_sigkilled_session_is_restored_by_the_next(pytester, host_unchanged):
     """A session killed while a global knob is changed: the next session restores it."""
     with FileLock("host"):

@@ -1,0 +1,251 @@
+"""The exact sock_wfree probe: kprobes on skb_set_owner_w and sock_wfree, through bcc.
+
+The C is header-light on purpose: bcc 0.26 cannot compile ``<linux/skbuff.h>`` or
+``<net/sock.h>`` against 6.12 headers, so the program includes only
+``<uapi/linux/ptrace.h>``, reads arguments with PT_REGS_PARM1, keys its map by the
+skb pointer and filters by the sender's tgid (armed only while a run measures).
+
+Counting each datagram once: every skb charged by the sender process is remembered
+with its charge time and charging thread; ``sock_wfree`` consumes the entry, so an
+skb is counted once however often it is seen.  IP fragments (payload above the
+MTU) are each charged by ``skb_set_owner_w`` but ``__ip_make_skb`` clears their
+destructors and folds their truesize into the head skb, so one ``sock_wfree`` per
+datagram is what the kernel does; the fragments' entries are never consumed and
+age out of the LRU map (``charges`` minus ``count`` shows them).
+
+Where it ran, from the task current at ``sock_wfree``:
+``inline`` the charging thread itself (its syscall, or a softirq it ran on the way
+out), ``ksoftirqd`` a ksoftirqd/N thread, ``napi_thread`` a threaded-NAPI
+``napi/...`` thread, ``softirq`` any other task (a softirq that interrupted it, e.g.
+the RPS IPI path on another CPU).
+
+Latencies go into log-linear histograms (8 sub-buckets per power of two: at most
+12.5 % bucket width) per context; max is exact.  Compiled once per session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Any, Iterator, Sequence
+
+from .probes import HIST_EDGES_US, PrivilegeError
+from .sysctl import Sysctls
+
+CONTEXTS = ("inline", "softirq", "ksoftirqd", "napi_thread")
+SUB = 3
+NBUCKETS = 64 << SUB
+
+PROGRAM = r"""
+#include <uapi/linux/ptrace.h>
+
+#define NCTX 4
+#define SUB 3
+#define NB (64 << SUB)
+
+struct charge { u64 ts; u32 tid; u32 pad; };
+BPF_TABLE("lru_hash", u64, struct charge, charged, 262144);
+BPF_ARRAY(cfg, u64, 1);
+BPF_ARRAY(hist, u64, NCTX * NB);
+BPF_ARRAY(stats, u64, NCTX * 2 + 1);  /* per ctx: count, max_ns; last: charges */
+
+static __always_inline u32 udps_log2(u64 v)
+{
+    u32 r = 0;
+    if (v >> 32) { v >>= 32; r += 32; }
+    if (v >> 16) { v >>= 16; r += 16; }
+    if (v >> 8) { v >>= 8; r += 8; }
+    if (v >> 4) { v >>= 4; r += 4; }
+    if (v >> 2) { v >>= 2; r += 2; }
+    if (v >> 1) { r += 1; }
+    return r;
+}
+
+static __always_inline u32 udps_bucket(u64 v)
+{
+    if (v < (1 << SUB))
+        return (u32)v;
+    u32 l = udps_log2(v);
+    return ((l - SUB + 1) << SUB) + (u32)((v >> (l - SUB)) & ((1 << SUB) - 1));
+}
+
+int on_charge(struct pt_regs *ctx)
+{
+    u32 zero = 0;
+    u64 *want = cfg.lookup(&zero);
+    u64 id = bpf_get_current_pid_tgid();
+    if (!want || *want == 0 || (id >> 32) != *want)
+        return 0;
+    u64 skb = PT_REGS_PARM1(ctx);
+    struct charge c = {};
+    c.ts = bpf_ktime_get_ns();
+    c.tid = (u32)id;
+    charged.update(&skb, &c);
+    u32 slot = NCTX * 2;
+    u64 *n = stats.lookup(&slot);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    return 0;
+}
+
+int on_wfree(struct pt_regs *ctx)
+{
+    u64 skb = PT_REGS_PARM1(ctx);
+    struct charge *c = charged.lookup(&skb);
+    if (!c)
+        return 0;
+    u64 d = bpf_ktime_get_ns() - c->ts;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u32 cx = 1;
+    char comm[16] = {};
+    bpf_get_current_comm(&comm, sizeof(comm));
+    if (tid == c->tid)
+        cx = 0;
+    else if (comm[0] == 'k' && comm[1] == 's' && comm[2] == 'o' && comm[3] == 'f' && comm[4] == 't' &&
+             comm[5] == 'i' && comm[6] == 'r' && comm[7] == 'q')
+        cx = 2;
+    else if (comm[0] == 'n' && comm[1] == 'a' && comm[2] == 'p' && comm[3] == 'i' && comm[4] == '/')
+        cx = 3;
+    charged.delete(&skb);
+    u32 b = udps_bucket(d);
+    if (b >= NB)
+        b = NB - 1;
+    u32 hidx = cx * NB + b;
+    u64 *h = hist.lookup(&hidx);
+    if (h)
+        __sync_fetch_and_add(h, 1);
+    u32 sidx = cx * 2;
+    u64 *cnt = stats.lookup(&sidx);
+    if (cnt)
+        __sync_fetch_and_add(cnt, 1);
+    sidx = cx * 2 + 1;
+    u64 *mx = stats.lookup(&sidx);
+    if (mx && d > *mx)
+        *mx = d;
+    return 0;
+}
+"""
+
+
+def bucket_bounds_ns(index: int) -> tuple[float, float]:
+    """[low, high) of a log-linear bucket, in ns (mirror of bucket() in the C)."""
+    if index < (1 << SUB):
+        return float(index), float(index + 1)
+    level = (index >> SUB) + SUB - 1
+    sub = index & ((1 << SUB) - 1)
+    width = 1 << (level - SUB)
+    low = (1 << level) + sub * width
+    return float(low), float(low + width)
+
+
+def percentile_us(counts: Sequence[int], q: float) -> float | None:
+    """Nearest-rank percentile from bucket counts, at the bucket's midpoint, in us."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank = max(1, int(q * total + 0.5))
+    seen = 0
+    for index, n in enumerate(counts):
+        seen += n
+        if seen >= rank:
+            low, high = bucket_bounds_ns(index)
+            return round((low + high) / 2 / 1000, 2)
+    return None
+
+
+def rebin(counts: Sequence[int]) -> list[int]:
+    """Fine buckets -> the report's log edges (HIST_EDGES_US), by bucket midpoint."""
+    import bisect
+
+    out = [0] * (len(HIST_EDGES_US) + 1)
+    for index, n in enumerate(counts):
+        if n:
+            low, high = bucket_bounds_ns(index)
+            out[bisect.bisect_right(HIST_EDGES_US, (low + high) / 2000)] += n
+    return out
+
+
+@contextlib.contextmanager
+def _stderr_to_file() -> Iterator[Any]:
+    """Catch what clang/bcc print on fd 2 (not sys.stderr), to put it into our error."""
+    with tempfile.TemporaryFile("w+") as log:
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield log
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+
+
+class BpfProbe:
+    backend = "bpf"
+    receiver_timestamps = False
+    method = "exact: kprobes on skb_set_owner_w (charge) and sock_wfree (release), per skb, via bcc"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self._bpf: Any = None
+
+    def _compile(self) -> Any:
+        if self._bpf is None:
+            from bcc import BPF
+
+            with _stderr_to_file() as log:
+                try:
+                    bpf = BPF(text=PROGRAM)
+                    bpf.attach_kprobe(event="skb_set_owner_w", fn_name="on_charge")
+                    bpf.attach_kprobe(event="sock_wfree", fn_name="on_wfree")
+                except Exception as exc:
+                    log.seek(0)
+                    errors = [line for line in log.read().splitlines() if "error" in line][:5]
+                    raise PrivilegeError(
+                        f"the bcc probe could not be built or attached on {os.uname().release} ({exc}): "
+                        + ("; ".join(errors) or "no compiler output")
+                        + "; check that the kernel headers match the running kernel"
+                    ) from None
+            self._bpf = bpf
+        return self._bpf
+
+    def prepare(self, sysctls: Sysctls) -> None:
+        self._compile()  # compile outside the measured interval
+
+    def begin(self, sock_fd: int, tgid: int) -> None:
+        bpf = self._compile()
+        for name in ("hist", "stats", "charged"):
+            bpf[name].clear()
+        cfg = bpf["cfg"]
+        cfg[cfg.Key(0)] = cfg.Leaf(tgid)
+
+    def end(self, rx_latencies_ns: Sequence[int], lost_samples: int, sent: int) -> dict[str, Any]:
+        bpf = self._compile()
+        cfg = bpf["cfg"]
+        cfg[cfg.Key(0)] = cfg.Leaf(0)
+        hist = [v.value for v in bpf["hist"].values()]
+        stats = [v.value for v in bpf["stats"].values()]
+        per_ctx = {name: hist[i * NBUCKETS : (i + 1) * NBUCKETS] for i, name in enumerate(CONTEXTS)}
+        total = [sum(col) for col in zip(*per_ctx.values())]
+        contexts = {name: stats[i * 2] for i, name in enumerate(CONTEXTS)}
+        max_ns = max(stats[i * 2 + 1] for i in range(len(CONTEXTS)))
+        count = sum(contexts.values())
+        return {
+            "backend": self.backend,
+            "method": self.method,
+            "count": count,
+            "charges": stats[len(CONTEXTS) * 2],
+            "p50_us": percentile_us(total, 0.50),
+            "p90_us": percentile_us(total, 0.90),
+            "p99_us": percentile_us(total, 0.99),
+            "max_us": round(max_ns / 1000, 2) if count else None,
+            "contexts": contexts,
+            "histogram": {"edges_us": HIST_EDGES_US, "counts": rebin(total)},
+            "histograms": {n: {"edges_us": HIST_EDGES_US, "counts": rebin(c)} for n, c in per_ctx.items() if sum(c)},
+            "context_p99_us": {n: percentile_us(c, 0.99) for n, c in per_ctx.items() if sum(c)},
+        }
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
