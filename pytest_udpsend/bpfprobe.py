@@ -5,13 +5,15 @@ The C is header-light on purpose: bcc 0.26 cannot compile ``<linux/skbuff.h>`` o
 ``<uapi/linux/ptrace.h>``, reads arguments with PT_REGS_PARM1, keys its map by the
 skb pointer and filters by the sender's tgid (armed only while a run measures).
 
-Counting each datagram once: every skb charged by the sender process is remembered
+Counting each datagram once: the skb charged by the sender process is remembered
 with its charge time and charging thread; ``sock_wfree`` consumes the entry, so an
 skb is counted once however often it is seen.  IP fragments (payload above the
-MTU) are each charged by ``skb_set_owner_w`` but ``__ip_make_skb`` clears their
-destructors and folds their truesize into the head skb, so one ``sock_wfree`` per
-datagram is what the kernel does; the fragments' entries are never consumed and
-age out of the LRU map (``charges`` minus ``count`` shows them).
+MTU): ``__ip_append_data`` charges only the first skb through
+``skb_set_owner_w`` (the others' truesize is added to sk_wmem_alloc directly),
+and ``ip_do_fragment`` later gives every fragment its own ``sock_wfree``; only the
+head skb's release matches a charge, so a fragmented datagram counts once, timed
+to its head's release (measured on 6.1: 3000-byte payloads, charges == count ==
+datagrams sent).
 
 Where it ran, from the task current at ``sock_wfree``:
 ``inline`` the charging thread itself (its syscall, or a softirq it ran on the way

@@ -49,6 +49,10 @@ class Collector:
         write_guest_report(report)  # only inside a kernel-lane guest
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        from .reporting import lane_summary
+
+        if line := lane_summary(self.session):
+            terminalreporter.write_line(line)
         rows = self.session.comparison
         if not rows:
             return
@@ -61,7 +65,9 @@ def finish(session: UdpsendSession, is_worker: bool) -> dict[str, Any] | None:
     """Write --udpsend-json (controller only); return the document."""
     if is_worker:
         return None
-    doc = store.document(store.environment(session.backend_choice()[0]), session.tests)
+    lane_env = session.lane.guest_environment if session.lane is not None else None
+    env = lane_env or store.environment(session.backend_choice()[0])
+    doc = store.document(env, session.tests)
     if session.options.json_path:
         store.write(session.options.json_path, doc)
     if session.options.html_path:

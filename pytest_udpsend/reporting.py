@@ -26,6 +26,12 @@ def header(session: UdpsendSession) -> list[str]:
     return lines
 
 
+def lane_summary(session: UdpsendSession) -> str | None:
+    if session.lane is None or not session.lane.note:
+        return None
+    return f"udpsend kernel lane ({session.lane.release}): {session.lane.note}"
+
+
 def shorten_own_errors(report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:
     """Our errors already say cause and fix: show that sentence, not a traceback."""
     if call.excinfo is not None and isinstance(call.excinfo.value, (UdpsendError, UndoFailed)):

@@ -39,6 +39,14 @@ LANE_REPORT_ENV = "UDPSEND_LANE_REPORT"
 KVM_PROBE_S = 25.0
 
 
+def is_bzimage(image: Path) -> bool:
+    try:
+        with open(image, "rb") as fh:
+            return fh.read(0x206)[0x202:0x206] == b"HdrS"
+    except OSError:
+        return False
+
+
 def kernel_release(image: Path) -> str:
     """The release of a bzImage, from its setup header (falls back to the file name)."""
     try:
@@ -69,23 +77,43 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _boot(image: Path, exec_cmd: str, rwdir: Path, kvm: bool, timeout: float, console: Path, cpus: int = 2) -> int | None:
-    """Boot, run ``exec_cmd``, return its exit status from rwdir/rc (None on timeout or no status)."""
+PANIC_MARKS = (b"Kernel panic - not syncing", b"---[ end trace")
+
+
+def _boot(image: Path, exec_cmd: str, rwdir: Path, kvm: bool, timeout: float, console: Path,
+          cpus: int = 2) -> tuple[int | None, str]:  # fmt: skip
+    """Boot, run ``exec_cmd``; (its exit status from rwdir/rc or None, what went wrong).
+
+    The console is watched: a panic or oops ends the guest at once instead of
+    waiting for the deadline.
+    """
     argv = [_vng(), "--run", str(image), "--cpus", str(cpus), "--memory", "2G", "-v", "--rwdir", str(rwdir)]
     if not kvm:
         argv += ["--disable-kvm", "--qemu-opts=-accel tcg,thread=single"]
     argv += ["--exec", exec_cmd]
+    deadline = time.monotonic() + timeout
+    problem = ""
     with open(console, "wb") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 env=_env(), start_new_session=True)  # fmt: skip
         try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return None
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    problem = f"did not finish within {timeout:.0f} s"
+                    break
+                out.flush()
+                if any(mark in console.read_bytes()[-65536:] for mark in PANIC_MARKS):
+                    problem = "panicked or oopsed"
+                    break
+                time.sleep(0.5)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     rc = rwdir / "rc"
-    return int(rc.read_text().strip() or 1) if rc.exists() else None
+    if rc.exists():
+        return int(rc.read_text().strip() or 1), problem
+    return None, problem or f"exited (code {proc.returncode}) before the test command finished"
 
 
 def kvm_works(image: Path) -> tuple[bool, str]:
@@ -97,7 +125,7 @@ def kvm_works(image: Path) -> tuple[bool, str]:
         verdict = cache.read_text().strip()
         return verdict == "yes", ("KVM works" if verdict == "yes" else "KVM hangs here (cached verdict): using TCG")
     with tempfile.TemporaryDirectory(prefix="udpsend-kvm-") as tmp:
-        ok = _boot(image, f"echo 0 > {tmp}/rc", Path(tmp), True, KVM_PROBE_S, Path(tmp) / "console") == 0
+        ok = _boot(image, f"echo 0 > {tmp}/rc", Path(tmp), True, KVM_PROBE_S, Path(tmp) / "console")[0] == 0
     cache.write_text("yes" if ok else "no")
     return ok, ("KVM works" if ok else f"a KVM guest did not finish booting within {KVM_PROBE_S:.0f} s "
                                        "(nested virtualisation?): using TCG")  # fmt: skip
@@ -159,9 +187,15 @@ class KernelLane:
         self.image = Path(image).resolve()
         if not self.image.is_file():
             raise pytest.UsageError(f"--udpsend-kernel {image}: no such kernel image")
+        if not is_bzimage(self.image):
+            raise pytest.UsageError(
+                f"--udpsend-kernel {image}: not an x86 Linux kernel image (no bzImage header); "
+                "pass a vmlinuz, e.g. the one ci/prepare-kernel.sh prints"
+            )
         self.release = kernel_release(self.image)
         self.timeout = timeout
         self.note = ""
+        self.guest_environment: dict[str, Any] | None = None
 
     def run(self, session: pytest.Session) -> None:
         items = list(session.items)
@@ -180,13 +214,16 @@ class KernelLane:
             )
             console = outdir / "console.log"
             started = time.monotonic()
-            rc = _boot(self.image, f"sh {shlex.quote(str(script))}", outdir, kvm, self.timeout, console)
+            rc, trouble = _boot(self.image, f"sh {shlex.quote(str(script))}", outdir, kvm, self.timeout, console)
             self.note += f"; guest ran {time.monotonic() - started:.0f} s, pytest exit {rc}"
             reports = read_guest_reports(outdir / "reports.jsonl")
-            why_missing = (
-                f"the guest ({self.release}) did not finish within {self.timeout:.0f} s" if rc is None
-                else f"the guest ({self.release}) never reported this test (pytest exit {rc})"
-            )  # fmt: skip
+            if (outdir / "results.json").exists():
+                env = store.load(outdir / "results.json")["environment"]
+                env["lane"] = {"host_kernel": os.uname().release, "accel": "kvm" if kvm else "tcg (single-threaded)"}
+                self.guest_environment = env
+            why_missing = f"the guest ({self.release}) never reported this test" + (
+                f": it {trouble}" if trouble else f" (pytest exit {rc})"
+            )
             problem = f"{why_missing}; console tail:\n{tail(console)}\n--- guest pytest log tail ---\n{tail(outdir / 'pytest.log')}"
             for item in items:
                 found = compare.find(item.nodeid, reports)

@@ -32,7 +32,9 @@ def test_rps_moves_sock_wfree_out_of_the_senders_syscall(udpsend_result):
 @pytest.mark.udpsend(duration=0.5, cpu=0, payload=3000)
 @pytest.mark.wfree_latency(backend="bpf")
 def test_fragmented_datagrams_count_once(udpsend_result):
-    """3000 bytes over a 1500 MTU: three skbs charged, one sock_wfree per datagram."""
+    """3000 bytes over a 1500 MTU: the head skb is charged once and every fragment gets a
+    sock_wfree of its own; the probe must still count one release per datagram."""
     r, w = udpsend_result, udpsend_result.wfree
+    assert r.snmp.get("IpFragCreates", 0) >= 2 * r.sent  # the datagrams really were fragmented
     assert abs(w["count"] - r.sent) <= 0.05 * r.sent, (w["count"], r.sent)
-    assert w["charges"] >= 2.5 * w["count"]
+    assert abs(w["charges"] - w["count"]) <= 0.05 * w["count"]
