@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=${1:-6.1.0-56-amd64}
-bash ci/setup-debian.sh
+[ -x .venv/bin/python ] || bash ci/setup-debian.sh
 image=$(bash ci/prepare-kernel.sh "$version" | tail -n1)
 # how the lane reports a guest that cannot finish: no hang, the console tail
 UDPSEND_LANE_IMAGE="$image" .venv/bin/python -m pytest tests -p no:cacheprovider --udpsend-require-privileges -m lane
-exec .venv/bin/python -m pytest tests/test_bpf.py -p no:cacheprovider --udpsend-require-privileges \
+.venv/bin/python -m pytest tests/test_bpf.py -p no:cacheprovider --udpsend-require-privileges \
   --udpsend-kernel "$image" --udpsend-backend bpf -rA

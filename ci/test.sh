@@ -6,3 +6,7 @@ bash ci/setup-debian.sh
 # Tests that disturb the host on purpose run alone, after the others ran two at a time.
 .venv/bin/python -m pytest tests -p no:cacheprovider -n 2 --udpsend-require-privileges -m "not isolated and not lane and not bpf" "$@"
 .venv/bin/python -m pytest tests -p no:cacheprovider --udpsend-require-privileges -m "isolated" "$@"
+# The eBPF tests in a kernel that has kprobes (this host's may not): the kernel lane.
+if [ "${UDPSEND_SKIP_LANE:-0}" != 1 ]; then
+  bash ci/lane.sh 6.1.0-56-amd64
+fi

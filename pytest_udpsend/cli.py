@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("baseline", metavar="BASELINE.json")
     cmp.add_argument("new", metavar="NEW.json")
     cmp.add_argument("--tolerance", type=float, help="relative change allowed before a significant change is a regression")
+    prep = sub.add_parser("prepare-kernel", help="fetch and unpack a Debian kernel (with headers, qemu, bcc) for --udpsend-kernel")
+    prep.add_argument("version", help="e.g. 6.1.0-56-amd64 or 6.12.95+deb12-amd64 (bookworm-backports)")
+    prep.add_argument("dest", nargs="?", help="where to unpack (default .kernels/VERSION here)")
     rep = sub.add_parser("report", help="a self-contained HTML report with plots")
     rep.add_argument("results", metavar="RESULTS.json")
     rep.add_argument("--baseline", metavar="BASELINE.json", help="add baseline-versus-new plots")
@@ -160,6 +163,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return compare_files(args.baseline, args.new, args.tolerance)
 
 
+def cmd_prepare_kernel(args: argparse.Namespace) -> int:
+    """Runs the packaged script; its last line is the kernel image path."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).with_name("data") / "prepare-kernel.sh"
+    argv = ["bash", str(script), args.version] + ([args.dest] if args.dest else [])
+    return subprocess.run(argv, env={**os.environ, "UDPSEND_PYTHON": sys.executable}).returncode
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -175,7 +189,8 @@ def _terminate(signum: int, frame: object) -> NoReturn:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"run": cmd_run, "doctor": cmd_doctor, "compare": cmd_compare, "report": cmd_report}
+    commands = {"run": cmd_run, "doctor": cmd_doctor, "compare": cmd_compare, "report": cmd_report,
+                "prepare-kernel": cmd_prepare_kernel}  # fmt: skip
     if args.command not in commands:
         parser.print_help()
         return 2

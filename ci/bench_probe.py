@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Benchmark (run inside a kernel with kprobes, e.g. via ci/bench_probe.sh): the eBPF probe.
+
+1. Overhead: sender packets/s on a plain veth with and without the bcc probe armed,
+   rounds alternating (goal: under 10 % lower with it).
+2. Estimate against exact: one RPS run measured by both backends at once, the
+   timestamp estimate (receiver SO_TIMESTAMPNS, prequeue=0) and the exact kprobe
+   figures, on the same datagrams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+from typing import Any, Sequence
+
+from pytest_udpsend import sender, topology
+from pytest_udpsend.bpfprobe import BpfProbe
+from pytest_udpsend.params import make_params
+from pytest_udpsend.probes import TimestampProbe
+from pytest_udpsend.session import SessionOptions, TestContext, UdpsendSession
+
+
+class BothProbes:
+    """The exact probe and the timestamp estimate on the same run."""
+
+    backend = "bpf"
+    receiver_timestamps = True
+    reason = method = "bpf and timestamp on the same datagrams"
+
+    def __init__(self, bpf: BpfProbe) -> None:
+        self.bpf, self.ts = bpf, TimestampProbe("benchmark")
+
+    def prepare(self, sysctls: Any) -> None:
+        self.bpf.prepare(sysctls)
+        self.ts.prepare(sysctls)
+
+    def begin(self, fd: int, tgid: int) -> None:
+        self.bpf.begin(fd, tgid)
+
+    def end(self, lat: Sequence[int], lost: int, sent: int) -> dict[str, Any]:
+        out = self.bpf.end(lat, lost, sent)
+        out["timestamp"] = self.ts.end(lat, lost, sent)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def context() -> Any:
+    session = UdpsendSession(SessionOptions())
+    ctx = TestContext(session)
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=1.0)
+    args = parser.parse_args()
+    bpf = BpfProbe("benchmark")
+    with context() as ctx:
+        plain = topology.build(topology.TopologySpec(), ctx.undo, ctx.session.subnets, "plain")
+        params = make_params(duration=args.duration, cpu=0)
+        bpf.prepare(ctx.sysctls)  # compile before timing anything
+        pps: dict[str, list[float]] = {"without probe": [], "with probe": []}
+        counts = []
+        for _ in range(args.rounds):
+            pps["without probe"].append(sender.run(plain, params, ctx.sysctls, None).pps)
+            r = sender.run(plain, params, ctx.sysctls, bpf)
+            pps["with probe"].append(r.pps)
+            counts.append((r.wfree["count"], r.sent))
+        med = {k: statistics.median(v) for k, v in pps.items()}
+        for k, v in pps.items():
+            print(f"{k:>14}: median {med[k]:>9,.0f} pps  ({', '.join(f'{x:,.0f}' for x in v)})")
+        print(f"probe overhead: {1 - med['with probe'] / med['without probe']:.1%} lower throughput (goal < 10 %); "
+              f"sock_wfree count vs sent: {counts}")  # fmt: skip
+        rps = topology.build(topology.make_spec(rps_cpus=[1]), ctx.undo, ctx.session.subnets, "rps")
+        r = sender.run(rps, make_params(duration=args.duration, cpu=0, sndbuf=16384), ctx.sysctls, BothProbes(bpf))  # type: ignore[arg-type]
+        w, t = r.wfree, r.wfree["timestamp"]
+        print(f"RPS to CPU1, sndbuf 16384, kernel {r.kernel}: sent {r.sent}, EAGAIN {r.eagain_rate:.1%}")
+        print(f"  exact (bpf):          n={w['count']} p50 {w['p50_us']} us  p90 {w['p90_us']} us  p99 {w['p99_us']} us  "
+              f"max {w['max_us']} us  contexts {w['contexts']}")  # fmt: skip
+        print(f"  estimate (timestamp): n={t['count']} p50 {t['p50_us']} us  p90 {t['p90_us']} us  p99 {t['p99_us']} us  "
+              f"max {t['max_us']} us")  # fmt: skip
+    bpf.close()
+
+
+if __name__ == "__main__":
+    main()
