@@ -20,7 +20,8 @@ import argparse
 import contextlib
 import statistics
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from pytest_udpsend import compare, load, topology
 from pytest_udpsend.params import make_params

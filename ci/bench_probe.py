@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pytest_udpsend import sender, topology
 from pytest_udpsend.bpfprobe import BpfProbe

@@ -28,7 +28,7 @@ from pathlib import Path
 from pytest_udpsend import _engine, sender, topology
 from pytest_udpsend.journal import Journal
 from pytest_udpsend.params import make_params
-from pytest_udpsend.sysctl import Sysctls, SysctlHost
+from pytest_udpsend.sysctl import SysctlHost, Sysctls
 from pytest_udpsend.undo import UndoStack
 
 HERE = Path(__file__).resolve().parent

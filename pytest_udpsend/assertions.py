@@ -6,8 +6,9 @@ context that makes the number meaningful (kernel, backend, topology, sysctls).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -86,10 +87,10 @@ def check(bounds: Bounds, result: Mapping[str, Any]) -> list[tuple[Bound, Any, b
     return rows
 
 
-def aggregate(samples: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+def aggregate(samples: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     """With --udpsend-repeat, bounds are checked on the per-metric median of the samples."""
     if len(samples) == 1:
-        return samples[0]
+        return dict(samples[0])
 
     def median_at(path: str) -> Any:
         values = sorted(v for v in (lookup(s, path) for s in samples) if isinstance(v, (int, float)))

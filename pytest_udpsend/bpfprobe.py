@@ -30,9 +30,11 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from .probes import HIST_EDGES_US, PrivilegeError
+from .errors import PrivilegeError
+from .probes import HIST_EDGES_US
 from .sysctl import Sysctls
 
 CONTEXTS = ("inline", "softirq", "ksoftirqd", "napi_thread")

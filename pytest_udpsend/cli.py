@@ -11,7 +11,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from . import load, options, topology
 from .errors import UdpsendError
@@ -107,7 +108,7 @@ class Progress:
         if tty:
             sys.stderr.write("\r" + " " * 40 + "\r")
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self._thread.start()
         return self
 

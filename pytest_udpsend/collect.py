@@ -9,10 +9,9 @@ import pytest
 
 from . import compare, store
 from .fixtures import RESULTS_KEY
+from .session import UdpsendSession
 from .verdicts import COMPARE_KEY
 from .vm import write_guest_report
-from .session import UdpsendSession
-
 
 COMPARE_PROPERTY = "udpsend_compare"
 
@@ -35,7 +34,7 @@ def gather(session: UdpsendSession, report: pytest.TestReport) -> None:
         if name == store.PROPERTY:
             session.tests[report.nodeid] = {"outcome": report.outcome, "samples": value}
         elif name == COMPARE_PROPERTY:
-            session.comparison += [compare.Row(**row) for row in value]
+            session.comparison += [compare.Row(**row) for row in value]  # type: ignore[attr-defined]
 
 
 class Collector:

@@ -66,9 +66,10 @@ class SnmpReader:
 
     def __init__(self, ns: netns.Namespace) -> None:
         def open_files() -> list[IO[str]]:
-            files = [open("/proc/thread-self/net/snmp")]
+            # kept open on purpose: the open file stays bound to this namespace; close() shuts them
+            files: list[IO[str]] = [open("/proc/thread-self/net/snmp")]  # noqa: SIM115
             if Path("/proc/thread-self/net/snmp6").exists():
-                files.append(open("/proc/thread-self/net/snmp6"))
+                files.append(open("/proc/thread-self/net/snmp6"))  # noqa: SIM115
             return files
 
         self._files = ns.run(open_files)

@@ -8,14 +8,16 @@ failed half way.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, NoReturn
+from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 import pytest
 
-from . import load, netns
+from . import load
 from .capture import capture_for
 from .errors import PrivilegeError
 from .markers import SCENARIO_KEY, Scenario
+from .netns import Namespace
 from .probes import WfreeProbe
 from .results import SendResult
 from .sender import UdpSender
@@ -42,9 +44,7 @@ def _udpsend_ctx(request: pytest.FixtureRequest) -> Iterator[TestContext]:
     then yields the test's undo stack; flushes it at teardown."""
     session = udpsend_session(request.config)
     if session.privilege_problem:
-        if session.options.require_privileges:
-            pytest.fail(session.privilege_problem, pytrace=False)
-        pytest.skip(session.privilege_problem)
+        _skip_or_fail(session, session.privilege_problem)
     ctx = TestContext(session, marked_sysctls=scenario(request).sysctls)
     session.active.append(ctx)
     try:
@@ -53,13 +53,13 @@ def _udpsend_ctx(request: pytest.FixtureRequest) -> Iterator[TestContext]:
         ctx.close()
 
 
-def _register(ctx: TestContext, ns: netns.Namespace) -> None:
+def _register(ctx: TestContext, ns: Namespace) -> None:
     ctx.session.namespaces[ns.name] = ns
     ctx.undo.push(f"forget {ns.name}", lambda: ctx.session.namespaces.pop(ns.name, None))
 
 
 @pytest.fixture
-def netns(_udpsend_ctx: TestContext) -> Callable[[str], netns.Namespace]:
+def netns(_udpsend_ctx: TestContext) -> Callable[[str], Namespace]:
     """Function scope.  Factory: ``netns("hint") -> Namespace`` with lo up; all removed at teardown.
 
     Example::
@@ -69,7 +69,7 @@ def netns(_udpsend_ctx: TestContext) -> Callable[[str], netns.Namespace]:
             assert a.name in subprocess.check_output(["ip", "netns"], text=True)
     """
 
-    def make(hint: str = "ns") -> netns.Namespace:
+    def make(hint: str = "ns") -> Namespace:
         ns = make_namespace(hint, _udpsend_ctx.undo)
         _register(_udpsend_ctx, ns)
         return ns

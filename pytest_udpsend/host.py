@@ -106,7 +106,7 @@ class FileLock:
     def held(self) -> bool:
         return self._depth > 0
 
-    def __enter__(self) -> "FileLock":
+    def __enter__(self) -> FileLock:
         self.acquire()
         return self
 

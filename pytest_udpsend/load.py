@@ -11,24 +11,39 @@ cgroup of their own whose CPU quota caps them (v2 ``cpu.max``, or v1 CFS quota).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .errors import ConfigError, PrivilegeError
 from .host import owner_tag, tag_alive
 
-PR_SET_PDEATHSIG = 1
 CGROUP_PREFIX = "pytest-udpsend-"
 _POLICIES = {"other": 0, "batch": 3, "idle": 5}
-_HOG = "import os,sys\nos.write(1,b'r')\nwhile True:\n    pass\n"
+# The hog sets itself up (no preexec_fn: forking a threaded process and running Python
+# before exec can deadlock): die with the parent, check the parent did not die first,
+# pin, change policy and nice, then say it is ready and spin.
+_HOG = """
+import ctypes, os, sys
+cpu, nice, policy, parent = (int(a) for a in sys.argv[1:5])
+ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+if os.getppid() != parent:
+    sys.exit(1)
+os.sched_setaffinity(0, {cpu})
+if policy:
+    os.sched_setscheduler(0, policy, os.sched_param(0))
+if nice:
+    os.nice(nice)
+os.write(1, b"r")
+while True:
+    pass
+"""
 
 
 @dataclass(frozen=True)
@@ -65,17 +80,6 @@ def make_spec(cpus: object = (1,), workers: object = 2, nice: object = 0, policy
     if cpu_max is not None and (not isinstance(cpu_max, (int, float)) or not 0.01 <= cpu_max <= len(cpu_list)):
         raise ConfigError(f"cpu_max={cpu_max!r}: a fraction of CPU time from 0.01 to {len(cpu_list)} (number of CPUs)")
     return PressureSpec(tuple(cpu_list), workers, nice, str(policy), None if cpu_max is None else float(cpu_max))
-
-
-def _child_setup(cpu: int, nice: int, policy: int) -> None:
-    """Runs in the child between fork and exec: die with the parent, pin, renice."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    os.sched_setaffinity(0, {cpu})
-    if policy:
-        os.sched_setscheduler(0, policy, os.sched_param(0))
-    if nice:
-        os.nice(nice)
 
 
 def _cgroup_mounts() -> dict[str, Path]:
@@ -172,13 +176,9 @@ def pressure(spec: PressureSpec) -> Iterator[list[int]]:
     try:
         for cpu in spec.cpus:
             for _ in range(spec.workers):
+                argv = [str(cpu), str(spec.nice), str(_POLICIES[spec.policy]), str(os.getpid())]
                 procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-S", "-c", _HOG],
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.PIPE,
-                        preexec_fn=lambda cpu=cpu: _child_setup(cpu, spec.nice, _POLICIES[spec.policy]),
-                    )
+                    subprocess.Popen([sys.executable, "-S", "-c", _HOG, *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
                 )
                 if group:
                     group.add(procs[-1].pid)

@@ -7,8 +7,9 @@ what is accepted, before any namespace is built.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -53,7 +54,7 @@ class Scenario:
 SCENARIO_KEY = pytest.StashKey[Scenario]()
 
 
-def _call(marker: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _call(marker: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
     """Call a spec builder with the marker's arguments; a TypeError or ConfigError names the marker."""
     try:
         inspect.signature(fn).bind(*args, **kwargs)

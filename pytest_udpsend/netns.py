@@ -10,15 +10,17 @@ owner can be reaped by the next session without touching a live one's.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import itertools
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from .host import owner_tag, tag_alive
 
@@ -176,10 +178,8 @@ def create(hints: list[str], on_each: Callable[[], T] | None = None) -> list[tup
 
 def remove(ns: Namespace) -> None:
     """Unmount and unlink the namespace; the kernel frees it once unused."""
-    try:
+    with contextlib.suppress(OSError):
         os.close(ns.fd)
-    except OSError:
-        pass
     remove_name(ns.name)
 
 
@@ -187,10 +187,7 @@ def remove_name(name: str) -> None:
     path = NETNS_DIR / name
     if _libc.umount2(bytes(path), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
         _check(-1, f"umount {path}")
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+    path.unlink(missing_ok=True)
 
 
 def list_ours() -> list[str]:

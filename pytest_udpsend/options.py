@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -100,3 +101,23 @@ def configure_lane(config: Any) -> Any:
     from .vm import KernelLane
 
     return KernelLane(image, config.getoption("udpsend_kernel_timeout"))
+
+
+def session_options(config: Any) -> Any:
+    """SessionOptions from the pytest command line (a bad value is a usage error)."""
+    import pytest
+
+    from .session import SessionOptions
+
+    opts = SessionOptions(
+        backend=config.getoption("udpsend_backend"),
+        repeat=config.getoption("udpsend_repeat"),
+        json_path=config.getoption("udpsend_json"),
+        baseline_path=config.getoption("udpsend_baseline"),
+        html_path=config.getoption("udpsend_html"),
+        pcap_dir=config.getoption("udpsend_pcap"),
+        require_privileges=config.getoption("udpsend_require_privileges"),
+    )
+    if opts.repeat < 1:
+        raise pytest.UsageError(f"--udpsend-repeat {opts.repeat}: must be 1 or more")
+    return opts

@@ -8,8 +8,8 @@ import pytest
 
 from . import capture, collect, markers, reporting, verdicts
 from .fixtures import SESSION_KEY
-from .options import INI_OPTIONS, PYTEST_OPTIONS, add_options, configure_baseline, configure_lane
-from .session import SessionOptions, UdpsendSession, interrupt_on_sigterm
+from .options import INI_OPTIONS, PYTEST_OPTIONS, add_options, configure_baseline, configure_lane, session_options
+from .session import UdpsendSession, interrupt_on_sigterm
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -22,18 +22,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for line in markers.MARKERS.values():
         config.addinivalue_line("markers", line)
-    opts = SessionOptions(
-        backend=config.getoption("udpsend_backend"),
-        repeat=config.getoption("udpsend_repeat"),
-        json_path=config.getoption("udpsend_json"),
-        baseline_path=config.getoption("udpsend_baseline"),
-        html_path=config.getoption("udpsend_html"),
-        pcap_dir=config.getoption("udpsend_pcap"),
-        require_privileges=config.getoption("udpsend_require_privileges"),
-    )
-    if opts.repeat < 1:
-        raise pytest.UsageError(f"--udpsend-repeat {opts.repeat}: must be 1 or more")
-    session = UdpsendSession(opts)
+    session = UdpsendSession(session_options(config))
     configure_baseline(session, config)
     session.lane = configure_lane(config)
     config.stash[SESSION_KEY] = session

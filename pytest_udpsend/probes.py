@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import bisect
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from .errors import PrivilegeError
 from .sysctl import Sysctls

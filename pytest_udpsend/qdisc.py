@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ConfigError
 
@@ -23,11 +24,11 @@ _TIME_UNITS = {"s": 1e6, "sec": 1e6, "ms": 1e3, "msec": 1e3, "us": 1, "usec": 1}
 _NUMBER = re.compile(r"^(\d+(?:\.\d+)?)([a-z]*)$")
 
 
-def _with_unit(text: str, units: dict[str, float], default: str, what: str) -> float:
+def _with_unit(text: str, units: Mapping[str, float], default: str, what: str) -> float:
     match = _NUMBER.match(text.lower())
     if not match or (match.group(2) or default) not in units:
         raise ValueError(f"{text!r} is not a {what} (units: {', '.join(units)})")
-    return float(match.group(1)) * units[match.group(2) or default]
+    return float(match.group(1)) * float(units[match.group(2) or default])
 
 
 def rate_bytes(text: str) -> int:

@@ -8,11 +8,12 @@ baseline, baseline-versus-new samples per metric.
 from __future__ import annotations
 
 import html
-import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from . import compare, store
+from .assertions import lookup
 
 W, H, PAD = 420, 170, 38
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -147,8 +148,8 @@ def _test_section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[
     if base is not None:
         rows = compare.compare_test(nodeid, base, samples)
         for row in rows:
-            b = [float(v) for v in (compare.lookup(s, row.metric) for s in base) if isinstance(v, (int, float))]
-            n = [float(v) for v in (compare.lookup(s, row.metric) for s in samples) if isinstance(v, (int, float))]
+            b = [float(v) for v in (lookup(s, row.metric) for s in base) if isinstance(v, (int, float))]
+            n = [float(v) for v in (lookup(s, row.metric) for s in samples) if isinstance(v, (int, float))]
             plots.append(strip_plot(row.metric, b, n, row.verdict))
     parts.append('<div class="plots">' + "".join(p for p in plots if p) + "</div></section>")
     return "".join(parts)

@@ -12,10 +12,11 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from . import _engine, counters, load
+from . import _engine, counters, load  # type: ignore[attr-defined]
 from .params import SendParams
 from .probes import WfreeProbe
 from .results import SendResult
@@ -63,7 +64,8 @@ def _receiver_socket(topo: Topology, ipv6: bool, timestamps: bool) -> socket.soc
         sock.bind((addr, PORT))
         return sock
 
-    return topo.receiver.run(make)
+    sock: socket.socket = topo.receiver.run(make)
+    return sock
 
 
 def _sender_socket(topo: Topology, p: SendParams) -> socket.socket:
@@ -84,7 +86,8 @@ def _sender_socket(topo: Topology, p: SendParams) -> socket.socket:
         sock.connect((addr, PORT))
         return sock
 
-    return topo.sender.run(make)
+    sock: socket.socket = topo.sender.run(make)
+    return sock
 
 
 class _Thread(threading.Thread):

@@ -14,7 +14,7 @@ from .errors import ConfigError, PrivilegeError
 from .host import FileLock
 from .journal import Journal, restore_orphans
 from .probes import WfreeProbe
-from .sysctl import Sysctls, SysctlHost
+from .sysctl import SysctlHost, Sysctls
 from .topology import Endpoint, SubnetAllocator, Topology
 from .undo import UndoStack
 
@@ -164,15 +164,6 @@ class TestContext:
             f"netns={target!r} is not a namespace this session made: pass a Namespace from the netns "
             "fixture, veth.sender / veth.receiver, or one of their names."
         )
-
-    def backend_choice(self) -> tuple[str, str]:
-        """(backend, why), as the session's probe is or would be chosen."""
-        if self._probe is not None:
-            return self._probe.backend, self._probe.reason
-        try:
-            return probes.choose(self.options.backend)
-        except PrivilegeError as exc:
-            return "unavailable", str(exc)
 
     def close(self) -> None:
         if self in self.session.active:

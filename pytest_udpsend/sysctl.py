@@ -12,8 +12,9 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Literal, Sequence, Union
+from typing import Literal, Union
 
 from . import netns as netns_mod
 from .errors import SysctlError
@@ -21,7 +22,7 @@ from .journal import Journal
 from .undo import UndoStack
 
 Scope = Literal["global", "netns"]
-Value = Union[int, str, bool, Sequence[int]]
+Value = Union[int, str, bool, Sequence[int]]  # noqa: UP007 (a runtime alias)
 _NAME = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_\-]+)+$")
 PROC_SYS = Path("/proc/sys")
 

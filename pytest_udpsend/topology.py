@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
 import os
 import socket
 import struct
@@ -169,7 +170,7 @@ def build(spec: TopologySpec, undo: UndoStack, subnets: SubnetAllocator, hint: s
     """Build the pair; every part is registered on ``undo`` as soon as it exists."""
     made = netns_mod.create([f"snd-{hint}", f"rcv-{hint}"], on_each=lambda: _new_ns_setup(spec.ipv6))
     for ns, _ in made:
-        undo.push(f"netns {ns.name}", lambda ns=ns: netns_mod.remove(ns))
+        undo.push(f"netns {ns.name}", functools.partial(netns_mod.remove, ns))
     (snd_ns, snd_rt), (rcv_ns, rcv_rt) = made
     assert snd_rt is not None and rcv_rt is not None
     a, b, a6, b6 = subnets.next()

@@ -7,7 +7,7 @@ undo does not stop the others; all failures are reported together at the end.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("pytest_udpsend")
 
