@@ -60,7 +60,7 @@ def sample(ctx: TestContext, sender: UdpSender, config: str, duration: float) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("-n", "--samples", type=int, default=5, help="samples per side (default 5)")
+    parser.add_argument("-n", "--samples", type=int, default=6, help="samples per side (default 6)")
     parser.add_argument("--duration", type=float, default=0.3)
     args = parser.parse_args()
     make_params(duration=args.duration, **PARAMS)  # validate before building anything

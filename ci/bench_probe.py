@@ -79,6 +79,7 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in pps.items()}
         for k, v in pps.items():
             print(f"{k:>14}: median {med[k]:>9,.0f} pps  ({', '.join(f'{x:,.0f}' for x in v)})")
+        print(f"probe attached with {bpf.attach}; kernel {r.kernel}")
         print(f"probe overhead: {1 - med['with probe'] / med['without probe']:.1%} lower throughput (goal < 10 %); "
               f"sock_wfree count vs sent: {counts}")  # fmt: skip
         rps = topology.build(topology.make_spec(rps_cpus=[1]), ctx.undo, ctx.session.subnets, "rps")

@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pytest_udpsend import _engine, sender, topology
@@ -64,6 +65,21 @@ def c_loop(binary: Path, topo: topology.Topology, seconds: float) -> float:
     return int(out[1]) / seconds
 
 
+def on_cpu0_then_close(body: Callable[[], None], receiver: threading.Thread, *socks: socket.socket) -> None:
+    """Run the sender ``body`` in a thread pinned to CPU 0, wait for the receiver, close the sockets."""
+
+    def pinned() -> None:
+        os.sched_setaffinity(0, {0})
+        body()
+
+    t = threading.Thread(target=pinned)
+    t.start()
+    t.join()
+    receiver.join()
+    for sock in socks:
+        sock.close()
+
+
 def plugin_loop(topo: topology.Topology, params: object, sysctls: Sysctls) -> float:
     if DRAIN:
         return sender.run(topo, params, sysctls, None).pps  # type: ignore[arg-type]
@@ -72,15 +88,9 @@ def plugin_loop(topo: topology.Topology, params: object, sysctls: Sysctls) -> fl
     out: dict[str, float] = {}
 
     def body() -> None:
-        os.sched_setaffinity(0, {0})
         out.update(_engine.send_loop(tx.fileno(), params.duration, 1400))  # type: ignore[attr-defined]
 
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    thread.join()
-    tx.close()
-    rx.close()
+    on_cpu0_then_close(body, thread, tx, rx)
     return out["sent"] / out["elapsed_s"]
 
 
@@ -91,7 +101,6 @@ def python_loop(topo: topology.Topology, seconds: float) -> float:
 
     def body() -> None:
         nonlocal sent
-        os.sched_setaffinity(0, {0})
         payload = bytes(1400)
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -101,12 +110,7 @@ def python_loop(topo: topology.Topology, seconds: float) -> float:
             except BlockingIOError:
                 pass
 
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    thread.join()
-    tx.close()
-    rx.close()
+    on_cpu0_then_close(body, thread, tx, rx)
     return sent / seconds
 
 

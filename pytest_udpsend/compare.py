@@ -33,7 +33,7 @@ from .assertions import lookup
 # metric -> (direction of "worse", absolute floor of the allowed change)
 METRICS: dict[str, tuple[str, float]] = {
     "eagain_rate": ("higher", 0.005),
-    "time_squeeze": ("higher", 50.0),
+    "time_squeeze": ("higher", 5.0),
     "enobufs": ("higher", 10.0),
     "wfree.p50_us": ("higher", 5.0),
     "wfree.p99_us": ("higher", 20.0),

@@ -15,7 +15,7 @@ from typing import Any
 from . import compare, store
 from .assertions import lookup
 
-W, H, PAD = 420, 170, 38
+W, H, PAD = 440, 180, 52
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
@@ -86,7 +86,7 @@ def bar_plot(title: str, labels: Sequence[str], groups: Sequence[tuple[str, Sequ
             body += (f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(bar - 1, 1):.1f}" height="{H - PAD - y:.1f}" '
                      f'fill="{COLORS[k % len(COLORS)]}"><title>{_esc(name)} {_esc(labels[i])}: {v:g}</title></rect>')  # fmt: skip
     for i, label in enumerate(labels):
-        if len(labels) <= 16 or i % max(1, len(labels) // 8) == 0:
+        if len(labels) <= 10 or i % max(1, -(-len(labels) // 8)) == 0:
             body += f'<text x="{PAD + (i + 0.5) * slot:.1f}" y="{H - PAD + 11}" text-anchor="middle" font-size="8">{_esc(label)}</text>'
     body += "".join(
         f'<text x="{W - 10}" y="{28 + 11 * k}" text-anchor="end" font-size="9" fill="{COLORS[k % len(COLORS)]}">{_esc(n)}</text>'

@@ -24,17 +24,22 @@ def test_netns_factory_makes_listed_namespaces(netns):
     assert "LOOPBACK,UP" in ip("-n", a.name, "link", "show", "lo")
 
 
+def roundtrip(veth, family: int, dst: str, payload: bytes) -> tuple[bytes, str]:
+    """Send one datagram from the sender namespace to ``dst`` in the receiver's; return what arrived."""
+    rx = veth.receiver.run(lambda: socket.socket(family, socket.SOCK_DGRAM))
+    tx = veth.sender.run(lambda: socket.socket(family, socket.SOCK_DGRAM))
+    with rx, tx:
+        rx.bind((dst, 9000))
+        rx.settimeout(2)
+        tx.sendto(payload, (dst, 9000))
+        data, peer = rx.recvfrom(100)
+    return data, peer[0]
+
+
 def test_veth_pair_is_addressed_and_carries_udp(veth):
     assert veth.sender.addr in ip("-n", veth.sender.name, "-4", "addr", "show", veth.sender.ifname)
     assert veth.receiver.addr in ip("-n", veth.receiver.name, "-4", "addr", "show", veth.receiver.ifname)
-    rx = veth.receiver.run(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-    tx = veth.sender.run(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-    with rx, tx:
-        rx.bind((veth.receiver.addr, 9000))
-        rx.settimeout(2)
-        tx.sendto(b"ping", (veth.receiver.addr, 9000))
-        data, peer = rx.recvfrom(100)
-    assert data == b"ping" and peer[0] == veth.sender.addr
+    assert roundtrip(veth, socket.AF_INET, veth.receiver.addr, b"ping") == (b"ping", veth.sender.addr)
 
 
 @pytest.mark.topology(ipv6=True, mtu=9000)
@@ -42,13 +47,7 @@ def test_ipv6_and_mtu(veth):
     assert veth.sender.addr6 and veth.receiver.addr6
     link = ip("-n", veth.receiver.name, "link", "show", veth.receiver.ifname)
     assert "mtu 9000" in link
-    rx = veth.receiver.run(lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM))
-    tx = veth.sender.run(lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM))
-    with rx, tx:
-        rx.bind((veth.receiver.addr6, 9000))
-        rx.settimeout(2)
-        tx.sendto(b"ping6", (veth.receiver.addr6, 9000))
-        assert rx.recvfrom(100)[0] == b"ping6"
+    assert roundtrip(veth, socket.AF_INET6, veth.receiver.addr6, b"ping6") == (b"ping6", veth.sender.addr6)
 
 
 def test_no_ipv6_unless_asked(veth):
