@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 
@@ -154,3 +155,24 @@ def test_report_is_self_contained_with_plots(tmp_path):
     store.write(res, new)
     done = subprocess.run([sys.executable, "-m", "pytest_udpsend.cli", "report", str(res), "-o", str(out)], capture_output=True, text=True)
     assert done.returncode == 0 and out.read_text().startswith("<!DOCTYPE html>")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium to render the report")
+def test_report_renders_in_headless_chromium(tmp_path):
+    """The report opens in a real browser: the DOM it builds has every plot as an SVG element."""
+    html = tmp_path / "r.html"
+    html.write_text(report.render(doc({"t::x": [_synthetic_sample(0.1 + i / 1000) for i in range(5)]}),
+                                  doc({"t::x": [_synthetic_sample(0.05 + i / 1000) for i in range(5)]})))  # fmt: skip
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count("<svg") >= 6 and "sock_wfree latency histogram by context" in dom.stdout
+    shot = tmp_path / "r.png"
+    subprocess.run([CHROMIUM, *flags, "--window-size=1200,1600", f"--screenshot={shot}", html.as_uri()],
+                   capture_output=True, timeout=120)  # fmt: skip
+    assert shot.exists() and shot.stat().st_size > 20_000  # a page with plots, not a blank one
