@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from . import assertions, load, params, sysctl, topology
+from .compare import METRICS
 from .errors import ConfigError
 
 MARKERS = {
@@ -85,8 +86,6 @@ def _sysctl_dict(values: Any) -> dict[str, str]:
 def _baseline(tolerance: Any = None, metrics: Any = None) -> Baseline:
     if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0):
         raise ConfigError(f"tolerance={tolerance!r}: a non-negative fraction such as 0.2")
-    from .compare import METRICS
-
     if metrics is not None and (
         not isinstance(metrics, (list, tuple)) or not metrics or not all(m in METRICS for m in metrics)
     ):

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from . import _engine, counters, load  # type: ignore[attr-defined]
-from .params import SendParams
+from .errors import ConfigError
+from .params import SendParams, make_params
 from .probes import WfreeProbe
 from .results import SendResult
 from .sysctl import Sysctls, normalize
@@ -131,8 +132,6 @@ def run(
 ) -> SendResult:
     """Measure one run.  The caller holds the host lock."""
     if p.ipv6 and topo.receiver.addr6 is None:
-        from .errors import ConfigError
-
         raise ConfigError("ipv6=True needs an IPv6 topology: add @pytest.mark.topology(ipv6=True)")
     if probe is not None:
         probe.prepare(sysctls)
@@ -273,8 +272,6 @@ class UdpSender:
         self.results: list[SendResult] = []
 
     def run(self, **params: Any) -> SendResult:
-        from .params import make_params
-
         p = make_params(**params)
         self._lock()
         result = run(self.topology, p, self._sysctls, self._probe(), self._pressure, self._capture)
