@@ -54,8 +54,11 @@ PROGRAM = r"""
 struct charge { u64 ts; u32 tid; u32 pad; };
 BPF_TABLE("lru_hash", u64, struct charge, charged, 262144);
 BPF_ARRAY(cfg, u64, 1);
-BPF_ARRAY(hist, u64, NCTX * NB);
-BPF_ARRAY(stats, u64, NCTX * 2 + 1);  /* per ctx: count, max_ns; last: charges */
+/* per-CPU, so no atomic operations: a tracing program never nests into itself on
+   one CPU (the kernel skips such recursion), and charge and release touch
+   different slots */
+BPF_PERCPU_ARRAY(hist, u64, NCTX * NB);
+BPF_PERCPU_ARRAY(stats, u64, NCTX * 2 + 1);  /* per ctx: count, max_ns; last: charges */
 
 static __always_inline u32 udps_log2(u64 v)
 {
@@ -91,7 +94,7 @@ static __always_inline int do_charge(u64 skb)
     u32 slot = NCTX * 2;
     u64 *n = stats.lookup(&slot);
     if (n)
-        __sync_fetch_and_add(n, 1);
+        (*n)++;
     return 0;
 }
 
@@ -102,16 +105,17 @@ static __always_inline int do_wfree(u64 skb)
         return 0;
     u64 d = bpf_ktime_get_ns() - c->ts;
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    u32 cx = 1;
-    char comm[16] = {};
-    bpf_get_current_comm(&comm, sizeof(comm));
-    if (tid == c->tid)
-        cx = 0;
-    else if (comm[0] == 'k' && comm[1] == 's' && comm[2] == 'o' && comm[3] == 'f' && comm[4] == 't' &&
-             comm[5] == 'i' && comm[6] == 'r' && comm[7] == 'q')
-        cx = 2;
-    else if (comm[0] == 'n' && comm[1] == 'a' && comm[2] == 'p' && comm[3] == 'i' && comm[4] == '/')
-        cx = 3;
+    u32 cx = 0;
+    if (tid != c->tid) {  /* only then is the task's name needed */
+        char comm[16] = {};
+        bpf_get_current_comm(&comm, sizeof(comm));
+        cx = 1;
+        if (comm[0] == 'k' && comm[1] == 's' && comm[2] == 'o' && comm[3] == 'f' && comm[4] == 't' &&
+            comm[5] == 'i' && comm[6] == 'r' && comm[7] == 'q')
+            cx = 2;
+        else if (comm[0] == 'n' && comm[1] == 'a' && comm[2] == 'p' && comm[3] == 'i' && comm[4] == '/')
+            cx = 3;
+    }
     charged.delete(&skb);
     u32 b = udps_bucket(d);
     if (b >= NB)
@@ -119,11 +123,11 @@ static __always_inline int do_wfree(u64 skb)
     u32 hidx = cx * NB + b;
     u64 *h = hist.lookup(&hidx);
     if (h)
-        __sync_fetch_and_add(h, 1);
+        (*h)++;
     u32 sidx = cx * 2;
     u64 *cnt = stats.lookup(&sidx);
     if (cnt)
-        __sync_fetch_and_add(cnt, 1);
+        (*cnt)++;
     sidx = cx * 2 + 1;
     u64 *mx = stats.lookup(&sidx);
     if (mx && d > *mx)
@@ -246,8 +250,9 @@ class BpfProbe:
         bpf = self._compile()
         cfg = bpf["cfg"]
         cfg[cfg.Key(0)] = cfg.Leaf(0)
-        hist = [v.value for v in bpf["hist"].values()]
-        stats = [v.value for v in bpf["stats"].values()]
+        hist = [sum(v) for v in bpf["hist"].values()]  # per-CPU slots: add them up
+        per_cpu_stats = list(bpf["stats"].values())
+        stats = [max(v) if i % 2 and i < len(CONTEXTS) * 2 else sum(v) for i, v in enumerate(per_cpu_stats)]
         per_ctx = {name: hist[i * NBUCKETS : (i + 1) * NBUCKETS] for i, name in enumerate(CONTEXTS)}
         total = [sum(col) for col in zip(*per_ctx.values())]
         contexts = {name: stats[i * 2] for i, name in enumerate(CONTEXTS)}
