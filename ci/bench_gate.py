@@ -26,7 +26,7 @@ from typing import Any
 from pytest_udpsend import compare, load, topology
 from pytest_udpsend.params import make_params
 from pytest_udpsend.sender import UdpSender
-from pytest_udpsend.session import SessionOptions, TestContext, UdpsendSession
+from pytest_udpsend.session import TestContext, standalone
 
 PARAMS = {"cpu": 0, "receiver_cpu": 1, "sndbuf": 4096}
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -39,14 +39,9 @@ EXPERIMENTS = [("A/A", "base", "base"), ("A/B budget 300->8", "base", "budget8")
 
 @contextlib.contextmanager
 def rig() -> Iterator[tuple[TestContext, UdpSender]]:
-    session = UdpsendSession(SessionOptions())
-    session.reap()
-    ctx = TestContext(session)
-    try:
-        topo = topology.build(topology.make_spec(rps_cpus=[1]), ctx.undo, session.subnets, "gate")
+    with standalone() as ctx:
+        topo = topology.build(topology.make_spec(rps_cpus=[1]), ctx.undo, ctx.session.subnets, "gate")
         yield ctx, UdpSender(topo, ctx.sysctls, ctx.exclusive, lambda: None)
-    finally:
-        ctx.close()
 
 
 def sample(ctx: TestContext, sender: UdpSender, config: str, duration: float) -> dict[str, Any]:

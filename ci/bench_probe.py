@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +19,7 @@ from pytest_udpsend import sender, topology
 from pytest_udpsend.bpfprobe import BpfProbe
 from pytest_udpsend.params import make_params
 from pytest_udpsend.probes import TimestampProbe
-from pytest_udpsend.session import SessionOptions, TestContext, UdpsendSession
+from pytest_udpsend.session import standalone
 
 
 class BothProbes:
@@ -49,23 +48,13 @@ class BothProbes:
         pass
 
 
-@contextlib.contextmanager
-def context() -> Any:
-    session = UdpsendSession(SessionOptions())
-    ctx = TestContext(session)
-    try:
-        yield ctx
-    finally:
-        ctx.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=1.0)
     args = parser.parse_args()
     bpf = BpfProbe("benchmark")
-    with context() as ctx:
+    with standalone() as ctx:
         plain = topology.build(topology.TopologySpec(), ctx.undo, ctx.session.subnets, "plain")
         params = make_params(duration=args.duration, cpu=0)
         bpf.prepare(ctx.sysctls)  # compile before timing anything

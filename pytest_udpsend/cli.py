@@ -120,19 +120,16 @@ class Progress:
 def cmd_run(args: argparse.Namespace) -> int:
     from . import store
     from .sender import UdpSender
-    from .session import SessionOptions, TestContext, UdpsendSession
+    from .session import SessionOptions, standalone
     from .sysctl import format_value
 
-    session = UdpsendSession(SessionOptions(backend=args.udpsend_backend, repeat=args.udpsend_repeat))
-    if session.privilege_problem:
-        raise UdpsendError(session.privilege_problem)
     spec = topology.make_spec(args.rps_cpus, args.qdisc, args.gro, args.threaded_napi, args.mtu, args.ipv6)
     pressure = load.make_spec(*args.cpu_pressure) if args.cpu_pressure else None
     params = make_params(duration=args.duration, payload=args.payload, sndbuf=args.sndbuf, force_sndbuf=args.force_sndbuf,
                          rate=args.rate, cpu=args.cpu, ipv6=args.ipv6, receiver_cpu=args.receiver_cpu)  # fmt: skip
-    session.reap()
-    ctx = TestContext(session, marked_sysctls={k: format_value(v) for k, v in args.sysctl})
-    try:
+    options = SessionOptions(backend=args.udpsend_backend, repeat=args.udpsend_repeat)
+    with standalone(options, {k: format_value(v) for k, v in args.sysctl}) as ctx:
+        session = ctx.session
         topo = topology.build(spec, ctx.undo, session.subnets, hint="cli")
         ctx.apply_marked_to(topo)
         probe: Callable[[], Any] = session.probe if args.wfree else (lambda: None)
@@ -142,9 +139,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             with Progress(params.duration):
                 samples.append(sender.run(**params.as_dict()))
             print(("" if i == 0 else "\n") + samples[-1].summary())
-    finally:
-        ctx.close()
-        session.close()
     if args.udpsend_json:
         env = store.environment(session.backend_choice()[0])
         store.write(args.udpsend_json, store.document(env, {"udpsend run": {"outcome": "passed", "samples": [s.to_dict() for s in samples]}}))

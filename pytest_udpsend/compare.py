@@ -112,14 +112,15 @@ class Row:
         return self.verdict == "regression"
 
 
-def _values(samples: Sequence[Mapping[str, Any]], metric: str) -> list[float]:
+def values(samples: Sequence[Mapping[str, Any]], metric: str) -> list[float]:
+    """The numeric values of ``metric`` over ``samples`` (samples that lack it are left out)."""
     return [float(v) for v in (lookup(s, metric) for s in samples) if isinstance(v, (int, float))]
 
 
 def compare_metric(test: str, metric: str, base: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]],
                    tolerance: float = DEFAULT_TOLERANCE, alpha: float = DEFAULT_ALPHA) -> Row:  # fmt: skip
     direction, floor = METRICS[metric]
-    b, n = _values(base, metric), _values(new, metric)
+    b, n = values(base, metric), values(new, metric)
     if not b or not n:
         return Row(test, metric, None, None, None, None, "not measured")
     bm, nm = statistics.median(b), statistics.median(n)
@@ -144,7 +145,7 @@ def compare_test(test: str, base: Sequence[Mapping[str, Any]] | None, new: Seque
     names = list(metrics or METRICS)
     if base is None:
         return [Row(test, "-", None, None, None, None, "no baseline")]
-    measured = [m for m in names if _values(base, m) and _values(new, m)]
+    measured = [m for m in names if values(base, m) and values(new, m)]
     per_metric = alpha / max(len(measured), 1)  # Bonferroni over the metrics this test really has
     return [compare_metric(test, m, base, new, tolerance, per_metric) for m in names]
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from . import compare, store
-from .assertions import lookup
 
 W, H, PAD = 440, 180, 52
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -110,7 +109,8 @@ def strip_plot(title: str, base: Sequence[float], new: Sequence[float], verdict:
     return _frame(f"{title}: {verdict}", body, "", title, ymax)
 
 
-def _test_section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[str, Any]] | None) -> str:
+def _test_section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[str, Any]] | None,
+                  rows: Sequence[compare.Row]) -> str:  # fmt: skip
     samples = entry.get("samples", [])
     parts = [f'<section><h2>{_esc(nodeid)} <span class="{_esc(entry.get("outcome"))}">{_esc(entry.get("outcome"))}</span></h2>']
     last = samples[-1]
@@ -146,11 +146,8 @@ def _test_section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[
         plots.append(bar_plot("time_squeeze per CPU", [f"cpu{c}" for c in cpus],
                               [("time_squeeze", [softnet[c].get("time_squeeze", 0) for c in cpus])], "CPU", "increments"))  # fmt: skip
     if base is not None:
-        rows = compare.compare_test(nodeid, base, samples)
         for row in rows:
-            b = [float(v) for v in (lookup(s, row.metric) for s in base) if isinstance(v, (int, float))]
-            n = [float(v) for v in (lookup(s, row.metric) for s in samples) if isinstance(v, (int, float))]
-            plots.append(strip_plot(row.metric, b, n, row.verdict))
+            plots.append(strip_plot(row.metric, compare.values(base, row.metric), compare.values(samples, row.metric), row.verdict))
     parts.append('<div class="plots">' + "".join(p for p in plots if p) + "</div></section>")
     return "".join(parts)
 
@@ -164,16 +161,20 @@ pre{background:#f6f6f6;padding:.6em;overflow-x:auto}"""
 def render(doc: Mapping[str, Any], baseline: Mapping[str, Any] | None = None) -> str:
     env = doc.get("environment", {})
     base_tests = compare.samples_by_test(baseline) if baseline else {}
+    rows = compare.compare_docs(baseline, doc) if baseline else []  # once: the summary and the plots share them
+    rows_by_test: dict[str, list[compare.Row]] = {}
+    for row in rows:
+        rows_by_test.setdefault(row.test, []).append(row)
     env_rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in sorted(env.items()) if k != "sysctls")
     sysctls = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in sorted((env.get("sysctls") or {}).items()))
     sections = [
-        _test_section(nodeid, entry, compare.find(compare.base_key(nodeid), base_tests) if baseline else None)
+        _test_section(nodeid, entry, compare.find(compare.base_key(nodeid), base_tests) if baseline else None,
+                      rows_by_test.get(compare.base_key(nodeid), []))  # fmt: skip
         for nodeid, entry in sorted(doc.get("tests", {}).items())
         if entry.get("samples")
     ]
     summary = ""
     if baseline:
-        rows = compare.compare_docs(baseline, doc)
         summary = f"<h2>Baseline comparison</h2><pre>{_esc(compare.table(rows, baseline.get('environment'), env))}</pre>"
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>pytest-udpsend report</title>"

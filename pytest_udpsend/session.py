@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,3 +171,23 @@ class TestContext:
         if self in self.session.active:
             self.session.active.remove(self)
         self.undo.flush()
+
+
+@contextlib.contextmanager
+def standalone(options: SessionOptions | None = None, marked_sysctls: dict[str, str] | None = None) -> Iterator[TestContext]:
+    """A session and one test context outside pytest (the udpsend command, benchmarks).
+
+    Checks privileges, reaps what dead sessions left, and undoes everything on exit.
+    """
+    session = UdpsendSession(options or SessionOptions())
+    if session.privilege_problem:
+        raise PrivilegeError(session.privilege_problem)
+    session.reap()
+    ctx = TestContext(session, marked_sysctls=marked_sysctls or {})
+    try:
+        yield ctx
+    finally:
+        try:
+            ctx.close()
+        finally:
+            session.close()
