@@ -2,4 +2,4 @@
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("pytest_udpsend._engine", ["pytest_udpsend/_engine.c"], extra_compile_args=["-O2", "-Wall"])])
+setup(ext_modules=[Extension("pytest_udpsend.measure._engine", ["pytest_udpsend/measure/_engine.c"], extra_compile_args=["-O2", "-Wall"])])

@@ -23,10 +23,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from pytest_udpsend import compare, load, topology
-from pytest_udpsend.params import make_params
-from pytest_udpsend.sender import UdpSender
-from pytest_udpsend.session import TestContext, standalone
+from pytest_udpsend.frontend.session import TestContext, standalone
+from pytest_udpsend.host import topology
+from pytest_udpsend.measure import load
+from pytest_udpsend.measure.params import make_params
+from pytest_udpsend.measure.sender import UdpSender
+from pytest_udpsend.results import compare
 
 PARAMS = {"cpu": 0, "receiver_cpu": 1, "sndbuf": 4096}
 CONFIGS: dict[str, dict[str, Any]] = {

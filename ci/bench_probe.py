@@ -15,11 +15,12 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_udpsend import sender, topology
-from pytest_udpsend.bpfprobe import BpfProbe
-from pytest_udpsend.params import make_params
-from pytest_udpsend.probes import TimestampProbe
-from pytest_udpsend.session import standalone
+from pytest_udpsend.frontend.session import standalone
+from pytest_udpsend.host import topology
+from pytest_udpsend.measure import sender
+from pytest_udpsend.measure.bpfprobe import BpfProbe
+from pytest_udpsend.measure.params import make_params
+from pytest_udpsend.measure.probes import TimestampProbe
 
 
 class BothProbes:

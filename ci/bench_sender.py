@@ -26,11 +26,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pytest_udpsend import _engine, sender, topology
-from pytest_udpsend.journal import Journal
-from pytest_udpsend.params import make_params
-from pytest_udpsend.sysctl import SysctlHost, Sysctls
-from pytest_udpsend.undo import UndoStack
+from pytest_udpsend.host import topology
+from pytest_udpsend.host.journal import Journal
+from pytest_udpsend.host.sysctl import SysctlHost, Sysctls
+from pytest_udpsend.host.undo import UndoStack
+from pytest_udpsend.measure import _engine, sender
+from pytest_udpsend.measure.params import make_params
 
 HERE = Path(__file__).resolve().parent
 

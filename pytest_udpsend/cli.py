@@ -14,10 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from . import load, options, topology
-from .errors import UdpsendError
-from .params import make_params
-from .undo import UndoFailed
+from pytest_udpsend.errors import UdpsendError
+from pytest_udpsend.frontend import options
+from pytest_udpsend.host import topology
+from pytest_udpsend.host.undo import UndoFailed
+from pytest_udpsend.measure import load
+from pytest_udpsend.measure.params import make_params
 
 
 def _sysctl_pair(text: str) -> tuple[str, str]:
@@ -118,10 +120,10 @@ class Progress:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import store
-    from .sender import UdpSender
-    from .session import SessionOptions, standalone
-    from .sysctl import format_value
+    from pytest_udpsend.frontend.session import SessionOptions, standalone
+    from pytest_udpsend.host.sysctl import format_value
+    from pytest_udpsend.measure.sender import UdpSender
+    from pytest_udpsend.results import store
 
     spec = topology.make_spec(args.rps_cpus, args.qdisc, args.gro, args.threaded_napi, args.mtu, args.ipv6)
     pressure = load.make_spec(*args.cpu_pressure) if args.cpu_pressure else None
@@ -147,13 +149,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import run_checks
+    from pytest_udpsend.frontend.doctor import run_checks
 
     return run_checks()
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_files
+    from pytest_udpsend.results.compare import compare_files
 
     return compare_files(args.baseline, args.new, args.tolerance)
 
@@ -164,13 +166,13 @@ def cmd_prepare_kernel(args: argparse.Namespace) -> int:
     import subprocess
     from pathlib import Path
 
-    script = Path(__file__).with_name("data") / "prepare-kernel.sh"
+    script = Path(__file__).with_name("lane") / "prepare-kernel.sh"
     argv = ["bash", str(script), args.version] + ([args.dest] if args.dest else [])
     return subprocess.run(argv, env={**os.environ, "UDPSEND_PYTHON": sys.executable}).returncode
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from pytest_udpsend.results.report import write_report
 
     write_report(args.results, args.output, args.baseline)
     print(f"wrote {args.output}")

@@ -13,24 +13,18 @@ from typing import NoReturn
 
 import pytest
 
-from . import load
-from .capture import capture_for
-from .errors import PrivilegeError
-from .markers import SCENARIO_KEY, Scenario
-from .netns import Namespace
-from .probes import WfreeProbe
-from .results import SendResult
-from .sender import UdpSender
-from .session import TestContext, UdpsendSession
-from .sysctl import Sysctls
-from .topology import Topology, build, make_namespace
-
-SESSION_KEY = pytest.StashKey[UdpsendSession]()
-RESULTS_KEY = pytest.StashKey[list[SendResult]]()
-
-
-def udpsend_session(config: pytest.Config) -> UdpsendSession:
-    return config.stash[SESSION_KEY]
+from pytest_udpsend.errors import PrivilegeError
+from pytest_udpsend.frontend.keys import RESULTS_KEY, udpsend_session
+from pytest_udpsend.frontend.markers import SCENARIO_KEY, Scenario
+from pytest_udpsend.frontend.pcap import capture_for
+from pytest_udpsend.frontend.session import TestContext, UdpsendSession
+from pytest_udpsend.host.netns import Namespace
+from pytest_udpsend.host.sysctl import Sysctls
+from pytest_udpsend.host.topology import Topology, build, make_namespace
+from pytest_udpsend.measure import load
+from pytest_udpsend.measure.probes import WfreeProbe
+from pytest_udpsend.measure.result import SendResult
+from pytest_udpsend.measure.sender import UdpSender
 
 
 def scenario(request: pytest.FixtureRequest) -> Scenario:

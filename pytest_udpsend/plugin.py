@@ -6,10 +6,17 @@ from typing import Any
 
 import pytest
 
-from . import capture, collect, markers, reporting, verdicts
-from .fixtures import SESSION_KEY
-from .options import INI_OPTIONS, PYTEST_OPTIONS, add_options, configure_baseline, configure_lane, session_options
-from .session import UdpsendSession, interrupt_on_sigterm
+from pytest_udpsend.frontend import collect, markers, pcap, reporting, verdicts
+from pytest_udpsend.frontend.keys import SESSION_KEY
+from pytest_udpsend.frontend.options import (
+    INI_OPTIONS,
+    PYTEST_OPTIONS,
+    add_options,
+    configure_baseline,
+    configure_lane,
+    session_options,
+)
+from pytest_udpsend.frontend.session import UdpsendSession, interrupt_on_sigterm
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -69,7 +76,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     reporting.shorten_own_errors(report, call)
-    capture.keep_or_discard(item, report)
+    pcap.keep_or_discard(item, report)
     collect.attach(item, report)
     return report
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_udpsend.host import FileLock, tag_alive
+from pytest_udpsend.host.state import FileLock, tag_alive
 
 
 def netns_names() -> set[str]:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pytest_udpsend import compare, report, store
+from pytest_udpsend.results import compare, report, store
 
 
 def doc(samples_by_test: dict[str, list[dict]], kernel: str = "6.1.0-56-amd64") -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_udpsend import vm
+from pytest_udpsend.lane import vm
 
 pytestmark = pytest.mark.lane
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pytest_udpsend.errors import SysctlError
-from pytest_udpsend.host import FileLock
+from pytest_udpsend.host.state import FileLock
 
 from .conftest import netns_names
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from pytest_udpsend.topology import read_receiver_sysfs
+from pytest_udpsend.host.topology import read_receiver_sysfs
 
 from .conftest import netns_names
 

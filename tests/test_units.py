@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_udpsend import counters, probes, qdisc
 from pytest_udpsend.errors import ConfigError
+from pytest_udpsend.host import qdisc
+from pytest_udpsend.measure import counters, probes
 
 SOFTNET_15 = """\
 00000010 00000001 00000002 00000000 00000000 00000000 00000000 00000000 00000000 00000005 00000000 00000000 00000000 00000000 00000000

@@ -8,8 +8,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import privileges, probes
-from .undo import UndoStack
+from pytest_udpsend.host import privileges
+from pytest_udpsend.host.undo import UndoStack
+from pytest_udpsend.measure import probes
 
 Check = tuple[str, bool, str]  # (capability, ok, detail or fix)
 
@@ -21,7 +22,7 @@ def _root() -> Check:
 
 def _topology() -> list[Check]:
     """Build a real pair with a tbf qdisc, then remove it: namespaces, veth and tc in one go."""
-    from . import topology
+    from pytest_udpsend.host import topology
 
     undo = UndoStack()
     out: list[Check] = []
@@ -38,8 +39,8 @@ def _topology() -> list[Check]:
 
 
 def _sysctls() -> list[Check]:
-    from .journal import Journal
-    from .sysctl import SysctlHost
+    from pytest_udpsend.host.journal import Journal
+    from pytest_udpsend.host.sysctl import SysctlHost
 
     host = SysctlHost(Journal())
     out: list[Check] = []
@@ -80,7 +81,7 @@ def _tracing() -> list[Check]:
 
 
 def _lane() -> list[Check]:
-    from .host import state_dir
+    from pytest_udpsend.host.state import state_dir
 
     kvm_dev = os.access("/dev/kvm", os.R_OK | os.W_OK)
     verdict_file = state_dir() / f"kvm-verdict-{os.uname().release}"
@@ -101,7 +102,7 @@ def _lane() -> list[Check]:
 
 
 def _cgroups() -> Check:
-    from .load import _cgroup_mounts
+    from pytest_udpsend.measure.load import _cgroup_mounts
 
     mounts = _cgroup_mounts()
     if mounts:

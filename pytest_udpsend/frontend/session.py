@@ -11,14 +11,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import load, netns, privileges, probes
-from .errors import ConfigError, PrivilegeError
-from .host import FileLock
-from .journal import Journal, restore_orphans
-from .probes import WfreeProbe
-from .sysctl import SysctlHost, Sysctls
-from .topology import Endpoint, SubnetAllocator, Topology
-from .undo import UndoStack
+from pytest_udpsend.errors import ConfigError, PrivilegeError
+from pytest_udpsend.host import netns, privileges
+from pytest_udpsend.host.journal import Journal, restore_orphans
+from pytest_udpsend.host.state import FileLock
+from pytest_udpsend.host.sysctl import SysctlHost, Sysctls
+from pytest_udpsend.host.topology import Endpoint, SubnetAllocator, Topology
+from pytest_udpsend.host.undo import UndoStack
+from pytest_udpsend.measure import load, probes
+from pytest_udpsend.measure.probes import WfreeProbe
 
 log = logging.getLogger("pytest_udpsend")
 

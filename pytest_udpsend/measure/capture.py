@@ -13,24 +13,19 @@ and why capture is off unless asked for.
 from __future__ import annotations
 
 import contextlib
-import re
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from .topology import Topology
+from pytest_udpsend.host.topology import Topology
 
 FIRST, SAMPLE, CAP, SNAPLEN = 256, 100, 4096, 256
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
 SKF_AD_RANDOM = -0x1000 + 56
-PCAP_KEY = pytest.StashKey[list[str]]()
 
 
 def _sampling_filter(every: int) -> bytes:
@@ -98,37 +93,3 @@ def _write(path: Path, frames: list[tuple[float, bytes]]) -> None:
             pkt = Ether(data)
             pkt.time = ts
             out.write(pkt)
-
-
-def capture_for(request: pytest.FixtureRequest, ctx: Any, topo: Topology) -> Callable[[], contextlib.AbstractContextManager[Any]] | None:
-    """A capture factory for this test when --udpsend-pcap is given, else None."""
-    directory = ctx.session.options.pcap_dir
-    if not directory:
-        return None
-    try:
-        import scapy  # noqa: F401
-    except ImportError:
-        from .errors import ConfigError
-
-        raise ConfigError("--udpsend-pcap needs scapy: pip install 'pytest-udpsend[pcap]'") from None
-    paths = request.node.stash.setdefault(PCAP_KEY, [])
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)[-120:]
-
-    def start() -> contextlib.AbstractContextManager[Any]:
-        path = Path(directory) / f"{stem}-{len(paths) + 1}.pcap"
-        paths.append(str(path))
-        return capture(topo, path)
-
-    return start
-
-
-def keep_or_discard(item: pytest.Item, report: pytest.TestReport) -> None:
-    """After the call phase: keep the pcaps of a failed test (and say where), drop the others."""
-    paths = item.stash.get(PCAP_KEY, [])
-    if not paths or report.when != "call":
-        return
-    if report.failed:
-        report.sections.append(("udpsend pcap", "\n".join(f"capture kept: {p}" for p in paths)))
-    else:
-        for p in paths:
-            Path(p).unlink(missing_ok=True)

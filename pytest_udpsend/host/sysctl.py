@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, Union
 
-from . import netns as netns_mod
-from .errors import SysctlError
-from .journal import Journal
-from .undo import UndoStack
+from pytest_udpsend.errors import SysctlError
+from pytest_udpsend.host import netns as netns_mod
+from pytest_udpsend.host.journal import Journal
+from pytest_udpsend.host.undo import UndoStack
 
 Scope = Literal["global", "netns"]
 Value = Union[int, str, bool, Sequence[int]]  # noqa: UP007 (a runtime alias)

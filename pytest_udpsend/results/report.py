@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import compare, store
+from pytest_udpsend.results import compare, metrics, store
 
 W, H, PAD = 440, 180, 52
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -147,7 +147,7 @@ def _test_section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[
                               [("time_squeeze", [softnet[c].get("time_squeeze", 0) for c in cpus])], "CPU", "increments"))  # fmt: skip
     if base is not None:
         for row in rows:
-            plots.append(strip_plot(row.metric, compare.values(base, row.metric), compare.values(samples, row.metric), row.verdict))
+            plots.append(strip_plot(row.metric, metrics.values(base, row.metric), metrics.values(samples, row.metric), row.verdict))
     parts.append('<div class="plots">' + "".join(p for p in plots if p) + "</div></section>")
     return "".join(parts)
 

@@ -68,18 +68,18 @@ def configure_baseline(session: Any, config: Any) -> None:
     """Read the ini settings and load --udpsend-baseline; a bad value is a usage error, one sentence."""
     import pytest
 
-    from . import compare, store
+    from pytest_udpsend.results import compare, metrics, store
 
     try:
         session.tolerance = float(config.getini("udpsend_tolerance"))
         session.alpha = float(config.getini("udpsend_alpha"))
     except ValueError as exc:
         raise pytest.UsageError(f"udpsend_tolerance / udpsend_alpha must be numbers: {exc}") from None
-    metrics = tuple(str(config.getini("udpsend_compare_metrics")).split())
-    unknown = [m for m in metrics if m not in compare.METRICS]
+    names = tuple(str(config.getini("udpsend_compare_metrics")).split())
+    unknown = [m for m in names if m not in metrics.METRICS]
     if unknown:
-        raise pytest.UsageError(f"udpsend_compare_metrics: unknown {unknown}; accepted: {', '.join(compare.METRICS)}")
-    session.compare_metrics = metrics or None
+        raise pytest.UsageError(f"udpsend_compare_metrics: unknown {unknown}; accepted: {', '.join(metrics.METRICS)}")
+    session.compare_metrics = names or None
     if session.options.baseline_path:
         try:
             doc = store.load(session.options.baseline_path)
@@ -98,7 +98,7 @@ def configure_lane(config: Any) -> Any:
         return None
     if getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("--udpsend-kernel runs the selected tests in one VM: drop -n/--numprocesses")
-    from .vm import KernelLane
+    from pytest_udpsend.lane.vm import KernelLane
 
     return KernelLane(image, config.getoption("udpsend_kernel_timeout"))
 
@@ -107,7 +107,7 @@ def session_options(config: Any) -> Any:
     """SessionOptions from the pytest command line (a bad value is a usage error)."""
     import pytest
 
-    from .session import SessionOptions
+    from pytest_udpsend.frontend.session import SessionOptions
 
     opts = SessionOptions(
         backend=config.getoption("udpsend_backend"),

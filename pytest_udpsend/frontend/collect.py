@@ -7,11 +7,10 @@ from typing import Any
 
 import pytest
 
-from . import compare, store
-from .fixtures import RESULTS_KEY
-from .session import UdpsendSession
-from .verdicts import COMPARE_KEY
-from .vm import write_guest_report
+from pytest_udpsend.frontend.keys import COMPARE_KEY, RESULTS_KEY
+from pytest_udpsend.frontend.session import UdpsendSession
+from pytest_udpsend.lane.vm import write_guest_report
+from pytest_udpsend.results import compare, store
 
 COMPARE_PROPERTY = "udpsend_compare"
 
@@ -48,7 +47,7 @@ class Collector:
         write_guest_report(report)  # only inside a kernel-lane guest
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        from .reporting import lane_summary
+        from pytest_udpsend.frontend.reporting import lane_summary
 
         if line := lane_summary(self.session):
             terminalreporter.write_line(line)
@@ -70,7 +69,7 @@ def finish(session: UdpsendSession, is_worker: bool) -> dict[str, Any] | None:
     if session.options.json_path:
         store.write(session.options.json_path, doc)
     if session.options.html_path:
-        from .report import render
+        from pytest_udpsend.results.report import render
 
         baseline = session.baseline
         html = render(doc, baseline)

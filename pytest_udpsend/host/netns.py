@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from .host import owner_tag, tag_alive
+from pytest_udpsend.host.state import owner_tag, tag_alive
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import ConfigError
+from pytest_udpsend.errors import ConfigError
 
 
 @dataclass(frozen=True)

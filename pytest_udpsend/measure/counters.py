@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO
 
-from . import netns
+from pytest_udpsend.host import netns
 
 SOFTNET = Path("/proc/net/softnet_stat")
 

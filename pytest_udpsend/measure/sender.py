@@ -16,13 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import _engine, counters, load  # type: ignore[attr-defined]
-from .errors import ConfigError
-from .params import SendParams, make_params
-from .probes import WfreeProbe
-from .results import SendResult
-from .sysctl import Sysctls, normalize
-from .topology import Topology
+from pytest_udpsend.errors import ConfigError
+from pytest_udpsend.host.sysctl import Sysctls, normalize
+from pytest_udpsend.host.topology import Topology
+from pytest_udpsend.measure import _engine, counters, load  # type: ignore[attr-defined]
+from pytest_udpsend.measure.params import SendParams, make_params
+from pytest_udpsend.measure.probes import WfreeProbe
+from pytest_udpsend.measure.result import SendResult
 
 PORT = 40000
 SO_SNDBUFFORCE = 32

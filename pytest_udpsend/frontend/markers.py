@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from . import assertions, load, params, sysctl, topology
-from .compare import METRICS
-from .errors import ConfigError
+from pytest_udpsend.errors import ConfigError
+from pytest_udpsend.host import sysctl, topology
+from pytest_udpsend.measure import load, params
+from pytest_udpsend.results import bounds as bounds_mod
+from pytest_udpsend.results.metrics import METRICS
 
 MARKERS = {
     "topology": "topology(rps_cpus=None, qdisc=None, gro=False, threaded_napi=False, mtu=1500, ipv6=False): "
@@ -47,7 +49,7 @@ class Scenario:
     sysctls: dict[str, str] = field(default_factory=dict)
     pressure: load.PressureSpec | None = None
     params: params.SendParams = field(default_factory=params.SendParams)
-    bounds: assertions.Bounds = field(default_factory=assertions.Bounds)
+    bounds: bounds_mod.Bounds = field(default_factory=bounds_mod.Bounds)
     baseline: Baseline = field(default_factory=Baseline)
     has_udpsend_marker: bool = False
 
@@ -113,16 +115,16 @@ def scenario_for(item: pytest.Item) -> Scenario:
         kw["has_udpsend_marker"] = True
     if m := one("udpsend_baseline"):
         kw["baseline"] = _call("udpsend_baseline", _baseline, m.args, m.kwargs)
-    bounds: list[assertions.Bound] = []
+    bounds: list[bounds_mod.Bound] = []
     backend = "any"
     for name, metric in (("eagain_rate", "eagain_rate"), ("time_squeeze", "time_squeeze")):
         if m := one(name):
-            bounds.append(_call(name, lambda max=None, min=None, _n=name, _m=metric: assertions.min_max(_n, _m, max, min),
+            bounds.append(_call(name, lambda max=None, min=None, _n=name, _m=metric: bounds_mod.min_max(_n, _m, max, min),
                                 m.args, m.kwargs))  # fmt: skip
     if m := one("wfree_latency"):
-        wb, backend = _call("wfree_latency", assertions.wfree_bounds, m.args, m.kwargs)
+        wb, backend = _call("wfree_latency", bounds_mod.wfree_bounds, m.args, m.kwargs)
         bounds.extend(wb)
-    kw["bounds"] = assertions.Bounds(tuple(bounds), backend)
+    kw["bounds"] = bounds_mod.Bounds(tuple(bounds), backend)
     return Scenario(**kw)
 
 

@@ -7,11 +7,10 @@ from typing import Any
 
 import pytest
 
-from . import assertions, compare
-from .fixtures import RESULTS_KEY, udpsend_session
-from .markers import SCENARIO_KEY, Scenario
-
-COMPARE_KEY = pytest.StashKey[list[dict[str, Any]]]()
+from pytest_udpsend.frontend.keys import COMPARE_KEY, RESULTS_KEY, udpsend_session
+from pytest_udpsend.frontend.markers import SCENARIO_KEY, Scenario
+from pytest_udpsend.results import compare
+from pytest_udpsend.results.bounds import aggregate, check, failure_table
 
 
 def check_item(item: pytest.Item) -> None:
@@ -32,12 +31,12 @@ def _bounds_failure(scenario: Scenario, samples: list[dict[str, Any]]) -> str | 
             "assertion markers (eagain_rate, time_squeeze, wfree_latency) need a measurement: "
             "use the udpsend_result fixture or call udp_sender.run() in the test"
         )
-    merged = assertions.aggregate(samples)
-    rows = assertions.check(scenario.bounds, merged)
+    merged = aggregate(samples)
+    rows = check(scenario.bounds, merged)
     if all(ok for _, _, ok in rows):
         return None
     label = f" (median of {len(samples)} samples)" if len(samples) > 1 else ""
-    return assertions.failure_table(rows, merged, label)
+    return failure_table(rows, merged, label)
 
 
 def _baseline_failure(item: pytest.Item, scenario: Scenario, samples: list[dict[str, Any]]) -> str | None:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .host import owner_tag, state_dir, tag_alive
+from pytest_udpsend.host.state import owner_tag, state_dir, tag_alive
 
 
 def _write_atomic(path: Path, data: str) -> None:

@@ -36,12 +36,11 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .errors import PrivilegeError
-from .probes import HIST_EDGES_US
-from .sysctl import Sysctls
+from pytest_udpsend.errors import PrivilegeError
+from pytest_udpsend.host.sysctl import Sysctls
+from pytest_udpsend.measure.histogram import HIST_EDGES_US, SUB, percentile_us, rebin
 
 CONTEXTS = ("inline", "softirq", "ksoftirqd", "napi_thread")
-SUB = 3
 NBUCKETS = 64 << SUB
 
 PROGRAM = r"""
@@ -148,44 +147,6 @@ ATTACH_KPROBE = r"""
 int on_charge(struct pt_regs *ctx) { return do_charge(PT_REGS_PARM1(ctx)); }
 int on_wfree(struct pt_regs *ctx) { return do_wfree(PT_REGS_PARM1(ctx)); }
 """
-
-
-def bucket_bounds_ns(index: int) -> tuple[float, float]:
-    """[low, high) of a log-linear bucket, in ns (mirror of bucket() in the C)."""
-    if index < (1 << SUB):
-        return float(index), float(index + 1)
-    level = (index >> SUB) + SUB - 1
-    sub = index & ((1 << SUB) - 1)
-    width = 1 << (level - SUB)
-    low = (1 << level) + sub * width
-    return float(low), float(low + width)
-
-
-def percentile_us(counts: Sequence[int], q: float) -> float | None:
-    """Nearest-rank percentile from bucket counts, at the bucket's midpoint, in us."""
-    total = sum(counts)
-    if not total:
-        return None
-    rank = max(1, int(q * total + 0.5))
-    seen = 0
-    for index, n in enumerate(counts):
-        seen += n
-        if seen >= rank:
-            low, high = bucket_bounds_ns(index)
-            return round((low + high) / 2 / 1000, 2)
-    return None
-
-
-def rebin(counts: Sequence[int]) -> list[int]:
-    """Fine buckets -> the report's log edges (HIST_EDGES_US), by bucket midpoint."""
-    import bisect
-
-    out = [0] * (len(HIST_EDGES_US) + 1)
-    for index, n in enumerate(counts):
-        if n:
-            low, high = bucket_bounds_ns(index)
-            out[bisect.bisect_right(HIST_EDGES_US, (low + high) / 2000)] += n
-    return out
 
 
 @contextlib.contextmanager

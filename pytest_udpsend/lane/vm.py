@@ -32,9 +32,9 @@ from typing import Any
 
 import pytest
 
-from . import compare, store
-from .errors import PrivilegeError
-from .host import state_dir
+from pytest_udpsend.errors import PrivilegeError
+from pytest_udpsend.host.state import state_dir
+from pytest_udpsend.results import compare, store
 
 LANE_REPORT_ENV = "UDPSEND_LANE_REPORT"
 KVM_PROBE_S = 25.0

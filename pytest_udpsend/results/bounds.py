@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from pytest_udpsend.errors import ConfigError
+from pytest_udpsend.results.metrics import lookup
 
 BACKENDS = ("any", "bpf", "timestamp")
 
@@ -69,13 +70,6 @@ def wfree_bounds(p50_us: Any = None, p99_us: Any = None, max_us: Any = None, bac
     # A bound-less wfree_latency still demands a measurement with samples.
     bounds.append(Bound("wfree_latency", "wfree.count", 1, None))
     return bounds, str(backend)
-
-
-def lookup(result: Mapping[str, Any], metric: str) -> Any:
-    value: Any = result
-    for part in metric.split("."):
-        value = value.get(part) if isinstance(value, Mapping) else None
-    return value
 
 
 def check(bounds: Bounds, result: Mapping[str, Any]) -> list[tuple[Bound, Any, bool]]:

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from .errors import UdpsendError
-from .session import UdpsendSession
-from .undo import UndoFailed
+from pytest_udpsend.errors import UdpsendError
+from pytest_udpsend.frontend.session import UdpsendSession
+from pytest_udpsend.host.undo import UndoFailed
 
 
 def header(session: UdpsendSession) -> list[str]:

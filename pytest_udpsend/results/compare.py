@@ -28,17 +28,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .assertions import lookup
+from pytest_udpsend.results.metrics import METRICS, values
 
-# metric -> (direction of "worse", absolute floor of the allowed change)
-METRICS: dict[str, tuple[str, float]] = {
-    "eagain_rate": ("higher", 0.005),
-    "time_squeeze": ("higher", 5.0),
-    "enobufs": ("higher", 10.0),
-    "wfree.p50_us": ("higher", 5.0),
-    "wfree.p99_us": ("higher", 20.0),
-    "pps": ("lower", 0.0),
-}
 DEFAULT_TOLERANCE = 0.25
 DEFAULT_ALPHA = 0.05
 MIN_SAMPLES = 3
@@ -112,11 +103,6 @@ class Row:
         return self.verdict == "regression"
 
 
-def values(samples: Sequence[Mapping[str, Any]], metric: str) -> list[float]:
-    """The numeric values of ``metric`` over ``samples`` (samples that lack it are left out)."""
-    return [float(v) for v in (lookup(s, metric) for s in samples) if isinstance(v, (int, float))]
-
-
 def compare_metric(test: str, metric: str, base: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]],
                    tolerance: float = DEFAULT_TOLERANCE, alpha: float = DEFAULT_ALPHA) -> Row:  # fmt: skip
     direction, floor = METRICS[metric]
@@ -187,7 +173,7 @@ def table(rows: Sequence[Row], base_env: Mapping[str, Any] | None = None, new_en
 
 def compare_files(base_path: str, new_path: str, tolerance: float | None = None) -> int:
     """``udpsend compare``: print the table; 1 on regression, 0 otherwise."""
-    from . import store
+    from pytest_udpsend.results import store
 
     base, new = store.load(base_path), store.load(new_path)
     rows = compare_docs(base, new, DEFAULT_TOLERANCE if tolerance is None else tolerance)

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .sender import knobs_in_force
+from pytest_udpsend import __version__
+from pytest_udpsend.measure.sender import knobs_in_force
 
 FORMAT = "pytest-udpsend/1"
 PROPERTY = "udpsend_samples"

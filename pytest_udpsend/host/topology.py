@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import netns as netns_mod
-from . import qdisc as qdisc_mod
-from .errors import ConfigError
-from .rtnl import Rtnl, addr_msg, link_up_msg, veth_msg
-from .undo import UndoStack
+from pytest_udpsend.errors import ConfigError
+from pytest_udpsend.host import netns as netns_mod
+from pytest_udpsend.host import qdisc as qdisc_mod
+from pytest_udpsend.host.rtnl import Rtnl, addr_msg, link_up_msg, veth_msg
+from pytest_udpsend.host.undo import UndoStack
 
 SENDER_IF = "veth-snd"
 RECEIVER_IF = "veth-rcv"

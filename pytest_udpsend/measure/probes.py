@@ -18,40 +18,14 @@ charged to the socket (``skb_set_owner_w``) to ``sock_wfree`` releasing it.
 
 from __future__ import annotations
 
-import bisect
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import PrivilegeError
-from .sysctl import Sysctls
-
-# log-spaced histogram edges in microseconds, 1 us .. 10 s, 5 per decade
-HIST_EDGES_US = [round(10 ** (i / 5), 3) for i in range(0, 36)]
-
-
-def latency_stats(samples_ns: Sequence[int]) -> dict[str, Any]:
-    """count, p50/p90/p99/max (us, nearest rank) and a log histogram of ``samples_ns``."""
-    values = sorted(samples_ns)
-    n = len(values)
-    if not n:
-        return {"count": 0, "p50_us": None, "p90_us": None, "p99_us": None, "max_us": None, "histogram": {}}
-
-    def pct(q: float) -> float:
-        return round(values[min(n - 1, max(0, int(q * n + 0.5) - 1))] / 1000, 2)
-
-    counts = [0] * (len(HIST_EDGES_US) + 1)
-    for v in values:
-        counts[bisect.bisect_right(HIST_EDGES_US, v / 1000)] += 1
-    return {
-        "count": n,
-        "p50_us": pct(0.50),
-        "p90_us": pct(0.90),
-        "p99_us": pct(0.99),
-        "max_us": round(values[-1] / 1000, 2),
-        "histogram": {"edges_us": HIST_EDGES_US, "counts": counts},
-    }
+from pytest_udpsend.errors import PrivilegeError
+from pytest_udpsend.host.sysctl import Sysctls
+from pytest_udpsend.measure.histogram import latency_stats
 
 
 class WfreeProbe(Protocol):
@@ -151,7 +125,7 @@ def select(requested: str) -> WfreeProbe:
     """The probe for ``--udpsend-backend`` (the bpf one compiles lazily, on first use)."""
     backend, why = choose(requested)
     if backend == "bpf":
-        from .bpfprobe import BpfProbe
+        from pytest_udpsend.measure.bpfprobe import BpfProbe
 
         return BpfProbe(why)
     return TimestampProbe(why)

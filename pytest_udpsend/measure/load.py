@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, PrivilegeError
-from .host import owner_tag, tag_alive
+from pytest_udpsend.errors import ConfigError, PrivilegeError
+from pytest_udpsend.host.state import owner_tag, tag_alive
 
 CGROUP_PREFIX = "pytest-udpsend-"
 _POLICIES = {"other": 0, "batch": 3, "idle": 5}

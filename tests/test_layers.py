@@ -1,0 +1,149 @@
+"""The package's layering (ARCHITECTURE.md), checked by reading the imports.
+
+Each module sits in a layer; a module may import its own layer and those below,
+never one above.  Lazy imports inside functions count too: they are still a
+dependency.  Imports (lazy ones included) must also form no cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "pytest_udpsend"
+NAME = "pytest_udpsend"
+
+# lowest first; a module's layer is its subpackage's (top-level modules are named)
+LAYERS = {
+    "errors": 0,
+    "host": 1,
+    "measure": 2,
+    "results": 3,
+    "lane": 4,
+    "frontend": 5,
+    "fixtures": 6,
+    "plugin": 6,
+    "cli": 6,
+    "__init__": 0,
+}
+# What no module below the frontend may import: the pytest glue lives on top.
+PYTEST_FREE = {"errors", "host", "measure", "results"}
+
+
+def module_name(path: Path, root: Path = PACKAGE) -> str:
+    rel = path.relative_to(root).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"] or ["__init__"]
+    return ".".join([NAME, *parts])
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    if parts == [NAME]:
+        return LAYERS["__init__"]
+    return LAYERS[parts[1]]
+
+
+def imports(path: Path, module: str) -> list[tuple[str, int, bool]]:
+    """(imported module, line, at module level) for every import of the package or pytest."""
+    tree = ast.parse(path.read_text())
+    top_level = {id(n) for n in tree.body}
+    found = []
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(a.name, node.lineno, id(node) in top_level) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            # "from pytest_udpsend.host import netns" imports the submodule netns
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                target = candidate if (PACKAGE.parent / (candidate.replace(".", "/") + ".py")).exists() else base
+                found.append((target, node.lineno, id(node) in top_level))
+    return found
+
+
+def violations(root: Path = PACKAGE) -> list[str]:
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        module = module_name(path, root)
+        own = layer_of(module)
+        sub = module.split(".")[1] if "." in module else "__init__"
+        for target, line, _ in imports(path, module):
+            if target == "pytest" or target.startswith("_pytest"):
+                if sub in PYTEST_FREE:
+                    bad.append(f"{path.relative_to(root)}:{line}: {module} (layer {own}) imports pytest: pytest glue belongs in frontend/")
+                continue
+            if not target.startswith(NAME + ".") and target != NAME:
+                continue
+            if layer_of(target) > own:
+                bad.append(f"{path.relative_to(root)}:{line}: {module} (layer {own}) imports {target} (layer {layer_of(target)})")
+    return bad
+
+
+def cycles(root: Path = PACKAGE) -> list[list[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        module = module_name(path, root)
+        graph[module] = {t for t, _, _top in imports(path, module) if t.startswith(NAME + ".") and t != module}
+    found, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append(stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_every_module_has_a_layer():
+    for path in PACKAGE.rglob("*.py"):
+        layer_of(module_name(path))  # KeyError names a module outside every layer
+
+
+def test_no_module_imports_a_higher_layer():
+    bad = violations()
+    assert not bad, "upward imports (see ARCHITECTURE.md):\n" + "\n".join(bad)
+
+
+def test_no_import_cycles():
+    found = cycles()
+    assert not found, "import cycles:\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+def test_an_upward_import_is_caught(tmp_path):
+    """The check itself can fail: a host module importing the results layer is reported."""
+    fake = tmp_path / NAME
+    for sub in ("host", "results"):
+        (fake / sub).mkdir(parents=True)
+        (fake / sub / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    (fake / "results" / "store.py").write_text("X = 1\n")
+    (fake / "host" / "netns.py").write_text("import pytest\nfrom pytest_udpsend.results import store\n")
+    import tests.test_layers as me
+
+    saved = me.PACKAGE
+    me.PACKAGE = fake
+    try:
+        found = violations(fake)
+    finally:
+        me.PACKAGE = saved
+    assert any("imports pytest_udpsend.results.store (layer 3)" in v for v in found), found
+    assert any("imports pytest" in v for v in found), found
+
+
+@pytest.mark.parametrize("sub", sorted(k for k in LAYERS if (PACKAGE / k).is_dir()))
+def test_each_layer_is_a_package_with_a_docstring(sub):
+    init = PACKAGE / sub / "__init__.py"
+    assert init.exists() and ast.get_docstring(ast.parse(init.read_text())), f"{sub}/__init__.py needs a docstring"
