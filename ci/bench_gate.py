@@ -1,83 +1,137 @@
 #!/usr/bin/env python3
-"""Benchmark: how often the baseline gate raises a false alarm (A/A) and catches a real change (A/B).
+"""Benchmark: does the baseline gate hold across a suite and across sessions, as a user runs it?
 
-Each repetition measures N samples of configuration A (the "baseline") and N of
-configuration B (the "new run") on this host and compares them exactly as
---udpsend-baseline does (all metrics, Mann-Whitney + tolerance, Bonferroni).
+A 10-test suite is written to a temporary directory: nine variants of the RPS scenario
+(RPS to CPU 1, netdev_budget 8, sender on CPU 0, receiver drained on CPU 1, 0.3 s runs;
+payload x SO_SNDBUF) and one test whose sender veth is shaped by a tbf qdisc.  Then, as
+a user would, with plain pytest sessions:
 
-  A/A          B is A again: every flag is a false alarm
-  A/B budget   netdev_budget 300 -> 8, RPS to CPU 1 (the change FIELD-NOTES saw double EAGAIN)
-  A/B hogs     RPS to a CPU 1 that gets two CPU hogs (a change that matters on 6.18)
+  baseline     pytest --udpsend-repeat N --udpsend-json base.json        (one session)
+  candidate    pytest --udpsend-repeat N --udpsend-baseline base.json    (one session each)
 
-All runs: sender on CPU 0, receiver drained on CPU 1, 1400-byte datagrams,
-SO_SNDBUF 4096 requested.  Prints, per experiment, the flag rate over the
-repetitions and the measuring time one gate decision costs.  Run as root.
+  A/A          nothing changed: any test flagged is a false alarm
+  A/B -50%     the shaped test's tbf rate halved: it must be flagged, the others not
+  A/B -25% ... smaller cuts of that rate: the gate's resolution at this cost
+
+A fresh baseline session is taken every --per-baseline candidates, so that one unlucky
+baseline session does not decide every repetition.  Prints, per experiment, the runs with
+any test flagged, how often the shaped test and the others were flagged, the wall time
+per candidate session and the samples per test.  Run as root; not a test (it reports).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
 
-from pytest_udpsend.frontend.session import TestContext, standalone
-from pytest_udpsend.host import topology
-from pytest_udpsend.measure import load
-from pytest_udpsend.measure.params import make_params
-from pytest_udpsend.measure.sender import UdpSender
-from pytest_udpsend.results import compare
+RATE_MBIT = 100  # the shaped test's tbf rate when nothing changed
+SHAPED = "test_suite.py::test_shaped"
+SUITE = '''
+import os
+import pytest
 
-PARAMS = {"cpu": 0, "receiver_cpu": 1, "sndbuf": 4096}
-CONFIGS: dict[str, dict[str, Any]] = {
-    "base": {"budget": 300, "hogs": 0},
-    "budget8": {"budget": 8, "hogs": 0},
-    "hogs": {"budget": 300, "hogs": 2},
-}
-EXPERIMENTS = [("A/A", "base", "base"), ("A/B budget 300->8", "base", "budget8"), ("A/B 2 hogs on the RPS CPU", "base", "hogs")]
+RATE = float(os.environ.get("GATE_TBF_MBIT", "{rate}"))
+COMMON = dict(duration=0.3, cpu=0, receiver_cpu=1)
 
 
-@contextlib.contextmanager
-def rig() -> Iterator[tuple[TestContext, UdpSender]]:
-    with standalone() as ctx:
-        topo = topology.build(topology.make_spec(rps_cpus=[1]), ctx.undo, ctx.session.subnets, "gate")
-        yield ctx, UdpSender(topo, ctx.sysctls, ctx.exclusive, lambda: None)
+VARIANTS = [pytest.param(p, s, marks=pytest.mark.udpsend(payload=p, sndbuf=s, **COMMON), id=f"{{p}}B-{{s}}")
+            for p in (256, 800, 1400) for s in (8192, 32768, 131072)]
 
 
-def sample(ctx: TestContext, sender: UdpSender, config: str, duration: float) -> dict[str, Any]:
-    cfg = CONFIGS[config]
-    ctx.sysctls.set("net.core.netdev_budget", cfg["budget"])
-    pressure = load.pressure(load.make_spec([1], cfg["hogs"])) if cfg["hogs"] else contextlib.nullcontext()
-    with pressure:
-        return sender.run(duration=duration, **PARAMS).to_dict()
+@pytest.mark.topology(rps_cpus=[1])
+@pytest.mark.sysctl({{"net.core.netdev_budget": 8}})
+@pytest.mark.parametrize("payload,sndbuf", VARIANTS)
+def test_rps(udpsend_result, payload, sndbuf):
+    pass
+
+
+@pytest.mark.topology(rps_cpus=[1], qdisc=f"tbf rate {{RATE:g}}mbit burst 32kb latency 20ms")
+@pytest.mark.sysctl({{"net.core.netdev_budget": 8}})
+@pytest.mark.udpsend(sndbuf=8192, **COMMON)
+def test_shaped(udpsend_result):
+    pass
+'''
+
+
+def session(workdir: Path, repeat: int, rate: float, out: Path, baseline: Path | None) -> tuple[float, set[str], int, str]:
+    """One pytest session of the suite; (wall time, tests the gate flagged, exit code, problem)."""
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_suite.py",
+            "--udpsend-require-privileges", "--udpsend-repeat", str(repeat), "--udpsend-json", str(out)]  # fmt: skip
+    if baseline is not None:
+        argv += ["--udpsend-baseline", str(baseline)]
+    started = time.monotonic()
+    done = subprocess.run(argv, cwd=workdir, env={**os.environ, "GATE_TBF_MBIT": f"{rate:g}"}, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    problem = "" if done.returncode in (0, 1) else (done.stdout + done.stderr)[-1500:]
+    if not out.exists():
+        return wall, set(), done.returncode, problem or (done.stdout + done.stderr)[-1500:]
+    doc = json.loads(out.read_text())
+    rows = (doc.get("gate") or {}).get("rows", [])
+    flagged = {r["test"] for r in rows if r["verdict"] == "regression"}
+    for r in rows:
+        if r["verdict"] == "regression":
+            print(f"    flagged {r['test'].split('::')[-1]} {r['metric']} {r['base_median']:.4g} -> {r['new_median']:.4g} "
+                  f"p {r['p_value']:.2g}", flush=True)  # fmt: skip
+    unjudged = {r["test"] for r in rows if r["verdict"] in ("too few samples", "measured differently", "no baseline")}
+    if unjudged:
+        problem = f"not judged: {sorted(unjudged)}"
+    missing = [k for k, v in doc["tests"].items() if len(v.get("samples", [])) != repeat]
+    if missing:
+        problem += f" wrong sample count in {missing}"
+    return wall, flagged, done.returncode, problem
+
+
+def experiment(workdir: Path, name: str, rate: float, reps: int, repeat: int, per_baseline: int) -> None:
+    runs_flagged = shaped = others = 0
+    walls: list[float] = []
+    detail: list[str] = []
+    base = workdir / "base.json"
+    for rep in range(reps):
+        if rep % per_baseline == 0:
+            _, _, rc, problem = session(workdir, repeat, RATE_MBIT, base, None)
+            if rc != 0 or problem:
+                sys.exit(f"baseline session failed (exit {rc}): {problem}")
+        wall, flagged, rc, problem = session(workdir, repeat, rate, workdir / "cand.json", base)
+        if problem:
+            print(f"  {name} repetition {rep + 1}: {problem}", flush=True)
+        walls.append(wall)
+        runs_flagged += bool(flagged)
+        shaped += any(t.endswith(SHAPED) for t in flagged)
+        others += sum(1 for t in flagged if not t.endswith(SHAPED))
+        if flagged:
+            detail.append(f"rep {rep + 1}: {', '.join(sorted(t.split('::')[-1] for t in flagged))}")
+        print(f"  {name} {rep + 1}/{reps}: {wall:.0f} s, flagged {sorted(t.split('::')[-1] for t in flagged) or 'none'}", flush=True)
+    print(f"{name:<14} tbf {rate:g} mbit: runs with any test flagged {runs_flagged:>2}/{reps}; shaped test flagged "
+          f"{shaped:>2}/{reps}; other tests flagged {others} time(s) in all; {statistics.median(walls):.0f} s per "
+          f"candidate session (median), {repeat} samples per test", flush=True)  # fmt: skip
+    for line in detail:
+        print(f"    {line}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("-n", "--samples", type=int, default=6, help="samples per side (default 6)")
-    parser.add_argument("--duration", type=float, default=0.3)
+    parser.add_argument("--reps", type=int, default=20, help="candidate sessions per experiment (default 20)")
+    parser.add_argument("-n", "--samples", type=int, default=6, help="--udpsend-repeat of every session (default 6)")
+    parser.add_argument("--per-baseline", type=int, default=5, help="candidate sessions per baseline session (default 5)")
+    parser.add_argument("--cuts", default="0,50,25,10",
+                        help="tbf rate cuts in percent, one experiment each; 0 is the A/A (default 0,50,25,10)")  # fmt: skip
     args = parser.parse_args()
-    make_params(duration=args.duration, **PARAMS)  # validate before building anything
-    with rig() as (ctx, sender):
-        for name, a, b in EXPERIMENTS:
-            flags, rates_a, rates_b = 0, [], []
-            started = time.monotonic()
-            for _ in range(args.reps):
-                base, new = [], []
-                for _ in range(args.samples):  # interleave so drift hits both sides alike
-                    base.append(sample(ctx, sender, a, args.duration))
-                    new.append(sample(ctx, sender, b, args.duration))
-                rows = compare.compare_test("bench", base, new)
-                flags += any(r.regressed for r in rows)
-                rates_a.append(statistics.median(s["eagain_rate"] for s in base))
-                rates_b.append(statistics.median(s["eagain_rate"] for s in new))
-            per_decision = (time.monotonic() - started) / args.reps
-            print(f"{name:<28} flagged {flags:>2}/{args.reps}   median EAGAIN A {statistics.median(rates_a):6.2%}  "
-                  f"B {statistics.median(rates_b):6.2%}   {per_decision:5.1f} s per decision "
-                  f"({2 * args.samples} runs of {args.duration} s)")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="udpsend-gate-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "pytest.ini").write_text("[pytest]\n")
+        (workdir / "test_suite.py").write_text(SUITE.format(rate=RATE_MBIT))
+        print(f"suite: 10 tests, {args.samples} samples each per session, {args.reps} candidate sessions per "
+              f"experiment, a new baseline session every {args.per_baseline}", flush=True)  # fmt: skip
+        for cut in (float(c) for c in args.cuts.split(",")):
+            name = "A/A" if cut == 0 else f"A/B -{cut:g}%"
+            experiment(workdir, name, RATE_MBIT * (1 - cut / 100), args.reps, args.samples, args.per_baseline)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,11 @@ bash ci/setup-debian.sh
 # Tests that disturb the host on purpose run alone, after the others ran two at a time.
 .venv/bin/python -m pytest tests -p no:cacheprovider -n 2 --udpsend-require-privileges -m "not isolated and not lane and not bpf" "$@"
 .venv/bin/python -m pytest tests -p no:cacheprovider --udpsend-require-privileges -m "isolated" "$@"
-# The eBPF tests in a kernel that has kprobes (this host's may not): the kernel lane.
+# The main job: every example must hold on this host's kernel.
+bash ci/examples.sh -q
+# The eBPF tests and the lane examples in kernels that have kprobes (this host's may not): the
+# kernel lane, on both sides of the upgrade the project exists for (6.1 -> 6.12).
 if [ "${UDPSEND_SKIP_LANE:-0}" != 1 ]; then
-  bash ci/lane.sh 6.1.0-56-amd64
+  bash ci/lane.sh 6.1.0-56-amd64 --behaviour
+  bash ci/lane.sh 6.12.95+deb12-amd64
 fi

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from pytest_udpsend.errors import UdpsendError
-from pytest_udpsend.frontend import options
-from pytest_udpsend.host import topology
+from pytest_udpsend.frontend import options, sweep
+from pytest_udpsend.host import cpus, topology
 from pytest_udpsend.host.undo import UndoFailed
 from pytest_udpsend.measure import load
 from pytest_udpsend.measure.params import make_params
@@ -30,24 +30,28 @@ def _sysctl_pair(text: str) -> tuple[str, str]:
 
 
 def _cpu_list(text: str) -> list[int]:
+    """The marker's forms: a CPU list as taskset -c takes it ("1-3,5", "1-1") or a sysfs hex mask ("2")."""
     try:
-        return [int(c) for c in text.split(",") if c.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of CPU numbers, e.g. 1 or 0,1") from None
+        return list(cpus.parse(text, "CPUS"))
+    except UdpsendError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _pressure(text: str) -> tuple[list[int], int]:
-    cpus, _, workers = text.partition(":")
+    cpu_text, _, workers = text.partition(":")
     try:
-        return _cpu_list(cpus), int(workers or 2)
+        count = int(workers or 2)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: CPUS[:WORKERS], e.g. 1:2") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: CPUS[:WORKERS], e.g. 2:2 (mask 2 = CPU 1, two hogs) or 1-1:2") from None
+    return _cpu_list(cpu_text), count
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """The scenario, as the markers would describe it."""
     g = p.add_argument_group("topology (the topology marker)")
-    g.add_argument("--rps-cpus", type=_cpu_list, metavar="CPUS", help="RPS mask of the receiver veth, e.g. 1")
+    g.add_argument("--rps-cpus", type=_cpu_list, metavar="CPUS",
+                   help="RPS CPUs of the receiver veth: a hex mask as sysfs takes it (2 = CPU 1, 1,00000000 = CPU 32) "
+                        "or a CPU list as taskset -c takes it (1-3,5; 1-1 = CPU 1)")  # fmt: skip
     g.add_argument("--qdisc", help='root qdisc of the sender veth, e.g. "tbf rate 200mbit burst 32kb latency 50ms"')
     g.add_argument("--gro", action="store_true", help="GRO (veth NAPI) on the receiver veth")
     g.add_argument("--threaded-napi", action="store_true", help="threaded NAPI on the receiver veth (needs --gro)")
@@ -55,7 +59,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("host (the sysctl and cpu_pressure markers)")
     g.add_argument("--sysctl", type=_sysctl_pair, action="append", default=[], metavar="NAME=VALUE",
                    help="a sysctl for the run (repeatable); restored afterwards")  # fmt: skip
-    g.add_argument("--cpu-pressure", type=_pressure, metavar="CPUS[:WORKERS]", help="CPU hogs during the run, e.g. 1:2")
+    g.add_argument("--cpu-pressure", type=_pressure, metavar="CPUS[:WORKERS]", help="CPU hogs during the run: CPUS as for --rps-cpus, e.g. 2:2 (two hogs on CPU 1)")
     g = p.add_argument_group("sender (the udpsend marker)")
     g.add_argument("--duration", type=float, default=2.0, help="seconds (default 2.0)")
     g.add_argument("--payload", type=int, default=1400, help="bytes per datagram (default 1400)")
@@ -78,13 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="the regression table of NEW against BASELINE; exit 1 on regression")
     cmp.add_argument("baseline", metavar="BASELINE.json")
     cmp.add_argument("new", metavar="NEW.json")
-    cmp.add_argument("--tolerance", type=float, help="relative change allowed before a significant change is a regression")
+    options.add_gate_flags(cmp)
     prep = sub.add_parser("prepare-kernel", help="fetch and unpack a Debian kernel (with headers, qemu, bcc) for --udpsend-kernel")
     prep.add_argument("version", help="e.g. 6.1.0-56-amd64 or 6.12.95+deb12-amd64 (bookworm-backports)")
     prep.add_argument("dest", nargs="?", help="where to unpack (default .kernels/VERSION here)")
+    swp = sub.add_parser("sweep", help="one scenario across a grid of the remedies' knobs; names the smallest change that "
+                         "brings EAGAIN under --target", conflict_handler="resolve")  # fmt: skip
+    add_run_options(swp)
+    sweep.add_sweep_options(swp)  # its --sndbuf LIST replaces the run options' --sndbuf
     rep = sub.add_parser("report", help="a self-contained HTML report with plots")
     rep.add_argument("results", metavar="RESULTS.json")
-    rep.add_argument("--baseline", metavar="BASELINE.json", help="add baseline-versus-new plots")
+    rep.add_argument("--baseline", metavar="BASELINE.json",
+                     help="add baseline-versus-new plots; the verdicts are those the gate recorded in RESULTS, "
+                          "recomputed only where gate flags are given or RESULTS has none")  # fmt: skip
+    options.add_gate_flags(rep)
     rep.add_argument("-o", "--output", required=True, metavar="report.html")
     return parser
 
@@ -125,7 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pytest_udpsend.measure.sender import UdpSender
     from pytest_udpsend.results import store
 
-    spec = topology.make_spec(args.rps_cpus, args.qdisc, args.gro, args.threaded_napi, args.mtu, args.ipv6)
+    spec = topology.make_spec(rps_cpus=args.rps_cpus, qdisc=args.qdisc, gro=args.gro, threaded_napi=args.threaded_napi,
+                              mtu=args.mtu, ipv6=args.ipv6)  # fmt: skip
     pressure = load.make_spec(*args.cpu_pressure) if args.cpu_pressure else None
     params = make_params(duration=args.duration, payload=args.payload, sndbuf=args.sndbuf, force_sndbuf=args.force_sndbuf,
                          rate=args.rate, cpu=args.cpu, ipv6=args.ipv6, receiver_cpu=args.receiver_cpu)  # fmt: skip
@@ -157,7 +169,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pytest_udpsend.results.compare import compare_files
 
-    return compare_files(args.baseline, args.new, args.tolerance)
+    options.gate_settings(args.tolerance, args.alpha, args.metrics, args.allow_mixed, where="udpsend compare")  # validate
+    return compare_files(args.baseline, args.new, _gate_flags(args))
+
+
+def _gate_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The gate flags the user gave (None: not given), as compare.Settings fields."""
+    metrics = tuple(args.metrics) if args.metrics else None
+    return {"tolerance": args.tolerance, "alpha": args.alpha, "metrics": metrics, "allow_mixed": args.allow_mixed}
 
 
 def cmd_prepare_kernel(args: argparse.Namespace) -> int:
@@ -174,7 +193,8 @@ def cmd_prepare_kernel(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pytest_udpsend.results.report import write_report
 
-    write_report(args.results, args.output, args.baseline)
+    options.gate_settings(args.tolerance, args.alpha, args.metrics, args.allow_mixed, where="udpsend report")  # validate
+    write_report(args.results, args.output, args.baseline, _gate_flags(args))
     print(f"wrote {args.output}")
     return 0
 
@@ -187,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"run": cmd_run, "doctor": cmd_doctor, "compare": cmd_compare, "report": cmd_report,
-                "prepare-kernel": cmd_prepare_kernel}  # fmt: skip
+                "prepare-kernel": cmd_prepare_kernel, "sweep": sweep.run_command}  # fmt: skip
     if args.command not in commands:
         parser.print_help()
         return 2
@@ -196,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except (UdpsendError, UndoFailed, ValueError) as exc:
         print(f"udpsend {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:
+        print(f"udpsend {args.command}: {exc.strerror}: {exc.filename}: run it as root (sudo).", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"udpsend {args.command}: interrupted; everything it changed was undone", file=sys.stderr)

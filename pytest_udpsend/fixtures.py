@@ -8,8 +8,9 @@ failed half way.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -18,6 +19,7 @@ from pytest_udpsend.frontend.keys import RESULTS_KEY, udpsend_session
 from pytest_udpsend.frontend.markers import SCENARIO_KEY, Scenario
 from pytest_udpsend.frontend.pcap import capture_for
 from pytest_udpsend.frontend.session import TestContext, UdpsendSession
+from pytest_udpsend.frontend.sweep import Sweep, make_grid
 from pytest_udpsend.host.netns import Namespace
 from pytest_udpsend.host.sysctl import Sysctls
 from pytest_udpsend.host.topology import Topology, build, make_namespace
@@ -37,8 +39,8 @@ def _udpsend_ctx(request: pytest.FixtureRequest) -> Iterator[TestContext]:
     """Function scope.  Checks privileges (skip, or fail under --udpsend-require-privileges),
     then yields the test's undo stack; flushes it at teardown."""
     session = udpsend_session(request.config)
-    if session.privilege_problem:
-        _skip_or_fail(session, session.privilege_problem)
+    if problem := session.admit(scenario(request).sysctls):
+        _skip_or_fail(session, problem)
     ctx = TestContext(session, marked_sysctls=scenario(request).sysctls)
     session.active.append(ctx)
     try:
@@ -84,7 +86,13 @@ def veth(request: pytest.FixtureRequest, _udpsend_ctx: TestContext) -> Topology:
     """
     ctx = _udpsend_ctx
     spec = scenario(request).topology
-    topo = build(spec, ctx.undo, ctx.session.subnets, hint=request.node.name)
+    problem = None
+    try:
+        topo = build(spec, ctx.undo, ctx.session.subnets, hint=request.node.name)
+    except PrivilegeError as exc:  # a kernel without veth or IPv6: skip, or fail when required
+        problem = str(exc)
+    if problem is not None:  # outside the except: the sentence alone, no chained traceback
+        _skip_or_fail(ctx.session, problem)
     for end in (topo.sender, topo.receiver):
         _register(ctx, end.ns)
     ctx.topology = topo
@@ -130,7 +138,7 @@ def cpu_pressure(request: pytest.FixtureRequest, _udpsend_ctx: TestContext) -> C
 
 def _probe_for(request: pytest.FixtureRequest, ctx: TestContext) -> Callable[[], WfreeProbe | None]:
     """sock_wfree timing is measured when the test asks: the wfree_probe fixture or wfree_latency."""
-    wanted = "wfree_probe" in request.fixturenames or scenario(request).bounds.wants_wfree
+    wanted = "wfree_probe" in request.fixturenames or scenario(request).bounds.wants_wfree(os.uname().release)
     if not wanted:
         return lambda: None
     return lambda: request.getfixturevalue("wfree_probe")
@@ -148,12 +156,16 @@ def wfree_probe(request: pytest.FixtureRequest) -> Iterator[WfreeProbe]:
             assert r.wfree["backend"] == wfree_probe.backend
     """
     session = udpsend_session(request.config)
-    if session.privilege_problem:
-        _skip_or_fail(session, session.privilege_problem)
+    if problem := session.admit({}):
+        _skip_or_fail(session, problem)
     try:
         probe = session.probe()
     except PrivilegeError as exc:
-        _skip_or_fail(session, str(exc))
+        problem = str(exc)
+    else:
+        problem = None
+    if problem is not None:
+        _skip_or_fail(session, problem)
     yield probe
 
 
@@ -177,7 +189,7 @@ def udp_sender(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, veth: 
     """
     ctx = _udpsend_ctx
     scen = scenario(request)
-    demand = scen.bounds.backend
+    demand = scen.bounds.backend_for(os.uname().release)
     probe = _probe_for(request, ctx)
     if demand == "bpf":
         probe = _demand_bpf(request, probe)
@@ -213,3 +225,30 @@ def udpsend_result(request: pytest.FixtureRequest, udp_sender: UdpSender) -> Sen
     repeat = udpsend_session(request.config).options.repeat
     samples = [udp_sender.run(**params) for _ in range(repeat)]
     return sorted(samples, key=lambda r: r.eagain_rate)[len(samples) // 2]
+
+
+@pytest.fixture
+def udpsend_sweep(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, veth: Topology) -> Callable[..., Sweep]:
+    """Function scope, bound to ``veth``.  ``udpsend_sweep(sndbuf=[...], force="no"|"yes"|"both",
+    budget=[...], budget_usecs=[...], workers=[...], repeat=None) -> Sweep``: the test's scenario
+    (its ``udpsend`` and ``cpu_pressure`` markers) across a grid of the remedies' knobs, each cell
+    --udpsend-repeat times; global knobs restored at teardown.  ``workers`` are hogs on the
+    ``cpu_pressure`` marker's CPUs (default CPU 1).
+
+    Example::
+
+        @pytest.mark.topology(rps_cpus=[1])
+        def test_remedy(udpsend_sweep):
+            sweep = udpsend_sweep(sndbuf=[8 << 20], force="both", budget=[8, 300])
+            assert sweep.cell(force=True, budget=300).median("eagain_rate") < 0.01
+    """
+    scen = scenario(request)
+    pressure = scen.pressure
+
+    def run(repeat: int | None = None, **knobs: Any) -> Sweep:
+        grid = make_grid(**knobs)
+        sweep = Sweep(veth, _udpsend_ctx.sysctls, _udpsend_ctx.exclusive, request.getfixturevalue("wfree_probe"),
+                      scen.params, pressure.cpus if pressure else (1,), pressure.workers if pressure else 0)  # fmt: skip
+        return sweep.run(grid, repeat or udpsend_session(request.config).options.repeat)
+
+    return run

@@ -16,7 +16,7 @@ from pytest_udpsend.frontend.options import (
     configure_lane,
     session_options,
 )
-from pytest_udpsend.frontend.session import UdpsendSession, interrupt_on_sigterm
+from pytest_udpsend.frontend.session import UdpsendSession
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -34,9 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
     session.lane = configure_lane(config)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(collect.Collector(session), "udpsend-collector")
-    if not hasattr(config, "workerinput"):  # xdist workers leave reaping to the controller
-        session.reap()
-    interrupt_on_sigterm()
+    # Nothing host-wide here: the session starts (reaping, SIGTERM handler) in the first test using it.
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -55,7 +53,13 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return reporting.header(config.stash[SESSION_KEY])
+    session = config.stash[SESSION_KEY]
+    return reporting.header(session) if session.invited else []
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    session = config.stash[SESSION_KEY]
+    return reporting.header(session) if not session.invited and reporting.uses_udpsend(items) else []
 
 
 @pytest.hookimpl(wrapper=True)
@@ -82,4 +86,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    collect.finish(session.config.stash[SESSION_KEY], hasattr(session.config, "workerinput"))
+    udpsend = session.config.stash[SESSION_KEY]
+    if udpsend.invited or udpsend.tests:  # the document names the backend: bcc is imported only if wanted
+        collect.finish(udpsend, hasattr(session.config, "workerinput"))

@@ -28,12 +28,15 @@ def test_kernel_release_from_the_bzimage_header(tmp_path):
     assert vm.kernel_release(Path("/nonexistent/vmlinuz-6.12.9")) == "6.12.9"
 
 
-def test_inner_args_drop_lane_xdist_and_paths():
-    args = ["tests/test_bpf.py", "--udpsend-kernel", "/k", "-n", "2", "-k", "plain", "--udpsend-backend", "bpf",
-            "--udpsend-baseline=base.json", "-nauto", "-rA"]  # fmt: skip
-    out = vm.inner_args(args, ["tests/test_bpf.py"], ["tests/test_bpf.py::test_a"], Path("/x"))
-    assert out == ["--udpsend-backend", "bpf", "--udpsend-baseline=base.json", "-rA", "-p", "no:cacheprovider",
-                   "--udpsend-json", "/x/results.json", "tests/test_bpf.py::test_a"]  # fmt: skip
+def test_guest_args_keep_the_hosts_own_and_override_in_option_form():
+    """The host's arguments unchanged (so the guest picks the same rootdir and inifile),
+    then overrides in --opt=value form, which pytest never reads as a path."""
+    args = ["--udpsend-kernel", "/k/boot/vmlinuz", "tests/test_bpf.py", "-k", "plain", "--junitxml", "out.xml"]
+    out = vm.guest_args(args, Path("/x"), ["cacheprovider", "junitxml"])
+    assert out == [*args, "--udpsend-json=/x/results.json", "--udpsend-html=", "--override-ini=cache_dir=/x/cache",
+                   "--junitxml="]  # fmt: skip
+    assert vm.guest_args(["-p", "no:cacheprovider"], Path("/x"), []) == ["-p", "no:cacheprovider",
+                                                                         "--udpsend-json=/x/results.json", "--udpsend-html="]  # fmt: skip
 
 
 def test_a_file_that_is_no_kernel_is_a_usage_error(pytester, tmp_path):

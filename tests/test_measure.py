@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
+
+from pytest_udpsend.results.bounds import kernel_version
 
 
 def cross_checks_ok(result) -> None:
@@ -21,10 +24,13 @@ def cross_checks_ok(result) -> None:
 def test_plain_veth_counts_agree_with_the_kernel(udp_sender):
     r = udp_sender.run(duration=0.5, cpu=0, sndbuf=4096)
     assert r.attempts == r.sent + r.eagain + r.enobufs + r.other_errors
-    assert r.sent > 5_000 and r.eagain == 0  # sock_wfree runs inline on plain veth
+    assert r.sent > 5_000
+    if kernel_version(r.kernel) >= Version("6.5"):
+        assert r.eagain == 0  # sock_wfree runs inline on plain veth (before 6.5 an awake ksoftirqd defers it)
     assert r.snmp["UdpOutDatagrams"] == r.sent
     assert r.received + r.rcvbuf_errors <= r.sent
     assert r.sndbuf_effective == 8192
+    assert r.wmem["max_bytes"] <= 4096 or r.eagain  # SIOCOUTQ counts skb truesize: one 1400 B datagram is ~2.3 KB
     assert sum(r.series["attempts"]) == r.attempts and sum(r.series["eagain"]) == r.eagain
     cross_checks_ok(r)
 

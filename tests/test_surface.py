@@ -25,7 +25,7 @@ def test_options_in_help(pytester):
     ("marker", "expected"),
     [
         ("topology(rps_cpu=[1])", "@pytest.mark.topology: got an unexpected keyword argument 'rps_cpu'; accepted arguments: rps_cpus, qdisc"),
-        ("topology(qdisc='netem delay 10ms')", "unknown or missing qdisc kind; supported: bfifo, fq_codel, htb"),
+        ("topology(qdisc='wred limit 10')", "unknown or missing qdisc kind; supported: bfifo, fq_codel, htb"),
         ("topology(qdisc='tbf rate 10mbit burst 10kb')", "tbf needs latency or limit"),
         ("topology(qdisc='tbf rate fast burst 10kb latency 5ms')", "rate: 'fast' is not a rate"),
         ("topology(threaded_napi=True)", "threaded_napi=True needs gro=True"),

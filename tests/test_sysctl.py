@@ -126,6 +126,7 @@ def test_sigkilled_session_is_restored_by_the_next(pytester, host_unchanged):
             """
         ),
         test_noop="def test_noop():\n    pass\n",
+        test_next="def test_next(netns):\n    pass\n",
     )
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "test_hang.py"], cwd=pytester.path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -140,6 +141,8 @@ def test_sigkilled_session_is_restored_by_the_next(pytester, host_unchanged):
         assert BUDGET.read_text().strip() == "11"  # the dead session could not restore it
         assert any(n.startswith(f"udps-{proc.pid}.") for n in netns_names())
     pytester.runpytest_subprocess("test_noop.py").assert_outcomes(passed=1)
+    assert any(n.startswith(f"udps-{proc.pid}.") for n in netns_names())  # a suite not using the plugin reaps nothing
+    pytester.runpytest_subprocess("test_next.py").assert_outcomes(passed=1)  # the first that does, reaps
     with FileLock("host"):
         assert BUDGET.read_text().strip() == original
     assert not any(n.startswith(f"udps-{proc.pid}.") for n in netns_names())

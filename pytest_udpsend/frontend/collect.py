@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_udpsend.frontend.keys import COMPARE_KEY, RESULTS_KEY
 from pytest_udpsend.frontend.session import UdpsendSession
+from pytest_udpsend.host.outfile import atomic_write
 from pytest_udpsend.lane.vm import write_guest_report
 from pytest_udpsend.results import compare, store
 
@@ -56,7 +56,12 @@ class Collector:
             return
         terminalreporter.section("udpsend baseline comparison")
         base_env = (self.session.baseline or {}).get("environment")
-        terminalreporter.write_line(compare.table(rows, base_env, {"kernel": self.session.kernel}))
+        head = compare.header(self.session.gate, self.session.gate_family)
+        terminalreporter.write_line(compare.table(rows, base_env, {"kernel": self.session.kernel}, head))
+        bad = {r.test for r in rows if r.regressed}
+        terminalreporter.write_line(f"{len(bad)} of {len({r.test for r in rows})} compared test(s) regressed")
+        if shift := compare.common_shift(rows):
+            terminalreporter.write_line(f"note: {shift}")
 
 
 def finish(session: UdpsendSession, is_worker: bool) -> dict[str, Any] | None:
@@ -66,6 +71,8 @@ def finish(session: UdpsendSession, is_worker: bool) -> dict[str, Any] | None:
     lane_env = session.lane.guest_environment if session.lane is not None else None
     env = lane_env or store.environment(session.backend_choice()[0])
     doc = store.document(env, session.tests)
+    if session.baseline is not None:  # the verdicts the gate gave, with its settings, for the report
+        doc["gate"] = compare.gate_record(session.gate, session.gate_family, session.baseline, session.comparison)
     if session.options.json_path:
         store.write(session.options.json_path, doc)
     if session.options.html_path:
@@ -73,6 +80,5 @@ def finish(session: UdpsendSession, is_worker: bool) -> dict[str, Any] | None:
 
         baseline = session.baseline
         html = render(doc, baseline)
-        Path(session.options.html_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(session.options.html_path).write_text(html)
+        atomic_write(session.options.html_path, html)
     return doc

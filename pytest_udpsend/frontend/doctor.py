@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pytest_udpsend.errors import PrivilegeError
 from pytest_udpsend.host import privileges
 from pytest_udpsend.host.undo import UndoStack
 from pytest_udpsend.measure import probes
@@ -40,7 +41,7 @@ def _topology() -> list[Check]:
 
 def _sysctls() -> list[Check]:
     from pytest_udpsend.host.journal import Journal
-    from pytest_udpsend.host.sysctl import SysctlHost
+    from pytest_udpsend.host.sysctl import OWN_NETNS, SysctlHost, outside_initial_netns
 
     host = SysctlHost(Journal())
     out: list[Check] = []
@@ -48,9 +49,13 @@ def _sysctls() -> list[Check]:
                  "net.core.wmem_max", "net.core.netdev_tstamp_prequeue", "net.ipv4.udp_mem"):  # fmt: skip
         path = Path("/proc/sys", *name.split("."))
         if not path.exists():
-            out.append((f"sysctl {name}", False, "absent on this kernel"))
+            out.append((f"sysctl {name}", False, f"not here: {OWN_NETNS}" if outside_initial_netns() else "absent on this kernel"))
             continue
-        scope = host.scope(name)
+        try:
+            scope = host.scope(name)
+        except PrivilegeError as exc:  # a container's own network namespace
+            out.append((f"sysctl {name}", False, str(exc)))
+            continue
         writable = os.access(path, os.W_OK)
         where = "global: initial namespace only (journaled when changed)" if scope == "global" else "per namespace"
         out.append((f"sysctl {name}", writable, where if writable else f"{where}; not writable: run as root"))
@@ -81,10 +86,10 @@ def _tracing() -> list[Check]:
 
 
 def _lane() -> list[Check]:
-    from pytest_udpsend.host.state import state_dir
+    from pytest_udpsend.host.state import state_path
 
     kvm_dev = os.access("/dev/kvm", os.R_OK | os.W_OK)
-    verdict_file = state_dir() / f"kvm-verdict-{os.uname().release}"
+    verdict_file = state_path(f"kvm-verdict-{os.uname().release}")  # only read: a doctor creates nothing
     verdict = verdict_file.read_text().strip() if verdict_file.exists() else None
     if not kvm_dev:
         kvm = ("KVM for the kernel lane", False, "no usable /dev/kvm: the lane uses TCG (slow but works)")

@@ -32,7 +32,8 @@ BASELINE = Opt(
     "compare with a saved --udpsend-json file; a significant regression beyond the tolerance fails the test",
     {"metavar": "PATH"},
 )
-KERNEL = Opt("--udpsend-kernel", "run the selected tests in a VM booted with this kernel image (virtme-ng)",
+KERNEL = Opt("--udpsend-kernel", "run the selected tests in a VM booted with this kernel image (virtme-ng); "
+             "write --udpsend-kernel=PATH to keep the image's directory out of pytest's rootdir and inifile choice",
              {"metavar": "PATH"})  # fmt: skip
 KERNEL_TIMEOUT = Opt("--udpsend-kernel-timeout", "seconds the kernel-lane guest may run before it is killed (default 2400)",
                      {"type": float, "default": 2400.0, "metavar": "S"})  # fmt: skip
@@ -44,7 +45,18 @@ REQUIRE = Opt(
     {"action": "store_true", "default": False},
 )
 
-PYTEST_OPTIONS = [BACKEND, REPEAT, JSON, BASELINE, KERNEL, KERNEL_TIMEOUT, HTML, PCAP, REQUIRE]
+ALLOW_MIXED_HELP = ("compare with a baseline measured differently (backend, lane or bare host, CPU, payload, "
+                    "duration) on purpose; without it such a comparison is refused")  # fmt: skip
+ALLOW_MIXED = Opt("--udpsend-allow-mixed", ALLOW_MIXED_HELP, {"action": "store_true", "default": False})
+
+LOCK_TIMEOUT = Opt(
+    "--udpsend-lock-timeout",
+    "seconds a measuring test waits for the host lock (measurements never overlap, also across processes) "
+    "before it fails naming the holder (default 3600)",
+    {"type": float, "default": 3600.0, "metavar": "S"},
+)
+
+PYTEST_OPTIONS = [BACKEND, REPEAT, JSON, BASELINE, KERNEL, KERNEL_TIMEOUT, HTML, PCAP, REQUIRE, ALLOW_MIXED, LOCK_TIMEOUT]
 
 
 def add_options(addoption: Callable[..., Any], opts: list[Opt], short: bool = False) -> None:
@@ -55,52 +67,112 @@ def add_options(addoption: Callable[..., Any], opts: list[Opt], short: bool = Fa
         addoption(flag, dest=opt.dest, help=opt.help, **opt.kwargs)
 
 
-INI_OPTIONS = [
-    ("udpsend_tolerance", "baseline: relative change of a metric's median allowed before a significant change fails "
-     "(default 0.25); the udpsend_baseline marker overrides it per test", "0.25"),
-    ("udpsend_alpha", "baseline: significance level of the one-sided Mann-Whitney test (default 0.05)", "0.05"),
-    ("udpsend_compare_metrics", "baseline: metrics compared, space-separated (default: all: eagain_rate "
-     "time_squeeze enobufs wfree.p50_us wfree.p99_us pps)", ""),
+@dataclass(frozen=True)
+class GateKnob:
+    """One knob of the baseline gate: an ini option for pytest, a flag for ``udpsend compare``/``report``."""
+
+    ini: str
+    flag: str
+    help: str
+    default: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+GATE_KNOBS = [
+    GateKnob("udpsend_tolerance", "--tolerance", "baseline: relative change of a metric's median allowed before a "
+             "significant change fails (default 0.25; a metric's session noise floor applies if larger); the "
+             "udpsend_baseline marker overrides it per test", "0.25", {"type": float, "metavar": "FRACTION"}),
+    GateKnob("udpsend_alpha", "--alpha", "baseline: false-alarm rate over all comparisons of a run, tests x metrics "
+             "(Bonferroni; default 0.05)", "0.05", {"type": float, "metavar": "ALPHA"}),
+    GateKnob("udpsend_compare_metrics", "--metrics", "baseline: metrics compared, space-separated (default: all: "
+             "eagain_rate time_squeeze enobufs wfree.p50_us wfree.p99_us pps)", "", {"nargs": "+", "metavar": "METRIC"}),
 ]  # fmt: skip
+INI_OPTIONS = [(k.ini, k.help, k.default) for k in GATE_KNOBS]
+
+
+def add_gate_flags(p: Any) -> None:
+    """The gate's knobs as ``udpsend compare``/``report`` flags: the same names, help and meaning as the ini options."""
+    for k in GATE_KNOBS:
+        p.add_argument(k.flag, dest=k.flag.lstrip("-"), default=None, help=f"{k.help} [ini: {k.ini}]", **k.kwargs)
+    p.add_argument("--allow-mixed", action="store_true", default=False, help=ALLOW_MIXED_HELP)
+
+
+def gate_settings(tolerance: Any, alpha: Any, metrics: Any, allow_mixed: bool, where: str) -> Any:
+    """compare.Settings from raw knob values (ini text or flags); ValueError with one sentence if bad."""
+    from pytest_udpsend.results import compare
+    from pytest_udpsend.results.metrics import METRICS
+
+    try:
+        tol = float(tolerance) if tolerance not in (None, "") else compare.DEFAULT_TOLERANCE
+        a = float(alpha) if alpha not in (None, "") else compare.DEFAULT_ALPHA
+    except ValueError:
+        raise ValueError(f"{where}: tolerance and alpha must be numbers, got {tolerance!r} and {alpha!r}") from None
+    if tol < 0 or not 0 < a < 1:
+        raise ValueError(f"{where}: tolerance must be 0 or more and alpha between 0 and 1, got {tol:g} and {a:g}")
+    names = tuple(metrics.split() if isinstance(metrics, str) else (metrics or ()))
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ValueError(f"{where}: unknown metric(s) {', '.join(unknown)}; accepted: {', '.join(METRICS)}")
+    return compare.Settings(tol, a, names or None, allow_mixed)
 
 
 def configure_baseline(session: Any, config: Any) -> None:
-    """Read the ini settings and load --udpsend-baseline; a bad value is a usage error, one sentence."""
+    """Read the gate's settings and load --udpsend-baseline; refuse, in one sentence, what cannot be judged."""
     import pytest
 
-    from pytest_udpsend.results import compare, metrics, store
+    from pytest_udpsend.results import compare, store
 
+    allow_mixed = bool(config.getoption("udpsend_allow_mixed", False))
     try:
-        session.tolerance = float(config.getini("udpsend_tolerance"))
-        session.alpha = float(config.getini("udpsend_alpha"))
+        tolerance, alpha, metrics = (config.getini(k.ini) for k in GATE_KNOBS)
+        settings = gate_settings(tolerance, alpha, metrics, allow_mixed, where="udpsend ini options")
     except ValueError as exc:
-        raise pytest.UsageError(f"udpsend_tolerance / udpsend_alpha must be numbers: {exc}") from None
-    names = tuple(str(config.getini("udpsend_compare_metrics")).split())
-    unknown = [m for m in names if m not in metrics.METRICS]
-    if unknown:
-        raise pytest.UsageError(f"udpsend_compare_metrics: unknown {unknown}; accepted: {', '.join(metrics.METRICS)}")
-    session.compare_metrics = names or None
-    if session.options.baseline_path:
-        try:
-            doc = store.load(session.options.baseline_path)
-        except ValueError as exc:
-            raise pytest.UsageError(f"--udpsend-baseline {exc}") from None
-        session.baseline = doc
-        session.baseline_samples = compare.samples_by_test(doc)
+        raise pytest.UsageError(str(exc)) from None
+    session.gate = settings
+    session.tolerance, session.alpha, session.compare_metrics = settings.tolerance, settings.alpha, settings.metrics
+    if not session.options.baseline_path:
+        return
+    try:
+        doc = store.load(session.options.baseline_path)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--udpsend-baseline {exc}") from None
+    session.baseline = doc
+    session.baseline_samples = compare.samples_by_test(doc)
+    session.gate_family = compare.family_size(session.baseline_samples, settings)
+    if hasattr(config, "workerinput") or config.getoption("udpsend_kernel", None):
+        return  # checked once, where the tests run: the controller, or the lane's guest
+    counts = [len(s) for s in session.baseline_samples.values() if s]
+    short = compare.needed_samples(min(counts), session.options.repeat, settings, session.gate_family) if counts else None
+    if short:
+        raise pytest.UsageError(f"--udpsend-baseline: {short}")
+    if not allow_mixed:
+        here = store.environment(session.backend_choice()[0])
+        mixed = compare.env_mismatch(doc.get("environment", {}), here, with_lane=False)
+        if mixed:
+            raise pytest.UsageError(f"--udpsend-baseline: {compare.mixed_refusal(mixed, '--udpsend-allow-mixed')}")
 
 
 def configure_lane(config: Any) -> Any:
-    """The KernelLane for --udpsend-kernel (controller only), or None."""
+    """The KernelLane for --udpsend-kernel (controller only), or None.
+
+    Inside a lane guest (same arguments, so --udpsend-kernel is set there too) there is
+    no lane: the guest registers the host's selection instead.  Every precondition of
+    the lane is checked here, before collection: a missing one is a usage error.
+    """
     import pytest
 
+    from pytest_udpsend.lane import vm
+
+    selection = vm.guest_selection()
+    if selection is not None:
+        config.pluginmanager.register(selection, "udpsend-lane-selection")
+        return None
     image = config.getoption("udpsend_kernel")
     if not image or hasattr(config, "workerinput"):
         return None
     if getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("--udpsend-kernel runs the selected tests in one VM: drop -n/--numprocesses")
-    from pytest_udpsend.lane.vm import KernelLane
-
-    return KernelLane(image, config.getoption("udpsend_kernel_timeout"))
+    return vm.KernelLane(image, config.getoption("udpsend_kernel_timeout"), config.getoption("udpsend_backend"))
 
 
 def session_options(config: Any) -> Any:
@@ -117,6 +189,7 @@ def session_options(config: Any) -> Any:
         html_path=config.getoption("udpsend_html"),
         pcap_dir=config.getoption("udpsend_pcap"),
         require_privileges=config.getoption("udpsend_require_privileges"),
+        lock_timeout=config.getoption("udpsend_lock_timeout"),
     )
     if opts.repeat < 1:
         raise pytest.UsageError(f"--udpsend-repeat {opts.repeat}: must be 1 or more")

@@ -12,6 +12,8 @@ from pytest_udpsend.host.undo import UndoFailed
 
 
 def header(session: UdpsendSession) -> list[str]:
+    """Shown when --udpsend-* options are given, or once collection finds a test of ours:
+    choosing the backend imports bcc, which a suite that does not use the plugin must not pay for."""
     lines = [f"udpsend: kernel {os.uname().release}, {os.cpu_count()} CPUs"]
     if session.lane is None:
         backend, why = session.backend_choice()
@@ -21,9 +23,12 @@ def header(session: UdpsendSession) -> list[str]:
     if session.lane is not None:
         lane = session.lane
         lines.append(f"udpsend: kernel lane: tests run in a VM booted with {lane.image} ({lane.release})")
-    if session.reaped:
-        lines.append(f"udpsend: restored leftovers of dead sessions: {', '.join(session.reaped)}")
     return lines
+
+
+def uses_udpsend(items: list[pytest.Item]) -> bool:
+    """Does any collected test use a fixture of ours (each function fixture needs _udpsend_ctx)?"""
+    return any({"_udpsend_ctx", "wfree_probe"} & set(getattr(item, "fixturenames", ())) for item in items)
 
 
 def lane_summary(session: UdpsendSession) -> str | None:

@@ -7,14 +7,15 @@ import logging
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_udpsend.errors import ConfigError, PrivilegeError
 from pytest_udpsend.host import netns, privileges
-from pytest_udpsend.host.journal import Journal, restore_orphans
-from pytest_udpsend.host.state import FileLock
+from pytest_udpsend.host.journal import Journal, orphans, restore_orphans
+from pytest_udpsend.host.state import FileLock, in_initial_pid_namespace
 from pytest_udpsend.host.sysctl import SysctlHost, Sysctls
 from pytest_udpsend.host.topology import Endpoint, SubnetAllocator, Topology
 from pytest_udpsend.host.undo import UndoStack
@@ -22,6 +23,10 @@ from pytest_udpsend.measure import load, probes
 from pytest_udpsend.measure.probes import WfreeProbe
 
 log = logging.getLogger("pytest_udpsend")
+
+
+class UdpsendWarning(UserWarning):
+    """Something the plugin could not put right on the host; the message names it."""
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -50,19 +55,23 @@ class SessionOptions:
     html_path: str | None = None
     pcap_dir: str | None = None
     require_privileges: bool = False
+    lock_timeout: float = 3600.0  # s a measurement waits for the host lock
 
 
 class UdpsendSession:
-    """Created once per pytest process; fixtures and hooks reach it through config.stash."""
+    """Created once per pytest process; fixtures and hooks reach it through config.stash.
+
+    Creating it touches nothing on the host: the journal, the state directory, reaping
+    and the SIGTERM handler wait for the first test that uses a fixture of ours
+    (``admit``), so suites that do not use the plugin run as if it were not installed.
+    """
 
     def __init__(self, options: SessionOptions) -> None:
         self.options = options
-        self.journal = Journal()
-        self.sysctl_host = SysctlHost(self.journal)
         self.subnets = SubnetAllocator(worker_index())
         # One lock for global sysctl changes and measurements: both disturb every other
         # measurement on the host, and a single lock cannot deadlock against itself.
-        self.host_lock = FileLock("host")
+        self.host_lock = FileLock("host", options.lock_timeout)
         self.namespaces: dict[str, netns.Namespace] = {}
         self.active: list[TestContext] = []
         self.privilege_problem = privileges.missing()
@@ -74,9 +83,47 @@ class UdpsendSession:
         self.tolerance = 0.25
         self.alpha = 0.05
         self.compare_metrics: tuple[str, ...] | None = None
+        self.gate: Any = None  # compare.Settings: the gate's knobs (options.configure_baseline)
+        self.gate_family = 1  # comparisons in the run: baseline tests x metrics (Bonferroni)
         self.kernel = os.uname().release
         self._probe: WfreeProbe | None = None
+        self._sysctl_host: SysctlHost | None = None
+        self._started = False
         self.lane: Any = None  # vm.KernelLane under --udpsend-kernel
+
+    @property
+    def invited(self) -> bool:
+        """Was an --udpsend-* option given?  Then the header may say more before any test runs."""
+        return self.options != SessionOptions() or self.lane is not None
+
+    @property
+    def sysctl_host(self) -> SysctlHost:
+        if self._sysctl_host is None:
+            self._sysctl_host = SysctlHost(Journal())
+        return self._sysctl_host
+
+    @property
+    def journal(self) -> Journal:
+        return self.sysctl_host.journal
+
+    def admit(self, marked_sysctls: dict[str, str]) -> str | None:
+        """A test of ours is about to run: why it cannot run here (one sentence), or None.
+
+        The first admitted test starts the session's host-wide parts (once per process,
+        controller or xdist worker alike): the SIGTERM handler and reaping.
+        """
+        if self.privilege_problem:
+            return self.privilege_problem
+        if not self._started:
+            self._started = True
+            interrupt_on_sigterm()
+            self.reap()
+        try:
+            for name in marked_sysctls:
+                self.sysctl_host.scope(name)  # outside the host's network namespace a global knob cannot be had
+        except PrivilegeError as exc:
+            return str(exc)
+        return None
 
     def probe(self) -> WfreeProbe:
         """The session's sock_wfree probe, chosen and built on first use (PrivilegeError if bpf cannot work)."""
@@ -99,15 +146,31 @@ class UdpsendSession:
             self._probe.close()
 
     def reap(self) -> None:
-        """Undo what dead sessions left: journaled sysctls, namespaces, hog cgroups."""
+        """Undo what dead sessions left: journaled sysctls, namespaces, hog cgroups.
+
+        Safe from any process at any time: it touches only dead owners' leftovers,
+        global knobs under the host lock (taken only if there is a journal to restore),
+        the rest under a short lock of its own so that two processes never race on it.
+        """
         if self.privilege_problem:
             return
-        with self.host_lock:
-            self.reaped += restore_orphans(lambda name, value: self.sysctl_host.write(name, value))
-        self.reaped += netns.reap_orphans()
-        self.reaped += load.reap_cgroups()
+        problems: list[str] = []
+        if orphans():
+            with self.host_lock:
+                done = restore_orphans(lambda name, value: self.sysctl_host.write(name, value))
+            self.reaped += done.knobs
+            problems += done.warnings
+        # Namespaces and cgroups are named by pid: in a pid namespace of its own (a container
+        # sharing /run with the host) a live host session's pid looks dead, so leave them.
+        if in_initial_pid_namespace():
+            with FileLock("reap"):
+                self.reaped += netns.reap_orphans()
+                self.reaped += load.reap_cgroups()
         if self.reaped:
-            log.warning("pytest-udpsend restored leftovers of dead sessions: %s", ", ".join(self.reaped))
+            problems.insert(0, f"pytest-udpsend restored leftovers of dead sessions: {', '.join(self.reaped)}")
+        for problem in problems:
+            log.warning("%s", problem)
+            warnings.warn(UdpsendWarning(problem), stacklevel=2)
 
     def abandon_active(self) -> None:
         """Safety net at exit (Ctrl-C, internal error): flush contexts whose teardown never ran."""
@@ -181,9 +244,9 @@ def standalone(options: SessionOptions | None = None, marked_sysctls: dict[str, 
     Checks privileges, reaps what dead sessions left, and undoes everything on exit.
     """
     session = UdpsendSession(options or SessionOptions())
-    if session.privilege_problem:
-        raise PrivilegeError(session.privilege_problem)
-    session.reap()
+    problem = session.admit(marked_sysctls or {})
+    if problem:
+        raise PrivilegeError(problem)
     ctx = TestContext(session, marked_sysctls=marked_sysctls or {})
     try:
         yield ctx

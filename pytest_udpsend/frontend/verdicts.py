@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from typing import Any
 
@@ -24,7 +25,9 @@ def check_item(item: pytest.Item) -> None:
 
 
 def _bounds_failure(scenario: Scenario, samples: list[dict[str, Any]]) -> str | None:
-    if not scenario.bounds.bounds:
+    release = str(samples[-1].get("kernel") or os.uname().release) if samples else os.uname().release
+    applied, skipped = scenario.bounds.split(release)
+    if not applied:
         return None
     if not samples:
         return (
@@ -32,11 +35,11 @@ def _bounds_failure(scenario: Scenario, samples: list[dict[str, Any]]) -> str | 
             "use the udpsend_result fixture or call udp_sender.run() in the test"
         )
     merged = aggregate(samples)
-    rows = check(scenario.bounds, merged)
+    rows = check(applied, merged)
     if all(ok for _, _, ok in rows):
         return None
     label = f" (median of {len(samples)} samples)" if len(samples) > 1 else ""
-    return failure_table(rows, merged, label)
+    return failure_table(rows, merged, label, skipped)
 
 
 def _baseline_failure(item: pytest.Item, scenario: Scenario, samples: list[dict[str, Any]]) -> str | None:
@@ -45,11 +48,17 @@ def _baseline_failure(item: pytest.Item, scenario: Scenario, samples: list[dict[
     if baseline is None or not samples:
         return None
     key = compare.base_key(item.nodeid)
-    tolerance = scenario.baseline.tolerance if scenario.baseline.tolerance is not None else session.tolerance
-    metrics = scenario.baseline.metrics or session.compare_metrics
-    rows = compare.compare_test(key, compare.find(key, session.baseline_samples), samples, tolerance, session.alpha, metrics)
+    base = compare.find(key, session.baseline_samples)
+    rows = compare.compare_test(key, base, samples, session.gate, session.gate_family,
+                                scenario.baseline.tolerance, scenario.baseline.metrics)  # fmt: skip
     item.stash[COMPARE_KEY] = [asdict(r) for r in rows]
+    if rows[0].verdict == "measured differently":
+        return f"udpsend baseline: {compare.mixed_refusal(rows[0].note, '--udpsend-allow-mixed')}"
+    if any(r.verdict == "too few samples" for r in rows):
+        short = compare.needed_samples(len(base or []), len(samples), session.gate, session.gate_family)
+        return f"udpsend baseline: this test cannot be judged: {short}"
     if not any(r.regressed for r in rows):
         return None
     env = {"kernel": samples[-1].get("kernel")}
-    return "udpsend baseline regression:\n" + compare.table(rows, baseline.get("environment"), env)
+    head = compare.header(session.gate, session.gate_family)
+    return "udpsend baseline regression:\n" + compare.table(rows, baseline.get("environment"), env, head)

@@ -15,12 +15,14 @@ import struct
 from typing import Any
 
 from pyroute2.netlink import NETLINK_ROUTE, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
-from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK, RTM_SETLINK
+from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH, RTM_SETLINK
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
 NLMSG_ERROR = 2
 IFF_UP = 1
+NUD_PERMANENT = 0x80
 _NLMSGHDR = struct.Struct("=IHHII")
 _seq = itertools.count(1)
 
@@ -59,7 +61,8 @@ class Rtnl:
 
 
 def veth_msg(
-    ifname: str, peer_ifname: str, peer_netns_fd: int, mtu: int, index: int, peer_index: int
+    ifname: str, peer_ifname: str, peer_netns_fd: int, mtu: int, index: int, peer_index: int,
+    mac: str | None = None, peer_mac: str | None = None,
 ) -> ifinfmsg:
     """RTM_NEWLINK for a veth pair, this end up, the peer created straight in another netns.
 
@@ -72,18 +75,32 @@ def veth_msg(
     msg["index"] = index
     msg["flags"] = IFF_UP
     msg["change"] = IFF_UP
-    peer = {
-        "index": peer_index,
-        "attrs": [("IFLA_IFNAME", peer_ifname), ("IFLA_NET_NS_FD", peer_netns_fd), ("IFLA_MTU", mtu)],
-    }
+    peer_attrs: list[tuple[str, Any]] = [("IFLA_IFNAME", peer_ifname), ("IFLA_NET_NS_FD", peer_netns_fd), ("IFLA_MTU", mtu)]
+    if peer_mac:
+        peer_attrs.append(("IFLA_ADDRESS", peer_mac))
+    peer = {"index": peer_index, "attrs": peer_attrs}
     msg["attrs"] = [
         ("IFLA_IFNAME", ifname),
         ("IFLA_MTU", mtu),
+        *([("IFLA_ADDRESS", mac)] if mac else []),
         (
             "IFLA_LINKINFO",
             {"attrs": [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer)]})]},
         ),
     ]
+    return msg
+
+
+def neigh_msg(index: int, address: str, mac: str, family: int) -> ndmsg:
+    """RTM_NEWNEIGH: a permanent neighbour entry, so the first datagrams never wait for ARP / ND
+    (an unresolved neighbour queues skbs that stay charged to the sender's socket)."""
+    msg = ndmsg()
+    msg["header"]["type"] = RTM_NEWNEIGH
+    msg["header"]["flags"] = NLM_F_CREATE | NLM_F_EXCL
+    msg["family"] = family
+    msg["ifindex"] = index
+    msg["state"] = NUD_PERMANENT
+    msg["attrs"] = [("NDA_DST", address), ("NDA_LLADDR", mac)]
     return msg
 
 

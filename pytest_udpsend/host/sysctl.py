@@ -10,13 +10,14 @@ are taken under the host lock, so one xdist worker at a time changes them.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, Union
 
-from pytest_udpsend.errors import SysctlError
+from pytest_udpsend.errors import PrivilegeError, SysctlError
 from pytest_udpsend.host import netns as netns_mod
 from pytest_udpsend.host.journal import Journal
 from pytest_udpsend.host.undo import UndoStack
@@ -34,6 +35,26 @@ def sysctl_path(name: str) -> Path:
             f"{name!r} is not a sysctl name; use dotted names such as 'net.core.netdev_budget'."
         )
     return PROC_SYS.joinpath(*name.split("."))
+
+
+# Knobs every kernel with networking has, in the initial network namespace only.
+_INITIAL_NETNS_ONLY = ("netdev_budget", "netdev_max_backlog", "dev_weight")
+OWN_NETNS = (
+    "this process runs in a network namespace of its own (a container?), and global knobs need the host's "
+    "network namespace (run the container with --network host / on the host)"
+)
+
+
+@functools.cache
+def outside_initial_netns() -> bool:
+    """True in a network namespace other than the host's (a container with its own network).
+
+    Comparing /proc/self/ns/net with /proc/1/ns/net cannot tell: in a container pid 1
+    shares it.  The kernel can: /proc/sys shows the caller's namespace, and knobs such as
+    net.core.netdev_budget exist only in the initial one.
+    """
+    core = PROC_SYS / "net" / "core"
+    return core.is_dir() and not any((core / knob).exists() for knob in _INITIAL_NETNS_ONLY)
 
 
 def format_value(value: Value) -> str:
@@ -98,6 +119,9 @@ class SysctlHost:
             netns_mod.remove(probe)
         if in_child:
             return "netns"
+        if name.startswith("net.") and outside_initial_netns():
+            what = "is a global knob" if in_init else "is a global knob or unknown"
+            raise PrivilegeError(f"{name} {what}: {OWN_NETNS}.")
         if in_init:
             return "global"
         raise SysctlError(

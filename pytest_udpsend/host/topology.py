@@ -4,12 +4,19 @@ Build cost matters (suites build hundreds): both namespaces are made in one
 thread, the veth is created with its peer placed straight into the receiver
 namespace, and each side is configured with one batched netlink request
 (about 3 ms in all, against about 28 ms for the same thing with ``ip`` commands).
+
+Hosts as they are: a new namespace is not always empty but for ``lo``.  With the
+tunnel modules loaded (ipip, sit, ip_gre) it also holds ``tunl0``, ``sit0``,
+``gre0``..., so the veth's ifindex is picked free in each namespace (one
+``if_nameindex()`` there, no extra round trip in the netlink batch).  A kernel
+booted with ``ipv6.disable=1`` has no ``/proc/sys/net/ipv6``: IPv4 topologies
+do not touch it, an ``ipv6=True`` one is refused with the reason.
 """
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
+import contextlib
+import errno
 import functools
 import os
 import socket
@@ -18,17 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_udpsend.errors import ConfigError
+from pytest_udpsend.errors import ConfigError, PrivilegeError
+from pytest_udpsend.host import cpus as cpus_mod
 from pytest_udpsend.host import netns as netns_mod
 from pytest_udpsend.host import qdisc as qdisc_mod
-from pytest_udpsend.host.rtnl import Rtnl, addr_msg, link_up_msg, veth_msg
+from pytest_udpsend.host.rtnl import Rtnl, addr_msg, link_up_msg, neigh_msg, veth_msg
+from pytest_udpsend.host.state import FileLock
 from pytest_udpsend.host.undo import UndoStack
 
 SENDER_IF = "veth-snd"
 RECEIVER_IF = "veth-rcv"
-VETH_INDEX = 2  # fresh namespaces hold only lo (1): pick the index so no lookup is needed
-SIOCETHTOOL = 0x8946
-ETHTOOL_SGRO = 0x2C
+LO_INDEX = 1  # LOOPBACK_IFINDEX: lo is the first device of every namespace
+IPV6_SYSCTL_DIR = Path("/proc/sys/net/ipv6")
 
 
 @dataclass(frozen=True)
@@ -39,33 +47,30 @@ class TopologySpec:
     qdisc: qdisc_mod.QdiscSpec | None = None
     gro: bool = False
     threaded_napi: bool = False
+    napi_cpus: tuple[int, ...] | None = None  # where the threaded-NAPI kthread may run
     mtu: int = 1500
     ipv6: bool = False
 
     def describe(self) -> str:
         parts = [f"mtu={self.mtu}"]
         if self.rps_cpus is not None:
-            parts.append(f"rps_cpus={list(self.rps_cpus)}")
+            parts.append(f"rps_cpus={list(self.rps_cpus)} (mask {cpus_mod.format_mask(self.rps_cpus)})")
         if self.qdisc:
             parts.append(f"qdisc='{self.qdisc.text}'")
         if self.gro:
             parts.append("gro")
         if self.threaded_napi:
             parts.append("threaded_napi")
+        if self.napi_cpus is not None:
+            parts.append(f"napi_cpus={list(self.napi_cpus)}")
         if self.ipv6:
             parts.append("ipv6")
         return "veth " + " ".join(parts)
 
 
-def _cpus(value: Any) -> tuple[int, ...]:
-    cpus = [value] if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(cpus, (list, tuple)) or not cpus or not all(isinstance(c, int) for c in cpus):
-        raise ConfigError(f"rps_cpus={value!r}: give a list of CPU numbers such as [1]")
-    online = os.sched_getaffinity(0)
-    missing = sorted(set(cpus) - online)
-    if missing:
-        raise ConfigError(f"rps_cpus={value!r}: CPU(s) {missing} are not available here (have {sorted(online)})")
-    return tuple(sorted(set(cpus)))
+def _cpus(value: Any, key: str = "rps_cpus") -> tuple[int, ...]:
+    """CPU numbers, a taskset-style list string or a sysfs hex mask string (see host/cpus.py)."""
+    return cpus_mod.check_online(cpus_mod.parse(value, key), value, key)
 
 
 def make_spec(
@@ -73,6 +78,7 @@ def make_spec(
     qdisc: Any = None,
     gro: Any = False,
     threaded_napi: Any = False,
+    napi_cpus: Any = None,
     mtu: Any = 1500,
     ipv6: Any = False,
 ) -> TopologySpec:
@@ -86,11 +92,14 @@ def make_spec(
         raise ConfigError(f"mtu={mtu}: IPv6 needs at least 1280")
     if threaded_napi and not gro:
         raise ConfigError("threaded_napi=True needs gro=True: a veth only has NAPI with GRO (or XDP) on")
+    if napi_cpus is not None and not threaded_napi:
+        raise ConfigError("napi_cpus= needs threaded_napi=True: only a threaded NAPI poll runs in a thread that can be pinned")
     return TopologySpec(
         rps_cpus=None if rps_cpus is None else _cpus(rps_cpus),
         qdisc=None if qdisc is None else qdisc_mod.parse(qdisc),
         gro=gro,
         threaded_napi=threaded_napi,
+        napi_cpus=None if napi_cpus is None else _cpus(napi_cpus, "napi_cpus"),
         mtu=mtu,
         ipv6=ipv6,
     )
@@ -104,7 +113,7 @@ class Endpoint:
     ifname: str
     addr: str
     addr6: str | None = None
-    index: int = VETH_INDEX
+    index: int = 0  # the veth's ifindex in its namespace (picked free there)
 
     @property
     def name(self) -> str:
@@ -146,47 +155,82 @@ class SubnetAllocator:
         return a, b, f"fd75:6470:{self.slot:x}:{block:x}::1", f"fd75:6470:{self.slot:x}:{block:x}::2"
 
 
-def _new_ns_setup(ipv6: bool) -> Rtnl:
-    """Runs inside each new namespace: drop IPv6 unless asked (saves addrconf work), open rtnetlink."""
-    if not ipv6:
+def ipv6_available() -> bool:
+    """False on a kernel booted with ipv6.disable=1 (or built without IPv6)."""
+    return IPV6_SYSCTL_DIR.is_dir()
+
+
+def _new_ns_setup(ipv6: bool) -> tuple[Rtnl, int]:
+    """Runs inside each new namespace: drop IPv6 unless asked (saves addrconf work), open
+    rtnetlink, and pick an ifindex no device of this namespace has (tunnel modules add some)."""
+    if not ipv6 and ipv6_available():
         for conf in ("all", "default"):
             Path(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6").write_text("1")
-    return Rtnl()
+    free = max(index for index, _name in socket.if_nameindex()) + 1
+    return Rtnl(), free
 
 
 def make_namespace(hint: str, undo: UndoStack, ipv6: bool = True) -> netns_mod.Namespace:
     """One namespace with lo up; its removal registered on ``undo``."""
-    ((ns, rt),) = netns_mod.create([hint], on_each=lambda: _new_ns_setup(ipv6))
+    ((ns, made),) = netns_mod.create([hint], on_each=lambda: _new_ns_setup(ipv6))
     undo.push(f"netns {ns.name}", lambda: netns_mod.remove(ns))
-    assert rt is not None
+    assert made is not None
+    rt = made[0]
     try:
-        rt.call(link_up_msg(1))
+        rt.call(link_up_msg(LO_INDEX))
     finally:
         rt.close()
     return ns
 
 
+def _veth_refused(exc: OSError) -> Exception:
+    """The kernel's answer to creating the veth pair, as one sentence where we know the cause."""
+    if exc.errno == errno.EOPNOTSUPP:
+        return PrivilegeError(
+            "this kernel has no veth driver loaded (creating a veth pair: 'Operation not supported'): "
+            "run 'modprobe veth' (the module is CONFIG_VETH), or use a kernel built with it"
+        )
+    return ConfigError(f"the kernel refused to create the veth pair: {exc}")
+
+
+def mac_for(ipv4: str) -> str:
+    """A locally administered MAC derived from the endpoint's address: unique wherever the address is."""
+    return "02:00:" + ":".join(f"{octet:02x}" for octet in socket.inet_aton(ipv4))
+
+
 def build(spec: TopologySpec, undo: UndoStack, subnets: SubnetAllocator, hint: str = "") -> Topology:
     """Build the pair; every part is registered on ``undo`` as soon as it exists."""
+    if spec.ipv6 and not ipv6_available():
+        raise PrivilegeError(
+            "ipv6=True, but this kernel has IPv6 disabled (no /proc/sys/net/ipv6: booted with "
+            "ipv6.disable=1 or built without CONFIG_IPV6): drop ipv6=True or boot without ipv6.disable=1"
+        )
     made = netns_mod.create([f"snd-{hint}", f"rcv-{hint}"], on_each=lambda: _new_ns_setup(spec.ipv6))
     for ns, _ in made:
         undo.push(f"netns {ns.name}", functools.partial(netns_mod.remove, ns))
-    (snd_ns, snd_rt), (rcv_ns, rcv_rt) = made
-    assert snd_rt is not None and rcv_rt is not None
+    (snd_ns, snd_made), (rcv_ns, rcv_made) = made
+    assert snd_made is not None and rcv_made is not None
+    (snd_rt, snd_index), (rcv_rt, rcv_index) = snd_made, rcv_made
     a, b, a6, b6 = subnets.next()
-    sender = Endpoint(snd_ns, SENDER_IF, a, a6 if spec.ipv6 else None)
-    receiver = Endpoint(rcv_ns, RECEIVER_IF, b, b6 if spec.ipv6 else None)
+    sender = Endpoint(snd_ns, SENDER_IF, a, a6 if spec.ipv6 else None, snd_index)
+    receiver = Endpoint(rcv_ns, RECEIVER_IF, b, b6 if spec.ipv6 else None, rcv_index)
     try:
+        snd_mac, rcv_mac = mac_for(a), mac_for(b)
         snd_msgs = [
-            veth_msg(SENDER_IF, RECEIVER_IF, rcv_ns.fd, spec.mtu, VETH_INDEX, VETH_INDEX),
-            addr_msg(VETH_INDEX, a, 30, socket.AF_INET),
-            link_up_msg(1),
+            veth_msg(SENDER_IF, RECEIVER_IF, rcv_ns.fd, spec.mtu, snd_index, rcv_index, snd_mac, rcv_mac),
+            addr_msg(snd_index, a, 30, socket.AF_INET),
+            neigh_msg(snd_index, b, rcv_mac, socket.AF_INET),
+            link_up_msg(LO_INDEX),
         ]
-        rcv_msgs = [link_up_msg(VETH_INDEX), addr_msg(VETH_INDEX, b, 30, socket.AF_INET), link_up_msg(1)]
+        rcv_msgs = [link_up_msg(rcv_index), addr_msg(rcv_index, b, 30, socket.AF_INET),
+                    neigh_msg(rcv_index, a, snd_mac, socket.AF_INET), link_up_msg(LO_INDEX)]  # fmt: skip
         if spec.ipv6:
-            snd_msgs.append(addr_msg(VETH_INDEX, a6, 64, socket.AF_INET6))
-            rcv_msgs.append(addr_msg(VETH_INDEX, b6, 64, socket.AF_INET6))
-        snd_rt.call(*snd_msgs)
+            snd_msgs += [addr_msg(snd_index, a6, 64, socket.AF_INET6), neigh_msg(snd_index, b6, rcv_mac, socket.AF_INET6)]
+            rcv_msgs += [addr_msg(rcv_index, b6, 64, socket.AF_INET6), neigh_msg(rcv_index, a6, snd_mac, socket.AF_INET6)]
+        try:
+            snd_rt.call(*snd_msgs)
+        except OSError as exc:
+            raise _veth_refused(exc) from None
         rcv_rt.call(*rcv_msgs)
     finally:
         snd_rt.close()
@@ -208,28 +252,64 @@ def _apply_qdisc(sender: Endpoint, spec: qdisc_mod.QdiscSpec) -> None:
 
     try:
         sender.run(body)
+    except (ConfigError, PrivilegeError):
+        raise  # already one sentence naming the qdisc (a missing sch_* module, mq on one queue)
     except Exception as exc:
         raise ConfigError(f"qdisc '{spec.text}' was refused by the kernel: {exc}") from None
 
 
-def _set_gro(ifname: str, on: bool) -> None:
-    value = ctypes.create_string_buffer(struct.pack("=II", ETHTOOL_SGRO, int(on)))
-    ifreq = bytearray(struct.pack("16sP", ifname.encode(), ctypes.addressof(value)).ljust(40, b"\0"))
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+def _enable_napi_gro(ifname: str) -> None:
+    """GRO on, and UDP GRO forwarding: without it veth_xmit() keeps non-GSO UDP off the NAPI path
+    (veth_skb_is_eligible_for_gro() wants the peer's TSO off or NETIF_F_GRO_UDP_FWD here), so the
+    datagrams would never reach the NAPI poll and GRO would change nothing for a UDP sender."""
+    from pyroute2.ethtool.ioctl import IoctlEthtool
+
+    ethtool = IoctlEthtool(ifname)
+    try:
+        features = ethtool.get_features()
+        features["rx-gro"] = True
+        features["rx-udp-gro-forwarding"] = True
+        ethtool.set_features(features)
+    finally:
+        ethtool.close()
+
+
+def _napi_threads(ifname: str) -> set[int]:
+    """Pids of threaded-NAPI kthreads named after ``ifname`` (comm "napi/<ifname>-<napi id>")."""
+    prefix = f"napi/{ifname}-"[:15]
+    found = set()
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if comm.read_text().startswith(prefix):
+                found.add(int(comm.parent.name))
+    return found
+
+
+def _thread_napi(dev: Path, cpus: tuple[int, ...] | None) -> None:
+    """Switch the device to threaded NAPI and pin its new kthread(s) to ``cpus``.
+
+    Every topology names its receiver alike, so the kthread is told apart from other
+    sessions' by appearing while this process holds the "napi" lock."""
+    with FileLock("napi"):
+        before = _napi_threads(dev.name)
+        (dev / "threaded").write_text("1")
+        ours = _napi_threads(dev.name) - before
+    if cpus is not None:
+        for pid in ours:
+            os.sched_setaffinity(pid, set(cpus))
 
 
 def _shape_receiver(spec: TopologySpec) -> None:
     """Runs in the receiver namespace with its own /sys: GRO, threaded NAPI, RPS."""
     dev = Path("/sys/class/net") / RECEIVER_IF
     if spec.gro:
-        _set_gro(RECEIVER_IF, True)
+        _enable_napi_gro(RECEIVER_IF)
     if spec.threaded_napi:
-        (dev / "threaded").write_text("1")
+        _thread_napi(dev, spec.napi_cpus)
     if spec.rps_cpus is not None:
-        mask = sum(1 << c for c in spec.rps_cpus)
+        mask = cpus_mod.format_mask(spec.rps_cpus)  # 32-bit groups: "1,00000000" is CPU 32
         for queue in sorted(dev.glob("queues/rx-*")):
-            (queue / "rps_cpus").write_text(f"{mask:x}")
+            (queue / "rps_cpus").write_text(mask)
 
 
 def read_receiver_sysfs(topo: Topology, relative: str) -> str:

@@ -29,14 +29,26 @@ class UndoStack:
         return len(self._steps)
 
     def flush(self) -> None:
-        """Run every step, newest first; raise UndoFailed listing the ones that failed."""
+        """Run every step, newest first; raise UndoFailed listing the ones that failed.
+
+        An interrupt (Ctrl-C, SIGTERM turned into KeyboardInterrupt) during a step
+        does not stop the others: every step still runs, then the interrupt is
+        raised again so that the run ends.
+        """
         failures: list[str] = []
+        interrupt: BaseException | None = None
         while self._steps:
             what, fn = self._steps.pop()
             try:
                 fn()
-            except BaseException as exc:  # keep going: later steps must still run
+            except Exception as exc:  # keep going: later steps must still run
                 log.error("undo %s failed: %s", what, exc)
                 failures.append(f"{what}: {exc!r}")
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit: finish undoing first
+                log.error("undo %s interrupted (%s): undoing the rest, then stopping", what, type(exc).__name__)
+                failures.append(f"{what}: interrupted")
+                interrupt = interrupt or exc
+        if interrupt is not None:
+            raise interrupt
         if failures:
             raise UndoFailed("cleanup failed for: " + "; ".join(failures))

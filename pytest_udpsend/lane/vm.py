@@ -16,6 +16,7 @@ this session.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -32,11 +33,13 @@ from typing import Any
 
 import pytest
 
-from pytest_udpsend.errors import PrivilegeError
 from pytest_udpsend.host.state import state_dir
 from pytest_udpsend.results import compare, store
 
 LANE_REPORT_ENV = "UDPSEND_LANE_REPORT"
+LANE_SELECTION_ENV = "UDPSEND_LANE_SELECTION"
+LANE_APPEND_ENV = "UDPSEND_LANE_APPEND"  # extra guest kernel arguments, space-separated
+LANE_PRELUDE_ENV = "UDPSEND_LANE_PRELUDE"  # shell lines the guest runs before pytest
 KVM_PROBE_S = 25.0
 
 
@@ -63,13 +66,36 @@ def kernel_release(image: Path) -> str:
     return name.split("-", 1)[1] if name.startswith("vmlinuz-") else name
 
 
-def _vng() -> str:
-    found = shutil.which("vng") or shutil.which("vng", path=str(Path(sys.executable).parent))
-    if not found:
-        raise PrivilegeError("--udpsend-kernel needs virtme-ng: pip install virtme-ng (and apt-get install qemu-system-x86)")
+def _vng() -> str | None:
+    # the venv's bin directory need not be on PATH (.venv/bin/python -m pytest)
+    return shutil.which("vng") or shutil.which("vng", path=str(Path(sys.executable).parent))
+
+
+def modules_dir(image: Path, release: str) -> Path | None:
+    """Where virtme-ng looks for the modules of an image unpacked or installed as ROOT/boot/vmlinuz-*."""
+    return image.parent.parent / "lib" / "modules" / release if image.parent.name == "boot" else None
+
+
+def preconditions(image: Path, release: str, backend: str) -> list[str]:
+    """What the lane needs before anything runs, as one sentence per missing part (cause and fix)."""
+    prepare = f"udpsend prepare-kernel {release} sets it up"
+    problems = []
+    if not _vng():
+        problems.append(f"virtme-ng (vng) is not installed for {sys.executable}: pip install 'virtme-ng>=1.42'")
     if not shutil.which("qemu-system-x86_64"):
-        raise PrivilegeError("--udpsend-kernel needs qemu: apt-get install qemu-system-x86")
-    return found
+        problems.append("qemu-system-x86_64 is not on PATH: apt-get install qemu-system-x86")
+    if not (shutil.which("modprobe") or Path("/sbin/modprobe").exists()):
+        problems.append("modprobe is missing, so the guest cannot load veth and friends: apt-get install kmod")
+    moddir = modules_dir(image, release)
+    if moddir is not None and not (moddir / "modules.dep").is_file():
+        problems.append(f"the image's modules are not at {moddir} (or depmod never ran there): {prepare}")
+    elif backend == "bpf" and moddir is not None and not (moddir / "build" / "Makefile").is_file():
+        problems.append(f"--udpsend-backend bpf needs the kernel headers linked at {moddir / 'build'} for bcc: "
+                        f"apt-get install linux-headers-{release} ({prepare})")  # fmt: skip
+    if backend == "bpf" and importlib.util.find_spec("bcc") is None:
+        problems.append(f"--udpsend-backend bpf needs bcc importable by {sys.executable}: apt-get install "
+                        "python3-bpfcc and make the venv with --system-site-packages")  # fmt: skip
+    return problems
 
 
 def _env() -> dict[str, str]:
@@ -88,9 +114,11 @@ def _boot(image: Path, exec_cmd: str, rwdir: Path, kvm: bool, timeout: float, co
     The console is watched: a panic or oops ends the guest at once instead of
     waiting for the deadline.
     """
-    argv = [_vng(), "--run", str(image), "--cpus", str(cpus), "--memory", "2G", "-v", "--rwdir", str(rwdir)]
+    argv = [_vng() or "vng", "--run", str(image), "--cpus", str(cpus), "--memory", "2G", "-v", "--rwdir", str(rwdir)]
     if not kvm:
         argv += ["--disable-kvm", "--qemu-opts=-accel tcg,thread=single"]
+    # hosts as they are: extra kernel arguments for the guest, e.g. ipv6.disable=1 (lane tests set it)
+    argv += [f"--append={arg}" for arg in os.environ.get(LANE_APPEND_ENV, "").split()]
     argv += ["--exec", exec_cmd]
     deadline = time.monotonic() + timeout
     problem = ""
@@ -132,26 +160,49 @@ def kvm_works(image: Path) -> tuple[bool, str]:
                                        "(nested virtualisation?): using TCG")  # fmt: skip
 
 
-def inner_args(args: Iterable[str], positional: Iterable[str], nodeids: list[str], outdir: Path) -> list[str]:
-    """The guest's pytest arguments: ours minus the lane, xdist, selection and output options,
-    with the positional test paths replaced by the selected node ids."""
-    drop_with_value = {"--udpsend-kernel", "--udpsend-kernel-timeout", "-n", "--numprocesses", "--dist",
-                       "--udpsend-json", "--udpsend-html", "--junitxml", "--junit-xml", "-k", "-m"}  # fmt: skip
-    paths = set(positional)
-    out: list[str] = []
-    rest = iter(args)
-    for arg in rest:
-        name = arg.split("=", 1)[0]
-        if name in drop_with_value:
-            if "=" not in arg:
-                next(rest, None)
-            continue
-        if (arg.startswith("-n") and arg[2:] in ("auto", "logical")) or (arg.startswith("-n") and arg[2:].isdigit()):
-            continue
-        if arg in paths:
-            continue
-        out.append(arg)
-    return [*out, "-p", "no:cacheprovider", "--udpsend-json", str(outdir / "results.json"), *nodeids]
+PASSED_ENV = ("PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+
+
+def guest_args(args: Iterable[str], outdir: Path, plugins: Iterable[str] = ("cacheprovider", "junitxml")) -> list[str]:
+    """The guest's pytest arguments: the host's own, unchanged, then overrides.
+
+    pytest picks rootdir and inifile from every argument that names an existing
+    path, before plugins load, so the kernel image counts too.  Passing the same
+    arguments from the same directory gives the guest the same rootdir, inifile,
+    conftests, ``--pyargs`` resolution and node ids; the host's selection then
+    travels as a list of node ids (``GuestSelection``), which ids with spaces or
+    brackets survive.  Overrides come last in ``--opt=value`` form, which pytest
+    never takes for a path.  The guest file system is read-only but for ``outdir``.
+    """
+    out = [*args, f"--udpsend-json={outdir / 'results.json'}", "--udpsend-html="]
+    if "cacheprovider" in plugins:  # the options of a plugin the host blocked (-p no:x) do not exist
+        out.append(f"--override-ini=cache_dir={outdir / 'cache'}")
+    if "junitxml" in plugins:  # the host writes the junit file from the guest's reports
+        out.append("--junitxml=")
+    return out
+
+
+class GuestSelection:
+    """In the guest: keep exactly the items the host collected (a pytest plugin object)."""
+
+    def __init__(self, path: Path) -> None:
+        self.wanted = set(json.loads(path.read_text()))
+        self.collected = path.with_name("collected.json")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        self.collected.write_text(json.dumps([i.nodeid for i in items]))
+        keep = [i for i in items if i.nodeid in self.wanted]
+        dropped = [i for i in items if i.nodeid not in self.wanted]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
+
+
+def guest_selection() -> GuestSelection | None:
+    """The selection plugin when this session is a kernel-lane guest, else None."""
+    path = os.environ.get(LANE_SELECTION_ENV)
+    return GuestSelection(Path(path)) if path else None
 
 
 @dataclass
@@ -184,7 +235,8 @@ def tail(path: Path, lines: int = 40) -> str:
 class KernelLane:
     """Runs in the controller's pytest_runtestloop in place of the normal loop."""
 
-    def __init__(self, image: str, timeout: float) -> None:
+    def __init__(self, image: str, timeout: float, backend: str = "auto") -> None:
+        """Check every precondition first: a missing one is a usage error naming it and the fix."""
         self.image = Path(image).resolve()
         if not self.image.is_file():
             raise pytest.UsageError(f"--udpsend-kernel {image}: no such kernel image")
@@ -194,6 +246,9 @@ class KernelLane:
                 "pass a vmlinuz, e.g. the one ci/prepare-kernel.sh prints"
             )
         self.release = kernel_release(self.image)
+        problems = preconditions(self.image, self.release, backend)
+        if problems:
+            raise pytest.UsageError("\n".join(f"--udpsend-kernel {image}: {p}" for p in problems))
         self.timeout = timeout
         self.note = ""
         self.guest_environment: dict[str, Any] | None = None
@@ -203,16 +258,9 @@ class KernelLane:
         outdir = Path(tempfile.mkdtemp(prefix="udpsend-lane-", dir=str(state_dir("lanes"))))
         try:
             kvm, self.note = kvm_works(self.image)
-            config = session.config
-            args = inner_args(config.invocation_params.args, config.args, [i.nodeid for i in items], outdir)
+            (outdir / "selection.json").write_text(json.dumps([i.nodeid for i in items]))
             script = outdir / "run.sh"
-            script.write_text(
-                f"cd {shlex.quote(str(session.config.invocation_params.dir))}\n"
-                f"export {LANE_REPORT_ENV}={shlex.quote(str(outdir / 'reports.jsonl'))}\n"
-                f"{shlex.quote(sys.executable)} -m pytest {' '.join(shlex.quote(a) for a in args)} "
-                f"> {shlex.quote(str(outdir / 'pytest.log'))} 2>&1\n"
-                f"echo $? > {shlex.quote(str(outdir / 'rc'))}\n"
-            )
+            script.write_text(self._script(session.config, outdir))
             console = outdir / "console.log"
             started = time.monotonic()
             rc, trouble = _boot(self.image, f"sh {shlex.quote(str(script))}", outdir, kvm, self.timeout, console)
@@ -226,11 +274,30 @@ class KernelLane:
                 f": it {trouble}" if trouble else f" (pytest exit {rc})"
             )
             problem = f"{why_missing}; console tail:\n{tail(console)}\n--- guest pytest log tail ---\n{tail(outdir / 'pytest.log')}"
+            collected = _read_list(outdir / "collected.json")
             for item in items:
                 found = compare.find(item.nodeid, reports)
+                if found is None and collected is not None and item.nodeid not in collected:
+                    found = [GuestReport(item.nodeid, "setup", "failed", _not_collected(item.nodeid, collected), 0.0, [])]
                 self._report(item, found, problem)
         finally:
             shutil.rmtree(outdir, ignore_errors=True)
+
+    def _script(self, config: pytest.Config, outdir: Path) -> str:
+        """The guest's shell script: same directory, same arguments, same pytest environment."""
+        q = shlex.quote
+        env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
+        env[LANE_REPORT_ENV] = str(outdir / "reports.jsonl")
+        env[LANE_SELECTION_ENV] = str(outdir / "selection.json")
+        active = [name for name in ("cacheprovider", "junitxml") if config.pluginmanager.has_plugin(name)]
+        args = guest_args(config.invocation_params.args, outdir, active)
+        return (
+            os.environ.get(LANE_PRELUDE_ENV, "") + "\n"  # guest set-up before pytest, e.g. modprobe ipip sit
+            + f"cd {q(str(config.invocation_params.dir))}\n"
+            + "".join(f"export {name}={q(value)}\n" for name, value in env.items())
+            + f"{q(sys.executable)} -m pytest {' '.join(q(a) for a in args)} > {q(str(outdir / 'pytest.log'))} 2>&1\n"
+            f"echo $? > {q(str(outdir / 'rc'))}\n"
+        )
 
     def _report(self, item: pytest.Item, guest: list[GuestReport] | None, problem: str) -> None:
         nodeid = f"{item.nodeid}@{self.release}"
@@ -253,6 +320,19 @@ def _longrepr(g: GuestReport, item: pytest.Item) -> Any:
         path, lineno, _ = item.location
         return (path, (lineno or 0) + 1, g.longrepr)
     return g.longrepr or None
+
+
+def _read_list(path: Path) -> list[str] | None:
+    try:
+        return list(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _not_collected(nodeid: str, collected: list[str]) -> str:
+    return (f"the guest collected {len(collected)} item(s) but not {nodeid}: its collection differed from this "
+            "host's (a conftest or plugin that depends on the machine?); run the same pytest command inside "
+            "the guest to compare")  # fmt: skip
 
 
 def write_guest_report(report: pytest.TestReport) -> None:

@@ -8,6 +8,18 @@ The C is header-light on purpose: bcc 0.26 cannot compile ``<linux/skbuff.h>`` o
 ``<uapi/linux/ptrace.h>``, reads arguments with PT_REGS_PARM1, keys its map by the
 skb pointer and filters by the sender's tgid (armed only while a run measures).
 
+The tgid filter works across pid namespaces (a container's ``unshare -p``): the
+program asks ``bpf_get_ns_current_pid_tgid()`` for the current task's tgid *as
+seen in the sender's pid namespace* (dev and inode of ``/proc/self/ns/pid``,
+given at ``begin``), which is what ``os.getpid()`` returned there.  A plain
+``bpf_get_current_pid_tgid()`` gives the initial namespace's number and would
+match nothing inside a container.
+
+Cost to tests that did not ask for it: none.  The program is compiled once per
+session (a failure is kept and raised again at once, never recompiled), and
+attached only between ``begin`` and ``end`` of a run that measures; in between it
+is detached, so no other test pays a trap or trampoline per skb.
+
 Counting each datagram once: the skb charged by the sender process is remembered
 with its charge time and charging thread; ``sock_wfree`` consumes the entry, so an
 skb is counted once however often it is seen.  IP fragments (payload above the
@@ -52,7 +64,7 @@ PROGRAM = r"""
 
 struct charge { u64 ts; u32 tid; u32 pad; };
 BPF_TABLE("lru_hash", u64, struct charge, charged, 262144);
-BPF_ARRAY(cfg, u64, 1);
+BPF_ARRAY(cfg, u64, 3);  /* sender's tgid (0 = disarmed), dev and inode of its pid namespace */
 /* per-CPU, so no atomic operations: a tracing program never nests into itself on
    one CPU (the kernel skips such recursion), and charge and release touch
    different slots */
@@ -81,11 +93,14 @@ static __always_inline u32 udps_bucket(u64 v)
 
 static __always_inline int do_charge(u64 skb)
 {
-    u32 zero = 0;
-    u64 *want = cfg.lookup(&zero);
-    u64 id = bpf_get_current_pid_tgid();
-    if (!want || *want == 0 || (id >> 32) != *want)
+    u32 k_tgid = 0, k_dev = 1, k_ino = 2;
+    u64 *want = cfg.lookup(&k_tgid), *dev = cfg.lookup(&k_dev), *ino = cfg.lookup(&k_ino);
+    if (!want || !dev || !ino || *want == 0)
         return 0;
+    struct bpf_pidns_info ns = {};
+    if (bpf_get_ns_current_pid_tgid(*dev, *ino, &ns, sizeof(ns)) || ns.tgid != *want)
+        return 0;  /* not in the sender's pid namespace, or not the sender */
+    u64 id = bpf_get_current_pid_tgid();
     struct charge c = {};
     c.ts = bpf_ktime_get_ns();
     c.tid = (u32)id;
@@ -172,45 +187,81 @@ class BpfProbe:
         self.reason = reason
         self.attach = "not attached yet"
         self._bpf: Any = None
+        self._error: PrivilegeError | None = None  # a failed build, kept: never retried
+        self._kfuncs: list[bytes] = []  # fentry programs, detached between runs
+        self._attached = False
+
+    def build(self) -> None:
+        """Compile and load once per session; PrivilegeError (the same one every time) if it cannot."""
+        if self._error is not None:
+            raise self._error
+        if self._bpf is not None:
+            return
+        from bcc import BPF
+
+        fentry = bool(BPF.support_kfunc())
+        self.attach = "fentry" if fentry else "kprobe"
+        self.method = f"exact: {self.attach} on skb_set_owner_w (charge) and sock_wfree (release), per skb, via bcc"
+        with _stderr_to_file() as log:
+            try:
+                bpf = BPF(text=PROGRAM + (ATTACH_FENTRY if fentry else ATTACH_KPROBE))  # fentry attaches itself
+                self._kfuncs = list(bpf.kfunc_entry_fds)
+                for name in self._kfuncs:  # ... so detach until a run measures
+                    bpf.detach_kfunc(name)
+            except Exception as exc:
+                log.seek(0)
+                errors = [line for line in log.read().splitlines() if "error" in line][:5]
+                self._error = PrivilegeError(
+                    f"the bcc probe could not be built on {os.uname().release} ({exc}): "
+                    + ("; ".join(errors) or "no compiler output")
+                    + "; check that the kernel headers match the running kernel"
+                )
+                raise self._error from None
+        self._bpf = bpf
 
     def _compile(self) -> Any:
-        if self._bpf is None:
-            from bcc import BPF
-
-            fentry = bool(BPF.support_kfunc())
-            self.attach = "fentry" if fentry else "kprobe"
-            self.method = f"exact: {self.attach} on skb_set_owner_w (charge) and sock_wfree (release), per skb, via bcc"
-            with _stderr_to_file() as log:
-                try:
-                    bpf = BPF(text=PROGRAM + (ATTACH_FENTRY if fentry else ATTACH_KPROBE))  # fentry attaches itself
-                    if not fentry:
-                        bpf.attach_kprobe(event="skb_set_owner_w", fn_name="on_charge")
-                        bpf.attach_kprobe(event="sock_wfree", fn_name="on_wfree")
-                except Exception as exc:
-                    log.seek(0)
-                    errors = [line for line in log.read().splitlines() if "error" in line][:5]
-                    raise PrivilegeError(
-                        f"the bcc probe could not be built or attached on {os.uname().release} ({exc}): "
-                        + ("; ".join(errors) or "no compiler output")
-                        + "; check that the kernel headers match the running kernel"
-                    ) from None
-            self._bpf = bpf
+        self.build()
         return self._bpf
+
+    def _set_attached(self, on: bool) -> None:
+        if on == self._attached:
+            return
+        bpf = self._bpf
+        if self.attach == "fentry":
+            for name in self._kfuncs:
+                (bpf.attach_kfunc if on else bpf.detach_kfunc)(name)
+        elif on:
+            bpf.attach_kprobe(event="skb_set_owner_w", fn_name="on_charge")
+            bpf.attach_kprobe(event="sock_wfree", fn_name="on_wfree")
+        else:
+            bpf.detach_kprobe(event="skb_set_owner_w", fn_name="on_charge")
+            bpf.detach_kprobe(event="sock_wfree", fn_name="on_wfree")
+        self._attached = on
 
     def prepare(self, sysctls: Sysctls) -> None:
         self._compile()  # compile outside the measured interval
 
     def begin(self, sock_fd: int, tgid: int) -> None:
+        """Arm for one run of ``tgid`` (as numbered in this process's pid namespace) and attach."""
         bpf = self._compile()
         for name in ("hist", "stats", "charged"):
             bpf[name].clear()
+        pidns = os.stat("/proc/self/ns/pid")
         cfg = bpf["cfg"]
+        cfg[cfg.Key(1)] = cfg.Leaf(pidns.st_dev)
+        cfg[cfg.Key(2)] = cfg.Leaf(pidns.st_ino)
         cfg[cfg.Key(0)] = cfg.Leaf(tgid)
+        try:
+            self._set_attached(True)
+        except Exception as exc:
+            cfg[cfg.Key(0)] = cfg.Leaf(0)
+            raise PrivilegeError(f"the bcc probe could not be attached on {os.uname().release}: {exc}") from None
 
     def end(self, rx_latencies_ns: Sequence[int], lost_samples: int, sent: int) -> dict[str, Any]:
         bpf = self._compile()
         cfg = bpf["cfg"]
         cfg[cfg.Key(0)] = cfg.Leaf(0)
+        self._set_attached(False)
         hist = [sum(v) for v in bpf["hist"].values()]  # per-CPU slots: add them up
         per_cpu_stats = list(bpf["stats"].values())
         stats = [max(v) if i % 2 and i < len(CONTEXTS) * 2 else sum(v) for i, v in enumerate(per_cpu_stats)]
@@ -236,5 +287,6 @@ class BpfProbe:
 
     def close(self) -> None:
         if self._bpf is not None:
+            self._attached = False  # cleanup() detaches what is attached
             self._bpf.cleanup()
             self._bpf = None

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from pytest_udpsend.host.outfile import atomic_open
 from pytest_udpsend.host.topology import Topology
 
 FIRST, SAMPLE, CAP, SNAPLEN = 256, 100, 4096, 256
@@ -87,8 +88,7 @@ def _write(path: Path, frames: list[tuple[float, bytes]]) -> None:
     from scapy.layers.l2 import Ether
     from scapy.utils import PcapWriter
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with PcapWriter(str(path), linktype=1, sync=False) as out:
+    with atomic_open(path) as file, PcapWriter(file, linktype=1, sync=False) as out:
         for ts, data in frames:
             pkt = Ether(data)
             pkt.time = ts

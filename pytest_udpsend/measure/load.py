@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_udpsend.errors import ConfigError, PrivilegeError
+from pytest_udpsend.host import cpus as cpus_mod
 from pytest_udpsend.host.state import owner_tag, tag_alive
 
 CGROUP_PREFIX = "pytest-udpsend-"
@@ -60,17 +61,13 @@ class PressureSpec:
         extra = "" if self.policy == "other" else f" policy={self.policy}"
         extra += f" nice={self.nice}" if self.nice else ""
         extra += f" cpu.max={self.cpu_max:.2f}" if self.cpu_max is not None else ""
-        return f"{self.workers} hog(s) on CPU {list(self.cpus)}{extra}"
+        return f"{self.workers} hog(s) on CPU {list(self.cpus)}{extra}"  # the resolved CPUs, however given
 
 
 def make_spec(cpus: object = (1,), workers: object = 2, nice: object = 0, policy: object = "other",
               cpu_max: object = None) -> PressureSpec:  # fmt: skip
-    cpu_list = [cpus] if isinstance(cpus, int) and not isinstance(cpus, bool) else cpus
-    if not isinstance(cpu_list, (list, tuple)) or not cpu_list or not all(isinstance(c, int) for c in cpu_list):
-        raise ConfigError(f"cpus={cpus!r}: give a list of CPU numbers such as [1]")
-    online = os.sched_getaffinity(0)
-    if set(cpu_list) - online:
-        raise ConfigError(f"cpus={cpus!r}: CPU(s) {sorted(set(cpu_list) - online)} are not available (have {sorted(online)})")
+    # CPU numbers, a taskset-style list string ("1-3,5") or a sysfs hex mask string ("2" = CPU 1)
+    cpu_list = cpus_mod.check_online(cpus_mod.parse(cpus, "cpus"), cpus, "cpus")
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
         raise ConfigError(f"workers={workers!r}: must be an integer from 1 to 64")
     if not isinstance(nice, int) or not -20 <= nice <= 19:

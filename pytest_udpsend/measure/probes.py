@@ -122,10 +122,21 @@ def choose(requested: str) -> tuple[str, str]:
 
 
 def select(requested: str) -> WfreeProbe:
-    """The probe for ``--udpsend-backend`` (the bpf one compiles lazily, on first use)."""
+    """The probe for ``--udpsend-backend``, built now (once per session: the caller keeps it).
+
+    A bpf probe that fails to compile is a PrivilegeError under ``bpf``; under ``auto``
+    the timestamp estimate is used instead, and its reason says why.
+    """
     backend, why = choose(requested)
     if backend == "bpf":
         from pytest_udpsend.measure.bpfprobe import BpfProbe
 
-        return BpfProbe(why)
+        probe = BpfProbe(why)
+        try:
+            probe.build()
+        except PrivilegeError as exc:
+            if requested == "bpf":
+                raise PrivilegeError(f"--udpsend-backend bpf: {exc}") from None
+            return TimestampProbe(f"eBPF looked available but {exc}; fell back to the timestamp estimate")
+        return probe
     return TimestampProbe(why)

@@ -29,6 +29,7 @@ class SendResult:
     rcvbuf_errors: int = 0
     kernel: str = ""
     sysctls: dict[str, str] = field(default_factory=dict)
+    diagnosis: list[dict[str, str]] = field(default_factory=list)  # findings, each {"finding", "evidence"}
     # beyond SPEC: context and raw series
     other_errors: int = 0
     series: dict[str, Any] = field(default_factory=dict)
@@ -68,4 +69,5 @@ class SendResult:
             )
         lines.append("sysctls: " + (", ".join(f"{k}={v}" for k, v in sorted(self.sysctls.items())) or "-"))
         lines += [f"check: {c}" for c in self.checks]
+        lines += [f"diagnosis: {d['finding']}\n  evidence: {d['evidence']}" for d in self.diagnosis] or ["diagnosis: nothing to report"]
         return "\n".join(lines)

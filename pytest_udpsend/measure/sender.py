@@ -3,6 +3,12 @@
 Python builds the sockets (each inside its namespace, from a thread that entered
 it), snapshots counters, starts the two loops in threads (both release the GIL),
 and assembles a SendResult with the cross-checks.
+
+Stopping: both loops watch a shared stop byte.  Whatever interrupts the wait
+(KeyboardInterrupt, an error in the other loop), the byte is set and both
+threads are joined before the sockets close, so a loop never runs on a closed
+(or reused) fd.  Memory: receive timestamps go into a fixed buffer of
+``SAMPLE_CAP`` latencies (reservoir-sampled past that), whatever the duration.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pytest_udpsend.errors import ConfigError
 from pytest_udpsend.host.sysctl import Sysctls, normalize
 from pytest_udpsend.host.topology import Topology
 from pytest_udpsend.measure import _engine, counters, load  # type: ignore[attr-defined]
+from pytest_udpsend.measure.diagnosis import diagnose
 from pytest_udpsend.measure.params import SendParams, make_params
 from pytest_udpsend.measure.probes import WfreeProbe
 from pytest_udpsend.measure.result import SendResult
@@ -31,6 +38,7 @@ SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD; Python 3.11's socket module lacks the
 IP_RECVERR = 11
 IPV6_RECVERR = 25
 RCVBUF = 64 << 20
+SAMPLE_CAP = 1 << 18  # timestamp samples kept per run (1 MiB); a uniform reservoir beyond that
 REPORTED_KNOBS = (
     "net.core.netdev_budget",
     "net.core.netdev_budget_usecs",
@@ -139,7 +147,7 @@ def run(
     rx = _receiver_socket(topo, p.ipv6, stamp)
     tx = _sender_socket(topo, p)
     snd_snmp, rcv_snmp = counters.SnmpReader(topo.sender.ns), counters.SnmpReader(topo.receiver.ns)
-    latencies = memoryview(bytearray(4 * (int(p.duration * 1_000_000) + 4096))).cast("I") if stamp else None
+    latencies = memoryview(bytearray(4 * SAMPLE_CAP)).cast("I") if stamp else None
     try:
         with contextlib.ExitStack() as stack:
             if pressure is not None:
@@ -154,6 +162,7 @@ def run(
         rcv_snmp.close()
     result.sysctls = knobs_in_force({k: v for k, v in sysctls.in_force.items() if ":" in k})
     result.pressure = pressure.describe() if pressure else ""
+    result.diagnosis = diagnose(result)  # needs the sysctls and pressure above
     return result
 
 
@@ -174,15 +183,23 @@ def _measure(
     started = time.time()
     until = time.monotonic_ns() + int(p.duration * 1e9)
     buf = latencies if latencies is not None else bytearray()
-    receiver = _Thread("udpsend-rx", _pinned(p.receiver_cpu, lambda: _engine.recv_loop(rx.fileno(), until, 100, buf, stamp)))
+    stop = bytearray(1)
+    receiver = _Thread("udpsend-rx", _pinned(p.receiver_cpu, lambda: _engine.recv_loop(rx.fileno(), until, 100, buf, stamp, stop)))
     sender = _Thread(
         "udpsend-tx",
-        _pinned(p.cpu, lambda: _engine.send_loop(tx.fileno(), p.duration, p.payload, rate=p.rate or 0.0, stamp=stamp)),
+        _pinned(p.cpu, lambda: _engine.send_loop(tx.fileno(), p.duration, p.payload, rate=p.rate or 0.0, stamp=stamp, stop=stop)),
     )
-    receiver.start()
-    sender.start()
-    tx_out = sender.result()
-    rx_out = receiver.result()
+    try:
+        receiver.start()
+        sender.start()
+        tx_out = sender.result()
+        rx_out = receiver.result()
+    except BaseException:
+        stop_loops(stop, (sender, receiver))
+        if probe is not None:
+            with contextlib.suppress(Exception):
+                probe.end([], 0, 0)  # disarm (and detach) the probe: nobody reads this run
+        raise
     finished = time.time()
     soft1, snd1, rcv1 = counters.read_softnet(), snd_snmp.read(), rcv_snmp.read()
     snmp = counters.snmp_delta(snd0, snd1)
@@ -192,8 +209,10 @@ def _measure(
     wfree: dict[str, Any] = {}
     if probe is not None:
         samples = latencies[: rx_out["samples"]] if latencies is not None else []
-        wfree = probe.end(samples, rx_out["lost_samples"], tx_out["sent"])
+        wfree = probe.end(samples, 0, tx_out["sent"])  # nothing is lost: past SAMPLE_CAP it samples
         wfree.setdefault("reason", probe.reason)
+        if latencies is not None:
+            _note_sampling(wfree, rx_out, tx_out["sent"])
     result = SendResult(
         attempts=attempts,
         sent=tx_out["sent"],
@@ -227,6 +246,28 @@ def _measure(
     )
     result.checks = cross_checks(result, p.ipv6)
     return result
+
+
+def stop_loops(stop: bytearray, threads: tuple[threading.Thread, ...]) -> None:
+    """Ask the C loops to return and wait for them (again if a second Ctrl-C interrupts the wait)."""
+    stop[0] = 1
+    for thread in threads:
+        while thread.is_alive():
+            try:
+                thread.join()
+            except KeyboardInterrupt:
+                continue
+
+
+def _note_sampling(wfree: dict[str, Any], rx_out: dict[str, Any], sent: int) -> None:
+    """The timestamp estimate's percentiles come from a bounded sample: say how it was taken."""
+    seen, kept = rx_out["seen"], rx_out["samples"]
+    wfree["samples"] = {"seen": seen, "kept": kept, "cap": SAMPLE_CAP,
+                        "method": "all" if kept == seen else "uniform reservoir (Algorithm R)"}  # fmt: skip
+    wfree["count"] = seen
+    wfree["coverage"] = round(seen / sent, 4) if sent else 0.0
+    if seen:
+        wfree["max_us"] = round(rx_out["max_ns"] / 1000, 2)  # exact, also when sampled
 
 
 def cross_checks(r: SendResult, ipv6: bool) -> list[str]:

@@ -2,18 +2,53 @@
 
 A failing bound fails the test with a table: metric, measured, bound, and the
 context that makes the number meaningful (kernel, backend, topology, sysctls).
+
+Where the truth differs by kernel, a bound carries ``kernel=``: a version
+specifier (``"<6.5"``, ``">=6.5,<6.12"``, PEP 440 syntax via ``packaging``)
+matched against the numeric prefix of the release the samples were measured on
+(``6.1.0-56-amd64`` -> 6.1.0).  Markers of one kind stack, each for its kernels;
+one whose kernel does not match is not checked, and the table says so.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
 
 from pytest_udpsend.errors import ConfigError
 from pytest_udpsend.results.metrics import lookup
 
 BACKENDS = ("any", "bpf", "timestamp")
+_RELEASE_PREFIX = re.compile(r"^\d+(?:\.\d+){0,2}")
+
+
+def kernel_version(release: str) -> Version:
+    """The numeric prefix of a kernel release: ``6.12.95+deb12-amd64`` -> 6.12.95."""
+    match = _RELEASE_PREFIX.match(release)
+    return Version(match.group(0) if match else "0")
+
+
+def kernel_spec(value: Any) -> str | None:
+    """Validate a ``kernel=`` argument (None: every kernel); ConfigError says what is accepted."""
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str) or not str(SpecifierSet(value)):
+            raise InvalidSpecifier(str(value))
+    except InvalidSpecifier:
+        raise ConfigError(
+            f"kernel={value!r}: not a version specifier; use comparisons such as '<6.5' or '>=6.5,<6.12'"
+        ) from None
+    return value
+
+
+def kernel_matches(spec: str | None, release: str) -> bool:
+    return spec is None or SpecifierSet(spec).contains(kernel_version(release), prereleases=True)
 
 
 @dataclass(frozen=True)
@@ -22,11 +57,14 @@ class Bound:
     metric: str  # dotted path into the result, e.g. "wfree.p99_us"
     low: float | None = None
     high: float | None = None
+    kernel: str | None = None  # version specifier; None: every kernel
 
     def describe(self) -> str:
         if self.low is not None and self.high is not None:
-            return f"{self.low:g} .. {self.high:g}"
-        return f"<= {self.high:g}" if self.high is not None else f">= {self.low:g}"
+            text = f"{self.low:g} .. {self.high:g}"
+        else:
+            text = f"<= {self.high:g}" if self.high is not None else f">= {self.low:g}"
+        return text + (f" (kernel {self.kernel})" if self.kernel else "")
 
     def holds(self, value: float) -> bool:
         return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
@@ -35,11 +73,21 @@ class Bound:
 @dataclass(frozen=True)
 class Bounds:
     bounds: tuple[Bound, ...] = ()
-    backend: str = "any"  # what wfree_latency demands
+    backends: tuple[tuple[str, str | None], ...] = ()  # (backend wfree_latency demands, its kernel spec)
 
-    @property
-    def wants_wfree(self) -> bool:
-        return any(b.marker == "wfree_latency" for b in self.bounds) or self.backend != "any"
+    def wants_wfree(self, release: str) -> bool:
+        """Does a wfree_latency marker apply on this kernel (so sock_wfree timing must be measured)?"""
+        return any(b.marker == "wfree_latency" and kernel_matches(b.kernel, release) for b in self.bounds)
+
+    def backend_for(self, release: str) -> str:
+        """The strictest backend a wfree_latency marker for this kernel demands ("any" if none)."""
+        wanted = {backend for backend, spec in self.backends if kernel_matches(spec, release)}
+        return next((b for b in ("bpf", "timestamp") if b in wanted), "any")
+
+    def split(self, release: str) -> tuple[list[Bound], list[Bound]]:
+        """(bounds checked on this kernel, bounds meant for other kernels)."""
+        applied = [b for b in self.bounds if kernel_matches(b.kernel, release)]
+        return applied, [b for b in self.bounds if b not in applied]
 
 
 def _num(marker: str, key: str, value: Any) -> float | None:
@@ -50,31 +98,34 @@ def _num(marker: str, key: str, value: Any) -> float | None:
     return float(value)
 
 
-def min_max(marker: str, metric: str, max: Any = None, min: Any = None) -> Bound:  # noqa: A002
+def min_max(marker: str, metric: str, max: Any = None, min: Any = None, kernel: Any = None) -> Bound:  # noqa: A002
     low, high = _num(marker, "min", min), _num(marker, "max", max)
     if low is None and high is None:
         raise ConfigError("give max= and/or min=")
     if low is not None and high is not None and low > high:
         raise ConfigError(f"min={low:g} is above max={high:g}")
-    return Bound(marker, metric, low, high)
+    return Bound(marker, metric, low, high, kernel_spec(kernel))
 
 
-def wfree_bounds(p50_us: Any = None, p99_us: Any = None, max_us: Any = None, backend: Any = "any") -> tuple[list[Bound], str]:
+def wfree_bounds(
+    p50_us: Any = None, p99_us: Any = None, max_us: Any = None, backend: Any = "any", kernel: Any = None
+) -> tuple[list[Bound], tuple[str, str | None]]:
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r}: accepted: {', '.join(BACKENDS)}")
+    spec = kernel_spec(kernel)
     bounds = [
-        Bound("wfree_latency", f"wfree.{key}", None, _num("wfree_latency", key, val))
+        Bound("wfree_latency", f"wfree.{key}", None, _num("wfree_latency", key, val), spec)
         for key, val in (("p50_us", p50_us), ("p99_us", p99_us), ("max_us", max_us))
         if val is not None
     ]
     # A bound-less wfree_latency still demands a measurement with samples.
-    bounds.append(Bound("wfree_latency", "wfree.count", 1, None))
-    return bounds, str(backend)
+    bounds.append(Bound("wfree_latency", "wfree.count", 1, None, spec))
+    return bounds, (str(backend), spec)
 
 
-def check(bounds: Bounds, result: Mapping[str, Any]) -> list[tuple[Bound, Any, bool]]:
+def check(bounds: Sequence[Bound], result: Mapping[str, Any]) -> list[tuple[Bound, Any, bool]]:
     rows = []
-    for bound in bounds.bounds:
+    for bound in bounds:
         value = lookup(result, bound.metric)
         ok = isinstance(value, (int, float)) and bound.holds(float(value))
         rows.append((bound, value, ok))
@@ -105,12 +156,17 @@ def _fmt(value: Any) -> str:
     return "not measured" if value is None else str(value)
 
 
-def failure_table(rows: list[tuple[Bound, Any, bool]], result: Mapping[str, Any], label: str = "") -> str:
-    """The text a failing assertion marker shows."""
+def failure_table(
+    rows: list[tuple[Bound, Any, bool]], result: Mapping[str, Any], label: str = "", skipped: Sequence[Bound] = ()
+) -> str:
+    """The text a failing assertion marker shows: the bounds that applied on this kernel, then the others."""
     width = max(len(r[0].metric) for r in rows) + 2
-    lines = [f"udpsend bounds violated{label}:", f"  {'metric':<{width}}{'measured':>14}  {'bound':<16}ok"]
+    bwidth = max([len(r[0].describe()) for r in rows] + [16]) + 2
+    lines = [f"udpsend bounds violated{label}:", f"  {'metric':<{width}}{'measured':>14}  {'bound':<{bwidth}}ok"]
     for bound, value, ok in rows:
-        lines.append(f"  {bound.metric:<{width}}{_fmt(value):>14}  {bound.describe():<16}{'yes' if ok else 'NO'}")
+        lines.append(f"  {bound.metric:<{width}}{_fmt(value):>14}  {bound.describe():<{bwidth}}{'yes' if ok else 'NO'}")
+    for bound in skipped:
+        lines.append(f"  not checked on {result.get('kernel')}: {bound.metric} {bound.describe()}")
     wfree = result.get("wfree") or {}
     sysctls = result.get("sysctls") or {}
     lines += [
@@ -122,4 +178,6 @@ def failure_table(rows: list[tuple[Bound, Any, bool]], result: Mapping[str, Any]
         f"sndbuf {result.get('sndbuf_effective')} effective",
         "    sysctls  " + (", ".join(f"{k}={v}" for k, v in sorted(sysctls.items())) or "-"),
     ]
+    findings = result.get("diagnosis") or []  # measure/diagnosis.py: why, and what lifts it
+    lines += ["  diagnosis:"] + [f"    - {d['finding']}\n      ({d['evidence']})" for d in findings] if findings else []
     return "\n".join(lines)

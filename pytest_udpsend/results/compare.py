@@ -1,39 +1,73 @@
-"""Baseline comparison: is a metric *significantly* worse, and by more than the tolerance?
+"""Baseline comparison: is a metric worse than the baseline by more than sessions drift apart?
 
-Method (documented in the README):
+One rule, used by the pytest gate, ``udpsend compare`` and the HTML report (README,
+"Baseline comparison", has the reasoning and the limits):
 
-* For each metric, the baseline's samples and the new samples of one test are
-  compared with a one-sided Mann-Whitney U test in the metric's "worse"
-  direction (exact distribution for small samples, normal approximation with tie
-  correction beyond).  It makes no normality assumption; these rates are skewed.
-* A regression needs both: p < alpha / k (default alpha 0.05; k metrics compared
-  per test, Bonferroni, so that a test's false-alarm rate stays under alpha however
-  many metrics it has) *and* the median moved in the worse direction by more than
-  the tolerance: ``tolerance x |baseline median|``,
-  but at least the metric's absolute floor (an EAGAIN rate going from 0.0001 to
-  0.0003 is +200 % and meaningless).
-* Where the sample counts cannot reach significance at all (the smallest possible
-  p, 1 / C(n+m, n), is not below the per-metric alpha) the row says "too few
-  samples": a single sample is never a gate.  5 samples a side suffice for up to
-  12 metrics; use --udpsend-repeat 5 or more when gating.
+* **Allowed change.** Per metric, the larger of the tolerance (a fraction of the
+  baseline median) and the metric's *session noise floor* (``metrics.Metric.noise``:
+  how far two sessions of an unchanged host drift apart), and at least the metric's
+  absolute floor.
+* **Test.** A one-sided Mann-Whitney U test (``scipy.stats.mannwhitneyu``) of the new
+  samples against the baseline samples *moved by the allowed change* in the worse
+  direction: H0 "worse by at most the allowed change".  Exact distribution without
+  ties; with ties, the exact permutation distribution wherever it can decide the
+  verdict.
+* **Family.** The error is controlled over every comparison of the run (Bonferroni):
+  the family is the baseline document's tests x the metrics compared that each
+  measured, known before the first test runs, so the gate decides each test right
+  after it.  A comparison is a regression where p < alpha / family.
+* **Refusal.** Sample counts whose smallest possible p cannot pass that level are
+  refused (``needed_samples`` says how many are needed) rather than passed silently.
+* **Like with like.** Results measured differently (backend, lane and accelerator, CPU
+  model and count, payload and duration) are refused unless the user allows it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import statistics
+import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from pytest_udpsend.results.metrics import METRICS, values
 
 DEFAULT_TOLERANCE = 0.25
 DEFAULT_ALPHA = 0.05
-MIN_SAMPLES = 3
 _KERNEL_SUFFIX = re.compile(r"\[kernel=[^\]]*\]$|@[^/\s]+$")
+_EXACT_PERMUTATIONS = 200_000  # beyond this many arrangements, the normal approximation is accurate enough
+# Environment fields that say how a result was measured; the kernel is meant to differ.
+ENV_FIELDS = ("backend", "machine", "cpu_model", "cpu_count", "virtualized")
+# Sender parameters that change what a sample means (scenario knobs such as sndbuf may be what is gated).
+PARAM_FIELDS = ("payload", "duration", "ipv6", "mode", "batch", "gso_size", "flows", "threads")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The gate's knobs: the ini options, the ``udpsend compare`` / ``report`` flags."""
+
+    tolerance: float = DEFAULT_TOLERANCE
+    alpha: float = DEFAULT_ALPHA
+    metrics: tuple[str, ...] | None = None  # None: every metric
+    allow_mixed: bool = False
+
+    def names(self) -> list[str]:
+        return list(self.metrics or METRICS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "metrics": list(self.metrics) if self.metrics else None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Settings:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in data.items() if k in known}
+        if kw.get("metrics"):
+            kw["metrics"] = tuple(kw["metrics"])
+        return cls(**kw)
 
 
 def base_key(nodeid: str) -> str:
@@ -54,38 +88,65 @@ def find(key: str, by_test: Mapping[str, Any]) -> Any:
     return by_test[matches[0]] if len(matches) == 1 else None
 
 
-@lru_cache(maxsize=256)
-def _u_distribution(n: int, m: int) -> tuple[int, ...]:
-    """Counts of each U value (0..n*m) over all C(n+m, n) arrangements, no ties."""
-    # f(n, m, u) = f(n-1, m, u-m) + f(n, m-1, u)
-    table = [[[0] * (n * m + 1) for _ in range(m + 1)] for _ in range(n + 1)]
-    for i in range(n + 1):
-        for j in range(m + 1):
-            if i == 0 or j == 0:
-                table[i][j][0] = 1
-                continue
-            for u in range(i * j + 1):
-                table[i][j][u] = (table[i - 1][j][u - j] if u >= j else 0) + table[i][j - 1][u]
-    return tuple(table[n][m])
+def samples_by_test(doc: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]]:
+    return {base_key(k): v.get("samples", []) for k, v in doc.get("tests", {}).items()}
 
 
-def mann_whitney_greater(new: Sequence[float], base: Sequence[float]) -> float:
-    """One-sided p-value for H1: ``new`` tends to be larger than ``base``."""
-    n, m = len(new), len(base)
-    u = sum(1.0 if x > y else 0.5 if x == y else 0.0 for x in new for y in base)
-    ties = len(set(new) & set(base)) or len(set(new)) < n or len(set(base)) < m
-    if n <= 12 and m <= 12 and not ties:
-        dist = _u_distribution(n, m)
-        return sum(dist[int(u) :]) / math.comb(n + m, n)
-    ranks: dict[float, list[int]] = {}
-    for rank, value in enumerate(sorted([*new, *base]), start=1):
-        ranks.setdefault(value, []).append(rank)
-    tie_term = sum(len(r) ** 3 - len(r) for r in ranks.values())
-    sigma = math.sqrt(n * m / 12 * ((n + m + 1) - tie_term / ((n + m) * (n + m - 1))))
-    if sigma == 0:
-        return 1.0
-    z = (u - n * m / 2 - 0.5) / sigma  # continuity correction
-    return 0.5 * math.erfc(z / math.sqrt(2))
+# --- the family and what it needs -------------------------------------------------------------
+
+
+def family_size(baseline: Mapping[str, Sequence[Mapping[str, Any]]], settings: Settings) -> int:
+    """Comparisons in a run: each baseline test x the compared metrics its samples have."""
+    names = settings.names()
+    return max(sum(1 for samples in baseline.values() for m in names if values(samples, m)), 1)
+
+
+def level(settings: Settings, family: int) -> float:
+    """The per-comparison significance level (Bonferroni over the family)."""
+    return settings.alpha / max(family, 1)
+
+
+def smallest_p(n: int, m: int) -> float:
+    """The smallest one-sided Mann-Whitney p that n against m samples can give."""
+    return 1.0 / math.comb(n + m, n) if n and m else 1.0
+
+
+def needed_samples(base_n: int, new_n: int, settings: Settings, family: int) -> str | None:
+    """None if these counts can reach the level, else one sentence saying how many are needed."""
+    lvl = level(settings, family)
+    if smallest_p(base_n, new_n) < lvl:
+        return None
+    k = next(k for k in range(1, 1000) if smallest_p(k, k) < lvl)
+    more = next((r for r in range(new_n, 1000) if smallest_p(base_n, r) < lvl), None)
+    here = f"--udpsend-repeat {more} in this run would do with this baseline, or " if more and more <= 2 * k else ""
+    return (
+        f"{base_n} baseline and {new_n} new samples per test cannot reach p < {lvl:.2g} "
+        f"(alpha {settings.alpha:g} over {family} comparisons: tests x metrics); {here}"
+        f"measure both sides with --udpsend-repeat {k} or more"
+    )
+
+
+# --- the test --------------------------------------------------------------------------------
+
+
+def p_greater(x: Sequence[float], y: Sequence[float], lvl: float = 0.0) -> float:
+    """One-sided Mann-Whitney p for H1 "x tends to be larger than y" (scipy.stats).
+
+    Exact without ties; with ties, the exact permutation distribution wherever the
+    normal approximation (with tie correction) lands within 10x of ``lvl``, the
+    only place it could change a verdict (it costs 0.2 s at 8 against 8).
+    """
+    from scipy import stats
+
+    n, m = len(x), len(y)
+    if len(set(x) | set(y)) == n + m:
+        return float(stats.mannwhitneyu(x, y, alternative="greater", method="exact").pvalue)
+    p = float(stats.mannwhitneyu(x, y, alternative="greater", method="asymptotic").pvalue)
+    arrangements = math.comb(n + m, n)
+    if p <= 10 * lvl and arrangements <= _EXACT_PERMUTATIONS:
+        exact = stats.PermutationMethod(n_resamples=arrangements)  # enumerates every arrangement
+        p = float(stats.mannwhitneyu(x, y, alternative="greater", method=exact).pvalue)
+    return 1.0 if math.isnan(p) else p
 
 
 @dataclass
@@ -94,90 +155,210 @@ class Row:
     metric: str
     base_median: float | None
     new_median: float | None
-    change: float | None  # relative, in the worse direction positive
+    change: float | None  # relative change of the median, signed as measured
     p_value: float | None
-    verdict: str  # "regression", "ok", "improved", "too few samples", "no baseline", "not measured"
+    verdict: str  # regression, ok, improved, too few samples, no baseline, not measured, missing in new run, measured differently
+    direction: str = ""  # "worse" or "better": which way the change goes for this metric
+    allowed: float | None = None  # the change the verdict allowed, relative to the baseline median
+    note: str = ""
 
     @property
     def regressed(self) -> bool:
         return self.verdict == "regression"
 
 
+def allowed_change(metric: str, base_median: float, tolerance: float) -> float:
+    """The absolute change of the median that counts as noise: tolerance, session noise, floor."""
+    spec = METRICS[metric]
+    noise = spec.noise - 1 if spec.worse == "higher" else 1 - 1 / spec.noise
+    return max(max(tolerance, noise) * abs(base_median), spec.floor)
+
+
 def compare_metric(test: str, metric: str, base: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]],
-                   tolerance: float = DEFAULT_TOLERANCE, alpha: float = DEFAULT_ALPHA) -> Row:  # fmt: skip
-    direction, floor = METRICS[metric]
+                   tolerance: float, lvl: float) -> Row:  # fmt: skip
+    spec = METRICS[metric]
     b, n = values(base, metric), values(new, metric)
     if not b or not n:
         return Row(test, metric, None, None, None, None, "not measured")
     bm, nm = statistics.median(b), statistics.median(n)
-    sign = 1 if direction == "higher" else -1
-    moved = sign * (nm - bm)
-    change = moved / abs(bm) if bm else (math.inf if moved > 0 else 0.0)
-    if len(b) < MIN_SAMPLES or len(n) < MIN_SAMPLES or 1 / math.comb(len(b) + len(n), len(n)) >= alpha:
-        return Row(test, metric, bm, nm, change, None, "too few samples")  # significance is out of reach
-    p = mann_whitney_greater(n, b) if direction == "higher" else mann_whitney_greater(b, n)
-    allowed = max(tolerance * abs(bm), floor)
-    if p < alpha and moved > allowed:
-        verdict = "regression"
-    else:
-        q = mann_whitney_greater(b, n) if direction == "higher" else mann_whitney_greater(n, b)
-        verdict = "improved" if q < alpha and -moved > allowed else "ok"
-    return Row(test, metric, bm, nm, change, p, verdict)
+    change = (nm - bm) / abs(bm) if bm else (0.0 if nm == bm else math.copysign(math.inf, nm - bm))
+    sign = 1.0 if spec.worse == "higher" else -1.0
+    direction = "" if nm == bm else ("worse" if sign * (nm - bm) > 0 else "better")
+    allowed = allowed_change(metric, bm, tolerance)
+    rel_allowed = allowed / abs(bm) if bm else None
+    row = Row(test, metric, bm, nm, change, None, "too few samples", direction, rel_allowed)
+    if smallest_p(len(b), len(n)) >= lvl:
+        return row  # significance is out of reach: never a silent pass (callers refuse it)
+    # worse by more than allowed: new beyond the baseline moved by `allowed` in the worse direction
+    worse = [sign * v for v in n], [sign * v + allowed for v in b]
+    p = p_greater(*worse, lvl)
+    if p < lvl:
+        return replace(row, p_value=p, verdict="regression")
+    better = [-sign * v for v in n], [-sign * v + allowed for v in b]
+    return replace(row, p_value=p, verdict="improved" if p_greater(*better, lvl) < lvl else "ok")
+
+
+def param_mismatch(base: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> str | None:
+    """What differs if the test's samples were sent differently (payload, duration, ...), else None."""
+    def params(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        p = (samples[-1].get("params") or {}) if samples else {}
+        return {k: p[k] for k in PARAM_FIELDS if k in p}
+
+    bp, np_ = params(base), params(new)
+    diff = [f"{k} {bp.get(k)!r} -> {np_.get(k)!r}" for k in PARAM_FIELDS if k in bp and k in np_ and bp[k] != np_[k]]
+    return ", ".join(diff) or None
 
 
 def compare_test(test: str, base: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, Any]],
-                 tolerance: float = DEFAULT_TOLERANCE, alpha: float = DEFAULT_ALPHA,
+                 settings: Settings, family: int, tolerance: float | None = None,
                  metrics: Sequence[str] | None = None) -> list[Row]:  # fmt: skip
-    names = list(metrics or METRICS)
+    """Rows for one test; ``tolerance``/``metrics`` are a udpsend_baseline marker's overrides."""
     if base is None:
         return [Row(test, "-", None, None, None, None, "no baseline")]
-    measured = [m for m in names if values(base, m) and values(new, m)]
-    per_metric = alpha / max(len(measured), 1)  # Bonferroni over the metrics this test really has
-    return [compare_metric(test, m, base, new, tolerance, per_metric) for m in names]
+    mixed = param_mismatch(base, new)
+    if mixed and not settings.allow_mixed:
+        return [Row(test, "-", None, None, None, None, "measured differently", note=mixed)]
+    tol = settings.tolerance if tolerance is None else tolerance
+    rows = [compare_metric(test, m, base, new, tol, level(settings, family)) for m in (metrics or settings.names())]
+    return [replace(r, note=mixed or "") for r in rows]
 
 
-def samples_by_test(doc: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]]:
-    return {base_key(k): v.get("samples", []) for k, v in doc.get("tests", {}).items()}
-
-
-def compare_docs(base: Mapping[str, Any], new: Mapping[str, Any], tolerance: float = DEFAULT_TOLERANCE,
-                 alpha: float = DEFAULT_ALPHA) -> list[Row]:  # fmt: skip
+def compare_docs(base: Mapping[str, Any], new: Mapping[str, Any], settings: Settings) -> list[Row]:
     b, n = samples_by_test(base), samples_by_test(new)
+    family = family_size(b, settings)
     rows: list[Row] = []
     for test in sorted(n):
-        rows += compare_test(test, find(test, b), n[test], tolerance, alpha)
+        rows += compare_test(test, find(test, b), n[test], settings, family)
     rows += [Row(test, "-", None, None, None, None, "missing in new run") for test in sorted(b) if find(test, n) is None]
     return rows
+
+
+# --- like with like --------------------------------------------------------------------------
+
+
+def _where(env: Mapping[str, Any]) -> str:
+    lane = env.get("lane")
+    return f"kernel lane ({lane.get('accel')})" if isinstance(lane, Mapping) else "bare host"
+
+
+def env_mismatch(base_env: Mapping[str, Any], new_env: Mapping[str, Any], with_lane: bool = True) -> str | None:
+    """One phrase naming how two environments measured differently, or None if alike."""
+    diff = [f"{k} {base_env.get(k)!r} vs {new_env.get(k)!r}" for k in ENV_FIELDS
+            if k in base_env and k in new_env and base_env[k] != new_env[k]]  # fmt: skip
+    if with_lane and _where(base_env) != _where(new_env):
+        diff.append(f"{_where(base_env)} vs {_where(new_env)}")
+    return "; ".join(diff) or None
+
+
+def mixed_refusal(what: str, option: str) -> str:
+    return (f"the baseline and this run were measured differently ({what}), so their difference is not the change "
+            f"under test; measure both the same way (CI: both through the kernel lane), or pass {option} if intended")  # fmt: skip
+
+
+# --- the record the gate leaves, and the table ------------------------------------------------
+
+
+def baseline_digest(doc: Mapping[str, Any]) -> str:
+    """Identifies a baseline's samples (the report shows stored verdicts only for the same baseline)."""
+    return hashlib.sha256(json.dumps(doc.get("tests", {}), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def gate_record(settings: Settings, family: int, baseline: Mapping[str, Any], rows: Sequence[Row]) -> dict[str, Any]:
+    """What the --udpsend-json document keeps of the gate: its settings and the verdicts it gave."""
+    return {
+        "settings": settings.to_dict(),
+        "family": family,
+        "baseline": {"digest": baseline_digest(baseline), "environment": baseline.get("environment", {})},
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def rows_from(record: Mapping[str, Any]) -> list[Row]:
+    known = {f.name for f in fields(Row)}
+    return [Row(**{k: v for k, v in r.items() if k in known}) for r in record.get("rows", [])]
 
 
 def _num(value: float | None) -> str:
     if value is None:
         return "-"
-    if value == math.inf:
-        return "+inf"
+    if math.isinf(value):
+        return "+inf" if value > 0 else "-inf"
     return f"{value:.4g}"
 
 
-def table(rows: Sequence[Row], base_env: Mapping[str, Any] | None = None, new_env: Mapping[str, Any] | None = None) -> str:
-    lines = []
+def _change(r: Row) -> str:
+    if r.change is None:
+        return "-"
+    text = _num(r.change) if math.isinf(r.change) else f"{r.change:+.0%}"
+    return f"{text} {r.direction}".strip()
+
+
+def header(settings: Settings, family: int) -> str:
+    return (f"alpha {settings.alpha:g} over {family} comparisons (Bonferroni: p < {level(settings, family):.2g}); "
+            f"a regression is worse than the baseline by more than the allowed change (tolerance {settings.tolerance:g} "
+            f"or the metric's session noise floor, whichever is larger)")  # fmt: skip
+
+
+def table(rows: Sequence[Row], base_env: Mapping[str, Any] | None = None, new_env: Mapping[str, Any] | None = None,
+          head: str = "") -> str:  # fmt: skip
+    lines = [head] if head else []
     if base_env or new_env:
         lines.append(f"baseline: kernel {(base_env or {}).get('kernel', '?')}   new: kernel {(new_env or {}).get('kernel', '?')}")
     width = max([len(r.test) for r in rows] + [4])
-    lines.append(f"{'test':<{width}}  {'metric':<13} {'baseline':>10} {'new':>10} {'change':>8} {'p':>7}  verdict")
+    lines.append(f"{'test':<{width}}  {'metric':<13} {'baseline':>10} {'new':>10} {'change':>14} {'allowed':>8} {'p':>8}  verdict")
     for r in rows:
-        change = "-" if r.change is None else ("+inf" if r.change == math.inf else f"{r.change:+.0%}")
-        p = "-" if r.p_value is None else f"{r.p_value:.3f}"
-        lines.append(f"{r.test:<{width}}  {r.metric:<13} {_num(r.base_median):>10} {_num(r.new_median):>10} {change:>8} {p:>7}  {r.verdict}")
+        p = "-" if r.p_value is None else f"{r.p_value:.2g}"
+        allowed = "-" if r.allowed is None else f"{r.allowed:.0%}"
+        verdict = f"{r.verdict}: {r.note}" if r.note else r.verdict
+        lines.append(f"{r.test:<{width}}  {r.metric:<13} {_num(r.base_median):>10} {_num(r.new_median):>10} "
+                     f"{_change(r):>14} {allowed:>8} {p:>8}  {verdict}")  # fmt: skip
     return "\n".join(lines)
 
 
-def compare_files(base_path: str, new_path: str, tolerance: float | None = None) -> int:
-    """``udpsend compare``: print the table; 1 on regression, 0 otherwise."""
+def common_shift(rows: Sequence[Row]) -> str | None:
+    """One sentence when most tests moved the same way in one metric: the host, not one test, changed."""
+    for metric in METRICS:
+        moved = [r for r in rows if r.metric == metric and r.change is not None]
+        worse = [r for r in moved if r.direction == "worse" and r.change is not None and not math.isinf(r.change)]
+        if len(moved) >= 4 and len(worse) >= 0.8 * len(moved):
+            median = statistics.median(r.change for r in worse if r.change is not None)
+            if abs(median) >= 0.1:
+                return (f"{len(worse)} of {len(moved)} tests moved together ({metric} {median:+.0%} in the median): "
+                        "the host changed between the sessions (load, frequency, another tenant) or the change under "
+                        "test affects everything; a two-session comparison cannot tell which (README, Baseline comparison)")  # fmt: skip
+    return None
+
+
+def settings_for(new: Mapping[str, Any], given: Mapping[str, Any]) -> Settings:
+    """Flags given on the command line, else the settings the gate recorded in NEW, else the defaults."""
+    recorded = Settings.from_dict((new.get("gate") or {}).get("settings") or {})
+    chosen = {k: v for k, v in given.items() if v is not None and v is not False}
+    return replace(recorded, **chosen)
+
+
+def compare_files(base_path: str, new_path: str, given: Mapping[str, Any]) -> int:
+    """``udpsend compare``: print the table; 1 on regression, 2 if refused, 0 otherwise."""
     from pytest_udpsend.results import store
 
     base, new = store.load(base_path), store.load(new_path)
-    rows = compare_docs(base, new, DEFAULT_TOLERANCE if tolerance is None else tolerance)
-    print(table(rows, base.get("environment"), new.get("environment")))
+    settings = settings_for(new, given)
+    mixed = env_mismatch(base.get("environment", {}), new.get("environment", {}))
+    if mixed and not settings.allow_mixed:
+        print(f"udpsend compare: refused: {mixed_refusal(mixed, '--allow-mixed')}", file=sys.stderr)
+        return 2
+    b = samples_by_test(base)
+    family = family_size(b, settings)
+    rows = compare_docs(base, new, settings)
+    head = header(settings, family) + (f"\nmixed comparison (allowed): {mixed}" if mixed else "")
+    print(table(rows, base.get("environment"), new.get("environment"), head))
     bad = [r for r in rows if r.regressed]
     print(f"\n{len(bad)} regression(s) in {len({r.test for r in rows})} test(s)")
+    if shift := common_shift(rows):
+        print(f"note: {shift}")
+    short = [r for r in rows if r.verdict in ("too few samples", "measured differently")]
+    if short and not bad:
+        first = short[0]
+        why = first.note or needed_samples(len(find(first.test, b) or []), len(samples_by_test(new).get(first.test, [])), settings, family)
+        print(f"udpsend compare: refused: {len({r.test for r in short})} test(s) cannot be judged: {why}", file=sys.stderr)
+        return 2
     return 1 if bad else 0

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from pytest_udpsend.results import compare, metrics, store
+from pytest_udpsend.host.outfile import atomic_write
+from pytest_udpsend.results import compare, metrics, store, sweep_report
 
 W, H, PAD = 440, 180, 52
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -109,16 +109,41 @@ def strip_plot(title: str, base: Sequence[float], new: Sequence[float], verdict:
     return _frame(f"{title}: {verdict}", body, "", title, ymax)
 
 
+def ran_with(samples: Sequence[Mapping[str, Any]], session_sysctls: Mapping[str, Any]) -> str:
+    """The test's own conditions: topology, CPU pressure, sender parameters, and the sysctls in force during
+    its runs (those that differ from the session's environment are marked)."""
+    def distinct(key: str) -> str:
+        seen = list(dict.fromkeys(str(s.get(key) or "") for s in samples))
+        return " | ".join(v for v in seen if v) or "-"
+
+    params = samples[-1].get("params") or {}
+    rows = [("topology", distinct("topology")), ("CPU pressure", distinct("pressure") if distinct("pressure") != "-" else "none"),
+            ("sender", ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if v is not None) or "-")]  # fmt: skip
+    sysctls: dict[str, list[str]] = {}
+    for sample in samples:
+        for name, value in (sample.get("sysctls") or {}).items():
+            if str(value) not in sysctls.setdefault(name, []):
+                sysctls[name].append(str(value))
+    cells = []
+    for name, seen in sorted(sysctls.items()):
+        changed = [v for v in seen if v != str(session_sysctls.get(name, v))]
+        text = _esc(" | ".join(seen)) + (f" <em>(session: {_esc(session_sysctls.get(name))})</em>" if changed else "")
+        cells.append(f'<tr{" class=changed" if changed else ""}><th>{_esc(name)}</th><td>{text}</td></tr>')
+    head = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
+    return f'<table class="ranwith"><caption>this test ran with</caption>{head}{"".join(cells)}</table>'
+
+
 def _test_section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[str, Any]] | None,
-                  rows: Sequence[compare.Row]) -> str:  # fmt: skip
+                  rows: Sequence[compare.Row], session_sysctls: Mapping[str, Any]) -> str:  # fmt: skip
     samples = entry.get("samples", [])
     parts = [f'<section><h2>{_esc(nodeid)} <span class="{_esc(entry.get("outcome"))}">{_esc(entry.get("outcome"))}</span></h2>']
     last = samples[-1]
     parts.append(
-        f"<p>kernel {_esc(last.get('kernel'))}; {_esc(last.get('topology'))}; {_esc(last.get('pressure') or 'no CPU pressure')}; "
-        f"{len(samples)} sample(s); last: {last.get('pps', 0):,.0f} pps, EAGAIN {last.get('eagain_rate', 0):.2%}, "
-        f"sndbuf {last.get('sndbuf_effective')} B, sock_wfree backend {_esc((last.get('wfree') or {}).get('backend') or 'not measured')}</p>"
+        f"<p>kernel {_esc(last.get('kernel'))}; {len(samples)} sample(s); last: {last.get('pps', 0):,.0f} pps, "
+        f"EAGAIN {last.get('eagain_rate', 0):.2%}, sndbuf {last.get('sndbuf_effective')} B, "
+        f"sock_wfree backend {_esc((last.get('wfree') or {}).get('backend') or 'not measured')}</p>"
     )
+    parts.append(ran_with(samples, session_sysctls) + sweep_report.diagnosis_html(last))
     plots = []
     step = (last.get("series") or {}).get("bucket_ms", 10) / 1000
     eagain = [
@@ -155,37 +180,71 @@ def _test_section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[
 CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}h2{font-size:1.05em;margin-top:1.6em}
 .plots{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;border:1px solid #ddd}
 .passed{color:#2a2}.failed{color:#c22}table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:2px 6px}
-pre{background:#f6f6f6;padding:.6em;overflow-x:auto}"""
+pre{background:#f6f6f6;padding:.6em;overflow-x:auto}
+.ranwith{margin:.4em 0}.ranwith caption{text-align:left;font-size:.9em}.changed{background:#fff3c4}"""
 
 
-def render(doc: Mapping[str, Any], baseline: Mapping[str, Any] | None = None) -> str:
+def gate_rows(doc: Mapping[str, Any], baseline: Mapping[str, Any] | None,
+              given: Mapping[str, Any] | None = None) -> tuple[list[compare.Row], str, Mapping[str, Any]]:
+    """The comparison rows to show, a header saying where they come from, and the baseline's environment.
+
+    The verdicts the gate recorded in ``doc`` win, unless gate flags are given or the baseline
+    is not the one the gate used; then they are recomputed with the same rule as the gate.
+    """
+    record = doc.get("gate") or {}
+    flags = {k: v for k, v in (given or {}).items() if v is not None and v is not False}
+    same_base = baseline is None or compare.baseline_digest(baseline) == (record.get("baseline") or {}).get("digest")
+    if record and not flags and same_base:
+        settings = compare.Settings.from_dict(record.get("settings") or {})
+        head = "the verdicts the gate gave; " + compare.header(settings, int(record.get("family", 1)))
+        return compare.rows_from(record), head, (record.get("baseline") or {}).get("environment") or {}
+    if baseline is None:
+        return [], "", {}
+    settings = compare.settings_for(doc, flags)
+    base_env = baseline.get("environment", {})
+    mixed = compare.env_mismatch(base_env, doc.get("environment", {}))
+    if mixed and not settings.allow_mixed:
+        return [], "refused: " + compare.mixed_refusal(mixed, "--allow-mixed"), base_env
+    family = compare.family_size(compare.samples_by_test(baseline), settings)
+    why = "the gate compared with another baseline; " if record and not same_base else ""
+    head = f"recomputed ({why}same rule as the gate); " + compare.header(settings, family)
+    return compare.compare_docs(baseline, doc, settings), head, base_env
+
+
+def render(doc: Mapping[str, Any], baseline: Mapping[str, Any] | None = None, given: Mapping[str, Any] | None = None) -> str:
     env = doc.get("environment", {})
     base_tests = compare.samples_by_test(baseline) if baseline else {}
-    rows = compare.compare_docs(baseline, doc) if baseline else []  # once: the summary and the plots share them
+    rows, head, base_env = gate_rows(doc, baseline, given)  # once: the summary and the plots share them
     rows_by_test: dict[str, list[compare.Row]] = {}
     for row in rows:
         rows_by_test.setdefault(row.test, []).append(row)
-    env_rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in sorted(env.items()) if k != "sysctls")
-    sysctls = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in sorted((env.get("sysctls") or {}).items()))
+    env_rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in sorted(env.items()) if k not in ("sysctls", "gate"))
+    session_sysctls = env.get("sysctls") or {}
+    sysctls = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in sorted(session_sysctls.items()))
     sections = [
         _test_section(nodeid, entry, compare.find(compare.base_key(nodeid), base_tests) if baseline else None,
-                      rows_by_test.get(compare.base_key(nodeid), []))  # fmt: skip
+                      rows_by_test.get(compare.base_key(nodeid), []), session_sysctls)  # fmt: skip
         for nodeid, entry in sorted(doc.get("tests", {}).items())
         if entry.get("samples")
     ]
     summary = ""
-    if baseline:
-        summary = f"<h2>Baseline comparison</h2><pre>{_esc(compare.table(rows, baseline.get('environment'), env))}</pre>"
+    if shift := compare.common_shift(rows):
+        head += f"\nnote: {shift}"
+    if rows or head:
+        summary = f"<h2>Baseline comparison</h2><pre>{_esc(compare.table(rows, base_env, env, head) if rows else head)}</pre>"
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>pytest-udpsend report</title>"
         f"<style>{CSS}</style></head><body><h1>pytest-udpsend report: kernel {_esc(env.get('kernel'))}</h1>"
-        f"<table>{env_rows}</table><h2>sysctls in force at session end</h2><table>{sysctls}</table>{summary}"
+        f"<h2>Environment</h2><table>{env_rows}</table><h2>Environment: sysctls in force at session end</h2>"
+        f"<p>Each test's own sysctls, topology and pressure are in its section.</p><table>{sysctls}</table>{summary}"
+        + sweep_report.render(doc)  # remedy sweep cells: heatmap and line plots
         + ("".join(sections) or "<p>No measurements in this run.</p>")
         + "</body></html>"
     )
 
 
-def write_report(results_path: str, output: str, baseline_path: str | None = None) -> None:
+def write_report(results_path: str, output: str, baseline_path: str | None = None,
+                 given: Mapping[str, Any] | None = None) -> None:  # fmt: skip
     doc = store.load(results_path)
     baseline = store.load(baseline_path) if baseline_path else None
-    Path(output).write_text(render(doc, baseline))
+    atomic_write(output, render(doc, baseline, given))  # O_EXCL temporary, then rename

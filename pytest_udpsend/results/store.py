@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_udpsend import __version__
+from pytest_udpsend.host.outfile import atomic_write
 from pytest_udpsend.measure.sender import knobs_in_force
 
 FORMAT = "pytest-udpsend/1"
@@ -50,7 +51,16 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def virtualized() -> bool:
+    """Whether this kernel runs under a hypervisor (the CPU's ``hypervisor`` flag): a VM measures differently."""
+    try:
+        return any(line.startswith("flags") and " hypervisor" in line for line in Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return False
+
+
 def environment(backend: str) -> dict[str, Any]:
+    """How this session measures: the gate refuses to compare results whose ``compare.ENV_FIELDS`` differ."""
     return {
         "kernel": os.uname().release,
         "kernel_version": os.uname().version,
@@ -58,6 +68,7 @@ def environment(backend: str) -> dict[str, Any]:
         "machine": os.uname().machine,
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "virtualized": virtualized(),
         "sysctls": knobs_in_force({}),
         "plugin_version": __version__,
         "python": sys.version.split()[0],
@@ -71,12 +82,8 @@ def document(env: dict[str, Any], tests: dict[str, dict[str, Any]]) -> dict[str,
 
 
 def write(path: str | Path, doc: dict[str, Any]) -> None:
-    """Write atomically: a reader never sees half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-    os.replace(tmp, target)
+    """Write atomically through an unpredictable O_EXCL temporary (host/outfile.py)."""
+    atomic_write(path, json.dumps(doc, indent=1, sort_keys=True))
 
 
 def load(path: str | Path) -> dict[str, Any]:

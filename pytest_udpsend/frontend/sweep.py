@@ -1,0 +1,363 @@
+"""Remedy sweeps: one scenario across a grid of the remedies' knobs.
+
+The knobs are those of the EAGAIN story's three remedies: the send buffer (with
+and without SO_SNDBUFFORCE), ``net.core.netdev_budget`` / ``netdev_budget_usecs``,
+and the CPU pressure on the busy CPU (hog workers, 0 = none).  Each cell is
+measured ``repeat`` times on one topology; its medians (EAGAIN rate, pps,
+time_squeeze, sock_wfree p99) decide the smallest change that brings EAGAIN
+under a target.
+
+Global knobs change one cell at a time through the context's ``Sysctls`` (journaled,
+under the host lock, restored when the context closes).  A KeyboardInterrupt
+(Ctrl-C, or SIGTERM turned into one) ends the sweep after undoing the cell being
+measured; the cells measured before it are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from pytest_udpsend.errors import ConfigError
+from pytest_udpsend.host import cpus as cpus_mod
+from pytest_udpsend.host.sysctl import Sysctls
+from pytest_udpsend.host.topology import Topology
+from pytest_udpsend.measure import load, sender
+from pytest_udpsend.measure.params import SendParams, make_params
+from pytest_udpsend.measure.probes import WfreeProbe
+from pytest_udpsend.measure.result import SendResult
+
+BUDGET = "net.core.netdev_budget"
+BUDGET_USECS = "net.core.netdev_budget_usecs"
+FORCE = {"no": (False,), "yes": (True,), "both": (False, True)}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The values of each knob; ``None`` for a knob that is not swept (left as the scenario has it)."""
+
+    sndbuf: tuple[int, ...] | None = None
+    force: tuple[bool, ...] = (False,)
+    budget: tuple[int, ...] | None = None
+    budget_usecs: tuple[int, ...] | None = None
+    workers: tuple[int, ...] | None = None
+
+    def cells(self) -> Iterator[Cell]:
+        dims = (self.sndbuf or (None,), self.force if self.sndbuf else (False,), self.budget or (None,),
+                self.budget_usecs or (None,), self.workers or (None,))  # fmt: skip
+        for sndbuf, force, budget, usecs, workers in itertools.product(*dims):
+            yield Cell(sndbuf, force, budget, usecs, workers)
+
+    def size(self) -> int:
+        return sum(1 for _ in self.cells())
+
+
+@dataclass(frozen=True)
+class Cell:
+    sndbuf: int | None = None
+    force: bool = False
+    budget: int | None = None
+    budget_usecs: int | None = None
+    workers: int | None = None
+
+    def id(self) -> str:
+        parts = []
+        if self.sndbuf is not None:
+            parts += [f"sndbuf={self.sndbuf}", f"force={'yes' if self.force else 'no'}"]
+        parts += [f"{k}={v}" for k, v in (("budget", self.budget), ("budget_usecs", self.budget_usecs),
+                                          ("workers", self.workers)) if v is not None]  # fmt: skip
+        return f"sweep[{','.join(parts)}]"
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    samples: list[SendResult] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def median(self, key: str) -> float | None:
+        values = [v for v in (_value(s, key) for s in self.samples) if v is not None]
+        return statistics.median(values) if values else None
+
+    def summary(self) -> dict[str, Any]:
+        return {"cell": self.cell.id(), "knobs": asdict(self.cell), "eagain_rate": self.median("eagain_rate"),
+                "enobufs_rate": self.median("enobufs_rate"), "pps": self.median("pps"),
+                "time_squeeze": self.median("time_squeeze"), "wfree_p99_us": self.median("wfree.p99_us"),
+                "wall_s": round(self.wall_s, 3)}  # fmt: skip
+
+
+def _value(r: SendResult, key: str) -> float | None:
+    if key == "enobufs_rate":
+        return r.enobufs / r.attempts if r.attempts else 0.0
+    value: Any = r.wfree.get("p99_us") if key == "wfree.p99_us" else getattr(r, key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+class Sweep:
+    """Measures every cell of ``grid`` on ``topo``; ``cells`` holds those fully measured."""
+
+    def __init__(self, topo: Topology, sysctls: Sysctls, lock: Callable[[], None], probe: WfreeProbe | None,
+                 params: SendParams, pressure_cpus: Sequence[int] = (1,), base_workers: int = 0) -> None:  # fmt: skip
+        self.topo, self.sysctls, self.lock, self.probe = topo, sysctls, lock, probe
+        self.params = params
+        self.pressure_cpus = tuple(pressure_cpus)
+        self.base_workers = base_workers  # the scenario's own hogs, where workers are not swept
+        self.cells: list[CellResult] = []
+        self.interrupted = False
+        self.found: dict[str, int] = {}  # the host's budget knobs before the sweep
+        self.grid = Grid()
+
+    def run(self, grid: Grid, repeat: int = 1, progress: Callable[[int, int, CellResult], None] | None = None) -> Sweep:
+        self.grid = grid
+        self.lock()  # held until the context closes: no other measurement or knob change in between
+        for name in (BUDGET, BUDGET_USECS):
+            self.found[name] = int(self.sysctls.get(name))
+        total = grid.size()
+        try:
+            for i, cell in enumerate(grid.cells()):
+                done = self._measure(cell, repeat)
+                self.cells.append(done)
+                if progress is not None:
+                    progress(i + 1, total, done)
+        except KeyboardInterrupt:
+            self.interrupted = True  # the cell being measured is dropped; the caller's undo restores the host
+            raise
+        return self
+
+    def cell(self, **knobs: Any) -> CellResult:
+        """The measured cell with these knob values, e.g. ``cell(sndbuf=8 << 20, force=True, budget=300)``."""
+        for c in self.cells:
+            if all(getattr(c.cell, k) == v for k, v in knobs.items()):
+                return c
+        raise KeyError(f"no measured cell with {knobs}")
+
+    def smallest_change(self, target: float) -> str:
+        return smallest_change(self.cells, baseline(self.grid, self.found, self.base_workers), target)
+
+    def _measure(self, cell: Cell, repeat: int) -> CellResult:
+        started = time.monotonic()
+        if cell.budget is not None:
+            self.sysctls.set(BUDGET, cell.budget)
+        if cell.budget_usecs is not None:
+            self.sysctls.set(BUDGET_USECS, cell.budget_usecs)
+        params = self.params
+        if cell.sndbuf is not None:
+            params = replace(params, sndbuf=cell.sndbuf, force_sndbuf=cell.force)
+        workers = self.base_workers if cell.workers is None else cell.workers
+        pressure = load.make_spec(self.pressure_cpus, workers) if workers else None
+        samples = [sender.run(self.topo, params, self.sysctls, self.probe, pressure) for _ in range(repeat)]
+        return CellResult(cell, samples, time.monotonic() - started)
+
+
+# --- what the sweep found --------------------------------------------------------------------------------------
+
+
+def _size(n: int) -> str:
+    if n % (1 << 20) == 0:
+        return f"{n >> 20} MB"
+    return f"{n >> 10} KB" if n % 1024 == 0 else f"{n} B"
+
+
+def baseline(grid: Grid, found: dict[str, int], base_workers: int) -> Cell:
+    """The scenario as found: the first sndbuf unforced, the host's budgets, the scenario's own hogs."""
+    return Cell(
+        sndbuf=grid.sndbuf[0] if grid.sndbuf else None,
+        force=False,
+        budget=found.get(BUDGET) if grid.budget else None,
+        budget_usecs=found.get(BUDGET_USECS) if grid.budget_usecs else None,
+        workers=(grid.workers[0] if base_workers == 0 else base_workers) if grid.workers else None,
+    )
+
+
+def _changes(cell: Cell, base: Cell) -> list[tuple[str, float]]:
+    """(description, magnitude) of each knob that differs from the baseline; magnitude in doublings."""
+    out: list[tuple[str, float]] = []
+    if cell.sndbuf is not None and base.sndbuf is not None and (cell.sndbuf, cell.force) != (base.sndbuf, base.force):
+        mag = abs(math.log2(cell.sndbuf / base.sndbuf)) + (1.0 if cell.force else 0.0)
+        out.append((f"sndbuf {_size(cell.sndbuf)}{' forced' if cell.force else ''}", mag))
+    for name, now, was in (("budget", cell.budget, base.budget), ("budget_usecs", cell.budget_usecs, base.budget_usecs)):
+        if now is not None and was is not None and now != was:
+            out.append((f"{name} {now}", abs(math.log2(now / was))))
+    if cell.workers is not None and base.workers is not None and cell.workers != base.workers:
+        out.append((f"workers {cell.workers} (was {base.workers})", float(abs(cell.workers - base.workers))))
+    return out
+
+
+def describe(cell: Cell, base: Cell) -> str:
+    changed = dict(_changes(cell, base))
+    names = [("sndbuf", cell.sndbuf), ("budget", cell.budget), ("budget_usecs", cell.budget_usecs), ("workers", cell.workers)]
+    parts = [next((d for d in changed if d.startswith(name + " ")), f"{name} unchanged") for name, v in names if v is not None]
+    return ", ".join(parts) or "the scenario as given"
+
+
+def smallest_change(cells: Sequence[CellResult], base: Cell, target: float) -> str:
+    """The cheapest cell whose median EAGAIN rate is at or under ``target``: fewest knobs, then smallest steps."""
+    good = [c for c in cells if (c.median("eagain_rate") or 0.0) <= target]
+    if not good:
+        best = min(cells, key=lambda c: c.median("eagain_rate") or 0.0, default=None)
+        if best is None:
+            return "no cell was measured"
+        return (f"no cell brings EAGAIN under {target:.2%}; the lowest: {describe(best.cell, base)}: "
+                f"{best.median('eagain_rate') or 0:.2%}")  # fmt: skip
+
+    def cost(c: CellResult) -> tuple[bool, int, float, float]:
+        ch = _changes(c.cell, base)  # a cell that trades EAGAIN for drops comes last
+        return (c.median("enobufs_rate") or 0.0) > target, len(ch), sum(m for _, m in ch), c.median("eagain_rate") or 0.0
+
+    pick = min(good, key=cost)
+    dropped = pick.median("enobufs_rate") or 0.0
+    caveat = f"; but {dropped:.1%} of sends got ENOBUFS: the drop moved past the socket" if dropped > target else ""
+    if not _changes(pick.cell, base):
+        return f"no change needed: as found, EAGAIN is {pick.median('eagain_rate') or 0:.2%} (target {target:.2%}){caveat}"
+    return f"{describe(pick.cell, base)}: {pick.median('eagain_rate') or 0:.2%} (target {target:.2%}){caveat}"
+
+
+def table(cells: Sequence[CellResult]) -> str:
+    head = f"{'cell':<58}{'EAGAIN':>9}{'ENOBUFS':>9}{'pps':>10}{'squeeze':>9}{'wfree p99':>11}{'n':>3}"
+    rows = [head, "-" * len(head)]
+    for c in cells:
+        s = c.summary()
+        p99 = s["wfree_p99_us"]
+        rows.append(f"{c.cell.id():<58}{s['eagain_rate'] or 0:>9.2%}{s['enobufs_rate'] or 0:>9.2%}{s['pps'] or 0:>10,.0f}{s['time_squeeze'] or 0:>9.0f}"
+                    f"{'-' if p99 is None else f'{p99:.0f} us':>11}{len(c.samples):>3}")  # fmt: skip
+    return "\n".join(rows)
+
+
+def tests_entries(cells: Sequence[CellResult]) -> dict[str, dict[str, Any]]:
+    """One ``tests`` entry per cell, in the saved document's format, with the cell's knobs under ``sweep``."""
+    return {c.cell.id(): {"outcome": "passed", "samples": [s.to_dict() for s in c.samples], "sweep": c.summary()}
+            for c in cells}  # fmt: skip
+
+
+def record(sweep: Sweep, grid: Grid, target: float) -> dict[str, Any]:
+    """The document's ``sweep`` section: the grid, the baseline, the answer, whether it was cut short."""
+    base = baseline(grid, sweep.found, sweep.base_workers)
+    return {"grid": asdict(grid), "baseline": asdict(base), "target": target, "interrupted": sweep.interrupted,
+            "cells": len(sweep.cells), "planned": grid.size(), "smallest_change": smallest_change(sweep.cells, base, target)}  # fmt: skip
+
+
+# --- the ``udpsend sweep`` command ------------------------------------------------------------------------------
+
+
+def _int_list(what: str) -> Callable[[str], tuple[int, ...]]:
+    def parse(text: str) -> tuple[int, ...]:
+        out = []
+        for item in text.split(","):
+            item = item.strip()
+            scale = {"k": 1 << 10, "m": 1 << 20}.get(item[-1:].lower(), 1)
+            try:
+                out.append(int(item[:-1] if scale > 1 else item) * scale)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{what} {text!r}: a comma-separated list of integers (K/M suffixes), "
+                                                 "e.g. 64K,256K,8M") from None  # fmt: skip
+        return tuple(out)
+
+    return parse
+
+
+def _cpu_list(text: str) -> tuple[int, ...]:
+    try:
+        return cpus_mod.parse(text, "--napi-cpus")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _target(text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"--target {text!r}: an EAGAIN rate, a fraction (0.01) or a percentage (1%)")
+    return value
+
+
+def add_sweep_options(p: argparse.ArgumentParser) -> None:
+    """The grid; these replace the run options' single --sndbuf (the parser resolves the conflict)."""
+    g = p.add_argument_group("the grid (comma-separated lists; the first sndbuf and workers are the scenario as found)")
+    g.add_argument("--sndbuf", type=_int_list("--sndbuf"), metavar="LIST", help="SO_SNDBUF sizes, e.g. 8M,64K,256K,1M")
+    g.add_argument("--force", choices=tuple(FORCE), help="SO_SNDBUFFORCE per size: no, yes or both (default no; yes with --force-sndbuf)")
+    g.add_argument("--budget", type=_int_list("--budget"), metavar="LIST", help="net.core.netdev_budget values, e.g. 8,64,300")
+    g.add_argument("--budget-usecs", type=_int_list("--budget-usecs"), metavar="LIST", help="net.core.netdev_budget_usecs values")
+    g.add_argument("--workers", type=_int_list("--workers"), metavar="LIST",
+                   help="CPU hogs on the --cpu-pressure CPUs (default CPU 1), e.g. 2,1,0")  # fmt: skip
+    g.add_argument("--target", type=_target, default=0.01, help="the EAGAIN rate to get under (default 1%%)")
+    p.add_argument("--napi-cpus", type=_cpu_list, metavar="CPUS", help="pin the threaded-NAPI kthread (needs --threaded-napi)")
+    p.set_defaults(udpsend_json="udpsend-sweep.json")
+
+
+def make_grid(sndbuf: Sequence[int] | None = None, force: str = "no", budget: Sequence[int] | None = None,
+              budget_usecs: Sequence[int] | None = None, workers: Sequence[int] | None = None) -> Grid:  # fmt: skip
+    """Validate the knobs' value lists into a Grid of at least two cells (ConfigError names the bad one)."""
+    if force not in FORCE:
+        raise ConfigError(f"force={force!r}: accepted: {', '.join(FORCE)}")
+    for name, values, low, high in (("sndbuf", sndbuf, 1024, 1 << 30), ("budget", budget, 1, 1 << 20),
+                                    ("budget_usecs", budget_usecs, 1, 1 << 30), ("workers", workers, 0, 64)):  # fmt: skip
+        if values is not None and (not values or any(isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high for v in values)):
+            raise ConfigError(f"{name}={list(values)!r}: a non-empty list of integers from {low} to {high}")
+    grid = Grid(_tuple(sndbuf), FORCE[force], _tuple(budget), _tuple(budget_usecs), _tuple(workers))
+    if grid.size() < 2:
+        raise ConfigError("a sweep needs at least two cells: give two or more values of sndbuf, budget, "
+                          "budget_usecs or workers (or force both)")  # fmt: skip
+    return grid
+
+
+def _tuple(values: Sequence[int] | None) -> tuple[int, ...] | None:
+    return None if values is None else tuple(values)
+
+
+def grid_from(args: argparse.Namespace) -> Grid:
+    force = args.force or ("yes" if args.force_sndbuf else "no")
+    return make_grid(args.sndbuf, force, args.budget, args.budget_usecs, args.workers)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``udpsend sweep``: measure the grid, print the table and the answer, write the document (also when cut short)."""
+    from pytest_udpsend.frontend.session import SessionOptions, standalone
+    from pytest_udpsend.host import topology
+    from pytest_udpsend.host.sysctl import format_value
+    from pytest_udpsend.results import store
+
+    grid = grid_from(args)
+    spec = topology.make_spec(rps_cpus=args.rps_cpus, qdisc=args.qdisc, gro=args.gro, threaded_napi=args.threaded_napi,
+                              napi_cpus=args.napi_cpus, mtu=args.mtu, ipv6=args.ipv6)  # fmt: skip
+    params = make_params(duration=args.duration, payload=args.payload, rate=args.rate, cpu=args.cpu,
+                         ipv6=args.ipv6, receiver_cpu=args.receiver_cpu)  # fmt: skip
+    cpus, base_workers = args.cpu_pressure or ((1,), 0)
+    repeat = args.udpsend_repeat
+    print(f"udpsend sweep: {grid.size()} cells x {repeat} sample(s) of {params.duration:g} s", file=sys.stderr)
+
+    def progress(i: int, total: int, c: CellResult) -> None:
+        print(f"udpsend sweep: {i}/{total} {c.cell.id()}: EAGAIN {c.median('eagain_rate') or 0:.2%} "
+              f"({c.wall_s:.1f} s)", file=sys.stderr, flush=True)  # fmt: skip
+
+    started = time.monotonic()
+    sweep: Sweep | None = None
+    env: dict[str, Any] = {}
+    try:
+        with standalone(SessionOptions(backend=args.udpsend_backend, repeat=repeat),
+                        {k: format_value(v) for k, v in args.sysctl}) as ctx:  # fmt: skip
+            topo = topology.build(spec, ctx.undo, ctx.session.subnets, hint="sweep")
+            ctx.apply_marked_to(topo)
+            probe = ctx.session.probe()
+            ctx.exclusive()
+            env = store.environment(probe.backend)  # the host as found, read under the lock before any cell
+            sweep = Sweep(topo, ctx.sysctls, ctx.exclusive, probe, params, cpus, base_workers)
+            sweep.run(grid, repeat, progress)
+    finally:  # also on Ctrl-C: the host is restored by now; keep what was measured
+        if sweep is not None:
+            wall = time.monotonic() - started
+            doc = store.document(env, tests_entries(sweep.cells))
+            doc["sweep"] = {**record(sweep, grid, args.target), "wall_s": round(wall, 2)}
+            store.write(args.udpsend_json, doc)
+            print(table(sweep.cells))
+            print(f"smallest change: {doc['sweep']['smallest_change']}")
+            print(f"{len(sweep.cells)}/{grid.size()} cells in {wall:.1f} s; saved {args.udpsend_json}")
+    return 0
