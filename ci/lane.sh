@@ -14,5 +14,9 @@ if [ "${2:-}" = --behaviour ]; then
 fi
 # Every example in these files states a claim for the kernel it runs on (kernel= bounds where the
 # truth differs), so a kernel that stops holding one fails here.
+results=${UDPSEND_RESULTS_DIR:-.results}
+mkdir -p "$results"
 .venv/bin/python -m pytest tests/test_bpf.py examples/test_eagain_story.py examples/test_wfree_timing.py \
-  -p no:cacheprovider --udpsend-require-privileges --udpsend-kernel "$image" --udpsend-backend bpf -rA
+  -p no:cacheprovider --udpsend-require-privileges --udpsend-kernel "$image" --udpsend-backend bpf -rA \
+  --udpsend-json "$results/lane-$version.json"
+.venv/bin/python ci/summarize.py "$results/lane-$version.json"

@@ -9,7 +9,9 @@ bash ci/setup-debian.sh
 .venv/bin/python -m pytest tests -p no:cacheprovider -n 2 --udpsend-require-privileges -m "not isolated and not lane and not bpf" "$@"
 .venv/bin/python -m pytest tests -p no:cacheprovider --udpsend-require-privileges -m "isolated" "$@"
 # The main job: every example must hold on this host's kernel.
-bash ci/examples.sh -q
+mkdir -p "${UDPSEND_RESULTS_DIR:-.results}"
+bash ci/examples.sh -q --udpsend-json "${UDPSEND_RESULTS_DIR:-.results}/examples-host.json"
+.venv/bin/python ci/summarize.py "${UDPSEND_RESULTS_DIR:-.results}/examples-host.json"
 # The eBPF tests and the lane examples in kernels that have kprobes (this host's may not): the
 # kernel lane, on both sides of the upgrade the project exists for (6.1 -> 6.12).
 if [ "${UDPSEND_SKIP_LANE:-0}" != 1 ]; then

@@ -53,8 +53,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="RPS CPUs of the receiver veth: a hex mask as sysfs takes it (2 = CPU 1, 1,00000000 = CPU 32) "
                         "or a CPU list as taskset -c takes it (1-3,5; 1-1 = CPU 1)")  # fmt: skip
     g.add_argument("--qdisc", help='root qdisc of the sender veth, e.g. "tbf rate 200mbit burst 32kb latency 50ms"')
-    g.add_argument("--gro", action="store_true", help="GRO (veth NAPI) on the receiver veth")
+    g.add_argument("--gro", action="store_true", help="GRO on the receiver veth, with UDP on its NAPI path")
     g.add_argument("--threaded-napi", action="store_true", help="threaded NAPI on the receiver veth (needs --gro)")
+    g.add_argument("--napi-cpus", type=_cpu_list, metavar="CPUS", help="pin the threaded-NAPI kthread (needs --threaded-napi)")
     g.add_argument("--mtu", type=int, default=1500)
     g = p.add_argument_group("host (the sysctl and cpu_pressure markers)")
     g.add_argument("--sysctl", type=_sysctl_pair, action="append", default=[], metavar="NAME=VALUE",
@@ -137,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pytest_udpsend.results import store
 
     spec = topology.make_spec(rps_cpus=args.rps_cpus, qdisc=args.qdisc, gro=args.gro, threaded_napi=args.threaded_napi,
-                              mtu=args.mtu, ipv6=args.ipv6)  # fmt: skip
+                              napi_cpus=args.napi_cpus, mtu=args.mtu, ipv6=args.ipv6)  # fmt: skip
     pressure = load.make_spec(*args.cpu_pressure) if args.cpu_pressure else None
     params = make_params(duration=args.duration, payload=args.payload, sndbuf=args.sndbuf, force_sndbuf=args.force_sndbuf,
                          rate=args.rate, cpu=args.cpu, ipv6=args.ipv6, receiver_cpu=args.receiver_cpu)  # fmt: skip

@@ -247,8 +247,9 @@ def udpsend_sweep(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, vet
 
     def run(repeat: int | None = None, **knobs: Any) -> Sweep:
         grid = make_grid(**knobs)
+        # every cell reports wfree p99 (the remedy table), so the session's probe is used
         sweep = Sweep(veth, _udpsend_ctx.sysctls, _udpsend_ctx.exclusive, request.getfixturevalue("wfree_probe"),
-                      scen.params, pressure.cpus if pressure else (1,), pressure.workers if pressure else 0)  # fmt: skip
+                      scen.params, pressure=pressure)  # fmt: skip
         return sweep.run(grid, repeat or udpsend_session(request.config).options.repeat)
 
     return run

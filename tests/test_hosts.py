@@ -287,7 +287,7 @@ def test_veth_beside_them(udp_sender):
 @pytest.mark.lane
 @needs_lane
 def test_lane_tunnel_modules_loaded_veth_tests_pass(pytester, monkeypatch):
-    monkeypatch.setenv("UDPSEND_LANE_PRELUDE", "modprobe ipip; modprobe sit; modprobe ip_gre")
+    monkeypatch.setenv("UDPSEND_LANE_MODULES", "ipip sit ip_gre")
     pytester.makepyfile(TUNNELS_INNER)
     result = pytester.runpytest_subprocess("--udpsend-kernel", str(LANE_IMAGE), "--udpsend-require-privileges",
                                            "--udpsend-kernel-timeout", "400")  # fmt: skip

@@ -33,10 +33,11 @@ def test_guest_args_keep_the_hosts_own_and_override_in_option_form():
     then overrides in --opt=value form, which pytest never reads as a path."""
     args = ["--udpsend-kernel", "/k/boot/vmlinuz", "tests/test_bpf.py", "-k", "plain", "--junitxml", "out.xml"]
     out = vm.guest_args(args, Path("/x"), ["cacheprovider", "junitxml"])
-    assert out == [*args, "--udpsend-json=/x/results.json", "--udpsend-html=", "--override-ini=cache_dir=/x/cache",
+    assert out == [*args, "--udpsend-json=/x/results.json", "--udpsend-html=", "--udpsend-pcap=", "--override-ini=cache_dir=/x/cache",
                    "--junitxml="]  # fmt: skip
     assert vm.guest_args(["-p", "no:cacheprovider"], Path("/x"), []) == ["-p", "no:cacheprovider",
-                                                                         "--udpsend-json=/x/results.json", "--udpsend-html="]  # fmt: skip
+                                                                         "--udpsend-json=/x/results.json", "--udpsend-html=",
+                                                                         "--udpsend-pcap="]  # fmt: skip
 
 
 def test_a_file_that_is_no_kernel_is_a_usage_error(pytester, tmp_path):

@@ -28,8 +28,8 @@ MARKERS = {
     "(global knobs in the initial netns, per-netns knobs in both veth namespaces)",
     "cpu_pressure": "cpu_pressure(cpus=[1], workers=2, nice=0, policy='other', cpu_max=None): CPU hogs during the run "
     "(cpus as for topology's rps_cpus: [1], '1-3,5' or the hex mask '2')",
-    "udpsend": "udpsend(duration=2.0, payload=1400, sndbuf=None, force_sndbuf=False, rate=None, cpu=None, ipv6=False): "
-    "the send run that `udpsend_result` performs",
+    "udpsend": "udpsend(duration=2.0, payload=1400, sndbuf=None, force_sndbuf=False, rate=None, cpu=None, ipv6=False, "
+    "receiver_cpu=None): the send run that `udpsend_result` performs (receiver_cpu pins the draining receiver)",
     "eagain_rate": "eagain_rate(max=None, min=None, kernel=None): bound on the fraction of send attempts that got "
     "EAGAIN; kernel='<6.5' limits it to those kernel versions (markers stack, one per kernel range)",
     "time_squeeze": "time_squeeze(max=None, min=None, kernel=None): bound on time_squeeze increments during the run, "

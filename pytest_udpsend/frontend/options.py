@@ -129,7 +129,6 @@ def configure_baseline(session: Any, config: Any) -> None:
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     session.gate = settings
-    session.tolerance, session.alpha, session.compare_metrics = settings.tolerance, settings.alpha, settings.metrics
     if not session.options.baseline_path:
         return
     try:

@@ -80,9 +80,6 @@ class UdpsendSession:
         self.comparison: list[Any] = []  # compare.Row of every test compared with the baseline
         self.baseline: dict[str, Any] | None = None  # the --udpsend-baseline document
         self.baseline_samples: dict[str, list[dict[str, Any]]] = {}  # its samples by comparison key
-        self.tolerance = 0.25
-        self.alpha = 0.05
-        self.compare_metrics: tuple[str, ...] | None = None
         self.gate: Any = None  # compare.Settings: the gate's knobs (options.configure_baseline)
         self.gate_family = 1  # comparisons in the run: baseline tests x metrics (Bonferroni)
         self.kernel = os.uname().release

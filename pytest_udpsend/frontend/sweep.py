@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pytest_udpsend.errors import ConfigError
-from pytest_udpsend.host import cpus as cpus_mod
 from pytest_udpsend.host.sysctl import Sysctls
 from pytest_udpsend.host.topology import Topology
 from pytest_udpsend.measure import load, sender
@@ -104,11 +103,13 @@ class Sweep:
     """Measures every cell of ``grid`` on ``topo``; ``cells`` holds those fully measured."""
 
     def __init__(self, topo: Topology, sysctls: Sysctls, lock: Callable[[], None], probe: WfreeProbe | None,
-                 params: SendParams, pressure_cpus: Sequence[int] = (1,), base_workers: int = 0) -> None:  # fmt: skip
+                 params: SendParams, pressure_cpus: Sequence[int] = (1,), base_workers: int = 0,
+                 pressure: load.PressureSpec | None = None) -> None:  # fmt: skip
         self.topo, self.sysctls, self.lock, self.probe = topo, sysctls, lock, probe
         self.params = params
-        self.pressure_cpus = tuple(pressure_cpus)
-        self.base_workers = base_workers  # the scenario's own hogs, where workers are not swept
+        # the scenario's own pressure (nice, policy, cpu_max kept), whose workers a sweep may vary
+        self.pressure = pressure or load.PressureSpec(tuple(pressure_cpus), max(base_workers, 1))
+        self.base_workers = base_workers if pressure is None else pressure.workers
         self.cells: list[CellResult] = []
         self.interrupted = False
         self.found: dict[str, int] = {}  # the host's budget knobs before the sweep
@@ -151,7 +152,7 @@ class Sweep:
         if cell.sndbuf is not None:
             params = replace(params, sndbuf=cell.sndbuf, force_sndbuf=cell.force)
         workers = self.base_workers if cell.workers is None else cell.workers
-        pressure = load.make_spec(self.pressure_cpus, workers) if workers else None
+        pressure = replace(self.pressure, workers=workers) if workers else None
         samples = [sender.run(self.topo, params, self.sysctls, self.probe, pressure) for _ in range(repeat)]
         return CellResult(cell, samples, time.monotonic() - started)
 
@@ -262,13 +263,6 @@ def _int_list(what: str) -> Callable[[str], tuple[int, ...]]:
     return parse
 
 
-def _cpu_list(text: str) -> tuple[int, ...]:
-    try:
-        return cpus_mod.parse(text, "--napi-cpus")
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _target(text: str) -> float:
     try:
         value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
@@ -289,7 +283,6 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=_int_list("--workers"), metavar="LIST",
                    help="CPU hogs on the --cpu-pressure CPUs (default CPU 1), e.g. 2,1,0")  # fmt: skip
     g.add_argument("--target", type=_target, default=0.01, help="the EAGAIN rate to get under (default 1%%)")
-    p.add_argument("--napi-cpus", type=_cpu_list, metavar="CPUS", help="pin the threaded-NAPI kthread (needs --threaded-napi)")
     p.set_defaults(udpsend_json="udpsend-sweep.json")
 
 

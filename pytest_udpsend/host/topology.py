@@ -294,6 +294,8 @@ def _thread_napi(dev: Path, cpus: tuple[int, ...] | None) -> None:
         before = _napi_threads(dev.name)
         (dev / "threaded").write_text("1")
         ours = _napi_threads(dev.name) - before
+    if cpus is not None and not ours:
+        raise ConfigError(f"napi_cpus: no threaded-NAPI kthread appeared for {dev.name}, so there is nothing to pin")
     if cpus is not None:
         for pid in ours:
             os.sched_setaffinity(pid, set(cpus))

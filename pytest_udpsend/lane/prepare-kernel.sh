@@ -13,6 +13,7 @@ set -euo pipefail
 version=${1:?usage: prepare-kernel.sh VERSION [DEST]}
 python=${UDPSEND_PYTHON:-python3}  # the interpreter whose environment gets virtme-ng
 case "$version" in *[!A-Za-z0-9.+_-]*) echo "bad kernel version: $version" >&2; exit 2;; esac
+case "$version" in [0-9]*) ;; *) echo "bad kernel version: $version (a Debian release such as 6.1.0-56-amd64)" >&2; exit 2;; esac
 # not under /var/cache or /tmp: virtme-ng mounts fresh tmpfs there in the guest
 dest=${2:-$PWD/.kernels/$version}
 export DEBIAN_FRONTEND=noninteractive

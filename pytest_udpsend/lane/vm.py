@@ -39,7 +39,7 @@ from pytest_udpsend.results import compare, store
 LANE_REPORT_ENV = "UDPSEND_LANE_REPORT"
 LANE_SELECTION_ENV = "UDPSEND_LANE_SELECTION"
 LANE_APPEND_ENV = "UDPSEND_LANE_APPEND"  # extra guest kernel arguments, space-separated
-LANE_PRELUDE_ENV = "UDPSEND_LANE_PRELUDE"  # shell lines the guest runs before pytest
+LANE_MODULES_ENV = "UDPSEND_LANE_MODULES"  # kernel modules the guest loads before pytest, space-separated
 KVM_PROBE_S = 25.0
 
 
@@ -154,7 +154,7 @@ def kvm_works(image: Path) -> tuple[bool, str]:
         verdict = cache.read_text().strip()
         return verdict == "yes", ("KVM works" if verdict == "yes" else "KVM hangs here (cached verdict): using TCG")
     with tempfile.TemporaryDirectory(prefix="udpsend-kvm-") as tmp:
-        ok = _boot(image, f"echo 0 > {tmp}/rc", Path(tmp), True, KVM_PROBE_S, Path(tmp) / "console")[0] == 0
+        ok = _boot(image, f"echo 0 > {shlex.quote(tmp)}/rc", Path(tmp), True, KVM_PROBE_S, Path(tmp) / "console")[0] == 0
     cache.write_text("yes" if ok else "no")
     return ok, ("KVM works" if ok else f"a KVM guest did not finish booting within {KVM_PROBE_S:.0f} s "
                                        "(nested virtualisation?): using TCG")  # fmt: skip
@@ -174,7 +174,8 @@ def guest_args(args: Iterable[str], outdir: Path, plugins: Iterable[str] = ("cac
     brackets survive.  Overrides come last in ``--opt=value`` form, which pytest
     never takes for a path.  The guest file system is read-only but for ``outdir``.
     """
-    out = [*args, f"--udpsend-json={outdir / 'results.json'}", "--udpsend-html="]
+    # the guest can write only under outdir: no HTML or pcap there (the host writes its own HTML)
+    out = [*args, f"--udpsend-json={outdir / 'results.json'}", "--udpsend-html=", "--udpsend-pcap="]
     if "cacheprovider" in plugins:  # the options of a plugin the host blocked (-p no:x) do not exist
         out.append(f"--override-ini=cache_dir={outdir / 'cache'}")
     if "junitxml" in plugins:  # the host writes the junit file from the guest's reports
@@ -292,7 +293,7 @@ class KernelLane:
         active = [name for name in ("cacheprovider", "junitxml") if config.pluginmanager.has_plugin(name)]
         args = guest_args(config.invocation_params.args, outdir, active)
         return (
-            os.environ.get(LANE_PRELUDE_ENV, "") + "\n"  # guest set-up before pytest, e.g. modprobe ipip sit
+            "".join(f"modprobe {q(module)}\n" for module in os.environ.get(LANE_MODULES_ENV, "").split())
             + f"cd {q(str(config.invocation_params.dir))}\n"
             + "".join(f"export {name}={q(value)}\n" for name, value in env.items())
             + f"{q(sys.executable)} -m pytest {' '.join(q(a) for a in args)} > {q(str(outdir / 'pytest.log'))} 2>&1\n"
