@@ -66,6 +66,7 @@ def session(workdir: Path, repeat: int, rate: float, out: Path, baseline: Path |
             "--udpsend-require-privileges", "--udpsend-repeat", str(repeat), "--udpsend-json", str(out)]  # fmt: skip
     if baseline is not None:
         argv += ["--udpsend-baseline", str(baseline)]
+    out.unlink(missing_ok=True)  # never read the previous session's document
     started = time.monotonic()
     done = subprocess.run(argv, cwd=workdir, env={**os.environ, "GATE_TBF_MBIT": f"{rate:g}"}, capture_output=True, text=True)
     wall = time.monotonic() - started
@@ -73,6 +74,9 @@ def session(workdir: Path, repeat: int, rate: float, out: Path, baseline: Path |
     if not out.exists():
         return wall, set(), done.returncode, problem or (done.stdout + done.stderr)[-1500:]
     doc = json.loads(out.read_text())
+    broken = [k for k, v in doc["tests"].items() if v.get("outcome") != "passed" and not v.get("samples")]
+    if broken:  # a test that errored measured nothing: the session says nothing about the gate
+        problem += f" tests without samples: {broken}"
     rows = (doc.get("gate") or {}).get("rows", [])
     flagged = {r["test"] for r in rows if r["verdict"] == "regression"}
     for r in rows:
@@ -83,8 +87,8 @@ def session(workdir: Path, repeat: int, rate: float, out: Path, baseline: Path |
     if unjudged:
         problem = f"not judged: {sorted(unjudged)}"
     missing = [k for k, v in doc["tests"].items() if len(v.get("samples", [])) != repeat]
-    if missing:
-        problem += f" wrong sample count in {missing}"
+    if missing or len(doc["tests"]) != 10:
+        problem += f" {len(doc['tests'])} of 10 tests measured; wrong sample count in {missing}"
     return wall, flagged, done.returncode, problem
 
 

@@ -1,4 +1,4 @@
-"""The ``udpsend`` command: doctor, run, compare, report.
+"""The ``udpsend`` command: doctor, run, compare, merge, report.
 
 Options that also exist for pytest (--backend, --json, --repeat, ...) come from
 ``options.py``, so both share one definition and one help text.
@@ -70,7 +70,15 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu", type=int, help="CPU to pin the sender to")
     g.add_argument("--receiver-cpu", type=int, help="CPU to pin the draining receiver to")
     g.add_argument("--ipv6", action="store_true")
+    g.add_argument("--mode", choices=("send", "sendto", "sendmmsg", "gso"), default="send", help="send pattern (default send)")
+    g.add_argument("--batch", type=int, default=32, help="messages per sendmmsg() call (--mode sendmmsg; default 32)")
+    g.add_argument("--gso-size", type=int, help="UDP_SEGMENT bytes per wire segment (--mode gso)")
+    g.add_argument("--flows", type=int, default=1, help="sockets per sender thread, round-robin (default 1)")
+    g.add_argument("--threads", type=int, default=1, help="pinned sender threads, each with its own socket(s)")
     g.add_argument("--wfree", action="store_true", help="measure sock_wfree timing with the chosen backend")
+    g.add_argument("--exec", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", dest="exec_argv",
+                   help="run your own program as the sender instead (last option; destination in UDPSEND_DST, "
+                        "UDPSEND_DST6, UDPSEND_PORT), for --duration or until it exits")  # fmt: skip
     options.add_options(p.add_argument, [options.BACKEND, options.JSON, options.REPEAT], short=True)
 
 
@@ -80,10 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("doctor", help="what this host can do, each line with the fix")
     run = sub.add_parser("run", help="run one scenario and print the result table")
     add_run_options(run)
-    cmp = sub.add_parser("compare", help="the regression table of NEW against BASELINE; exit 1 on regression")
-    cmp.add_argument("baseline", metavar="BASELINE.json")
-    cmp.add_argument("new", metavar="NEW.json")
+    cmp = sub.add_parser("compare", help="the regression table of NEW against BASELINE; exit 1 on regression",
+                         description="udpsend compare BASELINE.json NEW.json, or many files (paths or quoted globs) per "
+                                     "side: udpsend compare BASE... --new NEW... (--new last).  Results are grouped by "
+                                     "what made them differ (kernel, CPU model, hostname, --udpsend-label), one table "
+                                     "per group; exit 1 if any group regressed, 2 if any was refused, else 0")  # fmt: skip
+    cmp.add_argument("baseline", nargs="+", metavar="BASELINE.json")
+    cmp.add_argument("--new", nargs="+", action="extend", metavar="NEW.json", help="the new side (paths or globs)")
     options.add_gate_flags(cmp)
+    mrg = sub.add_parser("merge", help="write one results document from many (e.g. a CI matrix's artifacts)")
+    mrg.add_argument("output", metavar="OUT.json")
+    mrg.add_argument("inputs", nargs="+", metavar="IN.json", help="result files, paths or quoted globs")
     prep = sub.add_parser("prepare-kernel", help="fetch and unpack a Debian kernel (with headers, qemu, bcc) for --udpsend-kernel")
     prep.add_argument("version", help="e.g. 6.1.0-56-amd64 or 6.12.95+deb12-amd64 (bookworm-backports)")
     prep.add_argument("dest", nargs="?", help="where to unpack (default .kernels/VERSION here)")
@@ -92,10 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(swp)
     sweep.add_sweep_options(swp)  # its --sndbuf LIST replaces the run options' --sndbuf
     rep = sub.add_parser("report", help="a self-contained HTML report with plots")
-    rep.add_argument("results", metavar="RESULTS.json")
-    rep.add_argument("--baseline", metavar="BASELINE.json",
-                     help="add baseline-versus-new plots; the verdicts are those the gate recorded in RESULTS, "
-                          "recomputed only where gate flags are given or RESULTS has none")  # fmt: skip
+    rep.add_argument("results", nargs="+", metavar="RESULTS.json",
+                     help="one or many result files (paths or quoted globs); many are grouped as udpsend compare groups them")  # fmt: skip
+    rep.add_argument("--baseline", metavar="BASELINE.json", nargs="+", action="extend", default=[],
+                     help="add baseline-versus-new plots (one or many files, paths or quoted globs; after RESULTS); the verdicts are those "
+                          "the gate recorded in RESULTS, recomputed only where gate flags are given or RESULTS has none")  # fmt: skip
     options.add_gate_flags(rep)
     rep.add_argument("-o", "--output", required=True, metavar="report.html")
     return parser
@@ -141,7 +157,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                               napi_cpus=args.napi_cpus, mtu=args.mtu, ipv6=args.ipv6)  # fmt: skip
     pressure = load.make_spec(*args.cpu_pressure) if args.cpu_pressure else None
     params = make_params(duration=args.duration, payload=args.payload, sndbuf=args.sndbuf, force_sndbuf=args.force_sndbuf,
-                         rate=args.rate, cpu=args.cpu, ipv6=args.ipv6, receiver_cpu=args.receiver_cpu)  # fmt: skip
+                         rate=args.rate, cpu=args.cpu, ipv6=args.ipv6, receiver_cpu=args.receiver_cpu, mode=args.mode,
+                         batch=args.batch, gso_size=args.gso_size, flows=args.flows, threads=args.threads)  # fmt: skip
     options = SessionOptions(backend=args.udpsend_backend, repeat=args.udpsend_repeat)
     with standalone(options, {k: format_value(v) for k, v in args.sysctl}) as ctx:
         session = ctx.session
@@ -149,16 +166,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         ctx.apply_marked_to(topo)
         probe: Callable[[], Any] = session.probe if args.wfree else (lambda: None)
         sender = UdpSender(topo, ctx.sysctls, ctx.exclusive, probe, pressure)
+        program = _program(args, topo, ctx, probe, pressure, sender.results)
         samples = []
         for i in range(args.udpsend_repeat):
             with Progress(params.duration):
-                samples.append(sender.run(**params.as_dict()))
+                samples.append(program() if program else sender.run(**params.as_dict()))
             print(("" if i == 0 else "\n") + samples[-1].summary())
     if args.udpsend_json:
         env = store.environment(session.backend_choice()[0])
         store.write(args.udpsend_json, store.document(env, {"udpsend run": {"outcome": "passed", "samples": [s.to_dict() for s in samples]}}))
         print(f"saved {args.udpsend_json}")
     return 0
+
+
+def _program(args: argparse.Namespace, topo: Any, ctx: Any, probe: Callable[[], Any], pressure: Any,
+             results: list[Any]) -> Callable[[], Any] | None:  # fmt: skip
+    """``--exec -- CMD ARGS``: one run of the user's program, killed on exit of the command."""
+    if args.exec_argv is None:
+        return None
+    argv = list(args.exec_argv)
+    from pytest_udpsend.measure.external import SenderProcess
+
+    proc = SenderProcess(topo, ctx.sysctls, ctx.exclusive, probe, pressure, results)
+    ctx.undo.push("kill the sender process", proc.close)
+    return lambda: proc.run(argv, duration=args.duration, cpu=args.cpu)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -168,10 +199,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pytest_udpsend.results.compare import compare_files
+    from pytest_udpsend.results import fanin
 
     options.gate_settings(args.tolerance, args.alpha, args.metrics, args.allow_mixed, where="udpsend compare")  # validate
-    return compare_files(args.baseline, args.new, _gate_flags(args))
+    base, new = args.baseline, args.new
+    if not new:  # the two-file form: udpsend compare BASELINE.json NEW.json
+        if len(base) != 2:
+            raise ValueError(f"{len(base)} file(s) given without --new: write udpsend compare BASELINE.json NEW.json, "
+                             "or udpsend compare BASE... --new NEW...")  # fmt: skip
+        base, new = base[:1], base[1:]
+    return fanin.compare_sides(base, new, _gate_flags(args))
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from pytest_udpsend.results import fanin
+
+    return fanin.write_merged(args.output, args.inputs)
 
 
 def _gate_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -192,7 +235,7 @@ def cmd_prepare_kernel(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pytest_udpsend.results.report import write_report
+    from pytest_udpsend.results.fanin_report import write_report
 
     options.gate_settings(args.tolerance, args.alpha, args.metrics, args.allow_mixed, where="udpsend report")  # validate
     write_report(args.results, args.output, args.baseline, _gate_flags(args))
@@ -206,8 +249,16 @@ def _terminate(signum: int, frame: object) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    program = None
+    if "--exec" in argv:  # everything after it is the user's command (argparse would stop at its "--")
+        at = argv.index("--exec")
+        argv, program = argv[:at], argv[at + 1 :]
+        program = program[1:] if program[:1] == ["--"] else program
     args = parser.parse_args(argv)
-    commands = {"run": cmd_run, "doctor": cmd_doctor, "compare": cmd_compare, "report": cmd_report,
+    if program is not None:
+        args.exec_argv = program
+    commands = {"run": cmd_run, "doctor": cmd_doctor, "compare": cmd_compare, "report": cmd_report, "merge": cmd_merge,
                 "prepare-kernel": cmd_prepare_kernel, "sweep": sweep.run_command}  # fmt: skip
     if args.command not in commands:
         parser.print_help()

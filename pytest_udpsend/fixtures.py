@@ -24,6 +24,7 @@ from pytest_udpsend.host.netns import Namespace
 from pytest_udpsend.host.sysctl import Sysctls
 from pytest_udpsend.host.topology import Topology, build, make_namespace
 from pytest_udpsend.measure import load
+from pytest_udpsend.measure.external import SenderProcess
 from pytest_udpsend.measure.probes import WfreeProbe
 from pytest_udpsend.measure.result import SendResult
 from pytest_udpsend.measure.sender import UdpSender
@@ -194,8 +195,33 @@ def udp_sender(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, veth: 
     if demand == "bpf":
         probe = _demand_bpf(request, probe)
     sender = UdpSender(veth, ctx.sysctls, ctx.exclusive, probe, scen.pressure, capture_for(request, ctx, veth))
-    request.node.stash[RESULTS_KEY] = sender.results
+    sender.results = request.node.stash.setdefault(RESULTS_KEY, sender.results)  # shared with sender_process
     return sender
+
+
+@pytest.fixture
+def sender_process(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, veth: Topology) -> SenderProcess:
+    """Function scope, bound to ``veth``.  ``sender_process.run(argv, duration=None, cpu=None, env=None)
+    -> SendResult``: your own program sends from the sender namespace (destination in ``UDPSEND_DST``,
+    ``UDPSEND_DST6``, ``UDPSEND_PORT``), pinned to ``cpu``, under the ``cpu_pressure`` marker, for
+    ``duration`` seconds or until it exits; measured from outside (kernel counters of that netns).
+    Its output is in ``result.process`` and shown when the test fails; it is killed at teardown.
+
+    Example::
+
+        def test_mine(sender_process):
+            r = sender_process.run(["./my-sender", "--count", "100000"], cpu=0)
+            assert r.eagain_rate < 0.01
+    """
+    ctx = _udpsend_ctx
+    scen = scenario(request)
+    probe = _probe_for(request, ctx)
+    if scen.bounds.backend_for(os.uname().release) == "bpf":
+        probe = _demand_bpf(request, probe)
+    results = request.node.stash.setdefault(RESULTS_KEY, [])  # shared with udp_sender
+    proc = SenderProcess(veth, ctx.sysctls, ctx.exclusive, probe, scen.pressure, results)
+    ctx.undo.push("kill the sender process", proc.close)
+    return proc
 
 
 def _demand_bpf(request: pytest.FixtureRequest, probe: Callable[[], WfreeProbe | None]) -> Callable[[], WfreeProbe | None]:

@@ -16,7 +16,7 @@ from pytest_udpsend.frontend.options import (
     configure_lane,
     session_options,
 )
-from pytest_udpsend.frontend.session import UdpsendSession
+from pytest_udpsend.frontend.session import UdpsendSession, interrupt_on_sigterm
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,6 +48,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     lane = session.config.stash[SESSION_KEY].lane
     if lane is None or session.config.option.collectonly:
         return None
+    interrupt_on_sigterm()  # a cancelled CI job (SIGTERM) must still stop the guest and clean up
     lane.run(session)
     return True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -70,6 +71,8 @@ def finish(session: UdpsendSession, is_worker: bool) -> dict[str, Any] | None:
         return None
     lane_env = session.lane.guest_environment if session.lane is not None else None
     env = lane_env or store.environment(session.backend_choice()[0])
+    # the runner, not a lane guest, is what fan-in groups by
+    env = {**env, "hostname": os.uname().nodename, "labels": dict(session.options.labels)}
     doc = store.document(env, session.tests)
     if session.baseline is not None:  # the verdicts the gate gave, with its settings, for the report
         doc["gate"] = compare.gate_record(session.gate, session.gate_family, session.baseline, session.comparison)

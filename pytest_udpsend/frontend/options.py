@@ -56,7 +56,26 @@ LOCK_TIMEOUT = Opt(
     {"type": float, "default": 3600.0, "metavar": "S"},
 )
 
-PYTEST_OPTIONS = [BACKEND, REPEAT, JSON, BASELINE, KERNEL, KERNEL_TIMEOUT, HTML, PCAP, REQUIRE, ALLOW_MIXED, LOCK_TIMEOUT]
+LABEL = Opt(
+    "--udpsend-label",
+    "KEY=VALUE stored in the --udpsend-json environment (repeatable), e.g. runner=c5-metal; "
+    "udpsend compare/report group result files by their labels",
+    {"action": "append", "default": [], "metavar": "KEY=VALUE"},
+)
+
+PYTEST_OPTIONS = [BACKEND, REPEAT, JSON, BASELINE, KERNEL, KERNEL_TIMEOUT, HTML, PCAP, REQUIRE, ALLOW_MIXED, LOCK_TIMEOUT,
+                  LABEL]  # fmt: skip
+
+
+def parse_labels(given: list[str], flag: str = "--udpsend-label") -> dict[str, str]:
+    """``["k=v", ...]`` as a dict; ValueError with one sentence on a malformed one."""
+    labels: dict[str, str] = {}
+    for text in given:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{flag} {text!r}: use KEY=VALUE, e.g. {flag} runner=c5-metal")
+        labels[key.strip()] = value.strip()
+    return labels
 
 
 def add_options(addoption: Callable[..., Any], opts: list[Opt], short: bool = False) -> None:
@@ -190,6 +209,10 @@ def session_options(config: Any) -> Any:
         require_privileges=config.getoption("udpsend_require_privileges"),
         lock_timeout=config.getoption("udpsend_lock_timeout"),
     )
+    try:
+        opts.labels.update(parse_labels(config.getoption("udpsend_label") or []))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
     if opts.repeat < 1:
         raise pytest.UsageError(f"--udpsend-repeat {opts.repeat}: must be 1 or more")
     return opts

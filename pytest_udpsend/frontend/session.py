@@ -56,6 +56,7 @@ class SessionOptions:
     pcap_dir: str | None = None
     require_privileges: bool = False
     lock_timeout: float = 3600.0  # s a measurement waits for the host lock
+    labels: dict[str, str] = field(default_factory=dict)  # --udpsend-label, stored in the environment
 
 
 class UdpsendSession:

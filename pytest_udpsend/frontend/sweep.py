@@ -322,7 +322,8 @@ def run_command(args: argparse.Namespace) -> int:
     spec = topology.make_spec(rps_cpus=args.rps_cpus, qdisc=args.qdisc, gro=args.gro, threaded_napi=args.threaded_napi,
                               napi_cpus=args.napi_cpus, mtu=args.mtu, ipv6=args.ipv6)  # fmt: skip
     params = make_params(duration=args.duration, payload=args.payload, rate=args.rate, cpu=args.cpu,
-                         ipv6=args.ipv6, receiver_cpu=args.receiver_cpu)  # fmt: skip
+                         ipv6=args.ipv6, receiver_cpu=args.receiver_cpu, mode=args.mode, batch=args.batch,
+                         gso_size=args.gso_size, flows=args.flows, threads=args.threads)  # fmt: skip
     cpus, base_workers = args.cpu_pressure or ((1,), 0)
     repeat = args.udpsend_repeat
     print(f"udpsend sweep: {grid.size()} cells x {repeat} sample(s) of {params.duration:g} s", file=sys.stderr)

@@ -3,8 +3,18 @@
  * a plain C send() loop: Python only sets up sockets and reads the counters.
  * Both loops release the GIL for their whole run.
  *
- * send_loop: non-blocking send() on a connected UDP socket until a deadline,
- *   counting every attempt and every errno exactly, an EAGAIN time series in
+ * send_loop: non-blocking sends on UDP sockets until a deadline, in one of four modes:
+ *   send() on a connected socket; sendto() on an unconnected one (`dst`, a packed
+ *   sockaddr); sendmmsg() in batches of `batch`; send() of a GSO super-datagram (the
+ *   caller set UDP_SEGMENT on the socket: one call, one charge, many wire segments).
+ *   Several sockets (`fd` a sequence: flows) are served round-robin, one call each.
+ *   Attempts are messages the kernel tried: a send call is one; a sendmmsg() call
+ *   that sends all is `batch`; one that returns k < batch sent k and stopped at
+ *   message k+1, which counts as one failed attempt (k + 1 tried) and as EAGAIN,
+ *   because the kernel returns the count, not the error (also counted as a stop;
+ *   on our non-blocking IP_RECVERR sockets the cause is EAGAIN, or ENOBUFS from a
+ *   dropping qdisc, and both count in UdpSndbufErrors); a call that fails at its first
+ *   message is one attempt with its errno.  Counted exactly per flow, with an EAGAIN time series in
  *   fixed buckets, and SIOCOUTQ (sk_wmem_alloc) samples (overall and max per bucket).  Optional pacing sleeps
  *   with clock_nanosleep() when well ahead of schedule.  Optional stamp writes a
  *   sequence number and the CLOCK_REALTIME send time into each payload.
@@ -49,19 +59,65 @@ static volatile const unsigned char *stop_flag(Py_buffer *stop)
     return stop->buf && stop->len >= 1 ? (volatile const unsigned char *)stop->buf : NULL;
 }
 
+enum { MODE_SEND, MODE_SENDTO, MODE_SENDMMSG, MODE_GSO };
+#define MAX_FLOWS 256
+#define MAX_BATCH 1024
+
+/* fd: one int, or a sequence of ints (flows, served round-robin) */
+static int parse_fds(PyObject *obj, int *fds)
+{
+    if (PyLong_Check(obj)) {
+        fds[0] = (int)PyLong_AsLong(obj);
+        return PyErr_Occurred() ? -1 : 1;
+    }
+    PyObject *seq = PySequence_Fast(obj, "send_loop: fd must be an int or a sequence of ints");
+    if (!seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n < 1 || n > MAX_FLOWS) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "send_loop: 1 to 256 fds");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        fds[i] = (int)PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+    Py_DECREF(seq);
+    return PyErr_Occurred() ? -1 : (int)n;
+}
+
+static PyObject *u64_list(const uint64_t *v, int n)
+{
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list && i < n; i++)
+        PyList_SET_ITEM(list, i, PyLong_FromUnsignedLongLong(v[i]));
+    return list;
+}
+
 static PyObject *send_loop(PyObject *self, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"fd", "duration", "payload", "rate", "stamp", "bucket_ms", "outq_every", "stop", NULL};
-    int fd, payload, stamp = 0, bucket_ms = 10, outq_every = 64;
+    static char *names[] = {"fd", "duration", "payload", "rate", "stamp", "bucket_ms", "outq_every", "stop",
+                            "mode", "batch", "dst", "gso_size", NULL};
+    int fds[MAX_FLOWS];
+    PyObject *fd_obj;
+    int payload, stamp = 0, bucket_ms = 10, outq_every = 64, mode = MODE_SEND, batch = 32, gso_size = 0;
     double duration, rate = 0.0;
-    Py_buffer stop_buf = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "idi|dpiiw*", names, &fd, &duration, &payload, &rate, &stamp,
-                                     &bucket_ms, &outq_every, &stop_buf))
+    Py_buffer stop_buf = {0}, dst_buf = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Odi|dpiiw*iiy*i", names, &fd_obj, &duration, &payload, &rate, &stamp,
+                                     &bucket_ms, &outq_every, &stop_buf, &mode, &batch, &dst_buf, &gso_size))
         return NULL;
-    if (payload < 16 || payload > MAX_PAYLOAD || duration <= 0 || bucket_ms < 1 || outq_every < 1) {
+    int nfds = parse_fds(fd_obj, fds);
+    int nbufs = mode == MODE_SENDMMSG && stamp ? batch : 1; /* stamped batches need a buffer per message */
+    /* a stamped GSO super-datagram carries a stamp at the start of every segment */
+    int stamp_every = mode == MODE_GSO && gso_size > 0 ? gso_size : payload;
+    if (nfds < 0 || payload < 16 || payload > MAX_PAYLOAD || duration <= 0 || bucket_ms < 1 || outq_every < 1 ||
+        mode < MODE_SEND || mode > MODE_GSO || batch < 1 || batch > MAX_BATCH ||
+        (mode == MODE_SENDTO && dst_buf.len < (Py_ssize_t)sizeof(sa_family_t))) {
         if (stop_buf.buf)
             PyBuffer_Release(&stop_buf);
-        PyErr_SetString(PyExc_ValueError, "send_loop: bad arguments");
+        if (dst_buf.buf)
+            PyBuffer_Release(&dst_buf);
+        if (nfds >= 0)
+            PyErr_SetString(PyExc_ValueError, "send_loop: bad arguments");
         return NULL;
     }
     volatile const unsigned char *stop = stop_flag(&stop_buf);
@@ -70,15 +126,29 @@ static PyObject *send_loop(PyObject *self, PyObject *args, PyObject *kw)
     uint32_t *b_att = calloc(nbuckets, sizeof(uint32_t));
     uint32_t *b_eag = calloc(nbuckets, sizeof(uint32_t));
     uint32_t *b_outq = calloc(nbuckets, sizeof(uint32_t));
-    char *buf = calloc(1, (size_t)payload);
-    if (!b_att || !b_eag || !b_outq || !buf) {
-        free(b_att); free(b_eag); free(b_outq); free(buf);
+    char *buf = calloc((size_t)nbufs, (size_t)payload);
+    struct mmsghdr *msgs = calloc((size_t)batch, sizeof(*msgs));
+    struct iovec *iov = calloc((size_t)batch, sizeof(*iov));
+    uint64_t *f_att = calloc(MAX_FLOWS * 4, sizeof(uint64_t)), *f_sent = f_att + MAX_FLOWS,
+             *f_eag = f_att + 2 * MAX_FLOWS, *f_stops = f_att + 3 * MAX_FLOWS;
+    if (!b_att || !b_eag || !b_outq || !buf || !msgs || !iov || !f_att) {
+        free(b_att); free(b_eag); free(b_outq); free(buf); free(msgs); free(iov); free(f_att);
         if (stop_buf.buf)
             PyBuffer_Release(&stop_buf);
+        if (dst_buf.buf)
+            PyBuffer_Release(&dst_buf);
         return PyErr_NoMemory();
     }
-    uint64_t attempts = 0, sent = 0, eagain = 0, enobufs = 0, other = 0, outq_sum = 0, outq_n = 0;
-    int last_errno = 0, outq_max = 0;
+    for (int i = 0; i < batch; i++) {
+        iov[i].iov_base = buf + (size_t)(nbufs > 1 ? i : 0) * (size_t)payload;
+        iov[i].iov_len = (size_t)payload;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    const struct sockaddr *dst = dst_buf.buf;
+    socklen_t dst_len = (socklen_t)dst_buf.len;
+    uint64_t attempts = 0, sent = 0, eagain = 0, enobufs = 0, other = 0, outq_sum = 0, outq_n = 0, calls = 0, stops = 0;
+    int last_errno = 0, outq_max = 0, flow = 0;
     uint64_t bucket_ns = (uint64_t)bucket_ms * 1000000ull;
     uint64_t interval = rate > 0 ? (uint64_t)(1e9 / rate) : 0;
     uint64_t start, end, now;
@@ -109,28 +179,61 @@ static PyObject *send_loop(PyObject *self, PyObject *args, PyObject *kw)
         }
         if (stamp) {
             uint64_t tx = now_ns(CLOCK_REALTIME);
-            memcpy(buf, &attempts, 8);
-            memcpy(buf + 8, &tx, 8);
+            for (int i = 0; i < nbufs; i++) {
+                for (int off = 0; off + 16 <= payload; off += stamp_every) {
+                    uint64_t seq = attempts + (uint64_t)i;
+                    memcpy(buf + (size_t)i * (size_t)payload + (size_t)off, &seq, 8);
+                    memcpy(buf + (size_t)i * (size_t)payload + (size_t)off + 8, &tx, 8);
+                }
+            }
         }
         size_t bucket = (now - start) / bucket_ns;
         if (bucket >= nbuckets)
             bucket = nbuckets - 1;
-        b_att[bucket]++;
-        attempts++;
-        if (send(fd, buf, (size_t)payload, 0) >= 0) {
-            sent++;
-        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        int fd = fds[flow];
+        /* tried: messages the kernel tried; ok: sent; err: the errno of a failed one, or -1 for a
+           sendmmsg batch that stopped early (the kernel returns the count sent, not the error) */
+        int tried = 1, ok = 0, err = 0;
+        if (mode == MODE_SENDMMSG) {
+            int r = sendmmsg(fd, msgs, (unsigned int)batch, 0);
+            if (r >= 0) {
+                ok = r;
+                tried = r < batch ? r + 1 : r;
+                err = r < batch ? -1 : 0;
+            } else {
+                err = errno;
+            }
+        } else {
+            ssize_t r = mode == MODE_SENDTO ? sendto(fd, buf, (size_t)payload, 0, dst, dst_len)
+                                            : send(fd, buf, (size_t)payload, 0);
+            if (r >= 0)
+                ok = 1;
+            else
+                err = errno;
+        }
+        calls++;
+        attempts += (uint64_t)tried;
+        sent += (uint64_t)ok;
+        b_att[bucket] += (uint32_t)tried;
+        f_att[flow] += (uint64_t)tried;
+        f_sent[flow] += (uint64_t)ok;
+        if (err == -1 || err == EAGAIN || err == EWOULDBLOCK) {
             eagain++;
             b_eag[bucket]++;
-        } else if (errno == ENOBUFS) {
+            f_eag[flow]++;
+            if (err == -1) {
+                stops++;
+                f_stops[flow]++;
+            }
+        } else if (err == ENOBUFS) {
             enobufs++;
-        } else {
+        } else if (err) {
             other++;
-            last_errno = errno;
+            last_errno = err;
         }
-        if (attempts % (uint64_t)outq_every == 0) {
-            int outq = 0;
-            if (ioctl(fd, SIOCOUTQ, &outq) == 0) {
+        if (calls % (uint64_t)outq_every == 0) {
+            int outq = 0; /* the sampled socket rotates, so every flow is seen whatever outq_every is */
+            if (ioctl(fds[(calls / (uint64_t)outq_every) % (uint64_t)nfds], SIOCOUTQ, &outq) == 0) {
                 outq_sum += (uint64_t)outq;
                 outq_n++;
                 if (outq > outq_max)
@@ -139,11 +242,15 @@ static PyObject *send_loop(PyObject *self, PyObject *args, PyObject *kw)
                     b_outq[bucket] = (uint32_t)outq;
             }
         }
+        if (++flow == nfds)
+            flow = 0;
         now = now_ns(CLOCK_MONOTONIC);
     }
     Py_END_ALLOW_THREADS
     if (stop_buf.buf)
         PyBuffer_Release(&stop_buf);
+    if (dst_buf.buf)
+        PyBuffer_Release(&dst_buf);
 
     size_t used = (size_t)((now - start) / bucket_ns) + 1;
     if (used > nbuckets)
@@ -151,15 +258,22 @@ static PyObject *send_loop(PyObject *self, PyObject *args, PyObject *kw)
     PyObject *series = PyList_New((Py_ssize_t)used);
     for (size_t i = 0; series && i < used; i++)
         PyList_SET_ITEM(series, (Py_ssize_t)i, Py_BuildValue("(III)", b_att[i], b_eag[i], b_outq[i]));
-    free(b_att); free(b_eag); free(b_outq); free(buf);
-    if (!series)
+    PyObject *flows = Py_BuildValue("{s:N,s:N,s:N,s:N}", "attempts", u64_list(f_att, nfds), "sent",
+                                    u64_list(f_sent, nfds), "eagain", u64_list(f_eag, nfds), "stops",
+                                    u64_list(f_stops, nfds));
+    free(b_att); free(b_eag); free(b_outq); free(buf); free(msgs); free(iov); free(f_att);
+    if (!series || !flows) {
+        Py_XDECREF(series);
+        Py_XDECREF(flows);
         return NULL;
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:i,s:d,s:i,s:K,s:K,s:N,s:i,s:O}",
+    }
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:i,s:d,s:i,s:K,s:K,s:N,s:i,s:O,s:K,s:K,s:N}",
                          "attempts", attempts, "sent", sent, "eagain", eagain, "enobufs", enobufs,
                          "other_errors", other, "last_errno", last_errno,
                          "elapsed_s", (double)(now - start) / 1e9, "outq_max", outq_max,
                          "outq_sum", outq_sum, "outq_samples", outq_n, "series", series,
-                         "bucket_ms", bucket_ms, "stopped", stopped ? Py_True : Py_False);
+                         "bucket_ms", bucket_ms, "stopped", stopped ? Py_True : Py_False,
+                         "calls", calls, "stops", stops, "flows", flows);
 }
 
 static PyObject *recv_loop(PyObject *self, PyObject *args, PyObject *kw)
@@ -252,7 +366,7 @@ static PyObject *recv_loop(PyObject *self, PyObject *args, PyObject *kw)
 }
 
 static PyMethodDef methods[] = {
-    {"send_loop", (PyCFunction)(void (*)(void))send_loop, METH_VARARGS | METH_KEYWORDS, "Timed non-blocking send() loop."},
+    {"send_loop", (PyCFunction)(void (*)(void))send_loop, METH_VARARGS | METH_KEYWORDS, "Timed non-blocking send()/sendto()/sendmmsg()/GSO loop over one or more sockets."},
     {"recv_loop", (PyCFunction)(void (*)(void))recv_loop, METH_VARARGS | METH_KEYWORDS, "recvmmsg() drain loop."},
     {NULL, NULL, 0, NULL},
 };

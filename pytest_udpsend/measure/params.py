@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pytest_udpsend.errors import ConfigError
@@ -16,9 +16,24 @@ class SendParams:
     sndbuf: int | None = None
     force_sndbuf: bool = False
     rate: float | None = None
-    cpu: int | None = None
+    cpu: int | tuple[int, ...] | None = None  # a list with threads > 1: thread i on cpu[i % len]
     ipv6: bool = False
     receiver_cpu: int | None = None  # beyond SPEC: pin the draining receiver (the busy application CPU)
+    mode: str = "send"  # send | sendto | sendmmsg | gso
+    batch: int = 32  # sendmmsg: messages per call
+    gso_size: int | None = None  # gso: UDP_SEGMENT, bytes per wire segment
+    flows: int = 1  # sockets per sender thread, served round-robin
+    threads: int = 1  # pinned sender threads, each with its own socket(s)
+
+    def thread_cpus(self) -> list[int | None]:
+        """The CPU each sender thread is pinned to (None: not pinned)."""
+        if isinstance(self.cpu, tuple):
+            return [self.cpu[i % len(self.cpu)] for i in range(self.threads)]
+        return [self.cpu] * self.threads
+
+    def segments_per_send(self) -> int:
+        """Wire datagrams per successful send call (GSO: ceil(payload / gso_size))."""
+        return -(-self.payload // self.gso_size) if self.mode == "gso" and self.gso_size else 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,14 +59,47 @@ def make_params(**kwargs: Any) -> SendParams:
         _number("sndbuf", params.sndbuf, 1024, 1 << 30, integer=True)
     if params.rate is not None:
         _number("rate", params.rate, 1, 50_000_000)
+    params = _check_send_pattern(params)
     online = sorted(os.sched_getaffinity(0))
     for key in ("cpu", "receiver_cpu"):
         value = getattr(params, key)
-        if value is not None and (isinstance(value, bool) or value not in online):
-            raise ConfigError(f"{key}={value!r}: not an available CPU (have {online})")
+        for cpu in value if isinstance(value, tuple) else (value,):
+            if cpu is not None and (isinstance(cpu, bool) or cpu not in online):
+                raise ConfigError(f"{key}={value!r}: not an available CPU (have {online})")
     for key in ("force_sndbuf", "ipv6"):
         if not isinstance(getattr(params, key), bool):
             raise ConfigError(f"{key}={getattr(params, key)!r}: must be True or False")
     if params.force_sndbuf and params.sndbuf is None:
         raise ConfigError("force_sndbuf=True needs sndbuf= (the size to force)")
+    return params
+
+
+MODES = ("send", "sendto", "sendmmsg", "gso")
+UDP_MAX_SEGMENTS = 64  # the kernel's limit per GSO send (64 before 6.10, 128 since): the portable one
+
+
+def _check_send_pattern(params: SendParams) -> SendParams:
+    """mode, batch, gso_size, flows, threads and a cpu list; returns params with cpu as a tuple."""
+    if params.mode not in MODES:
+        raise ConfigError(f"mode={params.mode!r}: accepted: {', '.join(repr(m) for m in MODES)}")
+    _number("batch", params.batch, 1, 1024, integer=True)
+    if params.batch != 32 and params.mode != "sendmmsg":
+        raise ConfigError(f"batch={params.batch!r} applies to mode='sendmmsg' only (mode is {params.mode!r})")
+    if params.mode == "gso":
+        if params.gso_size is None:
+            raise ConfigError("mode='gso' needs gso_size= (bytes per wire segment, e.g. 1400)")
+        _number("gso_size", params.gso_size, 1, params.payload, integer=True)
+        if params.segments_per_send() > UDP_MAX_SEGMENTS:
+            raise ConfigError(f"payload={params.payload} / gso_size={params.gso_size} makes {params.segments_per_send()} "
+                              f"segments per send; the kernel takes at most {UDP_MAX_SEGMENTS}: raise gso_size")  # fmt: skip
+    elif params.gso_size is not None:
+        raise ConfigError(f"gso_size={params.gso_size!r} applies to mode='gso' only (mode is {params.mode!r})")
+    _number("flows", params.flows, 1, 256, integer=True)
+    _number("threads", params.threads, 1, 64, integer=True)
+    if isinstance(params.cpu, (list, tuple)):
+        if params.threads == 1:
+            raise ConfigError(f"cpu={params.cpu!r}: a list of CPUs needs threads > 1 (one CPU per sender thread)")
+        if not params.cpu or any(isinstance(c, bool) or not isinstance(c, int) for c in params.cpu):
+            raise ConfigError(f"cpu={params.cpu!r}: must be a CPU number or a non-empty list of CPU numbers")
+        params = replace(params, cpu=tuple(params.cpu))
     return params

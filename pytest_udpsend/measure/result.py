@@ -32,6 +32,11 @@ class SendResult:
     diagnosis: list[dict[str, str]] = field(default_factory=list)  # findings, each {"finding", "evidence"}
     # beyond SPEC: context and raw series
     other_errors: int = 0
+    calls: int = 0  # send system calls (sendmmsg: one per batch)
+    stops: int = 0  # sendmmsg batches that stopped early (counted as EAGAIN attempts)
+    segments: int = 0  # wire datagrams: sent x segments per send (GSO), else sent
+    flows: list[dict[str, Any]] = field(default_factory=list)  # per socket: thread, cpu, sport, attempts, sent, eagain, stops
+    process: dict[str, Any] = field(default_factory=dict)  # sender_process: argv, returncode, exited, stdout, stderr
     series: dict[str, Any] = field(default_factory=dict)
     topology: str = ""
     params: dict[str, Any] = field(default_factory=dict)
@@ -62,6 +67,15 @@ class SendResult:
             f"SNMP (sender netns): UdpSndbufErrors {self.snmp.get('UdpSndbufErrors', 0)}  "
             f"UdpOutDatagrams {self.snmp.get('UdpOutDatagrams', 0)}  IpOutDiscards {self.snmp.get('IpOutDiscards', 0)}",
         ]
+        mode = self.params.get("mode", "send")
+        if mode != "send" or len(self.flows) > 1:
+            lines.append(f"mode {mode}: {self.calls} calls, {self.stops} stopped batches, {self.segments} wire datagrams; "
+                         + "per socket (sport sent/EAGAIN): "
+                         + ", ".join(f"{f['sport']} {f['sent']}/{f['eagain']}" for f in self.flows))  # fmt: skip
+        if self.process:
+            lines.append(f"program {' '.join(self.process.get('argv', []))}: "
+                         + ("exited with code {}".format(self.process.get("returncode")) if self.process.get("exited")
+                            else "stopped after the duration"))  # fmt: skip
         if w.get("backend"):
             lines.append(
                 f"sock_wfree ({w['backend']}): n={w.get('count', 0)} p50 {w.get('p50_us')} us  p90 {w.get('p90_us')} us  "

@@ -1,4 +1,12 @@
-"""One send run: a pinned C send() loop in the sender namespace, a C drain in the receiver's.
+"""One send run: pinned C send loops in the sender namespace, a C drain in the receiver's.
+
+Send patterns (``mode``): ``send`` on a connected socket, ``sendto`` on an
+unconnected one, ``sendmmsg`` batches, ``gso`` super-datagrams (UDP_SEGMENT).
+``flows`` sockets per thread are served round-robin by one C loop; ``threads``
+C loops run at once, each pinned, each with its own sockets.  Totals are sums
+over all sockets; ``SendResult.flows`` keeps each socket's counts.  How attempts
+are counted per mode: see ``_engine.c`` (a sendmmsg batch that stops at message
+k+1 counts k sent and one EAGAIN attempt, and one ``stops``).
 
 Python builds the sockets (each inside its namespace, from a thread that entered
 it), snapshots counters, starts the two loops in threads (both release the GIL),
@@ -14,8 +22,10 @@ threads are joined before the sockets close, so a loop never runs on a closed
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +47,8 @@ SO_RCVBUFFORCE = 33
 SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD; Python 3.11's socket module lacks the constant
 IP_RECVERR = 11
 IPV6_RECVERR = 25
+UDP_SEGMENT = 103  # Python 3.11's socket module lacks the constant
+MODE_CODES = {"send": 0, "sendto": 1, "sendmmsg": 2, "gso": 3}  # as in _engine.c
 RCVBUF = 64 << 20
 SAMPLE_CAP = 1 << 18  # timestamp samples kept per run (1 MiB); a uniform reservoir beyond that
 REPORTED_KNOBS = (
@@ -80,6 +92,7 @@ def _receiver_socket(topo: Topology, ipv6: bool, timestamps: bool) -> socket.soc
 def _sender_socket(topo: Topology, p: SendParams) -> socket.socket:
     family = socket.AF_INET6 if p.ipv6 else socket.AF_INET
     addr = topo.receiver.addr6 if p.ipv6 else topo.receiver.addr
+    connect = p.mode != "sendto"  # sendto: unconnected, the destination goes with every call
 
     def make() -> socket.socket:
         sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -91,12 +104,48 @@ def _sender_socket(topo: Topology, p: SendParams) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
         else:
             sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        if p.mode == "gso":
+            sock.setsockopt(socket.SOL_UDP, UDP_SEGMENT, p.gso_size or 0)
         sock.setblocking(False)
-        sock.connect((addr, PORT))
+        if connect:
+            sock.connect((addr, PORT))
+        else:
+            sock.bind(("::" if p.ipv6 else "0.0.0.0", 0))  # a source port now, to report per flow
         return sock
 
     sock: socket.socket = topo.sender.run(make)
     return sock
+
+
+def _sender_sockets(topo: Topology, p: SendParams) -> list[list[socket.socket]]:
+    """``flows`` sockets for each of the ``threads`` senders; all closed if one cannot be made."""
+    made: list[list[socket.socket]] = []
+    try:
+        for _ in range(p.threads):
+            made.append([])
+            for _ in range(p.flows):
+                made[-1].append(_sender_socket(topo, p))
+    except BaseException:
+        for sock in (s for group in made for s in group):
+            sock.close()
+        raise
+    return made
+
+
+def _sockaddr(family: int, addr: str, port: int) -> bytes:
+    """A packed struct sockaddr_in / sockaddr_in6 for the engine's sendto()."""
+    head = struct.pack("=H", family) + port.to_bytes(2, "big")
+    if family == socket.AF_INET6:
+        return head + bytes(4) + socket.inet_pton(family, addr) + bytes(4)
+    return head + socket.inet_pton(family, addr) + bytes(8)
+
+
+def _check_gso(topo: Topology, p: SendParams) -> None:
+    """UDP_SEGMENT refuses (EINVAL) a segment that, with its headers, exceeds the MTU."""
+    headers = 48 if p.ipv6 else 28
+    if p.mode == "gso" and p.gso_size and p.gso_size + headers > topo.spec.mtu:
+        raise ConfigError(f"gso_size={p.gso_size} plus {headers} bytes of IP/UDP headers exceeds the link MTU "
+                          f"{topo.spec.mtu}: use gso_size <= {topo.spec.mtu - headers}")  # fmt: skip
 
 
 class _Thread(threading.Thread):
@@ -141,11 +190,16 @@ def run(
     """Measure one run.  The caller holds the host lock."""
     if p.ipv6 and topo.receiver.addr6 is None:
         raise ConfigError("ipv6=True needs an IPv6 topology: add @pytest.mark.topology(ipv6=True)")
+    _check_gso(topo, p)
     if probe is not None:
         probe.prepare(sysctls)
     stamp = probe is not None and probe.receiver_timestamps
     rx = _receiver_socket(topo, p.ipv6, stamp)
-    tx = _sender_socket(topo, p)
+    try:
+        tx = _sender_sockets(topo, p)
+    except BaseException:
+        rx.close()
+        raise
     snd_snmp, rcv_snmp = counters.SnmpReader(topo.sender.ns), counters.SnmpReader(topo.receiver.ns)
     latencies = memoryview(bytearray(4 * SAMPLE_CAP)).cast("I") if stamp else None
     try:
@@ -156,7 +210,8 @@ def run(
                 stack.enter_context(capture())
             result = _measure(topo, p, tx, rx, snd_snmp, rcv_snmp, probe, latencies, stamp)
     finally:
-        tx.close()
+        for sock in (s for group in tx for s in group):
+            sock.close()
         rx.close()
         snd_snmp.close()
         rcv_snmp.close()
@@ -169,7 +224,7 @@ def run(
 def _measure(
     topo: Topology,
     p: SendParams,
-    tx: socket.socket,
+    tx: list[list[socket.socket]],
     rx: socket.socket,
     snd_snmp: counters.SnmpReader,
     rcv_snmp: counters.SnmpReader,
@@ -179,23 +234,23 @@ def _measure(
 ) -> SendResult:
     soft0, snd0, rcv0 = counters.read_softnet(), snd_snmp.read(), rcv_snmp.read()
     if probe is not None:
-        probe.begin(tx.fileno(), os.getpid())
+        probe.begin(tx[0][0].fileno(), os.getpid())
     started = time.time()
     until = time.monotonic_ns() + int(p.duration * 1e9)
     buf = latencies if latencies is not None else bytearray()
     stop = bytearray(1)
+    dst = _destination(topo, p)
     receiver = _Thread("udpsend-rx", _pinned(p.receiver_cpu, lambda: _engine.recv_loop(rx.fileno(), until, 100, buf, stamp, stop)))
-    sender = _Thread(
-        "udpsend-tx",
-        _pinned(p.cpu, lambda: _engine.send_loop(tx.fileno(), p.duration, p.payload, rate=p.rate or 0.0, stamp=stamp, stop=stop)),
-    )
+    senders = [_Thread(f"udpsend-tx{i}", _pinned(cpu, _send_body(p, [s.fileno() for s in socks], stamp, stop, dst)))
+               for i, (cpu, socks) in enumerate(zip(p.thread_cpus(), tx))]  # fmt: skip
     try:
         receiver.start()
-        sender.start()
-        tx_out = sender.result()
+        for thread in senders:
+            thread.start()
+        outs = [thread.result() for thread in senders]
         rx_out = receiver.result()
     except BaseException:
-        stop_loops(stop, (sender, receiver))
+        stop_loops(stop, (*senders, receiver))
         if probe is not None:
             with contextlib.suppress(Exception):
                 probe.end([], 0, 0)  # disarm (and detach) the probe: nobody reads this run
@@ -205,14 +260,17 @@ def _measure(
     snmp = counters.snmp_delta(snd0, snd1)
     rcv_snmp_delta = counters.snmp_delta(rcv0, rcv1)
     softnet = counters.softnet_delta(soft0, soft1)
+    tx_out = _combine(outs)
+    _refuse_gso_errors(p, tx_out)
     attempts, elapsed = tx_out["attempts"], tx_out["elapsed_s"]
     wfree: dict[str, Any] = {}
     if probe is not None:
         samples = latencies[: rx_out["samples"]] if latencies is not None else []
-        wfree = probe.end(samples, 0, tx_out["sent"])  # nothing is lost: past SAMPLE_CAP it samples
+        wire = tx_out["sent"] * p.segments_per_send()  # the receiver sees (and stamps) GSO segments
+        wfree = probe.end(samples, 0, wire)  # nothing is lost: past SAMPLE_CAP it samples
         wfree.setdefault("reason", probe.reason)
         if latencies is not None:
-            _note_sampling(wfree, rx_out, tx_out["sent"])
+            _note_sampling(wfree, rx_out, wire)
     result = SendResult(
         attempts=attempts,
         sent=tx_out["sent"],
@@ -223,7 +281,7 @@ def _measure(
         duration_s=round(elapsed, 4),
         payload=p.payload,
         sndbuf_requested=p.sndbuf,
-        sndbuf_effective=tx.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+        sndbuf_effective=tx[0][0].getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
         time_squeeze=sum(c["time_squeeze"] for c in softnet.values()),
         softnet=softnet,
         snmp=snmp,
@@ -237,6 +295,10 @@ def _measure(
         rcvbuf_errors=rcv_snmp_delta.get("Udp6RcvbufErrors" if p.ipv6 else "UdpRcvbufErrors", 0),
         kernel=os.uname().release,
         other_errors=tx_out["other_errors"],
+        calls=tx_out["calls"],
+        stops=tx_out["stops"],
+        segments=tx_out["sent"] * p.segments_per_send(),
+        flows=_flow_table(p, tx, outs),
         series={"bucket_ms": tx_out["bucket_ms"], "attempts": [b[0] for b in tx_out["series"]],
                 "eagain": [b[1] for b in tx_out["series"]], "outq_max": [b[2] for b in tx_out["series"]]},  # fmt: skip
         topology=topo.describe(),
@@ -246,6 +308,69 @@ def _measure(
     )
     result.checks = cross_checks(result, p.ipv6)
     return result
+
+
+def _destination(topo: Topology, p: SendParams) -> bytes:
+    """sendto mode: the receiver as a packed sockaddr for the engine; other modes are connected."""
+    if p.mode != "sendto":
+        return b""
+    if p.ipv6:
+        return _sockaddr(socket.AF_INET6, topo.receiver.addr6 or "", PORT)
+    return _sockaddr(socket.AF_INET, topo.receiver.addr, PORT)
+
+
+def _send_body(p: SendParams, fds: list[int], stamp: bool, stop: bytearray, dst: bytes) -> Callable[[], dict[str, Any]]:
+    mode, batch = MODE_CODES[p.mode], p.batch
+
+    def body() -> dict[str, Any]:
+        out: dict[str, Any] = _engine.send_loop(fds if len(fds) > 1 else fds[0], p.duration, p.payload, rate=(p.rate or 0.0) / p.threads,
+                                                stamp=stamp, stop=stop, mode=mode, batch=batch, dst=dst,
+                                                gso_size=p.gso_size or 0)  # fmt: skip
+        return out
+
+    return body
+
+
+def _combine(outs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One engine result from the sender threads': counts summed, occupancy max, series per bucket."""
+    if len(outs) == 1:
+        return outs[0]
+    total = dict(outs[0])
+    for key in ("attempts", "sent", "eagain", "enobufs", "other_errors", "outq_sum", "outq_samples", "calls", "stops"):
+        total[key] = sum(o[key] for o in outs)
+    total["outq_max"] = max(o["outq_max"] for o in outs)
+    total["elapsed_s"] = max(o["elapsed_s"] for o in outs)
+    total["last_errno"] = next((o["last_errno"] for o in outs if o["last_errno"]), 0)
+    width = max(len(o["series"]) for o in outs)
+    rows = [[0, 0, 0] for _ in range(width)]
+    for o in outs:
+        for i, (att, eag, outq) in enumerate(o["series"]):
+            rows[i][0] += att
+            rows[i][1] += eag
+            rows[i][2] = max(rows[i][2], outq)
+    total["series"] = [tuple(r) for r in rows]
+    return total
+
+
+def _flow_table(p: SendParams, tx: list[list[socket.socket]], outs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each socket's counts: its sender thread, CPU and source port."""
+    table = []
+    for t, (cpu, socks, out) in enumerate(zip(p.thread_cpus(), tx, outs)):
+        for f, sock in enumerate(socks):
+            table.append({"thread": t, "cpu": cpu, "sport": sock.getsockname()[1],
+                          **{k: out["flows"][k][f] for k in ("attempts", "sent", "eagain", "stops")}})  # fmt: skip
+    return table
+
+
+def _refuse_gso_errors(p: SendParams, out: dict[str, Any]) -> None:
+    """GSO that the device or the kernel refuses fails every send: one sentence, not a table of zeros."""
+    if p.mode != "gso" or not out["other_errors"] or out["sent"]:
+        return
+    if out["last_errno"] == errno.EIO:
+        raise ConfigError("mode='gso': every send failed with EIO: UDP GSO needs TX checksum offload on the sender's "
+                          "device (ethtool -K IF tx on)")  # fmt: skip
+    raise ConfigError(f"mode='gso': every send failed with {errno.errorcode.get(out['last_errno'], out['last_errno'])} "
+                      f"({os.strerror(out['last_errno'])}): check gso_size against the MTU and payload")  # fmt: skip
 
 
 def stop_loops(stop: bytearray, threads: tuple[threading.Thread, ...]) -> None:
@@ -275,13 +400,17 @@ def cross_checks(r: SendResult, ipv6: bool) -> list[str]:
     prefix = "Udp6" if ipv6 else "Udp"
     sndbuf_errors = r.snmp.get(f"{prefix}SndbufErrors", 0)
     out_dgrams = r.snmp.get(f"{prefix}OutDatagrams", 0)
+    # the receiver sees wire datagrams: GSO segments, while OutDatagrams counts each super-datagram once
+    wire, wire_name = (r.segments, "segments") if r.segments and r.segments != r.sent else (r.sent, "sent")
     lines = [
         f"EAGAIN {r.eagain} <= {prefix}SndbufErrors {sndbuf_errors}: {'ok' if r.eagain <= sndbuf_errors else 'MISMATCH'}",
         f"sent {r.sent} == {prefix}OutDatagrams {out_dgrams}: {'ok' if r.sent == out_dgrams else 'MISMATCH'}",
-        f"received {r.received} + RcvbufErrors {r.rcvbuf_errors} <= sent {r.sent}: "
-        f"{'ok' if r.received + r.rcvbuf_errors <= r.sent else 'MISMATCH'}",
+        f"received {r.received} + RcvbufErrors {r.rcvbuf_errors} <= {wire_name} {wire}: "
+        f"{'ok' if r.received + r.rcvbuf_errors <= wire else 'MISMATCH'}",
     ]
-    if r.wfree.get("backend") == "bpf":
+    if r.wfree.get("backend") == "bpf" and r.params.get("mode") == "gso":
+        lines.append("sock_wfree count not compared: GSO charges a super-datagram once, its segments are released one by one")
+    elif r.wfree.get("backend") == "bpf":
         n = r.wfree.get("count", 0)
         lines.append(f"sock_wfree count {n} vs sent {r.sent}: {'ok' if abs(n - r.sent) <= 0.05 * max(r.sent, 1) else 'MISMATCH'}")
     return lines

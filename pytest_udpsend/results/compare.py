@@ -223,9 +223,10 @@ def compare_test(test: str, base: Sequence[Mapping[str, Any]] | None, new: Seque
     return [replace(r, note=mixed or "") for r in rows]
 
 
-def compare_docs(base: Mapping[str, Any], new: Mapping[str, Any], settings: Settings) -> list[Row]:
+def compare_docs(base: Mapping[str, Any], new: Mapping[str, Any], settings: Settings, family: int | None = None) -> list[Row]:
+    """``family``: a larger family than the baseline's own (fan-in: every group's comparisons)."""
     b, n = samples_by_test(base), samples_by_test(new)
-    family = family_size(b, settings)
+    family = family or family_size(b, settings)
     rows: list[Row] = []
     for test in sorted(n):
         rows += compare_test(test, find(test, b), n[test], settings, family)
@@ -340,15 +341,20 @@ def compare_files(base_path: str, new_path: str, given: Mapping[str, Any]) -> in
     """``udpsend compare``: print the table; 1 on regression, 2 if refused, 0 otherwise."""
     from pytest_udpsend.results import store
 
-    base, new = store.load(base_path), store.load(new_path)
+    return judge(store.load(base_path), store.load(new_path), given)
+
+
+def judge(base: Mapping[str, Any], new: Mapping[str, Any], given: Mapping[str, Any], family: int | None = None) -> int:
+    """Print the table of ``new`` against ``base``; 1 on regression, 2 if refused, 0 otherwise (also per fan-in
+    group, with ``family`` counting every group's comparisons)."""
     settings = settings_for(new, given)
     mixed = env_mismatch(base.get("environment", {}), new.get("environment", {}))
     if mixed and not settings.allow_mixed:
         print(f"udpsend compare: refused: {mixed_refusal(mixed, '--allow-mixed')}", file=sys.stderr)
         return 2
     b = samples_by_test(base)
-    family = family_size(b, settings)
-    rows = compare_docs(base, new, settings)
+    family = family or family_size(b, settings)
+    rows = compare_docs(base, new, settings, family)
     head = header(settings, family) + (f"\nmixed comparison (allowed): {mixed}" if mixed else "")
     print(table(rows, base.get("environment"), new.get("environment"), head))
     bad = [r for r in rows if r.regressed]

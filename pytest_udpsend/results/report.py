@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pytest_udpsend.host.outfile import atomic_write
-from pytest_udpsend.results import compare, metrics, store, sweep_report
+from pytest_udpsend.results import compare, metrics, store, sweep_report, upgrade_report
 
 W, H, PAD = 440, 180, 52
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -238,6 +238,7 @@ def render(doc: Mapping[str, Any], baseline: Mapping[str, Any] | None = None, gi
         f"<h2>Environment</h2><table>{env_rows}</table><h2>Environment: sysctls in force at session end</h2>"
         f"<p>Each test's own sysctls, topology and pressure are in its section.</p><table>{sysctls}</table>{summary}"
         + sweep_report.render(doc)  # remedy sweep cells: heatmap and line plots
+        + upgrade_report.render_doc(doc)  # tests x kernels, where the document spans several kernels
         + ("".join(sections) or "<p>No measurements in this run.</p>")
         + "</body></html>"
     )

@@ -2,14 +2,20 @@
 
 Layout::
 
-    {"format": "pytest-udpsend/1", "environment": {...}, "tests": {nodeid: {"outcome": ...,
+    {"format": "pytest-udpsend/2", "environment": {...}, "tests": {nodeid: {"outcome": ...,
      "samples": [SendResult dicts]}}}
+
+Schema 2 (``schema/results-v2.json``, checked on load with jsonschema) adds ``hostname`` and
+``labels`` (``--udpsend-label``) to the environment and, in a merged document (``udpsend
+merge``), ``runs``: one ``{"source", "environment", "tests"}`` per source document.  Schema 1
+documents (today's files) are read as they are.
 
 Results travel from xdist workers to the controller in ``report.user_properties``.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -24,7 +30,10 @@ from pytest_udpsend import __version__
 from pytest_udpsend.host.outfile import atomic_write
 from pytest_udpsend.measure.sender import knobs_in_force
 
-FORMAT = "pytest-udpsend/1"
+SCHEMA_VERSION = 2
+FORMAT = f"pytest-udpsend/{SCHEMA_VERSION}"
+READABLE = ("pytest-udpsend/1", FORMAT)  # a schema-2 reader reads both
+SCHEMA = Path(__file__).with_name("schema") / "results-v2.json"
 PROPERTY = "udpsend_samples"
 
 
@@ -63,6 +72,7 @@ def environment(backend: str) -> dict[str, Any]:
     """How this session measures: the gate refuses to compare results whose ``compare.ENV_FIELDS`` differ."""
     return {
         "kernel": os.uname().release,
+        "hostname": os.uname().nodename,
         "kernel_version": os.uname().version,
         "kernel_config_sha256": kernel_config_hash(),
         "machine": os.uname().machine,
@@ -86,14 +96,56 @@ def write(path: str | Path, doc: dict[str, Any]) -> None:
     atomic_write(path, json.dumps(doc, indent=1, sort_keys=True))
 
 
+def schema_version(fmt: object) -> int | None:
+    """2 for "pytest-udpsend/2"; None for anything that is not a pytest-udpsend format string."""
+    prefix, _, number = str(fmt).partition("/")
+    return int(number) if prefix == "pytest-udpsend" and number.isdigit() else None
+
+
+def _field(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "(the document)"
+
+
+def validate(doc: Any, name: str | Path) -> dict[str, Any]:
+    """``doc`` if it is a results document this version reads; else ValueError, one sentence naming the field."""
+    import jsonschema
+
+    if not isinstance(doc, dict) or "format" not in doc:
+        raise ValueError(f"{name}: not a pytest-udpsend results file (no 'format' field; write one with --udpsend-json)")
+    version = schema_version(doc["format"])
+    if version is None:
+        raise ValueError(f"{name}: not a pytest-udpsend results file (field 'format' is {doc['format']!r})")
+    if version > SCHEMA_VERSION:
+        raise ValueError(f"{name}: field 'format' is {doc['format']!r}, a newer schema than this pytest-udpsend "
+                         f"{__version__} reads ({', '.join(READABLE)}); upgrade pytest-udpsend to read it")  # fmt: skip
+    if doc["format"] not in READABLE:
+        raise ValueError(f"{name}: field 'format' is {doc['format']!r}, not one this pytest-udpsend reads ({', '.join(READABLE)})")
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(doc))
+    if error is not None:
+        raise ValueError(f"{name}: field '{_field(error.absolute_path)}': {error.message} "
+                         f"(schema {SCHEMA.name}); the file was edited or written by another tool")  # fmt: skip
+    return doc
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(SCHEMA.read_text())
+    return schema
+
+
 def load(path: str | Path) -> dict[str, Any]:
-    """Read a saved document; ValueError with one sentence if it is not one."""
+    """Read and validate a saved document; ValueError with one sentence if it is not one."""
     try:
-        doc = json.loads(Path(path).read_text())
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a pytest-udpsend results file (not text)") from None
+    try:
+        doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a pytest-udpsend results file (no format '{FORMAT}')")
-    return doc
+        stripped = text.rstrip()  # a JSON object cut short: it ends before its closing brace, or inside a string
+        cut = stripped.startswith("{") and (exc.pos >= len(stripped) or not stripped.endswith("}") or "Unterminated" in exc.msg)
+        what = "truncated (the JSON ends early: the run was killed while writing it, or the copy is incomplete)" if cut else "not JSON"
+        raise ValueError(f"{path}: {what}: {exc.msg} at line {exc.lineno}") from None
+    return validate(doc, path)

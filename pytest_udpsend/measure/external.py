@@ -1,0 +1,411 @@
+"""The user's own program as the sender, measured from outside.
+
+The program runs in the sender namespace (argv list, never a shell), with where to
+send in its environment (``UDPSEND_DST``, ``UDPSEND_DST6``, ``UDPSEND_PORT``), for a
+duration or until it exits.  Nothing of ours runs in its process, so everything is
+read from the kernel:
+
+* EAGAIN: the delta of ``UdpSndbufErrors`` (+ ``Udp6SndbufErrors``) in the sender
+  netns.  Exact per netns: it counts every UDP socket in that namespace (only the
+  program's, since the namespace is the test's), and it also counts ENOBUFS from a
+  dropping qdisc (an upper bound on EAGAIN where the link drops).
+* sent: the delta of ``UdpOutDatagrams`` (+ ``Udp6OutDatagrams``); attempts = sent +
+  EAGAIN, so ``eagain_rate`` keeps its meaning.
+* occupancy: the ``tx_queue`` column of ``/proc/net/udp{,6}`` in that netns (it is
+  ``sk_wmem_alloc``), sampled every ``SAMPLE_S`` by a thread of ours.
+* softnet deltas, received at the plugin's C drain, RcvbufErrors at the receiver.
+* sock_wfree timing: the bpf probe filtered by the program's tgid; the timestamp
+  estimate needs send times stamped into payloads, which a foreign program does not
+  write, so with that backend ``wfree`` is empty and says why.
+
+The process is started as ``setpriv --pdeathsig KILL -- [taskset -c CPU] nsenter
+--net=NETNS -- ARGV`` (util-linux): the namespace is entered and the CPU pinned by
+exec wrappers in the child, not by Python code between fork and exec (unsafe in a
+threaded process), and the kernel kills it if the thread that started it dies.  It
+leads a process group of its own (``start_new_session``), killed as a whole at the
+end of the run, on Ctrl-C and at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from pytest_udpsend.errors import ConfigError, UdpsendError
+from pytest_udpsend.host.sysctl import Sysctls
+from pytest_udpsend.host.topology import Topology
+from pytest_udpsend.measure import _engine, counters, load  # type: ignore[attr-defined]
+from pytest_udpsend.measure.diagnosis import diagnose
+from pytest_udpsend.measure.probes import WfreeProbe
+from pytest_udpsend.measure.result import SendResult
+from pytest_udpsend.measure.sender import PORT, _receiver_socket, knobs_in_force, stop_loops
+
+SAMPLE_S = 0.002  # tx_queue sampling period
+BUCKET_MS = 10  # the series' bucket, as the built-in sender's
+GRACE_S = 2.0  # after SIGTERM at the end of the duration, before SIGKILL
+OUTPUT_CAP = 64 << 10  # bytes of stdout/stderr kept in the result
+WRAPPERS = ("setpriv", "nsenter", "taskset")
+TIMESTAMP_REASON = (
+    "the timestamp estimate needs the send time stamped into every payload, which your program does not write: "
+    "use --udpsend-backend bpf on a kernel with kprobes (or the kernel lane) for sock_wfree timing of your program"
+)
+
+
+class ProgramError(UdpsendError):
+    """The user's sender program is missing or failed; ``output`` holds what it printed."""
+
+    def __init__(self, message: str, output: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.output = output or {}
+
+
+def check_args(argv: object, duration: object, cpu: object, env: object) -> tuple[list[str], float | None]:
+    """One sentence for each bad argument of ``sender_process.run()``."""
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, (list, tuple)) or not argv or not all(isinstance(a, str) for a in argv):
+        raise ConfigError(f"argv={argv!r}: must be a non-empty list of strings, e.g. ['./sender', '-n', '1000'] "
+                          "(never a shell string)")  # fmt: skip
+    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0.05 <= duration <= 3600):
+        raise ConfigError(f"duration={duration!r}: must be a number of seconds from 0.05 to 3600, or None (until it exits)")
+    online = sorted(os.sched_getaffinity(0))
+    if cpu is not None and (isinstance(cpu, bool) or cpu not in online):
+        raise ConfigError(f"cpu={cpu!r}: not an available CPU (have {online})")
+    if env is not None and (not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        raise ConfigError(f"env={env!r}: must be a dict of strings to strings")
+    for tool in WRAPPERS:
+        if shutil.which(tool) is None:
+            raise ConfigError(f"sender_process needs {tool} (util-linux) to start your program: apt-get install util-linux")
+    if shutil.which(argv[0]) is None:
+        raise ProgramError(f"the sender command {argv[0]!r} was not found (not an executable file, nor on PATH): "
+                           "check argv[0]")  # fmt: skip
+    return list(argv), None if duration is None else float(duration)
+
+
+class TxQueueSampler:
+    """``tx_queue`` (sk_wmem_alloc) of every UDP socket in one netns, sampled in a thread.
+
+    The files are opened as /proc/thread-self/net/udp{,6} by a thread inside the
+    namespace; an open file stays bound to it (as counters.SnmpReader does).
+    """
+
+    def __init__(self, topo: Topology) -> None:
+        def open_files() -> list[IO[str]]:
+            names = [n for n in ("udp", "udp6") if Path("/proc/thread-self/net", n).exists()]
+            return [open(f"/proc/thread-self/net/{n}") for n in names]  # noqa: SIM115 (closed in close())
+
+        self._files: list[IO[str]] = topo.sender.run(open_files)
+        self._stop = threading.Event()
+        self.samples: list[tuple[float, int]] = []  # (monotonic s, largest tx_queue of the netns's sockets)
+        self._thread = threading.Thread(target=self._loop, name="udpsend-txq", daemon=True)
+
+    def read(self) -> int:
+        largest = 0
+        for fh in self._files:
+            fh.seek(0)
+            for line in fh.read().splitlines()[1:]:
+                cols = line.split()
+                if len(cols) > 4:
+                    largest = max(largest, int(cols[4].split(":")[0], 16))
+        return largest
+
+    def _loop(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            self.samples.append((time.monotonic(), self.read()))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def close(self) -> None:
+        self.stop()
+        for fh in self._files:
+            fh.close()
+
+
+class _Drain:
+    """The plugin's C drain in the receiver netns, in rounds of ROUND_S until told to finish.
+
+    A round ends once its deadline passed and nothing arrived for 100 ms; after
+    ``finish()`` one last round drains what is still in flight.  Ctrl-C sets the stop byte.
+    """
+
+    ROUND_S = 0.2
+
+    def __init__(self, rx: socket.socket, cpu: int | None) -> None:
+        self._rx, self._cpu = rx, cpu
+        self.stop = bytearray(1)
+        self._done = threading.Event()
+        self.received = 0
+        self.bytes = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="udpsend-rx", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            if self._cpu is not None:
+                os.sched_setaffinity(0, {self._cpu})
+            last = False
+            while not self.stop[0]:
+                last = self._done.is_set()
+                until = time.monotonic_ns() + (0 if last else int(self.ROUND_S * 1e9))
+                out = _engine.recv_loop(self._rx.fileno(), until, 100, bytearray(), False, self.stop)
+                self.received += out["received"]
+                self.bytes += out["bytes"]
+                if last:
+                    break
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self) -> None:
+        self._done.set()
+        self.thread.join()
+        if self.error:
+            raise self.error
+
+
+def _environment(topo: Topology, extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(UDPSEND_DST=topo.receiver.addr, UDPSEND_PORT=str(PORT))
+    if topo.receiver.addr6:
+        env["UDPSEND_DST6"] = topo.receiver.addr6
+    env.update(extra or {})
+    return env
+
+
+def _command(topo: Topology, argv: list[str], cpu: int | None) -> list[str]:
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    return ["setpriv", "--pdeathsig", "KILL", "--", *pin, "nsenter", f"--net={topo.sender.ns.path}", "--", *argv]
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the program's whole process group and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _end(proc: subprocess.Popen[bytes], duration: float | None, started: float) -> bool:
+    """Wait for the program to exit, or for ``duration``; then SIGTERM its group, SIGKILL after a grace.
+
+    True if it exited by itself."""
+    timeout = None if duration is None else max(0.0, started + duration - time.monotonic())
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(GRACE_S)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+    return False
+
+
+def _tail(path: Path) -> str:
+    data = path.read_bytes()
+    return data[-OUTPUT_CAP:].decode(errors="replace")
+
+
+class ProcessRunner:
+    """Runs and measures one program; keeps the running process for teardown."""
+
+    def __init__(self, topo: Topology, sysctls: Sysctls, probe: WfreeProbe | None, pressure: load.PressureSpec | None,
+                 receiver_cpu: int | None = None) -> None:  # fmt: skip
+        self.topo, self.sysctls, self.probe, self.pressure = topo, sysctls, probe, pressure
+        self.receiver_cpu = receiver_cpu
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def run(self, argv: list[str], duration: float | None, cpu: int | None, env: Mapping[str, str] | None) -> SendResult:
+        if self.probe is not None and self.probe.backend == "bpf":
+            self.probe.prepare(self.sysctls)  # compile outside the measured interval
+        rx = _receiver_socket(self.topo, False, False)
+        rx6 = _receiver_socket(self.topo, True, False) if self.topo.receiver.addr6 else None
+        snd, rcv = counters.SnmpReader(self.topo.sender.ns), counters.SnmpReader(self.topo.receiver.ns)
+        txq = TxQueueSampler(self.topo)
+        try:
+            with tempfile.TemporaryDirectory(prefix="udpsend-proc-") as tmp, contextlib.ExitStack() as stack:
+                if self.pressure is not None:
+                    stack.enter_context(load.pressure(self.pressure))
+                return self._measure(argv, duration, cpu, env, Path(tmp), [rx] + ([rx6] if rx6 else []), snd, rcv, txq)
+        finally:
+            txq.close()
+            for sock in (rx, rx6):
+                if sock is not None:
+                    sock.close()
+            snd.close()
+            rcv.close()
+
+    def _measure(self, argv: list[str], duration: float | None, cpu: int | None, env: Mapping[str, str] | None, tmp: Path,
+                 rxs: list[socket.socket], snd: counters.SnmpReader, rcv: counters.SnmpReader,
+                 txq: TxQueueSampler) -> SendResult:  # fmt: skip
+        drains = [_Drain(rx, self.receiver_cpu) for rx in rxs]
+        for d in drains:
+            d.thread.start()
+        out_path, err_path = tmp / "stdout", tmp / "stderr"
+        soft0, snd0, rcv0 = counters.read_softnet(), snd.read(), rcv.read()
+        txq.start()
+        wall0, mono0 = time.time(), time.monotonic()
+        exited = False
+        try:
+            with open(out_path, "wb") as out, open(err_path, "wb") as err:
+                self.proc = subprocess.Popen(_command(self.topo, argv, cpu), stdin=subprocess.DEVNULL, stdout=out,
+                                             stderr=err, env=_environment(self.topo, env), start_new_session=True)  # fmt: skip
+            if self.probe is not None and self.probe.backend == "bpf":
+                self.probe.begin(-1, self.proc.pid)  # armed right after exec starts: the wrappers take milliseconds
+            exited = _end(self.proc, duration, mono0)
+            elapsed = time.monotonic() - mono0
+            txq.stop()
+            for d in drains:
+                d.finish()
+        except BaseException:
+            if self.proc is not None:
+                kill_group(self.proc)
+            for d in drains:
+                stop_loops(d.stop, (d.thread,))
+            if self.probe is not None and self.probe.backend == "bpf":
+                with contextlib.suppress(Exception):
+                    self.probe.end([], 0, 0)
+            raise
+        returncode = self.proc.returncode
+        self.proc = None
+        soft1, snd1, rcv1 = counters.read_softnet(), snd.read(), rcv.read()
+        stdout, stderr = _tail(out_path), _tail(err_path)
+        if exited and returncode != 0:
+            last = stderr.strip().splitlines()[-1:] or ["no stderr"]
+            raise ProgramError(f"the sender command {argv[0]!r} exited with code {returncode} (last stderr line: {last[0]!r}); "
+                               "its full output is in the test's captured stdout",
+                               {"argv": argv, "stdout": stdout, "stderr": stderr})  # fmt: skip
+        snmp = counters.snmp_delta(snd0, snd1)
+        softnet = counters.softnet_delta(soft0, soft1)
+        return self._result(argv, duration, cpu, snmp, counters.snmp_delta(rcv0, rcv1), softnet, txq, drains,
+                            elapsed, (wall0, time.time()), {"argv": argv, "returncode": returncode, "exited": exited,
+                                                            "stdout": stdout, "stderr": stderr})  # fmt: skip
+
+    def _result(self, argv: list[str], duration: float | None, cpu: int | None, snmp: dict[str, int],
+                rcv_snmp: dict[str, int], softnet: dict[str, dict[str, int]], txq: TxQueueSampler, drains: list[_Drain],
+                elapsed: float, wall: tuple[float, float], process: dict[str, Any]) -> SendResult:  # fmt: skip
+        eagain = snmp.get("UdpSndbufErrors", 0) + snmp.get("Udp6SndbufErrors", 0)
+        sent = snmp.get("UdpOutDatagrams", 0) + snmp.get("Udp6OutDatagrams", 0)
+        received = sum(d.received for d in drains)
+        occupancy = [v for _, v in txq.samples]
+        wfree = self._wfree(sent)
+        result = SendResult(
+            attempts=sent + eagain,
+            sent=sent,
+            eagain=eagain,
+            eagain_rate=eagain / (sent + eagain) if sent + eagain else 0.0,
+            pps=sent / elapsed if elapsed else 0.0,
+            duration_s=round(elapsed, 4),
+            payload=round(sum(d.bytes for d in drains) / received) if received else 0,
+            time_squeeze=sum(c["time_squeeze"] for c in softnet.values()),
+            softnet=softnet,
+            snmp=snmp,
+            wmem={"max_bytes": max(occupancy, default=0),
+                  "mean_bytes": round(sum(occupancy) / len(occupancy), 1) if occupancy else 0.0,
+                  "samples": len(occupancy)},  # tx_queue of /proc/net/udp{,6} in the sender netns  # fmt: skip
+            wfree=wfree,
+            received=received,
+            rcvbuf_errors=rcv_snmp.get("UdpRcvbufErrors", 0) + rcv_snmp.get("Udp6RcvbufErrors", 0),
+            kernel=os.uname().release,
+            series=_series(txq.samples),
+            topology=self.topo.describe(),
+            params={"argv": argv, "duration": duration, "cpu": cpu, "receiver_cpu": self.receiver_cpu, "external": True},
+            started=wall[0],
+            finished=wall[1],
+            segments=sent,
+            process=process,
+        )
+        result.checks = [
+            f"EAGAIN {eagain} = UdpSndbufErrors delta of the sender netns: exact per netns (every UDP socket there; "
+            "also counts ENOBUFS from a dropping qdisc)",
+            f"received {received} + RcvbufErrors {result.rcvbuf_errors} <= sent {sent}: "
+            f"{'ok' if received + result.rcvbuf_errors <= sent else 'MISMATCH'}",
+        ]
+        result.sysctls = knobs_in_force({k: v for k, v in self.sysctls.in_force.items() if ":" in k})
+        result.pressure = self.pressure.describe() if self.pressure else ""
+        result.diagnosis = diagnose(result)
+        return result
+
+    def _wfree(self, sent: int) -> dict[str, Any]:
+        if self.probe is None:
+            return {}
+        if self.probe.backend != "bpf":
+            return {"backend": self.probe.backend, "count": 0, "p50_us": None, "p90_us": None, "p99_us": None,
+                    "max_us": None, "contexts": {}, "reason": TIMESTAMP_REASON}  # fmt: skip
+        wfree = self.probe.end([], 0, sent)
+        wfree.setdefault("reason", self.probe.reason)
+        return wfree
+
+    def kill(self) -> None:
+        """Teardown: kill a program still running (an interrupted run)."""
+        if self.proc is not None:
+            kill_group(self.proc)
+            self.proc = None
+
+
+def _series(samples: Sequence[tuple[float, int]]) -> dict[str, Any]:
+    """Occupancy per bucket (the program's attempts per bucket are not visible from outside)."""
+    if not samples:
+        return {"bucket_ms": BUCKET_MS, "outq_max": []}
+    t0 = samples[0][0]
+    buckets: dict[int, int] = {}
+    for t, v in samples:
+        b = int((t - t0) * 1000 // BUCKET_MS)
+        buckets[b] = max(buckets.get(b, 0), v)
+    return {"bucket_ms": BUCKET_MS, "outq_max": [buckets.get(i, 0) for i in range(max(buckets) + 1)]}
+
+
+class SenderProcess:
+    """The ``sender_process`` fixture's value: ``run(argv, duration=None, cpu=None, env=None) -> SendResult``.
+
+    Each run takes the host lock, applies the ``cpu_pressure`` marker, and is recorded
+    like ``udp_sender``'s runs (assertion markers, ``--udpsend-json``, the baseline).
+    """
+
+    def __init__(self, topo: Topology, sysctls: Sysctls, lock: Callable[[], None], probe: Callable[[], WfreeProbe | None],
+                 pressure: load.PressureSpec | None, results: list[SendResult]) -> None:  # fmt: skip
+        self.topology = topo
+        self._sysctls, self._lock, self._probe, self._pressure = sysctls, lock, probe, pressure
+        self.results = results
+        self._runner: ProcessRunner | None = None
+
+    def run(self, argv: Sequence[str], duration: float | None = None, cpu: int | None = None,
+            env: Mapping[str, str] | None = None) -> SendResult:  # fmt: skip
+        args, seconds = check_args(argv, duration, cpu, env)
+        self._lock()
+        self._runner = ProcessRunner(self.topology, self._sysctls, self._probe(), self._pressure)
+        try:
+            result = self._runner.run(args, seconds, cpu, env)
+        except ProgramError as exc:
+            _show_output(exc.output)
+            raise
+        self.results.append(result)
+        _show_output(result.process)
+        return result
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.kill()
+
+
+def _show_output(process: dict[str, Any]) -> None:
+    """Print the program's output: pytest captures it and shows it when the test fails."""
+    if process.get("stdout"):
+        print(f"--- stdout of {process['argv'][0]} ---\n{process['stdout']}", end="")
+    if process.get("stderr"):
+        print(f"--- stderr of {process['argv'][0]} ---\n{process['stderr']}", end="")
