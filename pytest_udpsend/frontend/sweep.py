@@ -103,13 +103,13 @@ class Sweep:
     """Measures every cell of ``grid`` on ``topo``; ``cells`` holds those fully measured."""
 
     def __init__(self, topo: Topology, sysctls: Sysctls, lock: Callable[[], None], probe: WfreeProbe | None,
-                 params: SendParams, pressure_cpus: Sequence[int] = (1,), base_workers: int = 0,
-                 pressure: load.PressureSpec | None = None) -> None:  # fmt: skip
+                 params: SendParams, pressure: load.PressureSpec | None = None) -> None:  # fmt: skip
         self.topo, self.sysctls, self.lock, self.probe = topo, sysctls, lock, probe
         self.params = params
-        # the scenario's own pressure (nice, policy, cpu_max kept), whose workers a sweep may vary
-        self.pressure = pressure or load.PressureSpec(tuple(pressure_cpus), max(base_workers, 1))
-        self.base_workers = base_workers if pressure is None else pressure.workers
+        # the scenario's own pressure (nice, policy, cpu_max kept), whose workers a sweep may vary;
+        # without one, swept workers go to CPU 1 and the scenario as found has none
+        self.pressure = pressure or load.PressureSpec((1,), 1)
+        self.base_workers = pressure.workers if pressure else 0
         self.cells: list[CellResult] = []
         self.interrupted = False
         self.found: dict[str, int] = {}  # the host's budget knobs before the sweep
@@ -324,7 +324,7 @@ def run_command(args: argparse.Namespace) -> int:
     params = make_params(duration=args.duration, payload=args.payload, rate=args.rate, cpu=args.cpu,
                          ipv6=args.ipv6, receiver_cpu=args.receiver_cpu, mode=args.mode, batch=args.batch,
                          gso_size=args.gso_size, flows=args.flows, threads=args.threads)  # fmt: skip
-    cpus, base_workers = args.cpu_pressure or ((1,), 0)
+    pressure = load.make_spec(*args.cpu_pressure) if args.cpu_pressure else None  # as `udpsend run` reads it
     repeat = args.udpsend_repeat
     print(f"udpsend sweep: {grid.size()} cells x {repeat} sample(s) of {params.duration:g} s", file=sys.stderr)
 
@@ -343,7 +343,7 @@ def run_command(args: argparse.Namespace) -> int:
             probe = ctx.session.probe()
             ctx.exclusive()
             env = store.environment(probe.backend)  # the host as found, read under the lock before any cell
-            sweep = Sweep(topo, ctx.sysctls, ctx.exclusive, probe, params, cpus, base_workers)
+            sweep = Sweep(topo, ctx.sysctls, ctx.exclusive, probe, params, pressure)
             sweep.run(grid, repeat, progress)
     finally:  # also on Ctrl-C: the host is restored by now; keep what was measured
         if sweep is not None:
