@@ -57,14 +57,19 @@ def test_the_sweep_shows_which_remedy_works(udpsend_sweep):
     On 6.18 (this project's host): forcing the 8 MB buffer past the clamp ends EAGAIN, but
     with the hogs still starving the NAPI thread the datagrams then pile up in the veth
     ring and 25-45 % are dropped there (ENOBUFS); only forced *and* no hogs sends cleanly.
+    Fewer hogs alone leave the clamped sender with some EAGAIN, anywhere from 4 % to 55 %.
     netdev_budget changes nothing: a NAPI thread is not bounded by it.
     """
     sweep = udpsend_sweep(sndbuf=[EIGHT_MB], force="both", budget=[300, 1200], workers=[2, 0], repeat=1)
     print("\n" + table(sweep.cells) + "\nsmallest change: " + sweep.smallest_change(0.01))
     for c in sweep.cells:
         eagain, enobufs = c.median("eagain_rate") or 0.0, c.median("enobufs_rate") or 0.0
-        if not c.cell.force:
-            assert eagain >= 0.05, c.cell.id()  # clamped: budget or fewer hogs alone do not lift it
+        if not c.cell.force and c.cell.workers == 2:
+            assert eagain >= 0.05, c.cell.id()  # clamped and starved: a larger budget alone does not lift it
+        elif not c.cell.force:
+            # clamped without hogs: the NAPI thread still shares CPU 1 with the receiver, so EAGAIN
+            # stays, but how much varies widely from run to run (3.9 % to 55 % seen): no lower bound
+            assert c.samples[0].eagain > 0, c.cell.id()
         else:
             assert eagain <= 0.01, c.cell.id()  # forced past the clamp: no EAGAIN
             if c.cell.workers == 2:
