@@ -5,7 +5,15 @@ One plain veth topology (built by the plugin), the receiver drained by the plugi
 recvmmsg loop on CPU 1 in every case, the sender pinned to CPU 0:
 
   plugin  udp_sender's engine (sender.run with mode=...), as a test uses it
-  c       ci/c_send_loop.c (compiled here with gcc -O2) with the same mode, in the sender netns
+  c       ci/c_send_loop.c (compiled here with gcc -O2) with the same mode, in the sender netns,
+          as a production sender does it (sendto: unconnected, no IP_RECVERR, autobound)
+
+With --no-drain the receiver socket is bound and never read (the plugin's engine then
+runs on sockets made as sender.run makes them, without its drain): the sender-bound
+regime, where only the send path's own cost counts.  Drained, each run settles in a
+regime of its own (how often the sender must wake the receiver on CPU 1): single runs
+of the same program differ by up to 40 % there, so read the paired ratio (each round's
+plugin and C runs are back to back) and its spread, not one number.
 
 Modes: send, sendto, sendmmsg (batch 32), gso (14000-byte super-datagrams of
 1400-byte segments; pps counts super-datagrams, as UdpOutDatagrams does).  Rounds
@@ -40,14 +48,18 @@ MODES = {  # mode: (payload, params beyond mode, the C program's N)
 }
 
 
+DRAIN = True
+
+
 def c_loop(binary: Path, topo: topology.Topology, seconds: float, mode: str) -> float:
     payload, _, n = MODES[mode]
     rx = sender._receiver_socket(topo, False, False)
     until = time.monotonic_ns() + int(seconds * 1e9)
 
     def drain() -> None:
-        os.sched_setaffinity(0, {1})
-        _engine.recv_loop(rx.fileno(), until, 100, bytearray(), False)
+        if DRAIN:
+            os.sched_setaffinity(0, {1})
+            _engine.recv_loop(rx.fileno(), until, 100, bytearray(), False)
 
     thread = threading.Thread(target=drain)
     thread.start()
@@ -62,14 +74,33 @@ def c_loop(binary: Path, topo: topology.Topology, seconds: float, mode: str) -> 
 def plugin_loop(topo: topology.Topology, sysctls: Sysctls, seconds: float, mode: str) -> float:
     payload, extra, _ = MODES[mode]
     params = make_params(duration=seconds, cpu=0, receiver_cpu=1, payload=payload, mode=mode, **extra)
-    return sender.run(topo, params, sysctls, None).pps
+    if DRAIN:
+        return sender.run(topo, params, sysctls, None).pps
+    rx = sender._receiver_socket(topo, False, False)  # bound, never read
+    (tx,) = sender._sender_sockets(topo, params)  # the sockets a test's run gets (IP_RECVERR, bind, UDP_SEGMENT)
+    out: dict[str, float] = {}
+    body = sender._send_body(params, [s.fileno() for s in tx], False, bytearray(1), sender._destination(topo, params))
+
+    def pinned() -> None:
+        os.sched_setaffinity(0, {0})
+        out.update(body())
+
+    thread = threading.Thread(target=pinned)
+    thread.start()
+    thread.join()
+    for sock in (*tx, rx):
+        sock.close()
+    return out["sent"] / out["elapsed_s"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--duration", type=float, default=1.0)
+    parser.add_argument("--no-drain", action="store_true", help="leave the receiver socket unread (sender-bound)")
     args = parser.parse_args()
+    global DRAIN
+    DRAIN = not args.no_drain
     undo = UndoStack()
     pps: dict[tuple[str, str], list[float]] = {(m, w): [] for m in MODES for w in ("plugin", "c")}
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,11 +118,19 @@ def main() -> None:
                         pps[(mode, who)].append(run)
         finally:
             undo.flush()
-    print(f"{'mode':<9} {'plugin pps':>12} {'C pps':>12} {'plugin/C':>9}   (median of {args.rounds} rounds of {args.duration:g} s)")
+    print(f"{'mode':<9} {'plugin pps':>12} {'C pps':>12} {'plugin/C':>9} {'paired':>7} {'paired IQR':>11}   "
+          f"(median of {args.rounds} rounds of {args.duration:g} s)")  # fmt: skip
     for mode in MODES:
-        p, c = statistics.median(pps[(mode, 'plugin')]), statistics.median(pps[(mode, 'c')])
-        print(f"{mode:<9} {p:>12,.0f} {c:>12,.0f} {p / c:>9.2f}")
-    print("sender on CPU 0, receiver drained on CPU 1; gso: 14000-byte super-datagrams (10 segments), pps of super-datagrams")
+        plugin, c = pps[(mode, "plugin")], pps[(mode, "c")]
+        ratios = [a / b for a, b in zip(plugin, c)]  # each round's pair ran back to back
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+        print(f"{mode:<9} {statistics.median(plugin):>12,.0f} {statistics.median(c):>12,.0f} "
+              f"{statistics.median(plugin) / statistics.median(c):>9.2f} {statistics.median(ratios):>7.2f} "
+              f"{q1:>5.2f}-{q3:.2f}")  # fmt: skip
+    for (mode, who), values in pps.items():
+        print(f"  {mode:<9} {who:<6} " + " ".join(f"{v / 1000:.0f}k" for v in values))
+    print(f"sender on CPU 0, receiver {'drained on CPU 1' if DRAIN else 'bound, never read'}; gso: 14000-byte "
+          "super-datagrams (10 segments), pps of super-datagrams")  # fmt: skip
 
 
 if __name__ == "__main__":

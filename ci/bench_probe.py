@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark (run inside a kernel with kprobes, e.g. via ci/bench_probe.sh): the eBPF probe.
 
-1. Overhead: sender packets/s on a plain veth with and without the bcc probe armed,
-   rounds alternating (goal: under 10 % lower with it).
+1. Overhead: sender packets/s on a plain veth without the bcc probe, with it as tests
+   get it (a release stack taken 1 in STACK_EVERY), with a stack for every release, and
+   with no stack map; the arms' order rotates from round to round (goal: under 10 %
+   lower with it).
 2. Estimate against exact: one RPS run measured by both backends at once, the
    timestamp estimate (receiver SO_TIMESTAMPNS, prequeue=0) and the exact kprobe
    figures, on the same datagrams.
@@ -18,7 +20,7 @@ from typing import Any
 from pytest_udpsend.frontend.session import standalone
 from pytest_udpsend.host import topology
 from pytest_udpsend.measure import sender
-from pytest_udpsend.measure.bpfprobe import BpfProbe
+from pytest_udpsend.measure.bpfprobe import STACK_EVERY, BpfProbe
 from pytest_udpsend.measure.params import make_params
 from pytest_udpsend.measure.probes import TimestampProbe
 
@@ -51,27 +53,35 @@ class BothProbes:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--duration", type=float, default=1.0)
     args = parser.parse_args()
-    bpf = BpfProbe("benchmark")
+    bpf, nostack, every = BpfProbe("benchmark"), BpfProbe("benchmark", stack_every=0), BpfProbe("benchmark", stack_every=1)
     with standalone() as ctx:
         plain = topology.build(topology.TopologySpec(), ctx.undo, ctx.session.subnets, "plain")
         params = make_params(duration=args.duration, cpu=0)
         bpf.prepare(ctx.sysctls)  # compile before timing anything
-        pps: dict[str, list[float]] = {"without probe": [], "with probe": []}
+        nostack.prepare(ctx.sysctls)
+        every.prepare(ctx.sysctls)
+        pps: dict[str, list[float]] = {"without probe": [], "with probe": [], "every stack": [], "no stack map": []}
         counts = []
-        for _ in range(args.rounds):
-            pps["without probe"].append(sender.run(plain, params, ctx.sysctls, None).pps)
-            r = sender.run(plain, params, ctx.sysctls, bpf)
-            pps["with probe"].append(r.pps)
-            counts.append((r.wfree["count"], r.sent))
+        arms = [("without probe", None), ("no stack map", nostack), ("with probe", bpf), ("every stack", every)]
+        for i in range(args.rounds):
+            for name, probe in arms[i % 4 :] + arms[: i % 4]:  # rotated: a load that drifts hits every arm alike
+                r = sender.run(plain, params, ctx.sysctls, probe)
+                pps[name].append(r.pps)
+                if probe is bpf:
+                    counts.append((r.wfree["count"], r.sent))
+                    stacks = r.wfree
         med = {k: statistics.median(v) for k, v in pps.items()}
         for k, v in pps.items():
             print(f"{k:>14}: median {med[k]:>9,.0f} pps  ({', '.join(f'{x:,.0f}' for x in v)})")
         print(f"probe attached with {bpf.attach}; kernel {r.kernel}")
-        print(f"probe overhead: {1 - med['with probe'] / med['without probe']:.1%} lower throughput (goal < 10 %); "
+        cost = {k: f"{1 - med[k] / med['without probe']:.1%}" for k in med}
+        print(f"probe overhead: {cost['with probe']} lower throughput (goal < 10 %) with a stack every {STACK_EVERY} "
+              f"releases, {cost['every stack']} with one every release, {cost['no stack map']} without the stack map; "
               f"sock_wfree count vs sent: {counts}")  # fmt: skip
+        print(f"release stacks (lost {stacks['stacks_lost']}):", *(s["text"] for s in stacks["stacks"]), sep="\n  ")
         rps = topology.build(topology.make_spec(rps_cpus=[1]), ctx.undo, ctx.session.subnets, "rps")
         r = sender.run(rps, make_params(duration=args.duration, cpu=0, sndbuf=16384), ctx.sysctls, BothProbes(bpf))  # type: ignore[arg-type]
         w, t = r.wfree, r.wfree["timestamp"]
@@ -80,7 +90,9 @@ def main() -> None:
               f"max {w['max_us']} us  contexts {w['contexts']}")  # fmt: skip
         print(f"  estimate (timestamp): n={t['count']} p50 {t['p50_us']} us  p90 {t['p90_us']} us  p99 {t['p99_us']} us  "
               f"max {t['max_us']} us")  # fmt: skip
-    bpf.close()
+        print(f"  release stacks (lost {w['stacks_lost']}):", *(f"{s['context']}: {s['text']}" for s in w["stacks"]), sep="\n    ")
+    for probe in (bpf, nostack, every):
+        probe.close()
 
 
 if __name__ == "__main__":

@@ -6,15 +6,17 @@ bash ci/setup-debian.sh
 .venv/bin/ruff check pytest_udpsend tests ci examples
 .venv/bin/mypy pytest_udpsend
 # Tests that disturb the host on purpose run alone, after the others ran two at a time.
-.venv/bin/python -m pytest tests -p no:cacheprovider -n 2 --udpsend-require-privileges -m "not isolated and not lane and not bpf" "$@"
+.venv/bin/python -m pytest tests -p no:cacheprovider -n 2 --udpsend-require-privileges -m "not isolated and not lane and not bpf and not nic" "$@"
 .venv/bin/python -m pytest tests -p no:cacheprovider --udpsend-require-privileges -m "isolated" "$@"
 # The main job: every example must hold on this host's kernel.
 mkdir -p "${UDPSEND_RESULTS_DIR:-.results}"
-bash ci/examples.sh -q --udpsend-json "${UDPSEND_RESULTS_DIR:-.results}/examples-host.json"
+bash ci/examples.sh -q --udpsend-json "${UDPSEND_RESULTS_DIR:-.results}/examples-host.json" --udpsend-label runner=host
 .venv/bin/python ci/summarize.py "${UDPSEND_RESULTS_DIR:-.results}/examples-host.json"
 # The eBPF tests and the lane examples in kernels that have kprobes (this host's may not): the
 # kernel lane, on both sides of the upgrade the project exists for (6.1 -> 6.12).
 if [ "${UDPSEND_SKIP_LANE:-0}" != 1 ]; then
   bash ci/lane.sh 6.1.0-56-amd64 --behaviour
   bash ci/lane.sh 6.12.95+deb12-amd64
+  # Fan-in: this host's and the lanes' files as three runners, merged, reported, compared with the last run's
+  bash ci/fanin.sh
 fi

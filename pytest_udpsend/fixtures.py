@@ -22,7 +22,7 @@ from pytest_udpsend.frontend.session import TestContext, UdpsendSession
 from pytest_udpsend.frontend.sweep import Sweep, make_grid
 from pytest_udpsend.host.netns import Namespace
 from pytest_udpsend.host.sysctl import Sysctls
-from pytest_udpsend.host.topology import Topology, build, make_namespace
+from pytest_udpsend.host.topology import Topology, build, build_nic, make_namespace
 from pytest_udpsend.measure import load
 from pytest_udpsend.measure.external import SenderProcess
 from pytest_udpsend.measure.probes import WfreeProbe
@@ -74,6 +74,34 @@ def netns(_udpsend_ctx: TestContext) -> Callable[[str], Namespace]:
     return make
 
 
+def _build(request: pytest.FixtureRequest, ctx: TestContext, fixture: str) -> Topology:
+    """The test's pair, veth or borrowed NIC ports, as its ``topology`` marker asks."""
+    spec = scenario(request).topology
+    if spec.is_nic != (fixture == "nic_pair"):
+        wanted = "nic_pair" if spec.is_nic else "veth"
+        pytest.fail(f"the topology marker asks for link={spec.link!r}, which the {fixture} fixture does not build: "
+                    f"request {wanted} (or udp_sender, which takes either)", pytrace=False)  # fmt: skip
+    problem = None
+    try:
+        if spec.is_nic:
+            # the host lock first (one lock order with the port locks and global sysctls), so that
+            # another session's ports are home again when this one looks for them
+            ctx.exclusive()
+            ports = ctx.session.nic_pair(spec.link)
+            topo = build_nic(spec, ctx.undo, ctx.session.subnets, ports, ctx.session.port_journal, hint=request.node.name)
+        else:
+            topo = build(spec, ctx.undo, ctx.session.subnets, hint=request.node.name)
+    except PrivilegeError as exc:  # a kernel without veth or IPv6, no NIC pair here: skip, or fail when required
+        problem = str(exc)
+    if problem is not None:  # outside the except: the sentence alone, no chained traceback
+        _skip_or_fail(ctx.session, problem)
+    for end in (topo.sender, topo.receiver):
+        _register(ctx, end.ns)
+    ctx.topology = topo
+    ctx.apply_marked_to(topo)
+    return topo
+
+
 @pytest.fixture
 def veth(request: pytest.FixtureRequest, _udpsend_ctx: TestContext) -> Topology:
     """Function scope.  Sender and receiver namespaces joined by a veth pair, shaped by the
@@ -85,20 +113,30 @@ def veth(request: pytest.FixtureRequest, _udpsend_ctx: TestContext) -> Topology:
         def test_pair(veth):
             assert veth.sender.addr != veth.receiver.addr
     """
-    ctx = _udpsend_ctx
-    spec = scenario(request).topology
-    problem = None
-    try:
-        topo = build(spec, ctx.undo, ctx.session.subnets, hint=request.node.name)
-    except PrivilegeError as exc:  # a kernel without veth or IPv6: skip, or fail when required
-        problem = str(exc)
-    if problem is not None:  # outside the except: the sentence alone, no chained traceback
-        _skip_or_fail(ctx.session, problem)
-    for end in (topo.sender, topo.receiver):
-        _register(ctx, end.ns)
-    ctx.topology = topo
-    ctx.apply_marked_to(topo)
-    return topo
+    return _build(request, _udpsend_ctx, "veth")
+
+
+@pytest.fixture
+def nic_pair(request: pytest.FixtureRequest, _udpsend_ctx: TestContext) -> Topology:
+    """Function scope.  Like ``veth``, on two NIC ports whose driver frees TX skbs at TX completion:
+    ``@pytest.mark.topology(link="vmxnet3" | "virtio" | "e1000e" | "nic", irq_cpus=[...])``.  The
+    kernel lane (--udpsend-kernel) boots its guest with an emulated pair of the model; on bare metal
+    --udpsend-nic-pair A,B names two cabled ports.  They are journaled, moved into the test's
+    namespaces and given back as they were (name, addresses, MTU, up state, qdisc, RPS, IRQ affinity).
+
+    Example::
+
+        @pytest.mark.topology(link="vmxnet3", irq_cpus=[1])
+        def test_nic(nic_pair):
+            assert nic_pair.irqs[nic_pair.sender.ifname]
+    """
+    return _build(request, _udpsend_ctx, "nic_pair")
+
+
+@pytest.fixture
+def _udpsend_topology(request: pytest.FixtureRequest) -> Topology:
+    """Whichever pair the test's ``topology`` marker asks for (what udp_sender and friends run on)."""
+    return request.getfixturevalue("nic_pair" if scenario(request).topology.is_nic else "veth")  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -113,7 +151,7 @@ def sysctl(request: pytest.FixtureRequest, _udpsend_ctx: TestContext) -> Sysctls
     """
     ctx = _udpsend_ctx
     if ctx.per_netns_marked() and ctx.topology is None:
-        request.getfixturevalue("veth")  # builds the pair and applies the per-netns knobs
+        request.getfixturevalue("_udpsend_topology")  # builds the pair and applies the per-netns knobs
     return ctx.sysctls
 
 
@@ -177,8 +215,8 @@ def _skip_or_fail(session: UdpsendSession, reason: str) -> NoReturn:
 
 
 @pytest.fixture
-def udp_sender(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, veth: Topology) -> UdpSender:
-    """Function scope, bound to ``veth``.  ``udp_sender.run(duration=2.0, payload=1400, sndbuf=None,
+def udp_sender(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, _udpsend_topology: Topology) -> UdpSender:
+    """Function scope, bound to ``veth`` (or ``nic_pair`` for a NIC link).  ``udp_sender.run(duration=2.0, payload=1400, sndbuf=None,
     force_sndbuf=False, rate=None, cpu=None, ipv6=False) -> SendResult``.  A measurement: takes the
     host lock; the ``cpu_pressure`` marker's hogs run during each run.
 
@@ -194,14 +232,15 @@ def udp_sender(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, veth: 
     probe = _probe_for(request, ctx)
     if demand == "bpf":
         probe = _demand_bpf(request, probe)
-    sender = UdpSender(veth, ctx.sysctls, ctx.exclusive, probe, scen.pressure, capture_for(request, ctx, veth))
+    topo = _udpsend_topology
+    sender = UdpSender(topo, ctx.sysctls, ctx.exclusive, probe, scen.pressure, capture_for(request, ctx, topo))
     sender.results = request.node.stash.setdefault(RESULTS_KEY, sender.results)  # shared with sender_process
     return sender
 
 
 @pytest.fixture
-def sender_process(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, veth: Topology) -> SenderProcess:
-    """Function scope, bound to ``veth``.  ``sender_process.run(argv, duration=None, cpu=None, env=None)
+def sender_process(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, _udpsend_topology: Topology) -> SenderProcess:
+    """Function scope, bound to ``veth`` (or ``nic_pair`` for a NIC link).  ``sender_process.run(argv, duration=None, cpu=None, env=None)
     -> SendResult``: your own program sends from the sender namespace (destination in ``UDPSEND_DST``,
     ``UDPSEND_DST6``, ``UDPSEND_PORT``), pinned to ``cpu``, under the ``cpu_pressure`` marker, for
     ``duration`` seconds or until it exits; measured from outside (kernel counters of that netns).
@@ -219,7 +258,7 @@ def sender_process(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, ve
     if scen.bounds.backend_for(os.uname().release) == "bpf":
         probe = _demand_bpf(request, probe)
     results = request.node.stash.setdefault(RESULTS_KEY, [])  # shared with udp_sender
-    proc = SenderProcess(veth, ctx.sysctls, ctx.exclusive, probe, scen.pressure, results)
+    proc = SenderProcess(_udpsend_topology, ctx.sysctls, ctx.exclusive, probe, scen.pressure, results)
     ctx.undo.push("kill the sender process", proc.close)
     return proc
 
@@ -254,8 +293,8 @@ def udpsend_result(request: pytest.FixtureRequest, udp_sender: UdpSender) -> Sen
 
 
 @pytest.fixture
-def udpsend_sweep(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, veth: Topology) -> Callable[..., Sweep]:
-    """Function scope, bound to ``veth``.  ``udpsend_sweep(sndbuf=[...], force="no"|"yes"|"both",
+def udpsend_sweep(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, _udpsend_topology: Topology) -> Callable[..., Sweep]:
+    """Function scope, bound to ``veth`` (or ``nic_pair``).  ``udpsend_sweep(sndbuf=[...], force="no"|"yes"|"both",
     budget=[...], budget_usecs=[...], workers=[...], repeat=None) -> Sweep``: the test's scenario
     (its ``udpsend`` and ``cpu_pressure`` markers) across a grid of the remedies' knobs, each cell
     --udpsend-repeat times; global knobs restored at teardown.  ``workers`` are hogs on the
@@ -274,7 +313,7 @@ def udpsend_sweep(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, vet
     def run(repeat: int | None = None, **knobs: Any) -> Sweep:
         grid = make_grid(**knobs)
         # every cell reports wfree p99 (the issue's remedy table), so the session's probe is used
-        sweep = Sweep(veth, _udpsend_ctx.sysctls, _udpsend_ctx.exclusive, request.getfixturevalue("wfree_probe"),
+        sweep = Sweep(_udpsend_topology, _udpsend_ctx.sysctls, _udpsend_ctx.exclusive, request.getfixturevalue("wfree_probe"),
                       scen.params, pressure=pressure)  # fmt: skip
         return sweep.run(grid, repeat or udpsend_session(request.config).options.repeat)
 

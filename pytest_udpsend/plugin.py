@@ -49,6 +49,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     if lane is None or session.config.option.collectonly:
         return None
     interrupt_on_sigterm()  # a cancelled CI job (SIGTERM) must still stop the guest and clean up
+    lane.nic_models = markers.nic_links(session.items)  # the guest boots with a NIC pair of each model asked for
     lane.run(session)
     return True
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from pytest_udpsend.frontend.kernel_gate import Kernels
 from pytest_udpsend.frontend.keys import COMPARE_KEY, RESULTS_KEY
 from pytest_udpsend.frontend.session import UdpsendSession
 from pytest_udpsend.host.outfile import atomic_write
@@ -69,11 +70,14 @@ def finish(session: UdpsendSession, is_worker: bool) -> dict[str, Any] | None:
     """Write --udpsend-json (controller only); return the document."""
     if is_worker:
         return None
-    lane_env = session.lane.guest_environment if session.lane is not None else None
-    env = lane_env or store.environment(session.backend_choice()[0])
     # the runner, not a lane guest, is what fan-in groups by
-    env = {**env, "hostname": os.uname().nodename, "labels": dict(session.options.labels)}
-    doc = store.document(env, session.tests)
+    runner = {"hostname": os.uname().nodename, "labels": dict(session.options.labels)}
+    if isinstance(session.lane, Kernels):  # several kernels: one run each, as udpsend merge writes them
+        doc = session.lane.document(session.tests, runner)
+    else:
+        lane_env = session.lane.guest_environment if session.lane is not None else None
+        env = lane_env or store.environment(session.backend_choice()[0])
+        doc = store.document({**env, **runner}, session.tests)
     if session.baseline is not None:  # the verdicts the gate gave, with its settings, for the report
         doc["gate"] = compare.gate_record(session.gate, session.gate_family, session.baseline, session.comparison)
     if session.options.json_path:
@@ -82,6 +86,12 @@ def finish(session: UdpsendSession, is_worker: bool) -> dict[str, Any] | None:
         from pytest_udpsend.results.report import render
 
         baseline = session.baseline
-        html = render(doc, baseline)
+        if doc.get("runs"):  # the fan-in page: the upgrade view across the kernels
+            from pytest_udpsend.results import fanin, fanin_report
+
+            base = fanin.units_of(baseline, session.options.baseline_path or "baseline") if baseline else []
+            html = fanin_report.render_many(fanin.units_of(doc, "this run"), base, {})
+        else:
+            html = render(doc, baseline)
         atomic_write(session.options.html_path, html)
     return doc

@@ -21,7 +21,9 @@ from pytest_udpsend.results.metrics import METRICS
 
 MARKERS = {
     "topology": "topology(rps_cpus=None, qdisc=None, gro=False, threaded_napi=False, napi_cpus=None, mtu=1500, "
-    "ipv6=False): shape the veth pair of the `veth` fixture (gro=True puts UDP on the receiver's NAPI path; "
+    "ipv6=False, link='veth', irq_cpus=None): shape the pair of the `veth` fixture, or with link='vmxnet3' | 'virtio' | "
+    "'e1000e' | 'nic' the NIC ports of the `nic_pair` fixture (the kernel lane's emulated pair, or --udpsend-nic-pair; "
+    "irq_cpus pins their interrupts) (gro=True puts UDP on the receiver's NAPI path; "
     "napi_cpus pins its threaded-NAPI kthread; CPU sets: [1], a CPU list string '1-3,5' (has - or ,) or a sysfs hex "
     "mask string '2' = '0x2' = CPU 1, '1,00000000' = CPU 32)",
     "sysctl": 'sysctl({"net.core.netdev_budget": 8, ...}): sysctls set for the test and restored after it '
@@ -156,3 +158,8 @@ def validate_collected(report: pytest.CollectReport) -> None:
         report.outcome = "failed"
         report.longrepr = "\n".join(errors)
         report.result = []
+
+
+def nic_links(items: list[pytest.Item]) -> set[str]:
+    """The NIC models the items' topology markers ask for: the kernel lane boots its guest with a pair of each."""
+    return {s.topology.link for i in items if (s := i.stash.get(SCENARIO_KEY, None)) is not None and s.topology.is_nic}

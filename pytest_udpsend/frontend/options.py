@@ -32,9 +32,13 @@ BASELINE = Opt(
     "compare with a saved --udpsend-json file; a significant regression beyond the tolerance fails the test",
     {"metavar": "PATH"},
 )
-KERNEL = Opt("--udpsend-kernel", "run the selected tests in a VM booted with this kernel image (virtme-ng); "
-             "write --udpsend-kernel=PATH to keep the image's directory out of pytest's rootdir and inifile choice",
-             {"metavar": "PATH"})  # fmt: skip
+KERNEL = Opt("--udpsend-kernel", "run the selected tests in a VM booted with this kernel image (virtme-ng), "
+             "reported as test@<release>; repeat it to run them in each kernel, one after the other; host is the "
+             "running kernel, no VM; write --udpsend-kernel=PATH to keep the image's directory out of pytest's "
+             "rootdir and inifile choice", {"action": "append", "metavar": "PATH|host"})  # fmt: skip
+GATE_AGAINST = Opt("--udpsend-gate-against", "with --udpsend-kernel given twice or more: compare each test on every "
+                   "other kernel with its own samples on this one (an image path, host, or a release), by the "
+                   "baseline gate's rule and ini knobs; a regression fails test@<release>", {"metavar": "KERNEL"})  # fmt: skip
 KERNEL_TIMEOUT = Opt("--udpsend-kernel-timeout", "seconds the kernel-lane guest may run before it is killed (default 2400)",
                      {"type": float, "default": 2400.0, "metavar": "S"})  # fmt: skip
 HTML = Opt("--udpsend-html", "write a self-contained HTML report with plots to PATH", {"metavar": "PATH"})
@@ -63,8 +67,15 @@ LABEL = Opt(
     {"action": "append", "default": [], "metavar": "KEY=VALUE"},
 )
 
-PYTEST_OPTIONS = [BACKEND, REPEAT, JSON, BASELINE, KERNEL, KERNEL_TIMEOUT, HTML, PCAP, REQUIRE, ALLOW_MIXED, LOCK_TIMEOUT,
-                  LABEL]  # fmt: skip
+NIC_PAIR = Opt(
+    "--udpsend-nic-pair",
+    "two NIC ports cabled back to back (or two VFs), e.g. ens1f0,ens1f1: tests with topology(link='nic') "
+    "(or the ports' driver model) borrow them and give them back as they were",
+    {"metavar": "A,B"},
+)
+
+PYTEST_OPTIONS = [BACKEND, REPEAT, JSON, BASELINE, KERNEL, KERNEL_TIMEOUT, GATE_AGAINST, HTML, PCAP, REQUIRE, ALLOW_MIXED,
+                  LOCK_TIMEOUT, LABEL, NIC_PAIR]  # fmt: skip
 
 
 def parse_labels(given: list[str], flag: str = "--udpsend-label") -> dict[str, str]:
@@ -135,6 +146,18 @@ def gate_settings(tolerance: Any, alpha: Any, metrics: Any, allow_mixed: bool, w
     return compare.Settings(tol, a, names or None, allow_mixed)
 
 
+def gate_from_ini(config: Any) -> Any:
+    """compare.Settings from the ini knobs and --udpsend-allow-mixed (a bad value is a usage error)."""
+    import pytest
+
+    allow_mixed = bool(config.getoption("udpsend_allow_mixed", False))
+    try:
+        tolerance, alpha, metrics = (config.getini(k.ini) for k in GATE_KNOBS)
+        return gate_settings(tolerance, alpha, metrics, allow_mixed, where="udpsend ini options")
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 def configure_baseline(session: Any, config: Any) -> None:
     """Read the gate's settings and load --udpsend-baseline; refuse, in one sentence, what cannot be judged."""
     import pytest
@@ -142,12 +165,7 @@ def configure_baseline(session: Any, config: Any) -> None:
     from pytest_udpsend.results import compare, store
 
     allow_mixed = bool(config.getoption("udpsend_allow_mixed", False))
-    try:
-        tolerance, alpha, metrics = (config.getini(k.ini) for k in GATE_KNOBS)
-        settings = gate_settings(tolerance, alpha, metrics, allow_mixed, where="udpsend ini options")
-    except ValueError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    session.gate = settings
+    session.gate = settings = gate_from_ini(config)
     if not session.options.baseline_path:
         return
     try:
@@ -171,7 +189,8 @@ def configure_baseline(session: Any, config: Any) -> None:
 
 
 def configure_lane(config: Any) -> Any:
-    """The KernelLane for --udpsend-kernel (controller only), or None.
+    """The lane for --udpsend-kernel (controller only), or None: a vm.KernelLane for one image (a
+    vm.HostLane for ``host``), a kernel_gate.Kernels for several kernels or --udpsend-gate-against.
 
     Inside a lane guest (same arguments, so --udpsend-kernel is set there too) there is
     no lane: the guest registers the host's selection instead.  Every precondition of
@@ -185,12 +204,22 @@ def configure_lane(config: Any) -> Any:
     if selection is not None:
         config.pluginmanager.register(selection, "udpsend-lane-selection")
         return None
-    image = config.getoption("udpsend_kernel")
-    if not image or hasattr(config, "workerinput"):
+    given = config.getoption("udpsend_kernel") or []
+    against = config.getoption("udpsend_gate_against")
+    if hasattr(config, "workerinput"):
         return None
-    if getattr(config.option, "numprocesses", None):
+    if not given and not against:
+        return None
+    if given and getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("--udpsend-kernel runs the selected tests in one VM: drop -n/--numprocesses")
-    return vm.KernelLane(image, config.getoption("udpsend_kernel_timeout"), config.getoption("udpsend_backend"))
+    timeout, backend = config.getoption("udpsend_kernel_timeout"), config.getoption("udpsend_backend")
+    if len(given) == 1 and not against:
+        return vm.lane_for(given[0], timeout, backend)
+    from pytest_udpsend.frontend import kernel_gate
+
+    kernels = kernel_gate.configure(given, against, gate_from_ini(config), lambda v: vm.lane_for(v, timeout, backend))
+    config.pluginmanager.register(kernels, "udpsend-kernels")
+    return kernels
 
 
 def session_options(config: Any) -> Any:
@@ -208,11 +237,20 @@ def session_options(config: Any) -> Any:
         pcap_dir=config.getoption("udpsend_pcap"),
         require_privileges=config.getoption("udpsend_require_privileges"),
         lock_timeout=config.getoption("udpsend_lock_timeout"),
+        nic_pair=config.getoption("udpsend_nic_pair"),
     )
     try:
         opts.labels.update(parse_labels(config.getoption("udpsend_label") or []))
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if opts.nic_pair is not None:
+        from pytest_udpsend.errors import ConfigError
+        from pytest_udpsend.host import nics
+
+        try:
+            nics.parse_pair(opts.nic_pair)  # the ports themselves are looked at when a NIC test runs
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
     if opts.repeat < 1:
         raise pytest.UsageError(f"--udpsend-repeat {opts.repeat}: must be 1 or more")
     return opts

@@ -21,8 +21,7 @@ def header(session: UdpsendSession) -> list[str]:
     if session.privilege_problem:
         lines.append(f"udpsend: namespace tests will be skipped: {session.privilege_problem}")
     if session.lane is not None:
-        lane = session.lane
-        lines.append(f"udpsend: kernel lane: tests run in a VM booted with {lane.image} ({lane.release})")
+        lines += [f"udpsend: kernel lane: {text}" for text in session.lane.describe()]
     return lines
 
 
@@ -32,9 +31,8 @@ def uses_udpsend(items: list[pytest.Item]) -> bool:
 
 
 def lane_summary(session: UdpsendSession) -> str | None:
-    if session.lane is None or not session.lane.note:
-        return None
-    return f"udpsend kernel lane ({session.lane.release}): {session.lane.note}"
+    notes = session.lane.notes() if session.lane is not None else []
+    return "\n".join(f"udpsend kernel lane ({suffix}): {note}" for suffix, note in notes if note) or None
 
 
 def shorten_own_errors(report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:

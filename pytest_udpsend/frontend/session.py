@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_udpsend.errors import ConfigError, PrivilegeError
-from pytest_udpsend.host import netns, privileges
+from pytest_udpsend.host import netns, nicport, nics, privileges
 from pytest_udpsend.host.journal import Journal, orphans, restore_orphans
 from pytest_udpsend.host.state import FileLock, in_initial_pid_namespace
 from pytest_udpsend.host.sysctl import SysctlHost, Sysctls
@@ -57,6 +57,7 @@ class SessionOptions:
     require_privileges: bool = False
     lock_timeout: float = 3600.0  # s a measurement waits for the host lock
     labels: dict[str, str] = field(default_factory=dict)  # --udpsend-label, stored in the environment
+    nic_pair: str | None = None  # --udpsend-nic-pair A,B
 
 
 class UdpsendSession:
@@ -86,6 +87,7 @@ class UdpsendSession:
         self.kernel = os.uname().release
         self._probe: WfreeProbe | None = None
         self._sysctl_host: SysctlHost | None = None
+        self._port_journal: Journal | None = None
         self._started = False
         self.lane: Any = None  # vm.KernelLane under --udpsend-kernel
 
@@ -103,6 +105,20 @@ class UdpsendSession:
     @property
     def journal(self) -> Journal:
         return self.sysctl_host.journal
+
+    @property
+    def port_journal(self) -> Journal:
+        """Where borrowed NIC ports are journaled (restored after their dead owner's namespaces went)."""
+        if self._port_journal is None:
+            self._port_journal = Journal(nicport.journal_dir())
+        return self._port_journal
+
+    def nic_pair(self, link: str) -> tuple[str, str]:
+        """The ports a NIC link runs on here; PrivilegeError saying how to get them if there are none."""
+        pairs = nics.available(self.options.nic_pair)
+        if link not in pairs:
+            raise PrivilegeError(nics.missing_reason(link, self.options.nic_pair))
+        return pairs[link]
 
     def admit(self, marked_sysctls: dict[str, str]) -> str | None:
         """A test of ours is about to run: why it cannot run here (one sentence), or None.
@@ -164,6 +180,10 @@ class UdpsendSession:
             with FileLock("reap"):
                 self.reaped += netns.reap_orphans()
                 self.reaped += load.reap_cgroups()
+                if nicport.orphans_exist():  # after the namespaces went: their ports come back to this one
+                    done = nicport.restore_orphans()
+                    self.reaped += done.knobs
+                    problems += done.warnings
         if self.reaped:
             problems.insert(0, f"pytest-udpsend restored leftovers of dead sessions: {', '.join(self.reaped)}")
         for problem in problems:

@@ -8,7 +8,12 @@ time_squeeze, sock_wfree p99) decide the smallest change that brings EAGAIN
 under a target.
 
 Global knobs change one cell at a time through the context's ``Sysctls`` (journaled,
-under the host lock, restored when the context closes).  A KeyboardInterrupt
+under the host lock, restored when the context closes).
+
+With ``argv`` (``udpsend sweep --exec -- CMD ARGS``) each sample is a run of the
+user's program, measured from outside as ``sender_process`` measures it: the budget
+knobs and the hogs act on the host around it; the send buffer cannot be swept then
+(it is the program's own SO_SNDBUF), so such a grid is refused.  A KeyboardInterrupt
 (Ctrl-C, or SIGTERM turned into one) ends the sweep after undoing the cell being
 measured; the cells measured before it are kept.
 """
@@ -28,7 +33,7 @@ from typing import Any
 from pytest_udpsend.errors import ConfigError
 from pytest_udpsend.host.sysctl import Sysctls
 from pytest_udpsend.host.topology import Topology
-from pytest_udpsend.measure import load, sender
+from pytest_udpsend.measure import external, load, sender
 from pytest_udpsend.measure.params import SendParams, make_params
 from pytest_udpsend.measure.probes import WfreeProbe
 from pytest_udpsend.measure.result import SendResult
@@ -103,9 +108,11 @@ class Sweep:
     """Measures every cell of ``grid`` on ``topo``; ``cells`` holds those fully measured."""
 
     def __init__(self, topo: Topology, sysctls: Sysctls, lock: Callable[[], None], probe: WfreeProbe | None,
-                 params: SendParams, pressure: load.PressureSpec | None = None) -> None:  # fmt: skip
+                 params: SendParams, pressure: load.PressureSpec | None = None, argv: list[str] | None = None) -> None:  # fmt: skip
         self.topo, self.sysctls, self.lock, self.probe = topo, sysctls, lock, probe
         self.params = params
+        self.argv = argv  # the user's program as the sender (None: the built-in C loop)
+        self.runner: external.ProcessRunner | None = None  # the program's runner while a sample measures
         # the scenario's own pressure (nice, policy, cpu_max kept), whose workers a sweep may vary;
         # without one, swept workers go to CPU 1 and the scenario as found has none
         self.pressure = pressure or load.PressureSpec((1,), 1)
@@ -116,6 +123,8 @@ class Sweep:
         self.grid = Grid()
 
     def run(self, grid: Grid, repeat: int = 1, progress: Callable[[int, int, CellResult], None] | None = None) -> Sweep:
+        if self.argv is not None:
+            check_program_grid(grid)
         self.grid = grid
         self.lock()  # held until the context closes: no other measurement or knob change in between
         for name in (BUDGET, BUDGET_USECS):
@@ -153,8 +162,22 @@ class Sweep:
             params = replace(params, sndbuf=cell.sndbuf, force_sndbuf=cell.force)
         workers = self.base_workers if cell.workers is None else cell.workers
         pressure = replace(self.pressure, workers=workers) if workers else None
-        samples = [sender.run(self.topo, params, self.sysctls, self.probe, pressure) for _ in range(repeat)]
+        if self.argv is not None:
+            samples = [self._run_program(params, pressure) for _ in range(repeat)]
+        else:
+            samples = [sender.run(self.topo, params, self.sysctls, self.probe, pressure) for _ in range(repeat)]
         return CellResult(cell, samples, time.monotonic() - started)
+
+    def _run_program(self, params: SendParams, pressure: load.PressureSpec | None) -> SendResult:
+        """One run of the user's program under this cell's knobs and hogs (killed on any way out)."""
+        assert self.argv is not None
+        cpu = params.cpu if isinstance(params.cpu, int) else None
+        self.runner = external.ProcessRunner(self.topo, self.sysctls, self.probe, pressure, params.receiver_cpu)
+        try:
+            return self.runner.run(self.argv, params.duration, cpu, None)
+        finally:
+            self.runner.kill()  # nothing left if it was interrupted; a no-op after a normal end
+            self.runner = None
 
 
 # --- what the sweep found --------------------------------------------------------------------------------------
@@ -311,6 +334,30 @@ def grid_from(args: argparse.Namespace) -> Grid:
     return make_grid(args.sndbuf, force, args.budget, args.budget_usecs, args.workers)
 
 
+def check_program_grid(grid: Grid) -> None:
+    """Your own program as the sender: every knob but the send buffer acts from outside it."""
+    if grid.sndbuf is not None:
+        raise ConfigError("a sweep of your own program (--exec) cannot sweep --sndbuf: the send buffer is your "
+                          "program's own SO_SNDBUF, out of the plugin's reach; sweep --budget, --budget-usecs or "
+                          "--workers, or run your program once per buffer size")  # fmt: skip
+
+
+def _program(args: argparse.Namespace, grid: Grid) -> list[str] | None:
+    """``--exec -- CMD ARGS``: the user's program, checked before anything is built (None: the built-in sender)."""
+    if getattr(args, "exec_argv", None) is None:
+        return None
+    check_program_grid(grid)
+    argv, _ = external.check_args(args.exec_argv, args.duration, args.cpu, None)
+    return argv
+
+
+def _show_output(process: dict[str, Any]) -> None:
+    """What the failed program printed, after the one-sentence error."""
+    for name in ("stdout", "stderr"):
+        if process.get(name):
+            print(f"--- {name} of {process['argv'][0]} ---\n{process[name]}", end="", file=sys.stderr)
+
+
 def run_command(args: argparse.Namespace) -> int:
     """``udpsend sweep``: measure the grid, print the table and the answer, write the document (also when cut short)."""
     from pytest_udpsend.frontend.session import SessionOptions, standalone
@@ -319,6 +366,7 @@ def run_command(args: argparse.Namespace) -> int:
     from pytest_udpsend.results import store
 
     grid = grid_from(args)
+    argv = _program(args, grid)
     spec = topology.make_spec(rps_cpus=args.rps_cpus, qdisc=args.qdisc, gro=args.gro, threaded_napi=args.threaded_napi,
                               napi_cpus=args.napi_cpus, mtu=args.mtu, ipv6=args.ipv6)  # fmt: skip
     params = make_params(duration=args.duration, payload=args.payload, rate=args.rate, cpu=args.cpu,
@@ -343,8 +391,12 @@ def run_command(args: argparse.Namespace) -> int:
             probe = ctx.session.probe()
             ctx.exclusive()
             env = store.environment(probe.backend)  # the host as found, read under the lock before any cell
-            sweep = Sweep(topo, ctx.sysctls, ctx.exclusive, probe, params, pressure)
-            sweep.run(grid, repeat, progress)
+            sweep = Sweep(topo, ctx.sysctls, ctx.exclusive, probe, params, pressure, argv)
+            try:
+                sweep.run(grid, repeat, progress)
+            except external.ProgramError as exc:
+                _show_output(exc.output)
+                raise
     finally:  # also on Ctrl-C: the host is restored by now; keep what was measured
         if sweep is not None:
             wall = time.monotonic() - started

@@ -124,3 +124,23 @@ def addr_msg(index: int, address: str, prefixlen: int, family: int) -> ifaddrmsg
     if family == socket.AF_INET6:
         msg["flags"] = 0x02  # IFA_F_NODAD: usable at once, no 1 s of duplicate detection
     return msg
+
+
+def link_set_msg(index: int, *, up: bool | None = None, mtu: int | None = None, ifname: str | None = None,
+                 netns_fd: int | None = None) -> ifinfmsg:  # fmt: skip
+    """RTM_SETLINK changing only what is given (up state, MTU, name, or the namespace it lives in)."""
+    msg = ifinfmsg()
+    msg["header"]["type"] = RTM_SETLINK
+    msg["index"] = index
+    if up is not None:
+        msg["flags"] = IFF_UP if up else 0
+        msg["change"] = IFF_UP
+    attrs: list[tuple[str, Any]] = []
+    if mtu is not None:
+        attrs.append(("IFLA_MTU", mtu))
+    if ifname is not None:
+        attrs.append(("IFLA_IFNAME", ifname))
+    if netns_fd is not None:
+        attrs.append(("IFLA_NET_NS_FD", netns_fd))
+    msg["attrs"] = attrs
+    return msg

@@ -21,6 +21,7 @@ import functools
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,10 @@ from typing import Any
 from pytest_udpsend.errors import ConfigError, PrivilegeError
 from pytest_udpsend.host import cpus as cpus_mod
 from pytest_udpsend.host import netns as netns_mod
+from pytest_udpsend.host import nicport, nics
 from pytest_udpsend.host import qdisc as qdisc_mod
-from pytest_udpsend.host.rtnl import Rtnl, addr_msg, link_up_msg, neigh_msg, veth_msg
+from pytest_udpsend.host.journal import Journal
+from pytest_udpsend.host.rtnl import Rtnl, addr_msg, link_set_msg, link_up_msg, neigh_msg, veth_msg
 from pytest_udpsend.host.state import FileLock
 from pytest_udpsend.host.undo import UndoStack
 
@@ -50,6 +53,12 @@ class TopologySpec:
     napi_cpus: tuple[int, ...] | None = None  # where the threaded-NAPI kthread may run
     mtu: int = 1500
     ipv6: bool = False
+    link: str = "veth"  # or a NIC model (host/nics.py): the pair is then borrowed, not made
+    irq_cpus: tuple[int, ...] | None = None  # where the NIC ports' interrupts (and so TX completion) go
+
+    @property
+    def is_nic(self) -> bool:
+        return self.link != "veth"
 
     def describe(self) -> str:
         parts = [f"mtu={self.mtu}"]
@@ -63,9 +72,11 @@ class TopologySpec:
             parts.append("threaded_napi")
         if self.napi_cpus is not None:
             parts.append(f"napi_cpus={list(self.napi_cpus)}")
+        if self.irq_cpus is not None:
+            parts.append(f"irq_cpus={list(self.irq_cpus)}")
         if self.ipv6:
             parts.append("ipv6")
-        return "veth " + " ".join(parts)
+        return f"{self.link} " + " ".join(parts)
 
 
 def _cpus(value: Any, key: str = "rps_cpus") -> tuple[int, ...]:
@@ -81,8 +92,13 @@ def make_spec(
     napi_cpus: Any = None,
     mtu: Any = 1500,
     ipv6: Any = False,
+    link: Any = "veth",
+    irq_cpus: Any = None,
 ) -> TopologySpec:
     """Validate marker arguments into a TopologySpec (ConfigError names the bad one)."""
+    link = nics.check_link(link)
+    if irq_cpus is not None and link == "veth":
+        raise ConfigError("irq_cpus= needs a NIC link (link='vmxnet3', 'virtio', 'e1000e' or 'nic'): a veth has no interrupts")
     for key, val in (("gro", gro), ("threaded_napi", threaded_napi), ("ipv6", ipv6)):
         if not isinstance(val, bool):
             raise ConfigError(f"{key}={val!r}: must be True or False")
@@ -90,6 +106,9 @@ def make_spec(
         raise ConfigError(f"mtu={mtu!r}: must be an integer from 68 to 65535")
     if ipv6 and mtu < 1280:
         raise ConfigError(f"mtu={mtu}: IPv6 needs at least 1280")
+    if link != "veth" and (gro or threaded_napi or napi_cpus is not None):
+        raise ConfigError(f"gro, threaded_napi and napi_cpus shape a veth; on link={link!r} GRO and NAPI are the "
+                          "driver's own (left as the host has them)")  # fmt: skip
     if threaded_napi and not gro:
         raise ConfigError("threaded_napi=True needs gro=True: a veth only has NAPI with GRO (or XDP) on")
     if napi_cpus is not None and not threaded_napi:
@@ -102,6 +121,8 @@ def make_spec(
         napi_cpus=None if napi_cpus is None else _cpus(napi_cpus, "napi_cpus"),
         mtu=mtu,
         ipv6=ipv6,
+        link=link,
+        irq_cpus=None if irq_cpus is None else _cpus(irq_cpus, "irq_cpus"),
     )
 
 
@@ -130,6 +151,7 @@ class Topology:
     sender: Endpoint
     receiver: Endpoint
     spec: TopologySpec = field(default_factory=TopologySpec)
+    irqs: dict[str, list[int]] = field(default_factory=dict)  # NIC port -> its interrupts (none on veth)
 
     def describe(self) -> str:
         return self.spec.describe()
@@ -238,7 +260,7 @@ def build(spec: TopologySpec, undo: UndoStack, subnets: SubnetAllocator, hint: s
     if spec.qdisc is not None:
         _apply_qdisc(sender, spec.qdisc)
     if spec.gro or spec.threaded_napi or spec.rps_cpus is not None:
-        receiver.ns.run_with_sysfs(lambda: _shape_receiver(spec))
+        receiver.ns.run_with_sysfs(lambda: _shape_receiver(spec, RECEIVER_IF))
     return Topology(sender, receiver, spec)
 
 
@@ -258,17 +280,19 @@ def _apply_qdisc(sender: Endpoint, spec: qdisc_mod.QdiscSpec) -> None:
         raise ConfigError(f"qdisc '{spec.text}' was refused by the kernel: {exc}") from None
 
 
-def _enable_napi_gro(ifname: str) -> None:
+def _enable_napi_gro(ifname: str, udp_forwarding: bool = True) -> None:
     """GRO on, and UDP GRO forwarding: without it veth_xmit() keeps non-GSO UDP off the NAPI path
     (veth_skb_is_eligible_for_gro() wants the peer's TSO off or NETIF_F_GRO_UDP_FWD here), so the
-    datagrams would never reach the NAPI poll and GRO would change nothing for a UDP sender."""
+    datagrams would never reach the NAPI poll and GRO would change nothing for a UDP sender.
+    A NIC always polls with NAPI: there only GRO itself is switched on."""
     from pyroute2.ethtool.ioctl import IoctlEthtool
 
     ethtool = IoctlEthtool(ifname)
     try:
         features = ethtool.get_features()
         features["rx-gro"] = True
-        features["rx-udp-gro-forwarding"] = True
+        if udp_forwarding:
+            features["rx-udp-gro-forwarding"] = True
         ethtool.set_features(features)
     finally:
         ethtool.close()
@@ -301,11 +325,11 @@ def _thread_napi(dev: Path, cpus: tuple[int, ...] | None) -> None:
             os.sched_setaffinity(pid, set(cpus))
 
 
-def _shape_receiver(spec: TopologySpec) -> None:
+def _shape_receiver(spec: TopologySpec, ifname: str) -> None:
     """Runs in the receiver namespace with its own /sys: GRO, threaded NAPI, RPS."""
-    dev = Path("/sys/class/net") / RECEIVER_IF
+    dev = Path("/sys/class/net") / ifname
     if spec.gro:
-        _enable_napi_gro(RECEIVER_IF)
+        _enable_napi_gro(ifname, udp_forwarding=not spec.is_nic)
     if spec.threaded_napi:
         _thread_napi(dev, spec.napi_cpus)
     if spec.rps_cpus is not None:
@@ -315,5 +339,117 @@ def _shape_receiver(spec: TopologySpec) -> None:
 
 
 def read_receiver_sysfs(topo: Topology, relative: str) -> str:
-    """Read a file under the receiver veth's /sys directory (for checks and reports)."""
-    return str(topo.receiver.ns.run_with_sysfs(lambda: (Path("/sys/class/net") / RECEIVER_IF / relative).read_text().strip()))
+    """Read a file under the receiver port's /sys directory (for checks and reports)."""
+    path = Path("/sys/class/net") / topo.receiver.ifname / relative
+    return str(topo.receiver.ns.run_with_sysfs(lambda: path.read_text().strip()))
+
+
+
+def _nic_side(ifname: str, spec: TopologySpec, addr: str, peer: str, peer_mac: str,
+              addr6: str | None, peer6: str | None) -> int:  # fmt: skip
+    """Runs in the namespace a port was moved into: MTU, up, address, static neighbour."""
+    index = socket.if_nametoindex(ifname)  # kept if free here, else the kernel picked another
+    msgs = [link_set_msg(index, mtu=spec.mtu, up=True), addr_msg(index, addr, 30, socket.AF_INET),
+            neigh_msg(index, peer, peer_mac, socket.AF_INET)]  # fmt: skip
+    if addr6 and peer6:
+        msgs += [addr_msg(index, addr6, 64, socket.AF_INET6), neigh_msg(index, peer6, peer_mac, socket.AF_INET6)]
+    rt = Rtnl()
+    try:
+        rt.call(*msgs)
+    except OSError as exc:
+        raise ConfigError(f"NIC port {ifname} refused mtu={spec.mtu} or its address in the test namespace: {exc}") from None
+    finally:
+        rt.close()
+    return index
+
+
+CARRIER_WAIT_S = 10.0
+
+
+def _wait_carrier(ifname: str) -> None:
+    """A NIC brought up negotiates its link first: datagrams sent before carrier sit in the qdisc."""
+    deadline = time.monotonic() + CARRIER_WAIT_S
+    carrier = Path("/sys/class/net") / ifname / "carrier"
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if carrier.read_text().strip() == "1":
+                return
+        time.sleep(0.05)
+    raise ConfigError(f"NIC port {ifname} has no carrier {CARRIER_WAIT_S:.0f} s after it was brought up: "
+                      "are the two ports cabled to each other?")  # fmt: skip
+
+
+def _move_back(ns: netns_mod.Namespace, ifname: str, home_fd: int, state: nicport.PortState) -> None:
+    """IRQ affinity first, while the port is still open (a closed port's vectors ignore it), then home."""
+    nicport.restore_irqs(state)
+
+    def body() -> None:
+        rt = Rtnl()
+        try:
+            rt.call(link_set_msg(socket.if_nametoindex(ifname), netns_fd=home_fd))
+        finally:
+            rt.close()
+
+    ns.run(body)
+
+
+def build_nic(spec: TopologySpec, undo: UndoStack, subnets: SubnetAllocator, ports: tuple[str, str],
+              journal: Journal, hint: str = "") -> Topology:  # fmt: skip
+    """Borrow two NIC ports (sender, receiver) into the test's namespaces; all undone on ``undo``.
+
+    The ports are locked for the test (another session or xdist worker waits), journaled
+    before they leave this namespace, moved back explicitly at teardown and restored."""
+    if spec.ipv6 and not ipv6_available():
+        raise PrivilegeError("ipv6=True, but this kernel has IPv6 disabled: drop ipv6=True")
+    for name in sorted(ports):  # one order, whichever way round a session names the pair
+        lock = FileLock(f"nic-{name}")
+        lock.acquire()
+        undo.push(f"unlock NIC port {name}", lock.release)
+    borrowed = []
+    for name in ports:
+        port = nicport.Borrowed(name, journal)
+        undo.push(f"give back NIC port {name}", port.give_back)
+        borrowed.append(port)
+    devices = {name: nicport.device_path(name) for name in ports}
+    home_fd = os.open("/proc/self/ns/net", os.O_RDONLY)  # where the ports go back (a container's own netns too)
+    undo.push("close home netns fd", lambda: os.close(home_fd))
+    made = netns_mod.create([f"snd-{hint}", f"rcv-{hint}"], on_each=lambda: _new_ns_setup(spec.ipv6))
+    for ns, _ in made:
+        undo.push(f"netns {ns.name}", functools.partial(netns_mod.remove, ns))
+    for _ns, setup in made:
+        if setup is not None:
+            setup[0].close()
+    (snd_ns, _), (rcv_ns, _) = made
+    rt = Rtnl()
+    try:
+        for name, ns in zip(ports, (snd_ns, rcv_ns)):
+            try:
+                rt.call(link_set_msg(socket.if_nametoindex(name), netns_fd=ns.fd))
+            except OSError as exc:
+                raise ConfigError(f"NIC port {name} cannot move into a test namespace ({exc.strerror}): its driver keeps "
+                                  "it in this one (NETIF_F_NETNS_LOCAL, e.g. wireless); name two other ports") from None  # fmt: skip
+            undo.push(f"move NIC port {name} home",
+                      functools.partial(_move_back, ns, name, home_fd, borrowed[ports.index(name)].state))  # fmt: skip
+    finally:
+        rt.close()
+    a, b, v6a, v6b = subnets.next()
+    a6, b6 = (v6a, v6b) if spec.ipv6 else (None, None)
+    mac_a, mac_b = (port.state.mac for port in borrowed)
+    snd_index = snd_ns.run(lambda: _nic_side(ports[0], spec, a, b, mac_b, a6, b6))
+    rcv_index = rcv_ns.run(lambda: _nic_side(ports[1], spec, b, a, mac_a, b6, a6))
+    sender = Endpoint(snd_ns, ports[0], a, a6, snd_index)
+    receiver = Endpoint(rcv_ns, ports[1], b, b6, rcv_index)
+    irqs = {name: nicport.irq_numbers(name, devices[name]) for name in ports}  # drivers may request them at open
+    if spec.irq_cpus is not None:
+        try:
+            nicport.set_irq_affinity(irqs[ports[0]] + irqs[ports[1]], ",".join(map(str, spec.irq_cpus)))
+        except OSError as exc:
+            raise ConfigError(f"irq_cpus={list(spec.irq_cpus)}: the kernel refused the NIC's interrupt affinity "
+                              f"({exc.strerror}; managed IRQs cannot be moved): drop irq_cpus") from None  # fmt: skip
+    if spec.qdisc is not None:
+        _apply_qdisc(sender, spec.qdisc)
+    for end in (sender, receiver):
+        end.ns.run_with_sysfs(functools.partial(_wait_carrier, end.ifname))
+    if spec.gro or spec.threaded_napi or spec.rps_cpus is not None:
+        receiver.ns.run_with_sysfs(lambda: _shape_receiver(spec, receiver.ifname))
+    return Topology(sender, receiver, spec, irqs)

@@ -5,7 +5,9 @@ in, read-only, plus one writable exchange directory), runs the same pytest
 command there on the same node ids, and reports the guest's outcomes in this
 session as ordinary test results whose ids carry the guest kernel release
 (``test_x@6.1.0-56-amd64``).  Samples come back too, so --udpsend-json,
---udpsend-baseline and --udpsend-html work across the lane.
+--udpsend-baseline and --udpsend-html work across the lane.  ``--udpsend-kernel host``
+(``HostLane``) is the running kernel: the same run in a pytest subprocess, no VM;
+several kernels in one run and the gate between them are frontend/kernel_gate.py's.
 
 KVM is used when a guest boots with it within a short deadline; here (nested
 virtualisation) it hangs, so that verdict is cached under /run and TCG is used,
@@ -33,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from pytest_udpsend.host import nics
 from pytest_udpsend.host.state import state_dir
 from pytest_udpsend.results import compare, store
 
@@ -107,16 +110,30 @@ def _env() -> dict[str, str]:
 PANIC_MARKS = (b"Kernel panic - not syncing", b"---[ end trace")
 
 
+def nic_qemu_args(models: Iterable[str]) -> list[str]:
+    """Two NICs of each model on their own qemu hub: wired back to back, no host network."""
+    args = []
+    for hub, model in enumerate(sorted(set(models) & set(nics.MODELS))):
+        for side, mac in enumerate(nics.lane_macs(model)):
+            netdev = f"udps{hub}n{side}"
+            args += ["-netdev", f"hubport,id={netdev},hubid={hub}",
+                     "-device", f"{nics.MODELS[model].qemu_device},netdev={netdev},mac={mac}"]  # fmt: skip
+    return args
+
+
 def _boot(image: Path, exec_cmd: str, rwdir: Path, kvm: bool, timeout: float, console: Path,
-          cpus: int = 2) -> tuple[int | None, str]:  # fmt: skip
+          cpus: int = 2, qemu_extra: Iterable[str] = ()) -> tuple[int | None, str]:  # fmt: skip
     """Boot, run ``exec_cmd``; (its exit status from rwdir/rc or None, what went wrong).
 
     The console is watched: a panic or oops ends the guest at once instead of
     waiting for the deadline.
     """
     argv = [_vng() or "vng", "--run", str(image), "--cpus", str(cpus), "--memory", "2G", "-v", "--rwdir", str(rwdir)]
+    qemu = [*([] if kvm else ["-accel", "tcg,thread=single"]), *qemu_extra]
     if not kvm:
-        argv += ["--disable-kvm", "--qemu-opts=-accel tcg,thread=single"]
+        argv.append("--disable-kvm")
+    if qemu:  # vng splits this one string into qemu arguments (none of ours holds a space)
+        argv.append("--qemu-opts=" + " ".join(qemu))
     # hosts as they are: extra kernel arguments for the guest, e.g. ipv6.disable=1 (lane tests set it)
     argv += [f"--append={arg}" for arg in os.environ.get(LANE_APPEND_ENV, "").split()]
     argv += ["--exec", exec_cmd]
@@ -233,8 +250,95 @@ def tail(path: Path, lines: int = 40) -> str:
         return "(no console output)"
 
 
-class KernelLane:
-    """Runs in the controller's pytest_runtestloop in place of the normal loop."""
+@dataclass
+class Launch:
+    """How one lane's pytest run went."""
+
+    rc: int | None  # its exit status; None if it never finished
+    trouble: str  # what went wrong (a deadline, a panic), or ""
+    logs: str  # the tails that explain a test that never reported
+    lane_env: dict[str, Any] | None  # the environment's "lane" entry (None: the bare host)
+
+
+class Lane:
+    """One kernel the selected tests run in: the session's items in a separate pytest run,
+    reported here as ``test@<suffix>``.  Runs in the controller's pytest_runtestloop in place
+    of the normal loop; subclasses launch that run (in a VM, or on this host)."""
+
+    source = ""  # the --udpsend-kernel value that made it
+    where = "the guest"  # who runs the tests, for the sentence when a test never came back
+
+    def __init__(self, release: str, timeout: float) -> None:
+        self.release = release
+        self.suffix = release  # the node id suffix: the release (kernel_gate numbers a kernel given twice)
+        self.timeout = timeout
+        self.note = ""
+        self.guest_environment: dict[str, Any] | None = None
+        self.nic_models: set[str] = set()  # NIC links the selected tests ask for (set by the frontend)
+
+    def describe(self) -> list[str]:
+        raise NotImplementedError
+
+    def notes(self) -> list[tuple[str, str]]:
+        """(suffix, what happened) for the terminal summary."""
+        return [(self.suffix, self.note)]
+
+    def _launch(self, config: pytest.Config, outdir: Path) -> Launch:
+        raise NotImplementedError
+
+    def run(self, session: pytest.Session) -> None:
+        for item, phases in self.execute(session):
+            self.report(item, phases)
+
+    def execute(self, session: pytest.Session) -> list[tuple[pytest.Item, list[GuestReport]]]:
+        """Run the session's items in this kernel; each item with its phases as reported there
+        (or one failed set-up phase saying why it never came back)."""
+        items = list(session.items)
+        outdir = Path(tempfile.mkdtemp(prefix="udpsend-lane-", dir=str(state_dir("lanes"))))
+        try:
+            (outdir / "selection.json").write_text(json.dumps([i.nodeid for i in items]))
+            started = time.monotonic()
+            launch = self._launch(session.config, outdir)
+            self.note += f"; {'guest' if launch.lane_env else 'pytest'} ran {time.monotonic() - started:.0f} s, pytest exit {launch.rc}"
+            reports = read_guest_reports(outdir / "reports.jsonl")
+            if (outdir / "results.json").exists():
+                env = store.load(outdir / "results.json")["environment"]
+                if launch.lane_env is not None:
+                    env["lane"] = launch.lane_env
+                self.guest_environment = env
+            why_missing = f"{self.where} ({self.release}) never reported this test" + (
+                f": it {launch.trouble}" if launch.trouble else f" (pytest exit {launch.rc})"
+            )
+            problem = f"{why_missing}; {launch.logs}"
+            collected = _read_list(outdir / "collected.json")
+            out = []
+            for item in items:
+                found = compare.find(item.nodeid, reports)
+                if found is None and collected is not None and item.nodeid not in collected:
+                    found = [GuestReport(item.nodeid, "setup", "failed", _not_collected(item.nodeid, collected), 0.0, [])]
+                out.append((item, found or [GuestReport(item.nodeid, "setup", "failed", problem, 0.0, [])]))
+            return out
+        finally:
+            shutil.rmtree(outdir, ignore_errors=True)
+
+    def report(self, item: pytest.Item, phases: list[GuestReport]) -> None:
+        """Report one item's phases in this session as ``nodeid@suffix``."""
+        nodeid = f"{item.nodeid}@{self.suffix}"
+        item.ihook.pytest_runtest_logstart(nodeid=nodeid, location=item.location)
+        for g in phases:
+            report = pytest.TestReport(
+                nodeid=nodeid, location=item.location, keywords=dict.fromkeys(item.keywords, 1),
+                outcome=g.outcome,  # type: ignore[arg-type]
+                longrepr=_longrepr(g, item), when=g.when,  # type: ignore[arg-type]
+                sections=[], duration=g.duration, start=0.0, stop=g.duration,
+                user_properties=[tuple(p) for p in g.user_properties],
+            )  # fmt: skip
+            item.ihook.pytest_runtest_logreport(report=report)
+        item.ihook.pytest_runtest_logfinish(nodeid=nodeid, location=item.location)
+
+
+class KernelLane(Lane):
+    """``--udpsend-kernel IMAGE``: the tests in a VM booted with IMAGE."""
 
     def __init__(self, image: str, timeout: float, backend: str = "auto") -> None:
         """Check every precondition first: a missing one is a usage error naming it and the fix."""
@@ -246,43 +350,25 @@ class KernelLane:
                 f"--udpsend-kernel {image}: not an x86 Linux kernel image (no bzImage header); "
                 "pass a vmlinuz, e.g. the one ci/prepare-kernel.sh prints"
             )
-        self.release = kernel_release(self.image)
-        problems = preconditions(self.image, self.release, backend)
+        release = kernel_release(self.image)
+        problems = preconditions(self.image, release, backend)
         if problems:
             raise pytest.UsageError("\n".join(f"--udpsend-kernel {image}: {p}" for p in problems))
-        self.timeout = timeout
-        self.note = ""
-        self.guest_environment: dict[str, Any] | None = None
+        super().__init__(release, timeout)
+        self.source = image
 
-    def run(self, session: pytest.Session) -> None:
-        items = list(session.items)
-        outdir = Path(tempfile.mkdtemp(prefix="udpsend-lane-", dir=str(state_dir("lanes"))))
-        try:
-            kvm, self.note = kvm_works(self.image)
-            (outdir / "selection.json").write_text(json.dumps([i.nodeid for i in items]))
-            script = outdir / "run.sh"
-            script.write_text(self._script(session.config, outdir))
-            console = outdir / "console.log"
-            started = time.monotonic()
-            rc, trouble = _boot(self.image, f"sh {shlex.quote(str(script))}", outdir, kvm, self.timeout, console)
-            self.note += f"; guest ran {time.monotonic() - started:.0f} s, pytest exit {rc}"
-            reports = read_guest_reports(outdir / "reports.jsonl")
-            if (outdir / "results.json").exists():
-                env = store.load(outdir / "results.json")["environment"]
-                env["lane"] = {"host_kernel": os.uname().release, "accel": "kvm" if kvm else "tcg (single-threaded)"}
-                self.guest_environment = env
-            why_missing = f"the guest ({self.release}) never reported this test" + (
-                f": it {trouble}" if trouble else f" (pytest exit {rc})"
-            )
-            problem = f"{why_missing}; console tail:\n{tail(console)}\n--- guest pytest log tail ---\n{tail(outdir / 'pytest.log')}"
-            collected = _read_list(outdir / "collected.json")
-            for item in items:
-                found = compare.find(item.nodeid, reports)
-                if found is None and collected is not None and item.nodeid not in collected:
-                    found = [GuestReport(item.nodeid, "setup", "failed", _not_collected(item.nodeid, collected), 0.0, [])]
-                self._report(item, found, problem)
-        finally:
-            shutil.rmtree(outdir, ignore_errors=True)
+    def describe(self) -> list[str]:
+        return [f"tests run in a VM booted with {self.image} ({self.release})"]
+
+    def _launch(self, config: pytest.Config, outdir: Path) -> Launch:
+        kvm, self.note = kvm_works(self.image)
+        script = outdir / "run.sh"
+        script.write_text(self._script(config, outdir))
+        console = outdir / "console.log"
+        rc, trouble = _boot(self.image, f"sh {shlex.quote(str(script))}", outdir, kvm, self.timeout, console,
+                            qemu_extra=nic_qemu_args(self.nic_models))  # fmt: skip
+        logs = f"console tail:\n{tail(console)}\n--- guest pytest log tail ---\n{tail(outdir / 'pytest.log')}"
+        return Launch(rc, trouble, logs, {"host_kernel": os.uname().release, "accel": "kvm" if kvm else "tcg (single-threaded)"})
 
     def _script(self, config: pytest.Config, outdir: Path) -> str:
         """The guest's shell script: same directory, same arguments, same pytest environment."""
@@ -290,30 +376,76 @@ class KernelLane:
         env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
         env[LANE_REPORT_ENV] = str(outdir / "reports.jsonl")
         env[LANE_SELECTION_ENV] = str(outdir / "selection.json")
+        env[nics.LANE_NICS_ENV] = nics.encode_lane_env(self.nic_models)
+        modules = [*os.environ.get(LANE_MODULES_ENV, "").split(), *(nics.MODELS[m].driver for m in sorted(self.nic_models) if m in nics.MODELS)]
         active = [name for name in ("cacheprovider", "junitxml") if config.pluginmanager.has_plugin(name)]
         args = guest_args(config.invocation_params.args, outdir, active)
         return (
-            "".join(f"modprobe {q(module)}\n" for module in os.environ.get(LANE_MODULES_ENV, "").split())
+            "".join(f"modprobe {q(module)}\n" for module in modules)
+            + ("udevadm settle -t 10 2>/dev/null || sleep 2\n" if self.nic_models else "")
             + f"cd {q(str(config.invocation_params.dir))}\n"
             + "".join(f"export {name}={q(value)}\n" for name, value in env.items())
             + f"{q(sys.executable)} -m pytest {' '.join(q(a) for a in args)} > {q(str(outdir / 'pytest.log'))} 2>&1\n"
             f"echo $? > {q(str(outdir / 'rc'))}\n"
         )
 
-    def _report(self, item: pytest.Item, guest: list[GuestReport] | None, problem: str) -> None:
-        nodeid = f"{item.nodeid}@{self.release}"
-        item.ihook.pytest_runtest_logstart(nodeid=nodeid, location=item.location)
-        phases = guest or [GuestReport(item.nodeid, "setup", "failed", problem, 0.0, [])]
-        for g in phases:
-            report = pytest.TestReport(
-                nodeid=nodeid, location=item.location, keywords=dict.fromkeys(item.keywords, 1),
-                outcome=g.outcome,  # type: ignore[arg-type]
-                longrepr=_longrepr(g, item), when=g.when,  # type: ignore[arg-type]
-                sections=[], duration=g.duration, start=0.0, stop=g.duration,
-                user_properties=[tuple(p) for p in g.user_properties],
-            )  # fmt: skip
-            item.ihook.pytest_runtest_logreport(report=report)
-        item.ihook.pytest_runtest_logfinish(nodeid=nodeid, location=item.location)
+
+HOST = "host"  # the --udpsend-kernel value for the running kernel
+
+
+class HostLane(Lane):
+    """``--udpsend-kernel host``: the running kernel, no VM.
+
+    The items run in a pytest subprocess on this host, exactly as a guest runs them
+    (same arguments, selection file, reports and result document), so every kernel of
+    a multi-kernel run is measured and reported the same way, one session each.
+    """
+
+    source = HOST
+    where = "the pytest run on this host"
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(os.uname().release, timeout)
+
+    def describe(self) -> list[str]:
+        return [f"tests run on this host's kernel ({self.release}), no VM, in a pytest subprocess"]
+
+    def _launch(self, config: pytest.Config, outdir: Path) -> Launch:
+        self.note = "the running kernel, no VM"
+        active = [name for name in ("cacheprovider", "junitxml") if config.pluginmanager.has_plugin(name)]
+        argv = [sys.executable, "-m", "pytest", *guest_args(config.invocation_params.args, outdir, active)]
+        env = {**os.environ, LANE_REPORT_ENV: str(outdir / "reports.jsonl"), LANE_SELECTION_ENV: str(outdir / "selection.json")}
+        log = outdir / "pytest.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv, cwd=config.invocation_params.dir, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
+            trouble = _wait(proc, self.timeout)
+        return Launch(None if trouble else proc.returncode, trouble, f"pytest log tail:\n{tail(log)}", None)
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """Wait for ``proc`` until the deadline; stop it on the deadline or Ctrl-C: SIGTERM first, so
+    its undo stacks run (the plugin unwinds on SIGTERM), SIGKILL if it does not end in 30 s."""
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                return f"did not finish within {timeout:.0f} s"
+            time.sleep(0.5)
+        return ""
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def lane_for(value: str, timeout: float, backend: str = "auto") -> Lane:
+    """The lane of one --udpsend-kernel value: ``host`` or a kernel image."""
+    return HostLane(timeout) if value == HOST else KernelLane(value, timeout, backend)
 
 
 def _longrepr(g: GuestReport, item: pytest.Item) -> Any:

@@ -38,14 +38,31 @@ the RPS IPI path on another CPU).
 
 Latencies go into log-linear histograms (8 sub-buckets per power of two: at most
 12.5 % bucket width) per context; max is exact.  Compiled once per session.
+
+Where it was freed, not only when: the first release of each context on a CPU and
+then every STACK_EVERY-th also takes its kernel stack (``bpf_get_stackid``, at most
+STACK_DEPTH frames), counted per (context, stack id).  Sampled because unwinding is
+the costly part: a veth sender under TCG on 6.1 lost 54 % and 24 % of its throughput
+in two runs with a stack every release, 22 % and 19 % without stacks, 11 % with one
+in 8 (ci/bench_probe.py; emulated rounds are noisy).
+``end`` symbolizes only the few most frequent stacks of each context, once, and
+returns them as ``wfree["stacks"]``: a stack's share of its context's samples times
+the context's exact share of all releases (exact with ``stack_every=1``), with
+``wfree["stacks_lost"]`` for samples whose stack could not be kept (a stack-id
+collision, a full map).  On veth (6.1 and
+6.12): ``ip_rcv_core <- ip_rcv <- __netif_receive_skb_one_core <- process_backlog
+<- __napi_poll <- net_rx_action <- handle_softirqs <- ...``, the receiver orphaning
+the skb.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from pytest_udpsend.errors import PrivilegeError
@@ -54,6 +71,20 @@ from pytest_udpsend.measure.histogram import HIST_EDGES_US, SUB, percentile_us, 
 
 CONTEXTS = ("inline", "softirq", "ksoftirqd", "napi_thread")
 NBUCKETS = 64 << SUB
+STACKS_PER_CONTEXT = 3  # kept in the result, per context
+STACK_EVERY = 8  # one release in this many (per context and CPU, the first included) takes its stack
+SYMBOLIZED_PER_CONTEXT = 10  # symbolized per context: stacks differing only in offsets merge by name
+# the probe's own frames above the caller that freed: the fentry program and trampoline (they
+# return into sock_wfree, so sock_wfree is the last of them) or, with a kprobe, sock_wfree itself.
+# JIT code may resolve to the nearest kallsyms name before it (6.12: a module's "handshake_exit"),
+# so sock_wfree's position, not the names above it, says where the caller starts.
+PROBE_DEPTH = 8
+PROBE_FRAMES = ("bpf_prog_", "bpf_trampoline_", "[unknown]", "kprobe_", "ftrace_", "arch_ftrace_")
+# the frame that says who ran the release (a thread, bh enabled again in a syscall, an
+# interrupt's exit): the compact text ends there.  Matched without a compiler clone's suffix
+# (6.12: "do_softirq.part.0").
+ROOT_FRAMES = ("run_ksoftirqd", "napi_threaded_poll", "do_softirq", "irq_exit_rcu", "__irq_exit_rcu", "do_syscall_64", "kthread")
+TEXT_FRAMES = 10
 
 PROGRAM = r"""
 #include <uapi/linux/ptrace.h>
@@ -69,7 +100,18 @@ BPF_ARRAY(cfg, u64, 3);  /* sender's tgid (0 = disarmed), dev and inode of its p
    one CPU (the kernel skips such recursion), and charge and release touch
    different slots */
 BPF_PERCPU_ARRAY(hist, u64, NCTX * NB);
-BPF_PERCPU_ARRAY(stats, u64, NCTX * 2 + 1);  /* per ctx: count, max_ns; last: charges */
+BPF_PERCPU_ARRAY(stats, u64, NCTX * 2 + 2);  /* per ctx: count, max_ns; then charges, stacks lost */
+#if STACK_EVERY
+/* where each release ran: kernel stacks by id, and sampled releases per (context, stack id);
+   per-CPU counts again, so no atomics.  A failed stack id (hash collision, map full) is counted
+   as lost.  The stack's value size bounds the unwinding: STACK_DEPTH frames, not perf's 127. */
+#define STACK_DEPTH 20
+struct stack_key { u32 cx; s32 id; };
+struct stack_ips { u64 ip[STACK_DEPTH]; };
+BPF_TABLE("stacktrace", int, struct stack_ips, stacks, 4096);
+BPF_PERCPU_HASH(stack_counts, struct stack_key, u64, 1024);
+BPF_PERCPU_ARRAY(stack_seen, u64, NCTX);  /* releases per context since the run began */
+#endif
 
 static __always_inline u32 udps_log2(u64 v)
 {
@@ -112,7 +154,33 @@ static __always_inline int do_charge(u64 skb)
     return 0;
 }
 
-static __always_inline int do_wfree(u64 skb)
+static __always_inline void count_stack(void *ctx, u32 cx)
+{
+#if STACK_EVERY
+    u64 *seen = stack_seen.lookup(&cx);
+    if (!seen || (*seen)++ % STACK_EVERY)
+        return;
+    struct stack_key k = {};
+    k.cx = cx;
+    k.id = stacks.get_stackid(ctx, 0);
+    if (k.id >= 0) {
+        u64 *n = stack_counts.lookup(&k);
+        if (n) {
+            (*n)++;
+            return;
+        }
+        u64 one = 1;
+        if (stack_counts.update(&k, &one) == 0)
+            return;
+    }
+    u32 slot = NCTX * 2 + 1;
+    u64 *lost = stats.lookup(&slot);
+    if (lost)
+        (*lost)++;
+#endif
+}
+
+static __always_inline int do_wfree(void *ctx, u64 skb)
 {
     struct charge *c = charged.lookup(&skb);
     if (!c)
@@ -146,6 +214,7 @@ static __always_inline int do_wfree(u64 skb)
     u64 *mx = stats.lookup(&sidx);
     if (mx && d > *mx)
         *mx = d;
+    count_stack(ctx, cx);
     return 0;
 }
 """
@@ -156,11 +225,11 @@ ATTACH_FENTRY = r"""
 struct sk_buff;
 struct sock;
 KFUNC_PROBE(skb_set_owner_w, struct sk_buff *skb, struct sock *sk) { return do_charge((u64)skb); }
-KFUNC_PROBE(sock_wfree, struct sk_buff *skb) { return do_wfree((u64)skb); }
+KFUNC_PROBE(sock_wfree, struct sk_buff *skb) { return do_wfree(ctx, (u64)skb); }
 """
 ATTACH_KPROBE = r"""
 int on_charge(struct pt_regs *ctx) { return do_charge(PT_REGS_PARM1(ctx)); }
-int on_wfree(struct pt_regs *ctx) { return do_wfree(PT_REGS_PARM1(ctx)); }
+int on_wfree(struct pt_regs *ctx) { return do_wfree(ctx, PT_REGS_PARM1(ctx)); }
 """
 
 
@@ -183,8 +252,9 @@ class BpfProbe:
     receiver_timestamps = False
     method = "exact: kprobe or fentry on skb_set_owner_w (charge) and sock_wfree (release), per skb, via bcc"
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, stack_every: int = STACK_EVERY) -> None:
         self.reason = reason
+        self.stack_every = stack_every  # other than STACK_EVERY (0: no stacks) to measure the cost (ci/bench_probe.py)
         self.attach = "not attached yet"
         self._bpf: Any = None
         self._error: PrivilegeError | None = None  # a failed build, kept: never retried
@@ -204,7 +274,8 @@ class BpfProbe:
         self.method = f"exact: {self.attach} on skb_set_owner_w (charge) and sock_wfree (release), per skb, via bcc"
         with _stderr_to_file() as log:
             try:
-                bpf = BPF(text=PROGRAM + (ATTACH_FENTRY if fentry else ATTACH_KPROBE))  # fentry attaches itself
+                bpf = BPF(text=PROGRAM + (ATTACH_FENTRY if fentry else ATTACH_KPROBE),  # fentry attaches itself
+                          cflags=[f"-DSTACK_EVERY={self.stack_every}"])
                 self._kfuncs = list(bpf.kfunc_entry_fds)
                 for name in self._kfuncs:  # ... so detach until a run measures
                     bpf.detach_kfunc(name)
@@ -244,8 +315,12 @@ class BpfProbe:
     def begin(self, sock_fd: int, tgid: int) -> None:
         """Arm for one run of ``tgid`` (as numbered in this process's pid namespace) and attach."""
         bpf = self._compile()
-        for name in ("hist", "stats", "charged"):
+        for name in ("hist", "stats", "charged") + (("stack_counts", "stack_seen") if self.stack_every else ()):
             bpf[name].clear()
+        if self.stack_every:  # bcc's StackTrace.clear() does nothing: delete the ids one by one
+            table = bpf["stacks"]
+            for key in list(table.keys()):
+                del table[key]
         pidns = os.stat("/proc/self/ns/pid")
         cfg = bpf["cfg"]
         cfg[cfg.Key(1)] = cfg.Leaf(pidns.st_dev)
@@ -270,6 +345,7 @@ class BpfProbe:
         contexts = {name: stats[i * 2] for i, name in enumerate(CONTEXTS)}
         max_ns = max(stats[i * 2 + 1] for i in range(len(CONTEXTS)))
         count = sum(contexts.values())
+        stacks = self._stacks(bpf, contexts) if self.stack_every else {}
         return {
             "backend": self.backend,
             "method": self.method,
@@ -283,10 +359,80 @@ class BpfProbe:
             "histogram": {"edges_us": HIST_EDGES_US, "counts": rebin(total)},
             "histograms": {n: {"edges_us": HIST_EDGES_US, "counts": rebin(c)} for n, c in per_ctx.items() if sum(c)},
             "context_p99_us": {n: percentile_us(c, 0.99) for n, c in per_ctx.items() if sum(c)},
+            **stacks,
         }
+
+    def _stacks(self, bpf: Any, contexts: Mapping[str, int]) -> dict[str, Any]:
+        """The most frequent release stacks per context, symbolized once, here at the end of the run."""
+        from bcc import BPF
+
+        lost = sum(bpf["stats"][len(CONTEXTS) * 2 + 1])
+        counts = {(CONTEXTS[k.cx], int(k.id)): sum(v) for k, v in bpf["stack_counts"].items() if k.cx < len(CONTEXTS)}
+        table = bpf["stacks"]
+
+        def frames_of(stack_id: int) -> list[str]:
+            try:  # not bcc's walk(): it assumes 127 frames
+                ips = table[table.Key(stack_id)].ip
+            except KeyError:  # not in the stack map (cannot happen without BPF_F_REUSE_STACKID)
+                return []
+            return [BPF.ksym(addr).decode(errors="replace") for addr in itertools.takewhile(bool, ips)]
+
+        return {"stacks": top_stacks(counts, frames_of, contexts), "stacks_lost": lost,
+                "stacks_sampled": sum(counts.values()) + lost, "stack_every": self.stack_every}  # fmt: skip
 
     def close(self) -> None:
         if self._bpf is not None:
             self._attached = False  # cleanup() detaches what is attached
             self._bpf.cleanup()
             self._bpf = None
+
+
+def caller_frames(frames: Sequence[str]) -> list[str]:
+    """The stack from the function that freed the skb outwards: ``sock_wfree`` and the probe's
+    frames above it (among the first PROBE_DEPTH) dropped."""
+    top = list(frames[:PROBE_DEPTH])
+    if "sock_wfree" in top:
+        return list(frames[len(top) - top[::-1].index("sock_wfree") :])
+    head = 0
+    while head < len(top) and top[head].startswith(PROBE_FRAMES):
+        head += 1
+    return list(frames[head:])
+
+
+def stack_text(share: float, frames: Sequence[str]) -> str:
+    """'81 % of releases: vmxnet3_tq_tx_complete <- ... <- run_ksoftirqd', cut after the frame
+    that says who ran it (or after TEXT_FRAMES frames)."""
+    shown = list(frames[:TEXT_FRAMES])
+    root = next((i for i, f in enumerate(shown) if f.split(".")[0] in ROOT_FRAMES), None)
+    if root is not None:
+        shown = shown[: root + 1]
+    tail = " <- ..." if root is None and len(frames) > TEXT_FRAMES else ""
+    return f"{share * 100:.0f} % of releases: " + (" <- ".join(shown) or "(no frames)") + tail
+
+
+def top_stacks(counts: Mapping[tuple[str, int], int], frames_of: Callable[[int], Sequence[str]],
+               contexts: Mapping[str, int], per_context: int = STACKS_PER_CONTEXT) -> list[dict[str, Any]]:  # fmt: skip
+    """Per context, the ``per_context`` most frequent release stacks, most frequent first overall.
+
+    ``counts`` maps (context, stack id) to sampled releases, ``contexts`` each context to all its
+    releases (exact); ``frames_of`` symbolizes a stack id (called only for the few most frequent
+    ids of each context); ids whose caller frames have the same function names (they differ only
+    in offsets) are merged.  ``samples`` is what was sampled, ``count`` the releases that stands
+    for (its share of the context's samples times the context's releases), ``share`` that of all
+    releases: rounded down, so the shares add up to at most 1.
+    """
+    total = sum(contexts.values())
+    out: list[dict[str, Any]] = []
+    for context in sorted({c for c, _ in counts}):
+        ids = sorted(((n, i) for (c, i), n in counts.items() if c == context and n > 0), reverse=True)
+        kept = sum(n for n, _ in ids)
+        merged: dict[tuple[str, ...], int] = {}
+        for n, stack_id in ids[:SYMBOLIZED_PER_CONTEXT]:
+            key = tuple(caller_frames(frames_of(stack_id)))
+            merged[key] = merged.get(key, 0) + n
+        for frames, n in sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:per_context]:
+            releases = n / kept * contexts.get(context, 0)
+            share = math.floor(releases / total * 10_000) / 10_000 if total else 0.0
+            out.append({"context": context, "count": round(releases), "samples": n, "share": share,
+                        "frames": list(frames), "text": stack_text(share, frames)})  # fmt: skip
+    return sorted(out, key=lambda s: (-s["count"], s["context"]))

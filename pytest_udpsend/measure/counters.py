@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
@@ -89,3 +90,32 @@ class SnmpReader:
 def snmp_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     """Counters that changed (gauges such as IpForwarding excluded by the change itself)."""
     return {k: after[k] - before.get(k, 0) for k in sorted(after) if after[k] != before.get(k, 0)}
+
+
+INTERRUPTS = Path("/proc/interrupts")
+IrqCounts = dict[int, tuple[str, list[int]]]
+
+
+def read_interrupts(irqs: Iterable[int]) -> IrqCounts:
+    """Per-CPU counts of the given interrupts, with their action names (``25 -> ("enp0s9-rxtx-0", [..])``)."""
+    wanted = {str(i) for i in irqs}
+    if not wanted:
+        return {}
+    lines = INTERRUPTS.read_text().splitlines()
+    ncpu = len(lines[0].split())
+    found: IrqCounts = {}
+    for line in lines[1:]:
+        head, _, rest = line.partition(":")
+        if head.strip() in wanted:
+            fields = rest.split()
+            found[int(head)] = (fields[-1] if len(fields) > ncpu else "", [int(x) for x in fields[:ncpu]])
+    return found
+
+
+def irq_delta(ports: dict[str, list[int]], before: IrqCounts, after: IrqCounts) -> dict[str, dict[str, list[int]]]:
+    """{port: {"<irq> <name>": per-CPU interrupts during the run}}: where TX completion was signalled."""
+    return {
+        port: {f"{irq} {after[irq][0]}".strip(): [b - a for a, b in zip(before[irq][1], after[irq][1])]
+               for irq in irqs if irq in before and irq in after}  # fmt: skip
+        for port, irqs in ports.items()
+    }

@@ -257,6 +257,8 @@ class ProcessRunner:
         for d in drains:
             d.thread.start()
         out_path, err_path = tmp / "stdout", tmp / "stderr"
+        all_irqs = [irq for irqs in self.topo.irqs.values() for irq in irqs]
+        irq0 = counters.read_interrupts(all_irqs)
         soft0, snd0, rcv0 = counters.read_softnet(), snd.read(), rcv.read()
         txq.start()
         wall0, mono0 = time.time(), time.monotonic()
@@ -284,6 +286,7 @@ class ProcessRunner:
         returncode = self.proc.returncode
         self.proc = None
         soft1, snd1, rcv1 = counters.read_softnet(), snd.read(), rcv.read()
+        irqs = counters.irq_delta(self.topo.irqs, irq0, counters.read_interrupts(all_irqs))
         stdout, stderr = _tail(out_path), _tail(err_path)
         if exited and returncode != 0:
             last = stderr.strip().splitlines()[-1:] or ["no stderr"]
@@ -292,9 +295,11 @@ class ProcessRunner:
                                {"argv": argv, "stdout": stdout, "stderr": stderr})  # fmt: skip
         snmp = counters.snmp_delta(snd0, snd1)
         softnet = counters.softnet_delta(soft0, soft1)
-        return self._result(argv, duration, cpu, snmp, counters.snmp_delta(rcv0, rcv1), softnet, txq, drains,
-                            elapsed, (wall0, time.time()), {"argv": argv, "returncode": returncode, "exited": exited,
-                                                            "stdout": stdout, "stderr": stderr})  # fmt: skip
+        result = self._result(argv, duration, cpu, snmp, counters.snmp_delta(rcv0, rcv1), softnet, txq, drains,
+                              elapsed, (wall0, time.time()), {"argv": argv, "returncode": returncode, "exited": exited,
+                                                              "stdout": stdout, "stderr": stderr})  # fmt: skip
+        result.irqs = irqs
+        return result
 
     def _result(self, argv: list[str], duration: float | None, cpu: int | None, snmp: dict[str, int],
                 rcv_snmp: dict[str, int], softnet: dict[str, dict[str, int]], txq: TxQueueSampler, drains: list[_Drain],

@@ -22,6 +22,7 @@ class SendResult:
     sndbuf_effective: int = 0
     time_squeeze: int = 0
     softnet: dict[str, dict[str, int]] = field(default_factory=dict)
+    irqs: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # NIC port -> "<irq> <name>" -> per-CPU count
     snmp: dict[str, int] = field(default_factory=dict)
     wmem: dict[str, float] = field(default_factory=dict)
     wfree: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +82,8 @@ class SendResult:
                 f"sock_wfree ({w['backend']}): n={w.get('count', 0)} p50 {w.get('p50_us')} us  p90 {w.get('p90_us')} us  "
                 f"p99 {w.get('p99_us')} us  max {w.get('max_us')} us  contexts {w.get('contexts') or '-'}"
             )
+        if w.get("stacks"):  # bpf: the most frequent kernel stack at sock_wfree
+            lines.append(f"sock_wfree top stack ({w['stacks'][0]['context']}): {w['stacks'][0]['text']}")
         lines.append("sysctls: " + (", ".join(f"{k}={v}" for k, v in sorted(self.sysctls.items())) or "-"))
         lines += [f"check: {c}" for c in self.checks]
         lines += [f"diagnosis: {d['finding']}\n  evidence: {d['evidence']}" for d in self.diagnosis] or ["diagnosis: nothing to report"]

@@ -143,6 +143,12 @@ def _test_section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[
         f"EAGAIN {last.get('eagain_rate', 0):.2%}, sndbuf {last.get('sndbuf_effective')} B, "
         f"sock_wfree backend {_esc((last.get('wfree') or {}).get('backend') or 'not measured')}</p>"
     )
+    top: dict[str, str] = {}  # bpf: the most frequent kernel stack at sock_wfree of each context
+    for stack in (last.get("wfree") or {}).get("stacks") or []:
+        top.setdefault(stack.get("context"), stack.get("text", ""))
+    if top:
+        parts.append("<p>sock_wfree top stack per context:<br>"
+                     + "<br>".join(f"{_esc(c)}: {_esc(t)}" for c, t in top.items()) + "</p>")  # fmt: skip
     parts.append(ran_with(samples, session_sysctls) + sweep_report.diagnosis_html(last))
     plots = []
     step = (last.get("series") or {}).get("bucket_ms", 10) / 1000
