@@ -18,7 +18,7 @@ results=${UDPSEND_RESULTS_DIR:-.results}
 mkdir -p "$results"
 # tests/test_nic.py and the NIC incident run on the emulated NIC pairs the guest boots with.
 .venv/bin/python -m pytest tests/test_bpf.py tests/test_nic.py examples/test_eagain_story.py examples/test_wfree_timing.py \
-  examples/test_nic_incident.py \
+  examples/lane/test_nic_incident.py \
   -p no:cacheprovider --udpsend-require-privileges --udpsend-kernel "$image" --udpsend-backend bpf -rA \
   --udpsend-json "$results/lane-$version.json" --udpsend-label "runner=lane-$(echo "$version" | cut -d. -f1,2)"
 .venv/bin/python ci/summarize.py "$results/lane-$version.json"
