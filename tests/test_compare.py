@@ -67,7 +67,29 @@ def test_pps_regresses_downwards_and_the_change_is_signed_as_measured():
 
 def test_tolerance_above_the_noise_floor_widens_what_is_allowed():
     base, new = samples([0.02] * 3 + [0.021, 0.019]), samples([0.11, 0.12, 0.10, 0.13, 0.11])
-    assert compare.compare_metric("t", "eagain_rate", base, new, 9.0, 0.01).verdict == "ok"  # +450 % < 900 %
+    assert compare.compare_metric("t", "eagain_rate", base, new, 9.0, 0.01).verdict == "ok"  # odds x6 < x10
+
+
+def test_a_rate_moves_on_its_odds_so_a_high_rate_can_still_regress():
+    """x4 on the rate itself allowed any rise from 25 % (the held-out 6.1 -> 6.12 rise, 48 -> 79 %, passed)."""
+    base = samples([0.30, 0.34, 0.29, 0.31, 0.33, 0.32])
+    assert compare.compare_metric("t", "eagain_rate", base, samples([0.80, 0.82, 0.79, 0.85, 0.81, 0.83]), 0.25, 0.01).verdict == "regression"
+    row = compare.compare_metric("t", "eagain_rate", base, samples([0.58, 0.60, 0.57, 0.62, 0.59, 0.61]), 0.25, 0.01)
+    four_times_the_odds = 4 * 0.315 / 0.685 / (1 + 4 * 0.315 / 0.685)  # 0.648
+    assert row.verdict == "ok" and row.allowed == pytest.approx((four_times_the_odds - 0.315) / 0.315)
+    assert compare.moved("eagain_rate", [0.0, 0.5, 1.0], 0.5, 0.25, worse=True) == [0.01, 0.8, 1.0]
+    assert compare.moved("eagain_rate", [0.005, 0.5], 0.5, 0.25, worse=False) == pytest.approx([0.0, 0.2])
+
+
+def test_one_command_takes_the_square_root_of_each_session_floor():
+    """--udpsend-gate-against: both sides measured minutes apart by one command (README, "One command")."""
+    one = compare.Settings(one_command=True)
+    assert one.noise("eagain_rate") == 2.0 and one.noise("pps") == pytest.approx(1.265, abs=0.001)
+    assert compare.Settings().noise("eagain_rate") == 4.0
+    base, new = samples([0.09, 0.10, 0.11, 0.10, 0.09, 0.11]), samples([0.27, 0.28, 0.29, 0.30, 0.27, 0.29])  # odds x3.6
+    rows = {s.one_command: compare.compare_test("t", base, new, s, 6, metrics=["eagain_rate"])[0] for s in (one, S)}
+    assert rows[True].verdict == "regression" and rows[False].verdict == "ok"
+    assert "noise floor for one command" in compare.header(one, 6) and "session noise floor" in compare.header(S, 6)
 
 
 def test_absolute_floor_ignores_tiny_rates():

@@ -123,6 +123,7 @@ def test_the_same_kernel_twice_reports_each_and_the_gate_fails_the_regressed_one
     assert list(first["tests"]) == [f"test_x.py::test_rate@{RELEASE}"] and "gate" not in first
     verdicts = {r["metric"]: r["verdict"] for r in second["gate"]["rows"]}
     assert verdicts["pps"] == "regression" and second["tests"][f"test_x.py::test_rate@{RELEASE}#2"]["outcome"] == "failed"
+    assert second["gate"]["settings"]["one_command"] and "noise floor for one command" in text
     report = subprocess.run([sys.executable, "-m", "pytest_udpsend.cli", "report", str(out), "-o", str(page)],
                             capture_output=True, text=True)  # fmt: skip
     assert report.returncode == 0, report.stderr

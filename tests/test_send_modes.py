@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from pytest_udpsend.errors import ConfigError
 from pytest_udpsend.measure.params import make_params
 from pytest_udpsend.measure.sender import _sockaddr
+from tests.own_sender import counts, own_sender
 
 pytest_plugins = ["pytester"]
 
@@ -148,53 +148,17 @@ def test_flows_and_threads_keep_per_socket_counts(udp_sender):
     assert r.snmp["UdpOutDatagrams"] == r.sent
 
 
-SENDER_C = textwrap.dedent(
-    r"""
-    #include <arpa/inet.h>
-    #include <errno.h>
-    #include <fcntl.h>
-    #include <stdio.h>
-    #include <stdlib.h>
-    #include <sys/socket.h>
-    #include <time.h>
-    int main(int argc, char **argv) {
-        struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(atoi(getenv("UDPSEND_PORT")))};
-        inet_pton(AF_INET, getenv("UDPSEND_DST"), &to.sin_addr);
-        int fd = socket(AF_INET, SOCK_DGRAM, 0), sndbuf = 4096;
-        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
-        connect(fd, (struct sockaddr *)&to, sizeof(to));
-        fcntl(fd, F_SETFL, O_NONBLOCK);
-        static char buf[1400];
-        unsigned long sent = 0, eagain = 0;
-        struct timespec t0, t;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        do {
-            if (send(fd, buf, sizeof(buf), 0) >= 0) sent++;
-            else if (errno == EAGAIN) eagain++;
-            clock_gettime(CLOCK_MONOTONIC, &t);
-        } while ((t.tv_sec - t0.tv_sec) * 1e9 + (t.tv_nsec - t0.tv_nsec) < atof(argv[1]) * 1e9);
-        printf("sent %lu eagain %lu\n", sent, eagain);
-        return 0;
-    }
-    """
-)
-
-
 @pytest.fixture
 def c_sender(tmp_path: Path) -> Path:
-    if shutil.which("cc") is None:
-        pytest.skip("no C compiler (cc) to build the test's sender")
-    (tmp_path / "sender.c").write_text(SENDER_C)
-    subprocess.run(["cc", "-O2", "-o", str(tmp_path / "sender"), str(tmp_path / "sender.c")], check=True)
-    return tmp_path / "sender"
+    return own_sender(tmp_path)
 
 
 @pytest.mark.topology(rps_cpus=[1])
 def test_own_program_eagain_measured_from_outside(sender_process, c_sender):
     r = sender_process.run([str(c_sender), "0.5"], cpu=0)
-    own = dict(zip(*[iter(r.process["stdout"].split())] * 2))
+    own = counts(r.process["stdout"])
     assert r.process["exited"] and r.process["returncode"] == 0
-    assert r.eagain == int(own["eagain"]) and r.sent == int(own["sent"])
+    assert r.eagain == own["eagain"] and r.sent == own["sent"]
     assert r.sent > 5_000 and r.received + r.rcvbuf_errors <= r.sent
     assert r.wmem["samples"] > 10
 

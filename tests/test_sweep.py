@@ -15,6 +15,7 @@ from pytest_udpsend.errors import ConfigError
 from pytest_udpsend.frontend.sweep import Cell, CellResult, Grid, baseline, make_grid, smallest_change
 from pytest_udpsend.measure.result import SendResult
 from pytest_udpsend.results import store, sweep_report
+from tests.own_sender import counts, own_sender
 
 UDPSEND = [sys.executable, "-m", "pytest_udpsend.cli"]
 
@@ -109,45 +110,13 @@ def test_udpsend_report_shows_the_heatmap(tmp_path):
     assert "EAGAIN rate against sndbuf, per budget" in page and "<script" not in page
 
 
-OWN_SENDER_C = r"""
-/* the user's program: a non-blocking sender for argv[1] seconds that prints its own counts */
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/socket.h>
-#include <time.h>
-int main(int argc, char **argv) {
-    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(atoi(getenv("UDPSEND_PORT")))};
-    inet_pton(AF_INET, getenv("UDPSEND_DST"), &to.sin_addr);
-    int fd = socket(AF_INET, SOCK_DGRAM, 0), sndbuf = 4096;
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
-    if (connect(fd, (struct sockaddr *)&to, sizeof(to)) != 0) { perror("connect"); return 1; }
-    fcntl(fd, F_SETFL, O_NONBLOCK);
-    static char buf[1400];
-    unsigned long sent = 0, eagain = 0;
-    struct timespec t0, t;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    do {
-        if (send(fd, buf, sizeof(buf), 0) >= 0) sent++;
-        else if (errno == EAGAIN) eagain++;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-    } while ((t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 < atof(argv[1]));
-    printf("sent %lu eagain %lu\n", sent, eagain);
-    return 0;
-}
-"""
-
-
 def test_a_sweep_runs_your_own_program_at_every_cell(tmp_path, host_unchanged):
     """``udpsend sweep --exec``: the program runs once per cell and sample, under that cell's budget,
     measured from outside; each sample's EAGAIN is exactly the program's own count."""
-    (tmp_path / "sender.c").write_text(OWN_SENDER_C)
-    subprocess.run(["cc", "-O2", "-o", str(tmp_path / "sender"), str(tmp_path / "sender.c")], check=True)
+    sender = own_sender(tmp_path)
     out = tmp_path / "sweep.json"
     argv = [*UDPSEND, "sweep", "--rps-cpus", "1-1", "--cpu", "0", "--receiver-cpu", "1", "--duration", "5",
-            "--budget", "8,300", "--repeat", "2", "--json", str(out), "--exec", "--", str(tmp_path / "sender"), "0.3"]  # fmt: skip
+            "--budget", "8,300", "--repeat", "2", "--json", str(out), "--exec", "--", str(sender), "0.3"]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     doc = json.loads(out.read_text())
@@ -155,9 +124,8 @@ def test_a_sweep_runs_your_own_program_at_every_cell(tmp_path, host_unchanged):
     for entry in doc["tests"].values():
         assert len(entry["samples"]) == 2
         for s in entry["samples"]:
-            assert s["process"]["argv"] == [str(tmp_path / "sender"), "0.3"] and s["process"]["exited"]
-            words = s["process"]["stdout"].split()
-            own = {words[i]: int(words[i + 1]) for i in range(0, len(words) - 1, 2)}
+            assert s["process"]["argv"] == [str(sender), "0.3"] and s["process"]["exited"]
+            own = counts(s["process"]["stdout"])
             assert (s["sent"], s["eagain"]) == (own["sent"], own["eagain"]) and own["sent"] > 0
             assert s["sysctls"]["net.core.netdev_budget"] == str(entry["sweep"]["knobs"]["budget"])
     assert sorted(e["sweep"]["knobs"]["budget"] for e in doc["tests"].values()) == [8, 300]

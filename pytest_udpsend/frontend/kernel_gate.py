@@ -8,8 +8,9 @@
   A/A check).
 * **The gate.** With ``--udpsend-gate-against KERNEL`` each test's samples on every other
   kernel are judged against its own samples on KERNEL by the baseline gate's rule
-  (results/compare.py: the same ini knobs, noise floors, like-with-like refusal and
-  ``udpsend_baseline`` marker overrides).  The Bonferroni family is every comparison of
+  (results/compare.py: the same ini knobs, like-with-like refusal and ``udpsend_baseline``
+  marker overrides; the noise floors of one command, the square roots of the session floors,
+  since both sides are measured minutes apart by the same host).  The Bonferroni family is every comparison of
   the run: the reference's tests x metrics x the other kernels.  A regression fails
   ``test@<release>`` with the table.
 * **The document.** ``--udpsend-json`` holds one run per kernel (the merged layout of
@@ -235,4 +236,4 @@ def configure(given: Sequence[str], against: str | None, settings: compare.Setti
         return Kernels(lanes, None)
     ref = reference(against, lanes)
     ordered = [ref, *(lane for lane in lanes if lane is not ref)]
-    return Kernels(ordered, KernelGate(ref, len(lanes) - 1, settings))
+    return Kernels(ordered, KernelGate(ref, len(lanes) - 1, replace(settings, one_command=True)))

@@ -6,7 +6,7 @@ One rule, used by the pytest gate, ``udpsend compare`` and the HTML report (READ
 * **Allowed change.** Per metric, the larger of the tolerance (a fraction of the
   baseline median) and the metric's *session noise floor* (``metrics.Metric.noise``:
   how far two sessions of an unchanged host drift apart), and at least the metric's
-  absolute floor.
+  absolute floor.  A rate (``scale="odds"``) takes that factor on each sample's odds.
 * **Test.** A one-sided Mann-Whitney U test (``scipy.stats.mannwhitneyu``) of the new
   samples against the baseline samples *moved by the allowed change* in the worse
   direction: H0 "worse by at most the allowed change".  Exact distribution without
@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from pytest_udpsend.results.metrics import METRICS, values
+from pytest_udpsend.results.metrics import METRICS, odds_scaled, values
 
 DEFAULT_TOLERANCE = 0.25
 DEFAULT_ALPHA = 0.05
@@ -54,6 +54,14 @@ class Settings:
     alpha: float = DEFAULT_ALPHA
     metrics: tuple[str, ...] | None = None  # None: every metric
     allow_mixed: bool = False
+    # Both sides measured by one command, minutes apart (--udpsend-gate-against): the noise floors are the
+    # square roots of the session floors (README, "One command: old against new", has the A/A figures).
+    one_command: bool = False
+
+    def noise(self, metric: str) -> float:
+        """The metric's noise factor for this comparison."""
+        factor = METRICS[metric].noise
+        return math.sqrt(factor) if self.one_command else factor
 
     def names(self) -> list[str]:
         return list(self.metrics or METRICS)
@@ -167,15 +175,35 @@ class Row:
         return self.verdict == "regression"
 
 
-def allowed_change(metric: str, base_median: float, tolerance: float) -> float:
-    """The absolute change of the median that counts as noise: tolerance, session noise, floor."""
+def allowed_change(metric: str, base_median: float, tolerance: float, noise: float | None = None) -> float:
+    """The absolute change of the median that counts as noise: tolerance, noise factor (the session floor
+    unless given), absolute floor."""
+    return abs(moved(metric, [base_median], base_median, tolerance, True, noise)[0] - base_median)
+
+
+def moved(metric: str, base: Sequence[float], base_median: float, tolerance: float, worse: bool,
+          noise: float | None = None) -> list[float]:  # fmt: skip
+    """The baseline samples moved by the allowed change, in the worse direction (or the better one).
+
+    Linear metrics move by one amount (from the median); a rate moves on its odds, sample
+    by sample, so the allowance shrinks toward 1 where a rate has no room left.
+    """
     spec = METRICS[metric]
-    noise = spec.noise - 1 if spec.worse == "higher" else 1 - 1 / spec.noise
-    return max(max(tolerance, noise) * abs(base_median), spec.floor)
+    factor = spec.noise if noise is None else noise
+    up = (spec.worse == "higher") == worse
+    if spec.scale == "odds":
+        odds = max(1 + tolerance, factor)
+        if up:
+            return [max(odds_scaled(v, odds), min(v + spec.floor, 1.0)) for v in base]
+        return [min(odds_scaled(v, 1 / odds), max(v - spec.floor, 0.0)) for v in base]
+    relative = factor - 1 if spec.worse == "higher" else 1 - 1 / factor
+    step = max(max(tolerance, relative) * abs(base_median), spec.floor)
+    return [v + step if up else v - step for v in base]
 
 
 def compare_metric(test: str, metric: str, base: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]],
-                   tolerance: float, lvl: float) -> Row:  # fmt: skip
+                   tolerance: float, lvl: float, noise: float | None = None) -> Row:  # fmt: skip
+    """``noise``: the metric's noise factor (default: its session floor)."""
     spec = METRICS[metric]
     b, n = values(base, metric), values(new, metric)
     if not b or not n:
@@ -184,18 +212,18 @@ def compare_metric(test: str, metric: str, base: Sequence[Mapping[str, Any]], ne
     change = (nm - bm) / abs(bm) if bm else (0.0 if nm == bm else math.copysign(math.inf, nm - bm))
     sign = 1.0 if spec.worse == "higher" else -1.0
     direction = "" if nm == bm else ("worse" if sign * (nm - bm) > 0 else "better")
-    allowed = allowed_change(metric, bm, tolerance)
+    allowed = allowed_change(metric, bm, tolerance, noise)
     rel_allowed = allowed / abs(bm) if bm else None
     row = Row(test, metric, bm, nm, change, None, "too few samples", direction, rel_allowed)
     if smallest_p(len(b), len(n)) >= lvl:
         return row  # significance is out of reach: never a silent pass (callers refuse it)
-    # worse by more than allowed: new beyond the baseline moved by `allowed` in the worse direction
-    worse = [sign * v for v in n], [sign * v + allowed for v in b]
-    p = p_greater(*worse, lvl)
+    # worse by more than allowed: new beyond the baseline moved by the allowed change in the worse direction
+    ranked = [sign * v for v in n]
+    p = p_greater(ranked, [sign * v for v in moved(metric, b, bm, tolerance, True, noise)], lvl)
     if p < lvl:
         return replace(row, p_value=p, verdict="regression")
-    better = [-sign * v for v in n], [-sign * v + allowed for v in b]
-    return replace(row, p_value=p, verdict="improved" if p_greater(*better, lvl) < lvl else "ok")
+    better = p_greater([-v for v in ranked], [-sign * v for v in moved(metric, b, bm, tolerance, False, noise)], lvl)
+    return replace(row, p_value=p, verdict="improved" if better < lvl else "ok")
 
 
 def param_mismatch(base: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> str | None:
@@ -219,7 +247,7 @@ def compare_test(test: str, base: Sequence[Mapping[str, Any]] | None, new: Seque
     if mixed and not settings.allow_mixed:
         return [Row(test, "-", None, None, None, None, "measured differently", note=mixed)]
     tol = settings.tolerance if tolerance is None else tolerance
-    rows = [compare_metric(test, m, base, new, tol, level(settings, family)) for m in (metrics or settings.names())]
+    rows = [compare_metric(test, m, base, new, tol, level(settings, family), settings.noise(m)) for m in (metrics or settings.names())]
     return [replace(r, note=mixed or "") for r in rows]
 
 
@@ -295,9 +323,10 @@ def _change(r: Row) -> str:
 
 
 def header(settings: Settings, family: int) -> str:
+    floor = "noise floor for one command (the square root of its session floor)" if settings.one_command else "session noise floor"
     return (f"alpha {settings.alpha:g} over {family} comparisons (Bonferroni: p < {level(settings, family):.2g}); "
             f"a regression is worse than the baseline by more than the allowed change (tolerance {settings.tolerance:g} "
-            f"or the metric's session noise floor, whichever is larger)")  # fmt: skip
+            f"or the metric's {floor}, whichever is larger)")  # fmt: skip
 
 
 def table(rows: Sequence[Row], base_env: Mapping[str, Any] | None = None, new_env: Mapping[str, Any] | None = None,

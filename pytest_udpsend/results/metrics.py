@@ -5,6 +5,9 @@ A metric is a dotted path into a SendResult dict (``"wfree.p99_us"`` reads
 absolute floor below which a change means nothing (an EAGAIN rate moving from
 0.0001 to 0.0003 is +200 % and meaningless), and its session noise floor: the
 factor by which two sessions of an unchanged host may differ (see ``Metric.noise``).
+A rate (a fraction of the sends, bounded by 1) takes that factor on its odds,
+rate / (1 - rate): x4 on the rate itself would allow any rise from 25 % (a rate of
+0.53 "may" become 2.1), while x4 on the odds lets 0.01 become 0.04 and 0.53 become 0.82.
 """
 
 from __future__ import annotations
@@ -25,16 +28,25 @@ class Metric:
     # larger CVs in log terms.  The wfree and enobufs figures are not measured; they follow
     # the EAGAIN rate's.
     noise: float
+    scale: str = "linear"  # "odds": the noise factor applies to value / (1 - value) (a rate in [0, 1])
 
 
 METRICS: dict[str, Metric] = {
-    "eagain_rate": Metric("higher", 0.01, 4.0),
+    "eagain_rate": Metric("higher", 0.01, 4.0, "odds"),
     "time_squeeze": Metric("higher", 50.0, 4.0),
     "enobufs": Metric("higher", 10.0, 4.0),
     "wfree.p50_us": Metric("higher", 5.0, 2.0),
     "wfree.p99_us": Metric("higher", 20.0, 3.0),
     "pps": Metric("lower", 0.0, 1.6),
 }
+
+
+def odds_scaled(rate: float, factor: float) -> float:
+    """The rate whose odds are ``factor`` times those of ``rate`` (0 and 1 stay where they are)."""
+    if rate >= 1.0 or rate <= 0.0:
+        return rate
+    odds = rate / (1.0 - rate) * factor
+    return odds / (1.0 + odds)
 
 
 def lookup(result: Mapping[str, Any], metric: str) -> Any:
