@@ -251,3 +251,13 @@ def test_one_document_with_lane_suffixed_tests_on_two_kernels_gets_the_upgrade_v
     page = html.unescape(report.render(one))
     assert "Upgrade view: tests x kernels" in page and "1 regression(s): t.py::test_a on " + NEW in page
     assert "Upgrade view" not in report.render(doc(OLD, "a", "h", {"t.py::test_a": BASE_RATES}))
+
+
+def test_a_one_command_document_s_upgrade_view_uses_the_rule_its_gate_recorded():
+    from pytest_udpsend.results import compare, report
+
+    sides = [doc(OLD, "a", "h", {f"t.py::test_a@{OLD}": BASE_RATES}), doc(NEW, "a", "h", {f"t.py::test_a@{NEW}": WORSE_RATES})]
+    runs = [{"source": f"--udpsend-kernel {i}", "environment": d["environment"], "tests": d["tests"]} for i, d in enumerate(sides)]
+    runs[1]["gate"] = {"settings": compare.Settings(one_command=True).to_dict(), "family": 6, "rows": []}
+    page = html.unescape(report.render({"format": store.FORMAT, "environment": {}, "tests": {}, "runs": runs}))
+    assert "Upgrade view: tests x kernels" in page and "noise floor for one command" in page

@@ -156,12 +156,15 @@ def render(units: Sequence[fanin.Unit], given: Mapping[str, Any] | None = None) 
     parts = [p for p in parts if p]
     if not parts:
         return ""
+    floor = "noise floor for one command" if settings.one_command else "session noise floor"
     return (f"<style>{CSS}</style><h2>Upgrade view: tests x kernels</h2>"
             f"<p>Medians over each cell's samples; marked where the gate (alpha {settings.alpha:g}, Bonferroni over "
-            f"each matrix's comparisons, tolerance {settings.tolerance:g} or the session noise floor) finds the test "
+            f"each matrix's comparisons, tolerance {settings.tolerance:g} or the {floor}) finds the test "
             f"worse than on the oldest kernel. Where sock_wfree ran: {LEGEND}</p>" + "".join(parts))  # fmt: skip
 
 
 def render_doc(doc: Mapping[str, Any]) -> str:
-    """The upgrade section of one document (merged, or run through several kernels)."""
-    return render(fanin.units_of(doc, "this document"))
+    """The upgrade section of one document (merged, or run through several kernels: then by the rule its
+    one-command gate recorded)."""
+    recorded: Mapping[str, Any] = next((run["gate"]["settings"] for run in doc.get("runs", []) if (run.get("gate") or {}).get("settings")), {})
+    return render(fanin.units_of(doc, "this document"), recorded)
