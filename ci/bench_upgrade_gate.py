@@ -178,11 +178,7 @@ def judge_pair(base: dict[str, Any], new: dict[str, Any]) -> list[Any]:
     """``new``'s regressions against ``base`` as a two-kernel command's gate gives them (its family, its rule)."""
     from pytest_udpsend.results import compare
 
-    b = {compare.base_key(k): v["samples"] for k, v in base["tests"].items()}
-    n = {compare.base_key(k): v["samples"] for k, v in new["tests"].items()}
-    settings = compare.Settings(one_command=True)
-    family = compare.family_size(b, settings)
-    return [r for t in sorted(n) for r in compare.compare_test(t, compare.find(t, b), n[t], settings, family) if r.regressed]
+    return [r for r in compare.compare_docs(base, new, compare.Settings(one_command=True)) if r.regressed]
 
 
 def pairs(doc: dict[str, Any]) -> None:
