@@ -12,7 +12,9 @@
   marker overrides; the noise floors of one command, the square roots of the session floors,
   since both sides are measured minutes apart by the same host).  The Bonferroni family is every comparison of
   the run: the reference's tests x metrics x the other kernels.  A regression fails
-  ``test@<release>`` with the table.
+  ``test@<release>`` with the table; so does a refusal (compare.refusal: a test that passed
+  there but measured nothing, a value that is not a number, too few samples), and a run in
+  which not one comparison was made fails as a whole.
 * **The document.** ``--udpsend-json`` holds one run per kernel (the merged layout of
   ``udpsend merge``), each with its environment and the gate's verdicts, so ``udpsend
   report`` shows the upgrade view across them.
@@ -97,10 +99,11 @@ class KernelGate:
         return store.document(self.ref.guest_environment or {"kernel": self.ref.release}, tests)
 
     def judge(self, lane: vm.Lane, item: pytest.Item, phases: Phases) -> Phases:
-        """The phases of ``item@lane``, its call phase failed with the table if it regressed."""
+        """The phases of ``item@lane``, its call phase failed with the table if it regressed or is refused."""
         new = _samples(phases)
-        if not new:
-            return phases  # nothing measured: the test's own outcome says why
+        passed = any(g.when == "call" and g.outcome == "passed" for g in phases)
+        if not new and not (passed and self.base.get(item.nodeid)):
+            return phases  # measured on neither kernel, or it did not pass here: its own outcome says why
         key = compare.base_key(item.nodeid)
         base_env = self.ref.guest_environment or {}
         env = lane.guest_environment or {}
@@ -122,9 +125,8 @@ class KernelGate:
         where = f"udpsend kernel gate (against {self.ref.suffix})"
         if rows[0].verdict == "measured differently":
             return f"{where}: {compare.mixed_refusal(rows[0].note, '--udpsend-allow-mixed')}"
-        if any(r.verdict == "too few samples" for r in rows):
-            short = compare.needed_samples(base_n, new_n, self.settings, self.family)
-            return f"{where}: this test cannot be judged: {short}"
+        if why := compare.refusal(rows, self.settings, self.family, "--udpsend-allow-mixed"):
+            return f"{where}: this test cannot be judged: {why}"
         if not any(r.regressed for r in rows):
             return None
         head = compare.header(self.settings, self.family)
@@ -197,7 +199,19 @@ class Kernels:
         return {"format": store.FORMAT, "environment": {**shared, "kernels": [lane.suffix for lane in self.lanes]},
                 "tests": {}, "runs": runs}  # fmt: skip
 
+    def nothing_compared(self) -> str | None:
+        """With a gate: one sentence if the other kernels ran tests but not one comparison was made."""
+        if self.gate is None or not any(self.reported.get(lane.suffix) for lane in self.lanes if lane is not self.gate.ref):
+            return None
+        return compare.nothing_compared([r for rows in self.gate.rows.values() for r in rows])
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.nothing_compared() and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # never a pass on what was not compared
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if why := self.nothing_compared():
+            terminalreporter.write_line(f"udpsend kernel gate: {why}", red=True)
         if self.gate is None or not self.gate.rows:
             return
         gate = self.gate
@@ -209,6 +223,8 @@ class Kernels:
             terminalreporter.write_line(compare.table(rows, gate.ref.guest_environment, lane.guest_environment or {}))
             bad = {r.test for r in rows if r.regressed}
             terminalreporter.write_line(f"{suffix}: {len(bad)} of {len({r.test for r in rows})} compared test(s) regressed")
+            for line in compare.not_compared(rows):
+                terminalreporter.write_line(f"{suffix}: {line}")
 
 
 def number_repeats(lanes: Sequence[vm.Lane]) -> None:

@@ -45,18 +45,20 @@ def _bounds_failure(scenario: Scenario, samples: list[dict[str, Any]]) -> str | 
 def _baseline_failure(item: pytest.Item, scenario: Scenario, samples: list[dict[str, Any]]) -> str | None:
     session = udpsend_session(item.config)
     baseline = session.baseline
-    if baseline is None or not samples:
+    if baseline is None:
         return None
     key = compare.base_key(item.nodeid)
     base = compare.find(key, session.baseline_samples)
+    if not samples and not base:
+        return None  # measured on neither side: not a test the gate is about
+    # a test the baseline measured that measured nothing here is refused (compare_test: "no samples")
     rows = compare.compare_test(key, base, samples, session.gate, session.gate_family,
                                 scenario.baseline.tolerance, scenario.baseline.metrics)  # fmt: skip
     item.stash[COMPARE_KEY] = [asdict(r) for r in rows]
     if rows[0].verdict == "measured differently":
         return f"udpsend baseline: {compare.mixed_refusal(rows[0].note, '--udpsend-allow-mixed')}"
-    if any(r.verdict == "too few samples" for r in rows):
-        short = compare.needed_samples(len(base or []), len(samples), session.gate, session.gate_family)
-        return f"udpsend baseline: this test cannot be judged: {short}"
+    if why := compare.refusal(rows, session.gate, session.gate_family, "--udpsend-allow-mixed"):
+        return f"udpsend baseline: this test cannot be judged: {why}"
     if not any(r.regressed for r in rows):
         return None
     env = {"kernel": samples[-1].get("kernel")}

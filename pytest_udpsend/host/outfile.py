@@ -6,6 +6,11 @@ Instead: ``mkstemp`` in the target directory (random name, ``O_CREAT|O_EXCL``: n
 follows or reuses an existing path), write, then ``os.replace`` onto the target
 (replaces a symlink at the target itself, never what it points to).  A reader never
 sees half a file; a failed write leaves no temporary behind.
+
+Missing parent directories are made when the file is written (as ``mkdir -p`` would).  A path
+that cannot be written (a directory, a parent that is a file, no permission) is an
+``OutputError`` in one sentence: ``check_target`` says so before a run starts (and makes
+nothing), ``atomic_open`` if it happens anyway.
 """
 
 from __future__ import annotations
@@ -17,18 +22,48 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from pytest_udpsend.errors import ConfigError
+
+
+class OutputError(ConfigError):
+    """An output file cannot be written there; the message names the option, the path and the fix."""
+
+
+def check_target(path: str | Path, flag: str) -> None:
+    """Refuse, in one sentence naming ``flag`` and ``path``, an output path that cannot become a file.
+
+    Agrees with ``atomic_open``: a missing parent is fine (it is made on writing) if the nearest
+    folder that exists is one this user can write in."""
+    target = Path(path)
+    if target.is_dir():
+        example = target / ("report.html" if flag in ("-o", "--udpsend-html") else "results.json")
+        raise OutputError(f"{flag} {path}: is a directory; give a file name, e.g. {example}")
+    existing = target.parent
+    while not (existing.exists() or existing.is_symlink()) and existing != existing.parent:
+        existing = existing.parent  # the folders below it are made when the file is written
+    if not existing.is_dir():
+        raise OutputError(f"{flag} {path}: {existing} is not a directory; give a path in a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {path}: the directory {existing} is not writable by this user; give a path you can write")
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     """A binary file that becomes ``path`` when the block ends without error."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # a --udpsend-pcap directory is made on first use
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot be written: {exc.strerror}") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # what open() would have given, not mkstemp's 0600
         with os.fdopen(fd, "wb") as out:
             yield out
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot be written: {exc.strerror}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

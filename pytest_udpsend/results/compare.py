@@ -17,7 +17,12 @@ One rule, used by the pytest gate, ``udpsend compare`` and the HTML report (READ
   measured, known before the first test runs, so the gate decides each test right
   after it.  A comparison is a regression where p < alpha / family.
 * **Refusal.** Sample counts whose smallest possible p cannot pass that level are
-  refused (``needed_samples`` says how many are needed) rather than passed silently.
+  refused (``needed_samples`` says how many are needed) rather than passed silently;
+  so are a test with no samples, a value or p that is not a number, and a comparison
+  in which nothing at all was compared (``refusal``, ``nothing_compared``, ``judge``).
+  What was not compared by design (a test not selected, a metric with no probe) is
+  listed (``not_compared``), never counted as a pass; a metric one side measured that the
+  other lacks without saying why (``absent``: a probe that stopped working) is refused.
 * **Like with like.** Results measured differently (backend, lane and accelerator, CPU
   model and count, payload and duration) are refused unless the user allows it.
 """
@@ -34,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from pytest_udpsend.results.metrics import METRICS, odds_scaled, values
+from pytest_udpsend.results.metrics import METRICS, lookup, odds_scaled, values
 
 DEFAULT_TOLERANCE = 0.25
 DEFAULT_ALPHA = 0.05
@@ -147,6 +152,10 @@ def p_greater(x: Sequence[float], y: Sequence[float], lvl: float = 0.0) -> float
     from scipy import stats
 
     n, m = len(x), len(y)
+    if any(math.isnan(v) for v in (*x, *y)):
+        return math.nan  # no statistic: the caller refuses, never "ok"
+    if len(set(x) | set(y)) == 1:
+        return 1.0  # every value tied: U is the same in every arrangement, so P(U >= u) is exactly 1
     if len(set(x) | set(y)) == n + m:
         return float(stats.mannwhitneyu(x, y, alternative="greater", method="exact").pvalue)
     p = float(stats.mannwhitneyu(x, y, alternative="greater", method="asymptotic").pvalue)
@@ -154,7 +163,13 @@ def p_greater(x: Sequence[float], y: Sequence[float], lvl: float = 0.0) -> float
     if p <= 10 * lvl and arrangements <= _EXACT_PERMUTATIONS:
         exact = stats.PermutationMethod(n_resamples=arrangements)  # enumerates every arrangement
         p = float(stats.mannwhitneyu(x, y, alternative="greater", method=exact).pvalue)
-    return 1.0 if math.isnan(p) else p
+    return p
+
+
+# Verdicts.  Compared: the test decided.  Refused: nothing may pass on it (one sentence says why).
+# Every other verdict ("no baseline", "not measured", "missing in new run") is not compared: listed, never a pass.
+COMPARED = ("regression", "ok", "improved")
+REFUSED = ("too few samples", "measured differently", "no samples", "not a number", "lost")
 
 
 @dataclass
@@ -165,14 +180,28 @@ class Row:
     new_median: float | None
     change: float | None  # relative change of the median, signed as measured
     p_value: float | None
-    verdict: str  # regression, ok, improved, too few samples, no baseline, not measured, missing in new run, measured differently
+    verdict: str  # one of COMPARED, one of REFUSED, or not compared: no baseline, not measured, missing in new run
     direction: str = ""  # "worse" or "better": which way the change goes for this metric
     allowed: float | None = None  # the change the verdict allowed, relative to the baseline median
     note: str = ""
+    base_n: int = 0  # samples on each side (what a refusal for too few samples says is needed)
+    new_n: int = 0
 
     @property
     def regressed(self) -> bool:
         return self.verdict == "regression"
+
+    @property
+    def compared(self) -> bool:
+        return self.verdict in COMPARED
+
+    @property
+    def refused(self) -> bool:
+        return self.verdict in REFUSED
+
+    @property
+    def where(self) -> str:
+        return self.test if self.metric == "-" else f"{self.test} {self.metric}"
 
 
 def allowed_change(metric: str, base_median: float, tolerance: float, noise: float | None = None) -> float:
@@ -206,8 +235,11 @@ def compare_metric(test: str, metric: str, base: Sequence[Mapping[str, Any]], ne
     """``noise``: the metric's noise factor (default: its session floor)."""
     spec = METRICS[metric]
     b, n = values(base, metric), values(new, metric)
+    for side, vs in (("the baseline", b), ("the new results", n)):
+        if not all(math.isfinite(v) for v in vs):  # a NaN median or p would pass as "ok"
+            return Row(test, metric, None, None, None, None, "not a number", note=f"in {side} (a NaN or infinite value)")
     if not b or not n:
-        return Row(test, metric, None, None, None, None, "not measured")
+        return absent(test, metric, base, new, b, n)
     bm, nm = statistics.median(b), statistics.median(n)
     change = (nm - bm) / abs(bm) if bm else (0.0 if nm == bm else math.copysign(math.inf, nm - bm))
     sign = 1.0 if spec.worse == "higher" else -1.0
@@ -223,7 +255,28 @@ def compare_metric(test: str, metric: str, base: Sequence[Mapping[str, Any]], ne
     if p < lvl:
         return replace(row, p_value=p, verdict="regression")
     better = p_greater([-v for v in ranked], [-sign * v for v in moved(metric, b, bm, tolerance, False, noise)], lvl)
+    if math.isnan(p) or math.isnan(better):
+        return replace(row, verdict="not a number", note="for the p-value (these samples give no test statistic)")
     return replace(row, p_value=p, verdict="improved" if better < lvl else "ok")
+
+
+def absent(test: str, metric: str, base: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]],
+           b: Sequence[float], n: Sequence[float]) -> Row:  # fmt: skip
+    """A metric a side lacks: "not measured" (absent by design) if both lack it or the lacking side's samples say
+    why; else "lost", refused: a probe that silently stopped working must not pass as not measured."""
+    for side, other, samples, vs in (("the new results", "the baseline", new, n), ("the baseline", "the new results", base, b)):
+        if not vs and (b or n) and not all(says_why_absent(s, metric) for s in samples):
+            return Row(test, metric, None, None, None, None, "lost", note=f"in {side} ({other} measured it, and these samples "
+                       "neither lack a probe nor say why it is unavailable): did a probe stop working?")  # fmt: skip
+    return Row(test, metric, None, None, None, None, "not measured")
+
+
+def says_why_absent(sample: Mapping[str, Any], metric: str) -> bool:
+    """Whether ``sample`` says why it has no ``metric``: the part holding it (``wfree``) has no backend (no probe) or
+    names why the backend could not measure (``unavailable``).  A top-level figure is always written."""
+    head, dot, _ = metric.rpartition(".")
+    part = lookup(sample, head) if dot else sample
+    return bool(dot) and (not isinstance(part, Mapping) or part.get("backend") is None or bool(part.get("unavailable")))
 
 
 def param_mismatch(base: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> str | None:
@@ -243,12 +296,17 @@ def compare_test(test: str, base: Sequence[Mapping[str, Any]] | None, new: Seque
     """Rows for one test; ``tolerance``/``metrics`` are a udpsend_baseline marker's overrides."""
     if base is None:
         return [Row(test, "-", None, None, None, None, "no baseline")]
+    base_n, new_n = len(base), len(new)
+    for side, samples, why in (("the baseline", base, "it holds the test but no measurement"),
+                               ("the new results", new, "the test ran but measured nothing")):  # fmt: skip
+        if not samples:
+            return [Row(test, "-", None, None, None, None, "no samples", note=f"in {side} ({why})", base_n=base_n, new_n=new_n)]
     mixed = param_mismatch(base, new)
     if mixed and not settings.allow_mixed:
-        return [Row(test, "-", None, None, None, None, "measured differently", note=mixed)]
+        return [Row(test, "-", None, None, None, None, "measured differently", note=mixed, base_n=base_n, new_n=new_n)]
     tol = settings.tolerance if tolerance is None else tolerance
     rows = [compare_metric(test, m, base, new, tol, level(settings, family), settings.noise(m)) for m in (metrics or settings.names())]
-    return [replace(r, note=mixed or "") for r in rows]
+    return [replace(r, note=r.note or mixed or "", base_n=base_n, new_n=new_n) for r in rows]
 
 
 def compare_docs(base: Mapping[str, Any], new: Mapping[str, Any], settings: Settings, family: int | None = None) -> list[Row]:
@@ -260,6 +318,75 @@ def compare_docs(base: Mapping[str, Any], new: Mapping[str, Any], settings: Sett
         rows += compare_test(test, find(test, b), n[test], settings, family)
     rows += [Row(test, "-", None, None, None, None, "missing in new run") for test in sorted(b) if find(test, n) is None]
     return rows
+
+
+# --- what may not pass: refusals, and what was not compared -------------------------------------
+
+
+def reason(row: Row, settings: Settings, family: int, allow_flag: str = "--allow-mixed") -> str:
+    """Why a refused row cannot be judged, naming its test (and metric)."""
+    if row.verdict == "too few samples":
+        return f"{row.where}: {needed_samples(row.base_n, row.new_n, settings, family)}"
+    if row.verdict == "measured differently":
+        return f"{row.test}: {mixed_refusal(row.note, allow_flag)}"
+    return f"{row.where}: {row.verdict} {row.note}".strip()
+
+
+def refusal(rows: Sequence[Row], settings: Settings, family: int, allow_flag: str = "--allow-mixed") -> str | None:
+    """The reason of the first refused row, or None: the shared rule for every caller (the pytest gate, the
+    kernel gate, ``udpsend compare`` and fan-in groups)."""
+    refused = [r for r in rows if r.refused]
+    return reason(refused[0], settings, family, allow_flag) if refused else None
+
+
+def nothing_compared(rows: Sequence[Row]) -> str | None:
+    """One sentence if not one row was compared (a comparison of nothing must never pass), else None."""
+    if any(r.compared for r in rows):
+        return None
+    if any(r.refused for r in rows):
+        return None  # the refusal says why
+    if not rows:
+        return "nothing was compared with the baseline: no test of this run was measured against it"
+    absent = [r.verdict for r in rows]
+    why = ("none of the baseline's tests measured here (a -k run or a shard that selected none of them)"
+           if all(v in ("missing in new run", "no baseline") for v in absent)
+           else "every metric compared is absent on one side (not measured: no probe)")  # fmt: skip
+    return f"nothing was compared with the baseline: {why}"
+
+
+def _few(names: Sequence[str], shown: int = 5) -> str:
+    more = f", and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def not_compared(rows: Sequence[Row]) -> list[str]:
+    """Lines listing what was not compared by design: tests not selected on a side, metrics not measured."""
+    lines = []
+    missing = sorted({r.test for r in rows if r.verdict == "missing in new run"})
+    if missing:
+        lines.append(f"not compared: {len(missing)} test(s) of the baseline not in the new results "
+                     f"(not selected: a -k run, a shard): {_few(missing)}")  # fmt: skip
+    new = sorted({r.test for r in rows if r.verdict == "no baseline"})
+    if new:
+        lines.append(f"not compared: {len(new)} test(s) not in the baseline: {_few(new)}")
+    absent = [r.where for r in rows if r.verdict == "not measured"]
+    if absent:
+        lines.append(f"not compared: {_few(absent)} (not measured on one side, e.g. no sock_wfree probe)")
+    return lines
+
+
+def coverage_refusal(base: Mapping[str, Sequence[Any]], new: Mapping[str, Sequence[Any]],
+                     base_name: str, new_name: str) -> str | None:  # fmt: skip
+    """One sentence if two documents (tests -> samples) cannot be compared at all, else None."""
+    if not new:
+        return (f"{new_name} has no tests: nothing was measured (a --collect-only run, or a run in which no test "
+                "measured, writes no results); compare a run that measured")  # fmt: skip
+    if not base:
+        return f"the baseline {base_name} has no tests: there is nothing to compare with"
+    if all(find(test, base) is None for test in new):
+        return (f"{new_name} shares no test with the baseline {base_name} (new: {_few(sorted(new), 2)}; baseline: "
+                f"{_few(sorted(base), 2)}): nothing can be compared; compare results of the same tests")  # fmt: skip
+    return None
 
 
 # --- like with like --------------------------------------------------------------------------
@@ -370,30 +497,38 @@ def compare_files(base_path: str, new_path: str, given: Mapping[str, Any]) -> in
     """``udpsend compare``: print the table; 1 on regression, 2 if refused, 0 otherwise."""
     from pytest_udpsend.results import store
 
-    return judge(store.load(base_path), store.load(new_path), given)
+    return judge(store.load(base_path), store.load(new_path), given, names=(base_path, new_path))
 
 
-def judge(base: Mapping[str, Any], new: Mapping[str, Any], given: Mapping[str, Any], family: int | None = None) -> int:
+def judge(base: Mapping[str, Any], new: Mapping[str, Any], given: Mapping[str, Any], family: int | None = None,
+          names: tuple[str, str] = ("the baseline", "the new results")) -> int:  # fmt: skip
     """Print the table of ``new`` against ``base``; 1 on regression, 2 if refused, 0 otherwise (also per fan-in
-    group, with ``family`` counting every group's comparisons)."""
+    group, with ``family`` counting every group's comparisons).  ``names``: the two sides' files.
+
+    Never 0 on what was not measured: no tests, no test in common, a test without samples, a value
+    that is not a number, or nothing compared at all is a refusal in one sentence on stderr."""
     settings = settings_for(new, given)
+    base_name, new_name = names
     mixed = env_mismatch(base.get("environment", {}), new.get("environment", {}))
     if mixed and not settings.allow_mixed:
         print(f"udpsend compare: refused: {mixed_refusal(mixed, '--allow-mixed')}", file=sys.stderr)
         return 2
     b = samples_by_test(base)
+    if why := coverage_refusal(b, samples_by_test(new), base_name, new_name):
+        print(f"udpsend compare: refused: {why}", file=sys.stderr)
+        return 2
     family = family or family_size(b, settings)
     rows = compare_docs(base, new, settings, family)
     head = header(settings, family) + (f"\nmixed comparison (allowed): {mixed}" if mixed else "")
     print(table(rows, base.get("environment"), new.get("environment"), head))
     bad = [r for r in rows if r.regressed]
     print(f"\n{len(bad)} regression(s) in {len({r.test for r in rows})} test(s)")
+    for line in not_compared(rows):
+        print(line)
     if shift := common_shift(rows):
         print(f"note: {shift}")
-    short = [r for r in rows if r.verdict in ("too few samples", "measured differently")]
-    if short and not bad:
-        first = short[0]
-        why = first.note or needed_samples(len(find(first.test, b) or []), len(samples_by_test(new).get(first.test, [])), settings, family)
-        print(f"udpsend compare: refused: {len({r.test for r in short})} test(s) cannot be judged: {why}", file=sys.stderr)
-        return 2
-    return 1 if bad else 0
+    why = refusal(rows, settings, family)
+    why = f"{len({r.test for r in rows if r.refused})} test(s) cannot be judged: {why}" if why else nothing_compared(rows)
+    if why:  # also beside a regression: what could not be judged is said, whatever the status
+        print(f"udpsend compare: refused: {new_name} against the baseline {base_name}: {why}", file=sys.stderr)
+    return 1 if bad else (2 if why else 0)

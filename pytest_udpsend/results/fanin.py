@@ -13,7 +13,8 @@ document.  Here they come back together:
   test joined), so shards of one runner count together.
 * **One rule.** Each pair of groups is judged by ``compare.judge`` (the like-with-like
   refusal included); the exit status is 1 if any group regressed, else 2 if any group was
-  refused or has no partner on the other side, else 0.
+  refused or has no partner on the other side, else 0.  A group that measured nothing (no
+  tests, no test in common, a test without samples) is refused by that rule, never passed.
 """
 
 from __future__ import annotations
@@ -116,9 +117,13 @@ def merge(paths: Sequence[str]) -> dict[str, Any]:
 
 
 def write_merged(out: str, inputs: Sequence[str]) -> int:
-    """``udpsend merge OUT IN...``."""
+    """``udpsend merge OUT IN...``: every input validated on load, the merged document before it is written; a
+    merge of files without a single test is refused (nothing written)."""
     paths = expand(inputs)
-    doc = merge(paths)
+    doc = store.validate(merge(paths), out)
+    if not any(run.get("tests") for run in doc["runs"]):  # an empty document would pass for results (issue 24)
+        raise ValueError(f"refused: {listed(paths)} hold no test (written by runs that measured nothing), so {out} "
+                         "would hold none; merge files of runs that measured")  # fmt: skip
     store.write(out, doc)
     print(f"merged {len(doc['runs'])} run(s) from {len(paths)} file(s) into {out}")
     return 0
@@ -255,7 +260,7 @@ def compare_sides(base_patterns: Sequence[str], new_patterns: Sequence[str], giv
             print(f"udpsend compare: refused: {describe(p.key)}: {p.refusal}", file=sys.stderr)
             statuses.append(2)
         else:
-            statuses.append(compare.judge(p.base, p.new, given, size))
+            statuses.append(compare.judge(p.base, p.new, given, size, (named(p.base_units), named(p.new_units))))
         sys.stdout.flush()
     status = 1 if 1 in statuses else (2 if 2 in statuses else 0)
     if several:
@@ -274,6 +279,16 @@ def paired_groups(base: Sequence[Unit], new: Sequence[Unit]) -> tuple[list[str],
     fields, change = split(base, new)
     b, n = group(base, fields), group(new, fields)
     return change, [(k, b.get(k, []), n.get(k, [])) for k in sorted(set(b) | set(n))]
+
+
+def named(units: Sequence[Unit]) -> str:
+    """The files of a side as the user gave them (a refusal names them)."""
+    return listed([u.source for u in units])
+
+
+def listed(names: Sequence[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def source_names(units: Sequence[Unit]) -> str:

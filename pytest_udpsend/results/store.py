@@ -8,7 +8,10 @@ Layout::
 Schema 2 (``schema/results-v2.json``, checked on load with jsonschema) adds ``hostname`` and
 ``labels`` (``--udpsend-label``) to the environment and, in a merged document (``udpsend
 merge``), ``runs``: one ``{"source", "environment", "tests"}`` per source document.  Schema 1
-documents (today's files) are read as they are.
+documents (today's files) are read as they are.  The schema types every field the plugin writes
+(fields it does not know are let through, so newer writers of schema 2 stay readable): whatever
+reads a document after ``load`` may rely on those types, and a file that breaks them is refused
+in one sentence naming the file and the field.
 
 Results travel from xdist workers to the controller in ``report.user_properties``.
 """
@@ -35,6 +38,7 @@ FORMAT = f"pytest-udpsend/{SCHEMA_VERSION}"
 READABLE = ("pytest-udpsend/1", FORMAT)  # a schema-2 reader reads both
 SCHEMA = Path(__file__).with_name("schema") / "results-v2.json"
 PROPERTY = "udpsend_samples"
+MAX_DEPTH = 64  # a document the plugin writes nests about 10 deep; walkers of deeper ones run out of stack
 
 
 def kernel_config_hash() -> str | None:
@@ -106,6 +110,20 @@ def _field(path: Any) -> str:
     return ".".join(str(p) for p in path) or "(the document)"
 
 
+def too_deep(doc: Any, limit: int = MAX_DEPTH) -> list[Any] | None:
+    """The path of the first value nested deeper than ``limit``, else None (walked without recursion)."""
+    stack: list[tuple[Any, list[Any]]] = [(doc, [])]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > limit:
+            return path[: limit + 1]
+        if isinstance(value, dict):
+            stack += [(v, [*path, k]) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, [*path, i]) for i, v in enumerate(value)]
+    return None
+
+
 def validate(doc: Any, name: str | Path) -> dict[str, Any]:
     """``doc`` if it is a results document this version reads; else ValueError, one sentence naming the field."""
     import jsonschema
@@ -120,6 +138,9 @@ def validate(doc: Any, name: str | Path) -> dict[str, Any]:
                          f"{__version__} reads ({', '.join(READABLE)}); upgrade pytest-udpsend to read it")  # fmt: skip
     if doc["format"] not in READABLE:
         raise ValueError(f"{name}: field 'format' is {doc['format']!r}, not one this pytest-udpsend reads ({', '.join(READABLE)})")
+    if (deep := too_deep(doc)) is not None:
+        raise ValueError(f"{name}: field '{_field(deep)}...': nested more than {MAX_DEPTH} levels deep, which no results "
+                         "file is; the file was edited or written by another tool")  # fmt: skip
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(doc))
     if error is not None:
         raise ValueError(f"{name}: field '{_field(error.absolute_path)}': {error.message} "
@@ -141,8 +162,13 @@ def load(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: no such file") from None
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a pytest-udpsend results file (not text)") from None
+    except OSError as exc:  # a directory, no permission, an I/O error: the cause, not a traceback
+        raise ValueError(f"{path}: cannot be read: {exc.strerror or exc}; give a results file written with --udpsend-json") from None
     try:
         doc = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to read (arrays or objects hundreds of levels deep): "
+                         "not a pytest-udpsend results file") from None  # fmt: skip
     except json.JSONDecodeError as exc:
         stripped = text.rstrip()  # a JSON object cut short: it ends before its closing brace, or inside a string
         cut = stripped.startswith("{") and (exc.pos >= len(stripped) or not stripped.endswith("}") or "Unterminated" in exc.msg)
