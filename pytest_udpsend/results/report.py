@@ -3,42 +3,42 @@
 Per test: EAGAIN rate over the run, SIOCOUTQ occupancy over the run, the
 sock_wfree latency histogram per context, per-CPU time_squeeze; and, with a
 baseline, baseline-versus-new samples per metric.
+
+This module builds the page's data; templates/report.html lays it out, escaping
+every string (templating.py).
 """
 
 from __future__ import annotations
 
-import html
+import statistics
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_udpsend.host.outfile import atomic_write
-from pytest_udpsend.results import compare, metrics, store, sweep_report, upgrade_report
+from pytest_udpsend.results import compare, metrics, store, sweep_report, templating, upgrade_report
+from pytest_udpsend.results.templating import Figure, Shape, shape
 
 W, H, PAD = 440, 180, 52
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
-def _esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _frame(title: str, body: str, xlabel: str, ylabel: str, ymax: float, xmax: float | None = None) -> str:
-    ticks = "".join(
-        f'<line x1="{PAD}" x2="{W - 8}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
-        f'<text x="{PAD - 4}" y="{y + 3:.1f}" text-anchor="end" font-size="9">{_fmtnum(ymax * f)}</text>'
-        for f, y in ((f, H - PAD - f * (H - PAD - 18)) for f in (0, 0.5, 1))
-    )
-    xtick = f'<text x="{W - 8}" y="{H - PAD + 12}" text-anchor="end" font-size="9">{_fmtnum(xmax)}</text>' if xmax else ""
-    return (
-        f'<figure><svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img">'
-        f'<title>{_esc(title)}</title><text x="{W / 2}" y="12" text-anchor="middle" font-size="11" font-weight="bold">{_esc(title)}</text>'
-        f"{ticks}{xtick}"
-        f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - 8}" y2="{H - PAD}" stroke="#333"/>'
-        f'<line x1="{PAD}" y1="18" x2="{PAD}" y2="{H - PAD}" stroke="#333"/>'
-        f'<text x="{(W + PAD) / 2}" y="{H - 8}" text-anchor="middle" font-size="10">{_esc(xlabel)}</text>'
-        f'<text x="10" y="{H / 2}" transform="rotate(-90 10 {H / 2})" text-anchor="middle" font-size="10">{_esc(ylabel)}</text>'
-        f"{body}</svg></figure>"
-    )
+def _frame(title: str, body: Sequence[Shape], xlabel: str, ylabel: str, ymax: float, xmax: float | None = None) -> Figure:
+    """Axes, three y ticks, the last x tick and the labels around a plot's shapes (data: see templating.Figure)."""
+    frame = [shape("text", title, x=W / 2, y=12, text_anchor="middle", font_size=11, font_weight="bold")]
+    for f in (0, 0.5, 1):
+        y = H - PAD - f * (H - PAD - 18)
+        frame += [shape("line", x1=PAD, x2=W - 8, y1=f"{y:.1f}", y2=f"{y:.1f}", stroke="#eee"),
+                  shape("text", _fmtnum(ymax * f), x=PAD - 4, y=f"{y + 3:.1f}", text_anchor="end", font_size=9)]  # fmt: skip
+    if xmax:
+        frame.append(shape("text", _fmtnum(xmax), x=W - 8, y=H - PAD + 12, text_anchor="end", font_size=9))
+    frame += [
+        shape("line", x1=PAD, y1=H - PAD, x2=W - 8, y2=H - PAD, stroke="#333"),
+        shape("line", x1=PAD, y1=18, x2=PAD, y2=H - PAD, stroke="#333"),
+        shape("text", xlabel, x=(W + PAD) / 2, y=H - 8, text_anchor="middle", font_size=10),
+        shape("text", ylabel, x=10, y=H / 2, transform=f"rotate(-90 10 {H / 2})", text_anchor="middle", font_size=10),
+    ]
+    return Figure(W, H, [*frame, *body], title=title)
 
 
 def _fmtnum(v: float | None) -> str:
@@ -55,61 +55,121 @@ def _xy(i: float, v: float, xmax: float, ymax: float) -> tuple[float, float]:
     return x, y
 
 
-def line_plot(title: str, series: Sequence[tuple[str, Sequence[float]]], step: float, xlabel: str, ylabel: str) -> str:
+def line_plot(title: str, series: Sequence[tuple[str, Sequence[float]]], step: float, xlabel: str, ylabel: str) -> Figure | None:
     values = [v for _, s in series for v in s]
     if not values:
-        return ""
+        return None
     ymax = max(values) or 1.0
     xmax = max(len(s) for _, s in series) * step
-    body, legend = "", ""
+    body: list[Shape] = []
+    legend: list[Shape] = []
     for k, (name, s) in enumerate(series):
-        pts = " ".join("%.1f,%.1f" % _xy(i * step, v, xmax, ymax) for i, v in enumerate(s))
+        pts = " ".join("%.1f,%.1f" % _xy(i * step, v, xmax, ymax) for i, v in enumerate(s))  # numbers only
         color = COLORS[k % len(COLORS)]
-        body += f'<polyline fill="none" stroke="{color}" stroke-width="1.2" points="{pts}"/>'
-        legend += f'<text x="{W - 10}" y="{28 + 11 * k}" text-anchor="end" font-size="9" fill="{color}">{_esc(name)}</text>'
+        body.append(shape("polyline", fill="none", stroke=color, stroke_width=1.2, points=pts))
+        legend.append(shape("text", name, x=W - 10, y=28 + 11 * k, text_anchor="end", font_size=9, fill=color))
     return _frame(title, body + legend, xlabel, ylabel, ymax, xmax)
 
 
-def bar_plot(title: str, labels: Sequence[str], groups: Sequence[tuple[str, Sequence[float]]], xlabel: str, ylabel: str) -> str:
+def bar_plot(title: str, labels: Sequence[str], groups: Sequence[tuple[str, Sequence[float]]], xlabel: str, ylabel: str) -> Figure | None:
     values = [v for _, g in groups for v in g]
     if not values:
-        return ""
+        return None
     ymax = max(values) or 1.0
     slot = (W - 8 - PAD) / max(len(labels), 1)
     bar = slot * 0.8 / max(len(groups), 1)
-    body = ""
+    body: list[Shape] = []
     for k, (name, g) in enumerate(groups):
         for i, v in enumerate(g):
             x = PAD + i * slot + slot * 0.1 + k * bar
             _, y = _xy(0, v, 1, ymax)
-            body += (f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(bar - 1, 1):.1f}" height="{H - PAD - y:.1f}" '
-                     f'fill="{COLORS[k % len(COLORS)]}"><title>{_esc(name)} {_esc(labels[i])}: {v:g}</title></rect>')  # fmt: skip
+            body.append(shape("rect", title=f"{name} {labels[i]}: {v:g}", x=f"{x:.1f}", y=f"{y:.1f}",
+                              width=f"{max(bar - 1, 1):.1f}", height=f"{H - PAD - y:.1f}", fill=COLORS[k % len(COLORS)]))  # fmt: skip
     for i, label in enumerate(labels):
         if len(labels) <= 10 or i % max(1, -(-len(labels) // 8)) == 0:
-            body += f'<text x="{PAD + (i + 0.5) * slot:.1f}" y="{H - PAD + 11}" text-anchor="middle" font-size="8">{_esc(label)}</text>'
-    body += "".join(
-        f'<text x="{W - 10}" y="{28 + 11 * k}" text-anchor="end" font-size="9" fill="{COLORS[k % len(COLORS)]}">{_esc(n)}</text>'
-        for k, (n, _) in enumerate(groups)
-    )
+            body.append(shape("text", label, x=f"{PAD + (i + 0.5) * slot:.1f}", y=H - PAD + 11, text_anchor="middle", font_size=8))
+    body += [shape("text", n, x=W - 10, y=28 + 11 * k, text_anchor="end", font_size=9, fill=COLORS[k % len(COLORS)])
+             for k, (n, _) in enumerate(groups)]  # fmt: skip
     return _frame(title, body, xlabel, ylabel, ymax)
 
 
-def strip_plot(title: str, base: Sequence[float], new: Sequence[float], verdict: str) -> str:
+def strip_plot(title: str, base: Sequence[float], new: Sequence[float], verdict: str) -> Figure | None:
     values = [*base, *new]
     if not values:
-        return ""
+        return None
     ymax = max(values) or 1.0
-    body = ""
+    body: list[Shape] = []
     for k, (name, vs) in enumerate((("baseline", base), ("new", new))):
         cx = PAD + (W - 8 - PAD) * (0.3 + 0.4 * k)
         for j, v in enumerate(vs):
             _, y = _xy(0, v, 1, ymax)
-            body += f'<circle cx="{cx + (j % 7 - 3) * 4:.1f}" cy="{y:.1f}" r="3" fill="{COLORS[k]}" fill-opacity="0.7"><title>{v:g}</title></circle>'
-        body += f'<text x="{cx:.1f}" y="{H - PAD + 12}" text-anchor="middle" font-size="10">{name}</text>'
+            body.append(shape("circle", title=f"{v:g}", cx=f"{cx + (j % 7 - 3) * 4:.1f}", cy=f"{y:.1f}", r=3, fill=COLORS[k], fill_opacity=0.7))
+        body.append(shape("text", name, x=f"{cx:.1f}", y=H - PAD + 12, text_anchor="middle", font_size=10))
     return _frame(f"{title}: {verdict}", body, "", title, ymax)
 
 
-def ran_with(samples: Sequence[Mapping[str, Any]], session_sysctls: Mapping[str, Any]) -> str:
+@dataclass(frozen=True)
+class SysctlRow:
+    name: str
+    values: str  # every value seen in the test's runs, " | "-joined
+    session: str | None  # the session's value where the test ran with another, else None
+
+
+@dataclass(frozen=True)
+class RanWith:
+    rows: list[tuple[str, str]]
+    sysctls: list[SysctlRow]
+
+
+@dataclass(frozen=True)
+class Section:
+    """One test's section as data (templates/test_section.html); its plots are Figures: geometry from numbers."""
+
+    anchor: str
+    nodeid: str
+    outcome: str
+    summary: str  # kernel, samples, last pps / EAGAIN / sndbuf, sock_wfree backend: one line of text
+    stacks: list[tuple[str, str]]  # context, its most frequent kernel stack at sock_wfree (bpf)
+    ran_with: RanWith
+    diagnosis: list[tuple[str, str]]  # finding, evidence
+    plots: list[Figure]
+
+
+@dataclass(frozen=True)
+class Overview:
+    """One line of the table that opens the report: a test at a glance, linked to its section."""
+
+    anchor: str
+    test: str
+    verdict: str
+    failed: bool
+    eagain: str  # medians over the test's samples, as text
+    pps: str
+    wfree_p99: str
+    diagnosis: str  # the first line of the first finding
+
+
+def _median(samples: Sequence[Mapping[str, Any]], metric: str) -> float | None:
+    vals = metrics.values(samples, metric)
+    return statistics.median(vals) if vals else None
+
+
+def overview(sec: Section, samples: Sequence[Mapping[str, Any]], rows: Sequence[compare.Row]) -> Overview:
+    worse = [r.metric for r in rows if r.regressed]
+    verdict = sec.outcome + (f"; regression: {', '.join(worse)}" if worse else "")
+    eagain, pps, p99 = (_median(samples, m) for m in ("eagain_rate", "pps", "wfree.p99_us"))
+    first = sec.diagnosis[0][0].splitlines()[0] if sec.diagnosis and sec.diagnosis[0][0] else ""
+    return Overview(sec.anchor, sec.nodeid, verdict, sec.outcome == "failed" or bool(worse),
+                    "-" if eagain is None else f"{eagain:.2%}", "-" if pps is None else f"{pps:,.0f}",
+                    "-" if p99 is None else f"{p99:.4g} us", first)  # fmt: skip
+
+
+def findings(sample: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The diagnosis of one sample (``SendResult.diagnosis``): (finding, evidence) pairs."""
+    return [(str(d.get("finding", "")), str(d.get("evidence", ""))) for d in sample.get("diagnosis") or []]
+
+
+def ran_with(samples: Sequence[Mapping[str, Any]], session_sysctls: Mapping[str, Any]) -> RanWith:
     """The test's own conditions: topology, CPU pressure, sender parameters, and the sysctls in force during
     its runs (those that differ from the session's environment are marked)."""
     def distinct(key: str) -> str:
@@ -127,30 +187,22 @@ def ran_with(samples: Sequence[Mapping[str, Any]], session_sysctls: Mapping[str,
     cells = []
     for name, seen in sorted(sysctls.items()):
         changed = [v for v in seen if v != str(session_sysctls.get(name, v))]
-        text = _esc(" | ".join(seen)) + (f" <em>(session: {_esc(session_sysctls.get(name))})</em>" if changed else "")
-        cells.append(f'<tr{" class=changed" if changed else ""}><th>{_esc(name)}</th><td>{text}</td></tr>')
-    head = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
-    return f'<table class="ranwith"><caption>this test ran with</caption>{head}{"".join(cells)}</table>'
+        cells.append(SysctlRow(name, " | ".join(seen), str(session_sysctls.get(name)) if changed else None))
+    return RanWith(rows, cells)
 
 
-def _test_section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[str, Any]] | None,
-                  rows: Sequence[compare.Row], session_sysctls: Mapping[str, Any]) -> str:  # fmt: skip
+def section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[str, Any]] | None,
+            rows: Sequence[compare.Row], session_sysctls: Mapping[str, Any], anchor: str) -> Section:  # fmt: skip
+    """One test's section: what it ran with, what it measured (last sample), plots over its samples."""
     samples = entry.get("samples", [])
-    parts = [f'<section><h2>{_esc(nodeid)} <span class="{_esc(entry.get("outcome"))}">{_esc(entry.get("outcome"))}</span></h2>']
     last = samples[-1]
-    parts.append(
-        f"<p>kernel {_esc(last.get('kernel'))}; {len(samples)} sample(s); last: {last.get('pps', 0):,.0f} pps, "
-        f"EAGAIN {last.get('eagain_rate', 0):.2%}, sndbuf {last.get('sndbuf_effective')} B, "
-        f"sock_wfree backend {_esc((last.get('wfree') or {}).get('backend') or 'not measured')}</p>"
-    )
+    summary = (f"kernel {last.get('kernel')}; {len(samples)} sample(s); last: {last.get('pps', 0):,.0f} pps, "
+               f"EAGAIN {last.get('eagain_rate', 0):.2%}, sndbuf {last.get('sndbuf_effective')} B, "
+               f"sock_wfree backend {(last.get('wfree') or {}).get('backend') or 'not measured'}")  # fmt: skip
     top: dict[str, str] = {}  # bpf: the most frequent kernel stack at sock_wfree of each context
     for stack in (last.get("wfree") or {}).get("stacks") or []:
-        top.setdefault(stack.get("context"), stack.get("text", ""))
-    if top:
-        parts.append("<p>sock_wfree top stack per context:<br>"
-                     + "<br>".join(f"{_esc(c)}: {_esc(t)}" for c, t in top.items()) + "</p>")  # fmt: skip
-    parts.append(ran_with(samples, session_sysctls) + sweep_report.diagnosis_html(last))
-    plots = []
+        top.setdefault(str(stack.get("context")), str(stack.get("text", "")))
+    plots: list[Figure | None] = []
     step = (last.get("series") or {}).get("bucket_ms", 10) / 1000
     eagain = [
         (f"run {i + 1}", [e / a if a else 0.0 for a, e in zip(s["series"].get("attempts", []), s["series"].get("eagain", []))])
@@ -165,7 +217,7 @@ def _test_section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[
     if by_ctx:
         edges = next(iter(by_ctx.values())).get("edges_us", [])
         labels = ["<" + _fmtnum(edges[0])] + [_fmtnum(e) for e in edges]
-        groups = [(ctx, h.get("counts", [])) for ctx, h in by_ctx.items()]
+        groups = [(str(ctx), h.get("counts", [])) for ctx, h in by_ctx.items()]
         used = [i for i in range(len(labels)) if any(i < len(g) and g[i] for _, g in groups)]
         if used:
             lo, hi = used[0], used[-1] + 1
@@ -179,15 +231,8 @@ def _test_section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[
     if base is not None:
         for row in rows:
             plots.append(strip_plot(row.metric, metrics.values(base, row.metric), metrics.values(samples, row.metric), row.verdict))
-    parts.append('<div class="plots">' + "".join(p for p in plots if p) + "</div></section>")
-    return "".join(parts)
-
-
-CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}h2{font-size:1.05em;margin-top:1.6em}
-.plots{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;border:1px solid #ddd}
-.passed{color:#2a2}.failed{color:#c22}table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:2px 6px}
-pre{background:#f6f6f6;padding:.6em;overflow-x:auto}
-.ranwith{margin:.4em 0}.ranwith caption{text-align:left;font-size:.9em}.changed{background:#fff3c4}"""
+    return Section(anchor, nodeid, str(entry.get("outcome")), summary, list(top.items()), ran_with(samples, session_sysctls),
+                   findings(last), [p for p in plots if p is not None])  # fmt: skip
 
 
 def gate_rows(doc: Mapping[str, Any], baseline: Mapping[str, Any] | None,
@@ -224,29 +269,29 @@ def render(doc: Mapping[str, Any], baseline: Mapping[str, Any] | None = None, gi
     rows_by_test: dict[str, list[compare.Row]] = {}
     for row in rows:
         rows_by_test.setdefault(row.test, []).append(row)
-    env_rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in sorted(env.items()) if k not in ("sysctls", "gate"))
     session_sysctls = env.get("sysctls") or {}
-    sysctls = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in sorted(session_sysctls.items()))
+    measured = [(nodeid, entry) for nodeid, entry in sorted(doc.get("tests", {}).items()) if entry.get("samples")]
     sections = [
-        _test_section(nodeid, entry, compare.find(compare.base_key(nodeid), base_tests) if baseline else None,
-                      rows_by_test.get(compare.base_key(nodeid), []), session_sysctls)  # fmt: skip
-        for nodeid, entry in sorted(doc.get("tests", {}).items())
-        if entry.get("samples")
+        section(nodeid, entry, compare.find(compare.base_key(nodeid), base_tests) if baseline else None,
+                rows_by_test.get(compare.base_key(nodeid), []), session_sysctls, f"test-{i}")  # fmt: skip
+        for i, (nodeid, entry) in enumerate(measured)
     ]
-    summary = ""
+    overviews = [overview(sec, entry["samples"], rows_by_test.get(compare.base_key(nodeid), []))
+                 for sec, (nodeid, entry) in zip(sections, measured)]  # fmt: skip
     if shift := compare.common_shift(rows):
         head += f"\nnote: {shift}"
-    if rows or head:
-        summary = f"<h2>Baseline comparison</h2><pre>{_esc(compare.table(rows, base_env, env, head) if rows else head)}</pre>"
-    return (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>pytest-udpsend report</title>"
-        f"<style>{CSS}</style></head><body><h1>pytest-udpsend report: kernel {_esc(env.get('kernel'))}</h1>"
-        f"<h2>Environment</h2><table>{env_rows}</table><h2>Environment: sysctls in force at session end</h2>"
-        f"<p>Each test's own sysctls, topology and pressure are in its section.</p><table>{sysctls}</table>{summary}"
-        + sweep_report.render(doc)  # remedy sweep cells: heatmap and line plots
-        + upgrade_report.render_doc(doc)  # tests x kernels, where the document spans several kernels
-        + ("".join(sections) or "<p>No measurements in this run.</p>")
-        + "</body></html>"
+    comparison = (compare.table(rows, base_env, env, head) if rows else head) if rows or head else None
+    return templating.render(
+        "report.html",
+        page_title="pytest-udpsend report",
+        kernel=str(env.get("kernel")),
+        environment=[(k, str(v)) for k, v in sorted(env.items()) if k not in ("sysctls", "gate")],
+        sysctls=[(k, str(v)) for k, v in sorted(session_sysctls.items())],
+        comparison=comparison,
+        sweep=sweep_report.section(doc),  # remedy sweep cells: heatmap and line plots
+        upgrade=upgrade_report.doc_section(doc),  # tests x kernels, where the document spans several kernels
+        overview=overviews,
+        sections=sections,
     )
 
 

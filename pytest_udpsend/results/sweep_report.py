@@ -1,31 +1,21 @@
 """The HTML of a remedy sweep: a heatmap sndbuf x netdev_budget coloured by EAGAIN rate, and
 line plots of EAGAIN rate against sndbuf, one line per budget.  Inline SVG, no scripts.
 
-Also the per-test diagnosis list (``SendResult.diagnosis``) for the report's test sections.
+This module builds the section's data; templates/sweep.html lays it out, escaping every string.
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from pytest_udpsend.results import templating
+from pytest_udpsend.results.templating import Figure, Shape, shape
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 # sequential ramp for EAGAIN rate 0 -> 1 (light yellow to dark red)
 RAMP = [(255, 255, 204), (254, 217, 118), (253, 141, 60), (227, 26, 28), (128, 0, 38)]
-
-
-def _esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def diagnosis_html(sample: Mapping[str, Any]) -> str:
-    """The findings of one sample as a list (nothing when it has none)."""
-    findings = sample.get("diagnosis") or []
-    if not findings:
-        return ""
-    items = "".join(f"<li>{_esc(d['finding'])}<br><small>evidence: {_esc(d['evidence'])}</small></li>" for d in findings)
-    return f'<div class="diagnosis"><strong>diagnosis</strong><ul>{items}</ul></div>'
 
 
 def _colour(rate: float) -> str:
@@ -67,43 +57,42 @@ def _col_label(col: tuple[int, int]) -> str:
     return _size(col[0] or None) + (" forced" if col[1] else "")
 
 
-def heatmap(title: str, summaries: Sequence[dict[str, Any]], target: float | None) -> str:
+def heatmap(title: str, summaries: Sequence[dict[str, Any]], target: float | None) -> Figure:
     cols = sorted({_column(s["knobs"]) for s in summaries})
     rows = sorted({s["knobs"].get("budget") or 0 for s in summaries}, reverse=True)
     cw, ch, left, top = 74, 30, 70, 34
     w, h = left + cw * len(cols) + 10, top + ch * len(rows) + 58
     by = {(_column(s["knobs"]), s["knobs"].get("budget") or 0): s for s in summaries}
-    body = ""
+    body: list[Shape] = []
     for j, budget in enumerate(rows):
         y = top + j * ch
-        body += f'<text x="{left - 6}" y="{y + ch / 2 + 4}" text-anchor="end" font-size="11">{budget or "host"}</text>'
+        body.append(shape("text", budget or "host", x=left - 6, y=y + ch / 2 + 4, text_anchor="end", font_size=11))
         for i, col in enumerate(cols):
             s = by.get((col, budget))
             x = left + i * cw
             if s is None:
-                body += f'<rect x="{x}" y="{y}" width="{cw - 2}" height="{ch - 2}" fill="#f0f0f0"/>'
+                body.append(shape("rect", x=x, y=y, width=cw - 2, height=ch - 2, fill="#f0f0f0"))
                 continue
             rate = s.get("eagain_rate") or 0.0
             ok = target is not None and rate <= target
             fg = "#fff" if rate > 0.25 else "#222"
-            border = ' stroke="#1a7f37" stroke-width="3"' if ok else ""
+            border = {"stroke": "#1a7f37", "stroke_width": 3} if ok else {}
             tip = f"{_col_label(col)}, budget {budget or 'host'}: EAGAIN {rate:.2%}, {s.get('pps') or 0:,.0f} pps, time_squeeze {s.get('time_squeeze') or 0:.0f}"
-            body += (f'<rect x="{x}" y="{y}" width="{cw - 2}" height="{ch - 2}" fill="{_colour(rate)}"'
-                     f'{border}><title>{_esc(tip)}</title></rect>'
-                     f'<text x="{x + cw / 2 - 1}" y="{y + ch / 2 + 4}" text-anchor="middle" font-size="11" fill="{fg}">{rate:.1%}</text>')  # fmt: skip
+            body += [shape("rect", title=tip, x=x, y=y, width=cw - 2, height=ch - 2, fill=_colour(rate), **border),
+                     shape("text", f"{rate:.1%}", x=x + cw / 2 - 1, y=y + ch / 2 + 4, text_anchor="middle", font_size=11, fill=fg)]  # fmt: skip
     for i, col in enumerate(cols):
         cx = left + i * cw + cw / 2
-        body += f'<text x="{cx}" y="{top + ch * len(rows) + 14}" text-anchor="middle" font-size="10">{_esc(_col_label(col))}</text>'
-    body += (f'<text x="{left + cw * len(cols) / 2}" y="{h - 22}" text-anchor="middle" font-size="11">SO_SNDBUF requested</text>'
-             f'<text x="12" y="{top + ch * len(rows) / 2}" transform="rotate(-90 12 {top + ch * len(rows) / 2})" '
-             f'text-anchor="middle" font-size="11">net.core.netdev_budget</text>'
-             f'<text x="{w / 2}" y="16" text-anchor="middle" font-size="12" font-weight="bold">{_esc(title)}</text>')  # fmt: skip
+        body.append(shape("text", _col_label(col), x=cx, y=top + ch * len(rows) + 14, text_anchor="middle", font_size=10))
+    mid = top + ch * len(rows) / 2
+    body += [shape("text", "SO_SNDBUF requested", x=left + cw * len(cols) / 2, y=h - 22, text_anchor="middle", font_size=11),
+             shape("text", "net.core.netdev_budget", x=12, y=mid, transform=f"rotate(-90 12 {mid})", text_anchor="middle", font_size=11),
+             shape("text", title, x=w / 2, y=16, text_anchor="middle", font_size=12, font_weight="bold")]  # fmt: skip
     if target is not None:
-        body += f'<text x="{left}" y="{h - 6}" font-size="10" fill="#1a7f37">green border: EAGAIN at or under the target {target:.2%}</text>'
-    return f'<figure><svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img">{body}</svg></figure>'
+        body.append(shape("text", f"green border: EAGAIN at or under the target {target:.2%}", x=left, y=h - 6, font_size=10, fill="#1a7f37"))
+    return Figure(w, h, body)
 
 
-def lines(title: str, summaries: Sequence[dict[str, Any]]) -> str:
+def lines(title: str, summaries: Sequence[dict[str, Any]]) -> Figure | None:
     """EAGAIN rate against sndbuf (categorical, sorted), one line per (budget, forced)."""
     sizes = sorted({s["knobs"].get("sndbuf") or 0 for s in summaries})
     series: dict[str, dict[int, float]] = {}
@@ -112,61 +101,70 @@ def lines(title: str, summaries: Sequence[dict[str, Any]]) -> str:
         name = f"budget {k.get('budget') or 'host'}" + (" forced" if k.get("force") else "")
         series.setdefault(name, {})[k.get("sndbuf") or 0] = s.get("eagain_rate") or 0.0
     if len(sizes) < 2:
-        return ""
+        return None
     W, H, PAD = 460, 230, 56
     ymax = max((v for d in series.values() for v in d.values()), default=0.0) or 0.01
 
     def xy(i: int, v: float) -> tuple[float, float]:
         return PAD + (W - 20 - PAD) * i / (len(sizes) - 1), H - PAD - (H - PAD - 24) * v / ymax
 
-    body = ""
+    body: list[Shape] = []
     for f in (0.0, 0.5, 1.0):
         _, y = xy(0, ymax * f)
-        body += (f'<line x1="{PAD}" x2="{W - 20}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
-                 f'<text x="{PAD - 4}" y="{y + 3:.1f}" text-anchor="end" font-size="9">{ymax * f:.1%}</text>')  # fmt: skip
+        body += [shape("line", x1=PAD, x2=W - 20, y1=f"{y:.1f}", y2=f"{y:.1f}", stroke="#eee"),
+                 shape("text", f"{ymax * f:.1%}", x=PAD - 4, y=f"{y + 3:.1f}", text_anchor="end", font_size=9)]  # fmt: skip
     for i, size in enumerate(sizes):
         x, _ = xy(i, 0)
-        body += f'<text x="{x:.1f}" y="{H - PAD + 14}" text-anchor="middle" font-size="9">{_size(size or None)}</text>'
+        body.append(shape("text", _size(size or None), x=f"{x:.1f}", y=H - PAD + 14, text_anchor="middle", font_size=9))
     for n, (name, points) in enumerate(sorted(series.items())):
         color = COLORS[n % len(COLORS)]
-        dash = ' stroke-dasharray="5 3"' if name.endswith("forced") else ""
+        dash = {"stroke_dasharray": "5 3"} if name.endswith("forced") else {}
         pts = [xy(i, points[s]) for i, s in enumerate(sizes) if s in points]
-        body += f'<polyline fill="none" stroke="{color}" stroke-width="1.6"{dash} points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in pts)}"/>'
-        body += "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{color}"/>' for x, y in pts)
-        body += f'<text x="{W - 22}" y="{30 + 12 * n}" text-anchor="end" font-size="10" fill="{color}">{_esc(name)}</text>'
-    body += (f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - 20}" y2="{H - PAD}" stroke="#333"/>'
-             f'<line x1="{PAD}" y1="24" x2="{PAD}" y2="{H - PAD}" stroke="#333"/>'
-             f'<text x="{(W + PAD) / 2}" y="{H - 18}" text-anchor="middle" font-size="10">SO_SNDBUF requested</text>'
-             f'<text x="12" y="{H / 2}" transform="rotate(-90 12 {H / 2})" text-anchor="middle" font-size="10">EAGAIN rate</text>'
-             f'<text x="{W / 2}" y="14" text-anchor="middle" font-size="11" font-weight="bold">{_esc(title)}</text>')  # fmt: skip
-    return f'<figure><svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img">{body}</svg></figure>'
+        body.append(shape("polyline", fill="none", stroke=color, stroke_width=1.6, **dash,
+                          points=" ".join(f"{x:.1f},{y:.1f}" for x, y in pts)))  # fmt: skip
+        body += [shape("circle", cx=f"{x:.1f}", cy=f"{y:.1f}", r=2.5, fill=color) for x, y in pts]
+        body.append(shape("text", name, x=W - 22, y=30 + 12 * n, text_anchor="end", font_size=10, fill=color))
+    body += [shape("line", x1=PAD, y1=H - PAD, x2=W - 20, y2=H - PAD, stroke="#333"),
+             shape("line", x1=PAD, y1=24, x2=PAD, y2=H - PAD, stroke="#333"),
+             shape("text", "SO_SNDBUF requested", x=(W + PAD) / 2, y=H - 18, text_anchor="middle", font_size=10),
+             shape("text", "EAGAIN rate", x=12, y=H / 2, transform=f"rotate(-90 12 {H / 2})", text_anchor="middle", font_size=10),
+             shape("text", title, x=W / 2, y=14, text_anchor="middle", font_size=11, font_weight="bold")]  # fmt: skip
+    return Figure(W, H, body)
 
 
 def _p99(us: float | None) -> str:
     return "-" if us is None else f"{us:.0f} us"
 
 
-def render(doc: Mapping[str, Any]) -> str:
-    """The sweep section of the report, or "" when the document holds no sweep cells."""
+@dataclass(frozen=True)
+class SweepSection:
+    cells: int
+    smallest_change: str | None
+    interrupted: bool
+    plots: list[Figure]
+    rows: Sequence[tuple[str, ...]]  # cell, EAGAIN, ENOBUFS, pps, time_squeeze, sock_wfree p99: as text
+
+
+def section(doc: Mapping[str, Any]) -> SweepSection | None:
+    """The sweep section's data, or None when the document holds no sweep cells."""
     summaries = cells(doc)
     if not summaries:
-        return ""
+        return None
     meta = doc.get("sweep") or {}
     target = meta.get("target")
-    figs = []
+    figs: list[Figure | None] = []
     for label, group in _groups(summaries).items():
         suffix = f" ({label})" if label else ""
         figs.append(heatmap(f"EAGAIN rate: sndbuf x netdev_budget{suffix}", group, target))
         figs.append(lines(f"EAGAIN rate against sndbuf, per budget{suffix}", group))
-    head = f"<p><strong>smallest change:</strong> {_esc(meta['smallest_change'])}</p>" if meta.get("smallest_change") else ""
-    cut = "<p><em>interrupted: only the cells measured before Ctrl-C are shown</em></p>" if meta.get("interrupted") else ""
-    rows = "".join(
-        f"<tr><td>{_esc(s.get('cell', ''))}</td>"
-        f"<td>{(s.get('eagain_rate') or 0):.2%}</td><td>{(s.get('enobufs_rate') or 0):.2%}</td><td>{(s.get('pps') or 0):,.0f}</td><td>{(s.get('time_squeeze') or 0):.0f}</td>"
-        f"<td>{_p99(s.get('wfree_p99_us'))}</td></tr>"
-        for s in summaries
-    )
-    table = (f"<table><tr><th>cell</th><th>EAGAIN (median)</th><th>ENOBUFS</th><th>pps</th><th>time_squeeze</th><th>sock_wfree p99</th></tr>"
-             f"{rows}</table>")  # fmt: skip
-    return (f"<section><h2>Remedy sweep: {len(summaries)} cells</h2>{head}{cut}"
-            f'<div class="plots">{"".join(f for f in figs if f)}</div>{table}</section>')  # fmt: skip
+    rows = [(str(s.get("cell", "")), f"{(s.get('eagain_rate') or 0):.2%}", f"{(s.get('enobufs_rate') or 0):.2%}",
+             f"{(s.get('pps') or 0):,.0f}", f"{(s.get('time_squeeze') or 0):.0f}", _p99(s.get("wfree_p99_us")))
+            for s in summaries]  # fmt: skip
+    smallest = str(meta["smallest_change"]) if meta.get("smallest_change") else None
+    return SweepSection(len(summaries), smallest, bool(meta.get("interrupted")), [f for f in figs if f is not None], rows)
+
+
+def render(doc: Mapping[str, Any]) -> str:
+    """The sweep section of the report, or "" when the document holds no sweep cells."""
+    sweep = section(doc)
+    return templating.render("sweep.html", sweep=sweep) if sweep else ""

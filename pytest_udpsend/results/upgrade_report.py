@@ -7,18 +7,20 @@ over the samples), and a stacked bar of where sock_wfree ran (inline / softirq /
 ksoftirqd / napi_thread; the bpf backend sees it, the timestamp estimate does not).  A
 cell is marked where the gate (compare.py, the same rule and family) finds it worse
 than the same test on the oldest kernel of the matrix.
+
+This module builds the view's data; templates/upgrade.html lays it out, escaping every string.
 """
 
 from __future__ import annotations
 
-import html
 import re
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from pytest_udpsend.results import compare, fanin, metrics
+from pytest_udpsend.results import compare, fanin, metrics, templating
+from pytest_udpsend.results.templating import Figure, Shape, shape
 
 CONTEXTS = ("inline", "softirq", "ksoftirqd", "napi_thread")  # as measure/bpfprobe.py names them
 CONTEXT_COLORS = {"inline": "#1f77b4", "softirq": "#ff7f0e", "ksoftirqd": "#d62728", "napi_thread": "#2ca02c"}
@@ -26,10 +28,6 @@ MATRIX_METRICS = ("eagain_rate", "wfree.p99_us")
 BAR_W, BAR_H = 120, 12
 
 Cells = dict[str, dict[str, list[Mapping[str, Any]]]]  # test -> kernel -> samples
-
-
-def _esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
 
 
 def release_order(release: str) -> tuple[int, ...]:
@@ -61,18 +59,19 @@ def contexts(samples: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     return total
 
 
-def stacked_bar(counts: Mapping[str, int]) -> str:
+def stacked_bar(counts: Mapping[str, int]) -> Figure | None:
+    """Where sock_wfree ran, as one bar (data: numbers, and context names in tooltips); None when not measured."""
     total = sum(counts.values())
     if not total:
-        return '<span class="nobar">where: not measured (bpf backend)</span>'
-    x, body = 0.0, ""
+        return None
+    x, body = 0.0, list[Shape]()
     for name, count in counts.items():
         w = BAR_W * count / total
         if w > 0:
-            body += (f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="{BAR_H}" fill="{CONTEXT_COLORS.get(name, "#999")}">'
-                     f"<title>{_esc(name)}: {count} ({count / total:.0%})</title></rect>")  # fmt: skip
+            body.append(shape("rect", title=f"{name}: {count} ({count / total:.0%})", x=f"{x:.1f}", y=0,
+                              width=f"{w:.1f}", height=BAR_H, fill=CONTEXT_COLORS.get(name, "#999")))  # fmt: skip
             x += w
-    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{BAR_W}" height="{BAR_H}" role="img">{body}</svg>'
+    return Figure(BAR_W, BAR_H, body, view_box=False, figure=False)
 
 
 def _median(samples: Sequence[Mapping[str, Any]], metric: str) -> float | None:
@@ -94,49 +93,61 @@ def verdicts(by_test: Cells, kernels: Sequence[str], settings: compare.Settings)
     return out
 
 
-def _cell(samples: Sequence[Mapping[str, Any]] | None, rows: Sequence[compare.Row]) -> str:
+@dataclass(frozen=True)
+class Value:
+    text: str
+    mark: str | None = None  # the gate's verdict where it is not "ok" (a CSS class v-<verdict> and a tooltip)
+
+    @property
+    def css(self) -> str:
+        return "v-" + (self.mark or "").replace(" ", "-")
+
+
+@dataclass(frozen=True)
+class Cell:
+    css: str  # "empty" (no samples on this kernel), "regressed" or "cell"
+    values: list[Value]
+    bar: Figure | None  # where sock_wfree ran; None: not measured
+    samples: int
+
+
+@dataclass(frozen=True)
+class Matrix:
+    title: str
+    verdict: str
+    regressed: bool
+    kernels: list[str]
+    rows: list[tuple[str, list[Cell]]]
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    intro: str
+    contexts: list[tuple[str, str]]  # legend: context name, colour
+    matrices: list[Matrix]
+
+
+def _cell(samples: Sequence[Mapping[str, Any]] | None, rows: Sequence[compare.Row]) -> Cell:
     if not samples:
-        return "<td class=empty>-</td>"
+        return Cell("empty", [], None, 0)
     eagain, p99 = _median(samples, "eagain_rate"), _median(samples, "wfree.p99_us")
     marks = {r.metric: r.verdict for r in rows if r.verdict not in ("ok", "not measured")}
     regressed = any(r.regressed for r in rows)
-
-    def value(metric: str, text: str) -> str:
-        mark = marks.get(metric)
-        return f'<span class="v-{_esc(mark.replace(" ", "-"))}" title="{_esc(mark)}">{text}</span>' if mark else text
-
-    lines = [
-        value("eagain_rate", "EAGAIN " + ("-" if eagain is None else f"{eagain:.2%}")),
-        value("wfree.p99_us", "wfree p99 " + ("-" if p99 is None else f"{p99:.4g} us")),
-        stacked_bar(contexts(samples)),
-        f"<small>{len(samples)} sample(s)</small>",
-    ]
-    return f'<td class="{"regressed" if regressed else "cell"}">' + "<br>".join(lines) + "</td>"
+    values = [Value("EAGAIN " + ("-" if eagain is None else f"{eagain:.2%}"), marks.get("eagain_rate")),
+              Value("wfree p99 " + ("-" if p99 is None else f"{p99:.4g} us"), marks.get("wfree.p99_us"))]  # fmt: skip
+    return Cell("regressed" if regressed else "cell", values, stacked_bar(contexts(samples)), len(samples))
 
 
-def matrix(units: Sequence[fanin.Unit], settings: compare.Settings, title: str) -> str:
+def matrix(units: Sequence[fanin.Unit], settings: compare.Settings, title: str) -> Matrix | None:
     by_test = cells(units)
     kernels = kernels_of(by_test)
     if len(kernels) < 2:
-        return ""
+        return None
     rows = verdicts(by_test, kernels, settings)
-    head = "".join(f"<th>{_esc(k)}{' (base)' if i == 0 else ''}</th>" for i, k in enumerate(kernels))
-    body = "".join(
-        f"<tr><th>{_esc(test)}</th>" + "".join(_cell(per.get(k), rows.get((test, k), [])) for k in kernels) + "</tr>"
-        for test, per in sorted(by_test.items())
-    )
+    body = [(test, [_cell(per.get(k), rows.get((test, k), [])) for k in kernels]) for test, per in sorted(by_test.items())]
     bad = sorted({f"{t} on {k}" for (t, k), rs in rows.items() if any(r.regressed for r in rs)})
     verdict = f"{len(bad)} regression(s): {', '.join(bad)}" if bad else "no regression against the oldest kernel"
-    return (f'<h3>{_esc(title)}</h3><p class="{"failed" if bad else "passed"}">{_esc(verdict)}</p>'
-            f'<table class="upgrade"><tr><th>test</th>{head}</tr>{body}</table>')  # fmt: skip
-
-
-LEGEND = "".join(
-    f'<span style="display:inline-block;width:10px;height:10px;background:{c}"></span> {n} ' for n, c in CONTEXT_COLORS.items()
-)
-CSS = (".upgrade td{vertical-align:top;min-width:130px}.upgrade .regressed{background:#fde0e0}"
-       ".v-regression{color:#c22;font-weight:bold}.v-improved{color:#2a2}.v-too-few-samples{color:#a60}"
-       ".upgrade .nobar{color:#888;font-size:.8em}")  # fmt: skip
+    return Matrix(title, verdict, bool(bad), kernels, body)
 
 
 def spans_kernels(units: Sequence[fanin.Unit], field: str) -> bool:
@@ -148,23 +159,29 @@ def spans_kernels(units: Sequence[fanin.Unit], field: str) -> bool:
     return any(len(kernels) > 1 for kernels in seen.values())
 
 
-def render(units: Sequence[fanin.Unit], given: Mapping[str, Any] | None = None) -> str:
-    """The upgrade section: one matrix per runner group; "" unless the results span two or more kernels."""
+def section(units: Sequence[fanin.Unit], given: Mapping[str, Any] | None = None) -> Upgrade | None:
+    """The upgrade section's data: one matrix per runner group; None unless the results span two or more kernels."""
     settings = compare.settings_for({}, given or {})
     by = [f for f in fanin.varying(units) if f != "kernel" and spans_kernels(units, f)]
-    parts = [matrix(group, settings, fanin.describe(key)) for key, group in fanin.group(units, by).items()]
-    parts = [p for p in parts if p]
-    if not parts:
-        return ""
+    found = [matrix(group, settings, fanin.describe(key)) for key, group in fanin.group(units, by).items()]
+    matrices = [m for m in found if m is not None]
+    if not matrices:
+        return None
     floor = "noise floor for one command" if settings.one_command else "session noise floor"
-    return (f"<style>{CSS}</style><h2>Upgrade view: tests x kernels</h2>"
-            f"<p>Medians over each cell's samples; marked where the gate (alpha {settings.alpha:g}, Bonferroni over "
-            f"each matrix's comparisons, tolerance {settings.tolerance:g} or the {floor}) finds the test "
-            f"worse than on the oldest kernel. Where sock_wfree ran: {LEGEND}</p>" + "".join(parts))  # fmt: skip
+    intro = (f"Medians over each cell's samples; marked where the gate (alpha {settings.alpha:g}, Bonferroni over "
+             f"each matrix's comparisons, tolerance {settings.tolerance:g} or the {floor}) finds the test "
+             f"worse than on the oldest kernel. Where sock_wfree ran:")  # fmt: skip
+    return Upgrade(intro, list(CONTEXT_COLORS.items()), matrices)
 
 
-def render_doc(doc: Mapping[str, Any]) -> str:
+def render(units: Sequence[fanin.Unit], given: Mapping[str, Any] | None = None) -> str:
+    """The upgrade section as HTML; "" unless the results span two or more kernels."""
+    upgrade = section(units, given)
+    return templating.render("upgrade.html", upgrade=upgrade) if upgrade else ""
+
+
+def doc_section(doc: Mapping[str, Any]) -> Upgrade | None:
     """The upgrade section of one document (merged, or run through several kernels: then by the rule its
     one-command gate recorded)."""
     recorded: Mapping[str, Any] = next((run["gate"]["settings"] for run in doc.get("runs", []) if (run.get("gate") or {}).get("settings")), {})
-    return render(fanin.units_of(doc, "this document"), recorded)
+    return section(fanin.units_of(doc, "this document"), recorded)
