@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from pytest_udpsend.errors import UdpsendError
 from pytest_udpsend.frontend import collect, markers, pcap, reporting, verdicts
 from pytest_udpsend.frontend.keys import SESSION_KEY
 from pytest_udpsend.frontend.options import (
@@ -50,7 +51,10 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
         return None
     interrupt_on_sigterm()  # a cancelled CI job (SIGTERM) must still stop the guest and clean up
     lane.nic_models = markers.nic_links(session.items)  # the guest boots with a NIC pair of each model asked for
-    lane.run(session)
+    try:
+        lane.run(session)
+    except UdpsendError as exc:  # e.g. an unsafe state directory: one sentence, not an INTERNALERROR
+        raise pytest.UsageError(str(exc)) from None
     return True
 
 
@@ -85,6 +89,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     pcap.keep_or_discard(item, report)
     collect.attach(item, report)
     return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    udpsend = config.stash[SESSION_KEY]
+    if udpsend.tests and config.get_verbosity() >= -1:  # -qq silences it
+        terminalreporter.section("udpsend: what each test measured")
+        for line in reporting.measured_table(udpsend.tests, config.get_terminal_writer().fullwidth):
+            terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from pytest_udpsend.host.journal import restore_orphans
 from pytest_udpsend.host.state import FileLock, LockTimeout
 from pytest_udpsend.host.undo import UndoStack
+from pytest_udpsend.lane import vm
 
 from .conftest import netns_names
 
@@ -294,3 +296,174 @@ def test_container_with_own_namespaces(pytester, tmp_path, host_unchanged):
     assert "SKIPPED [1] test_container_with_own_namespaces.py:6: net.core.netdev_budget is a global knob or unknown" in out
     assert out.count(sentence) == 2  # the marker's skip and the fixture call's failure
     assert "ERROR collecting" not in out and "Interrupted" not in out and "Traceback" not in out
+
+
+# --- the lane's files from a guest that died, and a bad selection variable ---------------------
+
+REPORT = {"nodeid": "t.py::a", "when": "setup", "outcome": "passed", "longrepr": "", "duration": 0.1, "user_properties": []}
+
+
+def test_cut_short_reports_file_keeps_what_was_read_and_names_the_line(tmp_path):
+    path = tmp_path / "reports.jsonl"
+    lines = [json.dumps({**REPORT, "when": when}) for when in ("setup", "call", "teardown")]
+    path.write_text("\n".join(lines) + '\n{"nodeid": "t.py::b", "when": "ca')  # the guest died mid-write
+    reports, problem = vm.read_guest_reports(path)
+    assert [g.when for g in reports["t.py::a"]] == ["setup", "call", "teardown"] and list(reports) == ["t.py::a"]
+    assert problem == f"line 4 of {path} is cut short or not a test report"
+    path.write_text(lines[0] + "\n[1, 2]\n" + lines[1] + "\n")  # a line that is JSON but no report
+    reports, problem = vm.read_guest_reports(path)
+    assert [g.when for g in reports["t.py::a"]] == ["setup", "call"] and "line 2 of" in problem
+    assert vm.read_guest_reports(tmp_path / "none.jsonl") == ({}, "")
+
+
+KILLED_GUEST = """
+import os, signal
+
+def test_a():
+    pass
+
+def test_b():
+    path = os.environ.get("UDPSEND_LANE_REPORT")
+    if path:  # the lane's run of this test dies while writing its report, as a killed guest does
+        with open(path, "a") as fh:
+            fh.write('{"nodeid": "test_killed.py::test_b", "when": "call", "outc')
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def test_c():
+    pass
+"""
+
+
+def test_killed_lane_run_reports_what_it_read_and_one_error_naming_the_file(pytester):
+    pytester.makepyfile(test_killed=KILLED_GUEST)
+    result = pytester.runpytest_subprocess("--udpsend-kernel", "host", "-p", "no:cacheprovider", "-rA", timeout=120)
+    out = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in out and "Traceback" not in out, out[-3000:]
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=1, failed=1, errors=1)
+    assert re.search(r"^PASSED test_killed.py::test_a@", out, re.M), out[-3000:]
+    assert re.search(r"^FAILED test_killed.py::test_b@", out, re.M) and re.search(
+        r"^the pytest run on this host \(\S+\) died while reporting this test \(pytest exit -9\): "
+        r"line 5 of /\S+/reports.jsonl is cut short or not a test report; pytest log tail:$", out, re.M), out[-3000:]
+    assert re.search(r"^ERROR test_killed.py::test_c@", out, re.M) and re.search(
+        r"^the pytest run on this host \(\S+\) never reported this test \(pytest exit -9\); "
+        r"line 5 of /\S+/reports.jsonl is cut short or not a test report; pytest log tail:$", out, re.M), out[-3000:]
+
+
+@pytest.mark.parametrize("content", [None, "[not json", '{"t.py::a": 1}', '["t.py::a", 2]'])
+def test_bad_lane_selection_variable_is_a_usage_error(pytester, monkeypatch, tmp_path, content):
+    path = tmp_path / "selection.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("UDPSEND_LANE_SELECTION", str(path))
+    with pytest.raises(pytest.UsageError, match=rf"^UDPSEND_LANE_SELECTION={path}: .*unset it"):
+        vm.guest_selection()
+    pytester.makepyfile(PLAIN)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    err = result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + err
+    assert f"ERROR: UDPSEND_LANE_SELECTION={path}: " in err and "Traceback" not in err + result.stdout.str()
+
+
+def test_guest_report_with_a_user_property_that_is_not_a_pair_is_not_a_report(tmp_path):
+    """review 14: the host unpacks each user property as (name, value) (the kernel gate's samples, junitxml)."""
+    path = tmp_path / "reports.jsonl"
+    good = json.dumps({**REPORT, "user_properties": [["udpsend", {"x": 1}]]})
+    bad = [json.dumps({**REPORT, "when": "call", "user_properties": props}) for props in ([["a", 1, 2]], [["a"]], [[]])]
+    for line in bad:
+        path.write_text(good + "\n" + line + "\n")
+        reports, problem = vm.read_guest_reports(path)
+        assert [g.when for g in reports["t.py::a"]] == ["setup"] and problem == f"line 2 of {path} is cut short or not a test report"
+        assert [tuple(p) for p in reports["t.py::a"][0].user_properties] == [("udpsend", {"x": 1})]
+
+
+KILLED_IN_SETUP = """
+import os, signal
+import pytest
+
+@pytest.fixture
+def dies():
+    path = os.environ.get("UDPSEND_LANE_REPORT")
+    if path:  # the lane's run dies in this set-up, mid-way through a line, as a killed guest does
+        with open(path, "a") as fh:
+            fh.write('{"nodeid": "test_killed_in_setup.py::test_b", "when": "setup", "outc')
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def test_a():
+    pass
+
+def test_b(dies):
+    pass
+
+def test_c():
+    pass
+"""
+
+
+def test_lane_run_killed_in_a_setup_gives_that_test_one_error(pytester):
+    """review 14: the cut line is the test's set-up: it never reported a phase, so it gets the one error
+    saying so, and no made-up teardown failure besides."""
+    pytester.makepyfile(test_killed_in_setup=KILLED_IN_SETUP)
+    result = pytester.runpytest_subprocess("--udpsend-kernel", "host", "-p", "no:cacheprovider", "-rA", timeout=120)
+    out = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in out and "Traceback" not in out, out[-3000:]
+    result.assert_outcomes(passed=1, errors=2)
+    assert not re.search(r"^FAILED ", out, re.M), out[-3000:]
+    assert re.search(r"^ERROR test_killed_in_setup.py::test_b@", out, re.M) and re.search(
+        r"^the pytest run on this host \(\S+\) never reported this test \(pytest exit -9\); "
+        r"line 4 of /\S+/reports.jsonl is cut short or not a test report; pytest log tail:$", out, re.M), out[-3000:]
+
+
+BAD_COLLECTED = """
+import json, os
+
+def pytest_collection_finish(session):
+    path = os.environ.get("UDPSEND_LANE_SELECTION")
+    if path:  # the lane's run leaves a collected.json that is JSON but no list of node ids
+        with open(os.path.join(os.path.dirname(path), "collected.json"), "w") as fh:
+            fh.write(CONTENT)
+"""
+
+
+@pytest.mark.parametrize("content", ["5", '{"test_x.py::test_a": 1}', "[1, 2]", "[not json"])
+def test_a_malformed_collected_file_from_the_lane_is_no_internal_error(pytester, content):
+    """review 12: collected.json and the selection file are read by one reader: a number is no INTERNALERROR,
+    and a dict's keys or a list of numbers are not taken for node ids (every test would count as not collected)."""
+    pytester.makeconftest(f"CONTENT = {content!r}\n" + BAD_COLLECTED)
+    pytester.makepyfile(test_x="def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    result = pytester.runpytest_subprocess("--udpsend-kernel", "host", "-p", "no:cacheprovider", "-rA", timeout=120)
+    out = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in out and "Traceback" not in out, out[-3000:]
+    result.assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize("planted", ["an existing file", "a file to be made"])
+def test_the_kvm_verdict_cache_never_follows_a_planted_symlink(tmp_path, monkeypatch, planted):
+    """review 8: the cached KVM verdict is a file of ours in the state directory, or ignored (and not written)."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    monkeypatch.setenv("UDPSEND_STATE_DIR", str(state))
+    target = tmp_path / "precious"
+    if planted == "an existing file":
+        target.write_text("precious\n")
+    cache = state / f"kvm-verdict-{os.uname().release}"
+    cache.symlink_to(target)
+    boots = []
+    monkeypatch.setattr(vm.os, "access", lambda *a, **k: True)  # as if /dev/kvm were usable
+    monkeypatch.setattr(vm, "_boot", lambda *a, **k: boots.append(a) or (0, ""))
+    ok, note = vm.kvm_works(tmp_path / "vmlinuz")
+    assert (ok, len(boots)) == (True, 1)  # probed, as if there were no cache
+    assert f"{cache} is a symbolic link" in note and "ignored" in note
+    assert cache.is_symlink()
+    assert (target.read_text() if target.exists() else None) == ("precious\n" if planted == "an existing file" else None)
+
+
+def test_the_kvm_verdict_is_cached_in_a_file_of_ours(tmp_path, monkeypatch):
+    monkeypatch.setenv("UDPSEND_STATE_DIR", str(tmp_path / "state"))
+    boots = []
+    monkeypatch.setattr(vm.os, "access", lambda *a, **k: True)
+    monkeypatch.setattr(vm, "_boot", lambda *a, **k: boots.append(a) or (1, ""))
+    assert vm.kvm_works(tmp_path / "vmlinuz")[0] is False
+    assert vm.kvm_works(tmp_path / "vmlinuz") == (False, "KVM hangs here (cached verdict): using TCG")
+    cache = tmp_path / "state" / f"kvm-verdict-{os.uname().release}"
+    assert len(boots) == 1 and cache.read_text() == "no" and oct(cache.stat().st_mode & 0o777) == "0o600"

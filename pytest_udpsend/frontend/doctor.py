@@ -107,9 +107,9 @@ def _lane() -> list[Check]:
 
 
 def _cgroups() -> Check:
-    from pytest_udpsend.measure.load import _cgroup_mounts
+    from pytest_udpsend.host.cgroup import controller_roots
 
-    mounts = _cgroup_mounts()
+    mounts = controller_roots()
     if mounts:
         kind, where = next(iter(mounts.items()))
         return ("cgroup cpu controller (cpu_max)", True, f"{kind} at {where}")

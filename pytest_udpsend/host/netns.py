@@ -4,8 +4,16 @@ Linux network namespaces are per *thread*, so instead of forking (what
 ``pyroute2.netns`` does, ~10 ms) a short-lived thread unshares or setns()es and
 does the work: creating a namespace costs about 0.7 ms.  Namespaces are
 bind-mounted under ``/run/netns`` like ``ip netns add`` does, so ``ip netns``
-lists them, and named ``udps-<owner tag>-<n>-<hint>`` so that orphans of a dead
-owner can be reaped by the next session without touching a live one's.
+lists them, and named ``udps-<owner tag>.<pid namespace>-<n>-<hint>`` so that orphans
+of a dead owner can be reaped by the next session without touching a live one's, nor
+one of a session in another pid namespace (a container sharing /run/netns), whose pid
+means nothing here.  A name without the pid namespace (an older version's) is only
+unmounted, never emptied, as that version did.
+
+A namespace lives as long as a process in it: before one is removed, whatever
+still runs in it is SIGKILLed and waited for (the kernel selftests' ``ip netns pids
+NAME | xargs kill``), found by the inode of every task's ``/proc/PID/task/TID/ns/net``,
+with the kill loop of ``host/cgroup.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pytest_udpsend.host.state import owner_tag, tag_alive
+from pytest_udpsend.errors import UdpsendError
+from pytest_udpsend.host import cgroup
+from pytest_udpsend.host.state import scoped_owner_tag, tag_alive, tag_dead_here
 
 T = TypeVar("T")
 
@@ -38,7 +48,11 @@ MNT_DETACH = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _counter = itertools.count(1)
-_NAME_RE = re.compile(r"^udps-(\d+\.[0-9a-f]+)-")
+_NAME_RE = re.compile(r"^udps-(\d+\.[0-9a-f]+(?:\.[0-9a-f]+)?)-")  # the pid namespace part: since review1
+
+
+class NamespaceBusy(UdpsendError):
+    """A process in a namespace of ours outlived SIGKILL: the namespace (and its devices) stays alive."""
 
 
 def _check(ret: int, what: str) -> None:
@@ -105,7 +119,7 @@ def _prepare_rundir() -> None:
 def make_name(hint: str) -> str:
     """A unique, recognisable name: prefix, owner tag, counter, sanitized hint."""
     clean = re.sub(r"[^a-z0-9]+", "-", hint.lower()).strip("-")[:20] or "ns"
-    return f"{PREFIX}{owner_tag()}-{next(_counter)}-{clean}"
+    return f"{PREFIX}{scoped_owner_tag()}-{next(_counter)}-{clean}"
 
 
 @dataclass
@@ -177,17 +191,84 @@ def create(hints: list[str], on_each: Callable[[], T] | None = None) -> list[tup
 
 
 def remove(ns: Namespace) -> None:
-    """Unmount and unlink the namespace; the kernel frees it once unused."""
-    with contextlib.suppress(OSError):
-        os.close(ns.fd)
-    remove_name(ns.name)
+    """Kill what runs in the namespace, unmount and unlink it; the kernel frees it once unused.
+
+    NamespaceBusy (after the name is gone) if a process in it outlived SIGKILL."""
+    try:
+        remove_name(ns.name)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(ns.fd)
 
 
 def remove_name(name: str) -> None:
+    """Like remove(), by name (a dead owner's namespace)."""
+    left = evict(NETNS_DIR / name)
+    _unmount(name)
+    if left:
+        raise busy(name, left)
+
+
+def _unmount(name: str) -> None:
     path = NETNS_DIR / name
     if _libc.umount2(bytes(path), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
         _check(-1, f"umount {path}")
     path.unlink(missing_ok=True)
+
+
+def busy(name: str, left: list[int], deadline_s: float | None = None) -> NamespaceBusy:
+    """The sentence for processes that outlived evict()."""
+    return NamespaceBusy(cgroup.outlived(f"network namespace {name}", left, deadline_s,
+                                         "which keeps the namespace and its devices alive until it ends"))  # fmt: skip
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the namespace bound at ``path``; None if no namespace is (nothing to evict)."""
+    try:
+        st, nsfs = os.stat(path), os.stat("/proc/self/ns/net")
+    except OSError:
+        return None
+    if st.st_dev != nsfs.st_dev or st.st_ino == nsfs.st_ino:  # not a namespace; or ours, the host's: never
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _inside(pid: int, ident: tuple[int, int]) -> bool:
+    """A task (any thread) of ``pid`` is in the namespace ``ident`` now."""
+    if pid in (os.getpid(), 1):
+        return False
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False  # gone meanwhile
+    for tid in tasks:
+        try:
+            st = os.stat(f"/proc/{pid}/task/{tid}/ns/net")
+        except OSError:
+            continue  # exited: a zombie has left its namespaces
+        if (st.st_dev, st.st_ino) == ident:
+            return True
+    return False
+
+
+def occupants(ident: tuple[int, int]) -> list[int]:
+    """Pids with a task (any thread) in the namespace ``ident``, this process excepted."""
+    return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit() and _inside(int(e.name), ident)]
+
+
+def occupants_of(path: Path) -> list[int]:
+    """occupants() of the namespace bound at ``path``."""
+    ident = _identity(path)
+    return [] if ident is None else occupants(ident)
+
+
+def evict(path: Path, deadline_s: float | None = None) -> list[int]:
+    """SIGKILL every process in the namespace bound at ``path``, again until none is left or the
+    deadline (cgroup.KILL_DEADLINE_S) passes; the pids still there then."""
+    ident = _identity(path)
+    if ident is None:
+        return []
+    return cgroup.kill_until_gone(lambda: occupants(ident), lambda pid: _inside(pid, ident), deadline_s)
 
 
 def list_ours() -> list[str]:
@@ -199,11 +280,23 @@ def list_ours() -> list[str]:
 
 
 def reap_orphans() -> list[str]:
-    """Remove namespaces whose owner process is gone; return their names."""
+    """Remove namespaces whose owner process is gone; return their names.
+
+    Only a name of this pid namespace is emptied first (tag_dead_here); one without a pid
+    namespace is only unmounted: its owner may be a live session in a container."""
     reaped = []
     for name in list_ours():
         match = _NAME_RE.match(name)
-        if match and not tag_alive(match.group(1)):
-            remove_name(name)
-            reaped.append(name)
+        if match is None:
+            continue
+        tag = match.group(1)
+        try:
+            if tag_dead_here(tag):
+                remove_name(name)
+                reaped.append(name)
+            elif tag.count(".") == 1 and not tag_alive(tag):
+                _unmount(name)
+                reaped.append(name)
+        except NamespaceBusy as exc:
+            reaped.append(f"{name} ({exc})")
     return reaped

@@ -1,9 +1,10 @@
 """Reading and writing sysctls, in the initial namespace or inside one we made.
 
-Scope is found out, not assumed: a knob is *per-namespace* if it exists and is
-writable inside a fresh child namespace, *global* if it exists only in the initial
+Scope is found out, not assumed: a ``net.*`` knob is *per-namespace* if it exists and
+is writable inside a fresh child namespace, *global* if it exists only in the initial
 one or is read-only in a child (6.11+ shows ``net.core.{r,w}mem_*`` there, read-only,
-holding the global value).  Global changes are journaled before they are made and
+holding the global value).  Every other knob (``kernel.*``, ``vm.*``, ...) is global: a
+network namespace shows the host's own there.  Global changes are journaled before they are made and
 are taken under the host lock, so one xdist worker at a time changes them.
 """
 
@@ -58,13 +59,42 @@ def outside_initial_netns() -> bool:
 
 
 def format_value(value: Value) -> str:
+    """The text to write.  The kernel reads a value up to a control character and drops the rest
+    without a word, and takes an empty write as a no-op: both are refused here.  Tabs are how it
+    prints a knob that holds several numbers (tcp_rmem: ``4096\t131072\t6291456``), so what
+    ``get`` returned can be set again: the numbers of such a value are joined by single spaces."""
     if isinstance(value, bool):
         return "1" if value else "0"
-    if isinstance(value, (int, str)):
+    if isinstance(value, int):
         return str(value)
-    if isinstance(value, Sequence) and all(isinstance(v, int) for v in value):
-        return "\t".join(str(v) for v in value)
-    raise SysctlError(f"sysctl value {value!r} must be an int, a string or a list of ints.")
+    if isinstance(value, str):
+        if not value.strip():
+            raise SysctlError(f"sysctl value {value!r} is empty: give the value to write, e.g. 8.")
+        if bad := next((c for c in value if not c.isprintable() and c != "\t"), None):
+            raise SysctlError(
+                f"sysctl value {value!r} has a control character ({bad!r}): the kernel would keep what comes "
+                "before it and drop the rest silently; give one value, or a list of ints for a knob that holds several."
+            )
+        fields = value.split()
+        return " ".join(fields) if all(_INT.match(f) for f in fields) else value  # a string knob takes it as given
+    if isinstance(value, Sequence) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return " ".join(str(v) for v in value)
+    raise SysctlError(f"sysctl value {value!r} must be an int, a string or a non-empty list of ints.")
+
+
+_INT = re.compile(r"^-?\d+$")
+
+
+def check_fields(name: str, text: str, current: str) -> None:
+    """A knob that holds numbers takes as many as it holds: the kernel keeps the first ones of a longer
+    value and leaves the rest of a shorter one as they were, without an error either way."""
+    held, given = current.split(), text.split()
+    if held and all(_INT.match(f) for f in held) and len(given) != len(held):
+        numbers = "number" if len(held) == 1 else "numbers"
+        raise SysctlError(
+            f"{name} holds {len(held)} {numbers} ({normalize(current)}) but {text!r} has {len(given)}: the kernel "
+            f"would take only part of it silently; give exactly {len(held)} (a list of ints for several)."
+        )
 
 
 def normalize(text: str) -> str:
@@ -112,6 +142,11 @@ class SysctlHost:
     def _classify(self, name: str) -> Scope:
         path = sysctl_path(name)
         in_init = path.exists()
+        if not name.startswith("net."):  # only the network stack is per network namespace
+            if in_init:
+                return "global"
+            raise SysctlError(f"unknown sysctl {name}: no {path} on this kernel ({os.uname().release}); "
+                              "check the name with 'sysctl -a'.")  # fmt: skip
         (probe, _), = netns_mod.create(["probe"])
         try:
             in_child = probe.run(lambda: path.exists() and os.access(path, os.W_OK))
@@ -192,6 +227,7 @@ class Sysctls:
         if ns is None:
             self._lock()
         previous = self._host.read(name, ns)
+        check_fields(name, text, previous)
         if key not in self._touched:
             self._touched.add(key)
             if ns is None:

@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 
 from pytest_udpsend.host import nics
-from pytest_udpsend.host.state import state_dir
+from pytest_udpsend.host.state import opened_dir, state_dir, state_path, try_open_owned
 from pytest_udpsend.results import compare, store
 
 LANE_REPORT_ENV = "UDPSEND_LANE_REPORT"
@@ -166,15 +166,37 @@ def kvm_works(image: Path) -> tuple[bool, str]:
     """Can a guest boot with KVM here?  Decided once per host boot (cached under /run)."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "no usable /dev/kvm: using TCG (software emulation)"
-    cache = state_dir() / f"kvm-verdict-{os.uname().release}"
-    if cache.exists():
-        verdict = cache.read_text().strip()
+    verdict, ignored = _kvm_verdict()
+    if verdict is not None:
         return verdict == "yes", ("KVM works" if verdict == "yes" else "KVM hangs here (cached verdict): using TCG")
     with tempfile.TemporaryDirectory(prefix="udpsend-kvm-") as tmp:
         ok = _boot(image, f"echo 0 > {shlex.quote(tmp)}/rc", Path(tmp), True, KVM_PROBE_S, Path(tmp) / "console")[0] == 0
-    cache.write_text("yes" if ok else "no")
-    return ok, ("KVM works" if ok else f"a KVM guest did not finish booting within {KVM_PROBE_S:.0f} s "
-                                       "(nested virtualisation?): using TCG")  # fmt: skip
+    if not ignored:
+        _kvm_verdict("yes" if ok else "no")
+    note = "KVM works" if ok else f"a KVM guest did not finish booting within {KVM_PROBE_S:.0f} s (nested virtualisation?): using TCG"
+    return ok, note + ignored
+
+
+def _kvm_verdict(write: str | None = None) -> tuple[str | None, str]:
+    """Read (or ``write``) the cached verdict: (the verdict or None, "" or why the cache was ignored).
+
+    The cache lives in the state directory, so it is a file of ours there or it is neither
+    read nor written (state.try_open_owned: never through a link someone planted)."""
+    with opened_dir(state_path()) as folder:
+        path = folder.path / f"kvm-verdict-{os.uname().release}"
+        try:
+            fd, problem = try_open_owned(path, os.O_RDWR | (os.O_CREAT if write else 0), dir_fd=folder.fd)
+        except FileNotFoundError:
+            return None, ""
+    if fd is None:
+        return None, f"; the cached verdict {path} {problem}: ignored, not written (remove it after checking who made it)"
+    with os.fdopen(fd, "r+") as fh:
+        if write is None:
+            verdict = fh.read(16).strip()
+            return (verdict if verdict in ("yes", "no") else None), ""
+        fh.truncate(0)
+        fh.write(write)
+    return write, ""
 
 
 PASSED_ENV = ("PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD")
@@ -204,7 +226,11 @@ class GuestSelection:
     """In the guest: keep exactly the items the host collected (a pytest plugin object)."""
 
     def __init__(self, path: Path) -> None:
-        self.wanted = set(json.loads(path.read_text()))
+        ids, why = read_node_ids(path)
+        if why:
+            raise pytest.UsageError(f"{LANE_SELECTION_ENV}={path}: {why}; the kernel lane sets it for its own pytest run "
+                                    "only: unset it to run pytest here")  # fmt: skip
+        self.wanted = set(ids)
         self.collected = path.with_name("collected.json")
 
     @pytest.hookimpl(trylast=True)
@@ -223,6 +249,21 @@ def guest_selection() -> GuestSelection | None:
     return GuestSelection(Path(path)) if path else None
 
 
+def read_node_ids(path: Path) -> tuple[list[str], str]:
+    """A JSON list of node ids (the host's selection, the guest's collection): (the ids, "") or ([], why not)."""
+    try:
+        ids = json.loads(path.read_text())
+    except FileNotFoundError:
+        return [], "names no file"
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], f"cannot be read ({exc})"
+    except (ValueError, RecursionError) as exc:
+        return [], f"is not JSON ({exc})"
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        return [], "is not a JSON list of node ids"
+    return ids, ""
+
+
 @dataclass
 class GuestReport:
     nodeid: str
@@ -233,14 +274,41 @@ class GuestReport:
     user_properties: list[Any]
 
 
-def read_guest_reports(path: Path) -> dict[str, list[GuestReport]]:
+def read_guest_reports(path: Path) -> tuple[dict[str, list[GuestReport]], str]:
+    """The phases the guest reported, by node id, and what was wrong with the file ("" if nothing).
+
+    A guest killed while appending leaves its last line cut short: every whole line is still read."""
     by_test: dict[str, list[GuestReport]] = {}
-    if not path.exists():
-        return by_test
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return by_test, ""
+    bad = 0
+    for n, line in enumerate(text.splitlines(), 1):
+        report = _guest_report(line)
+        if report is None:
+            bad = bad or n
+            continue
+        by_test.setdefault(report.nodeid, []).append(report)
+    problem = f"line {bad} of {path} is cut short or not a test report" if bad else ""
+    return by_test, problem
+
+
+def _guest_report(line: str) -> GuestReport | None:
+    """One line of reports.jsonl, or None if it is not a whole report as write_guest_report writes it."""
+    try:
         data = json.loads(line)
-        by_test.setdefault(data["nodeid"], []).append(GuestReport(**data))
-    return by_test
+    except ValueError:
+        return None
+    fields: dict[str, type | tuple[type, ...]] = {"nodeid": str, "when": str, "outcome": str, "longrepr": str,
+                                                  "duration": (int, float), "user_properties": list}  # fmt: skip
+    if not isinstance(data, dict) or set(data) != set(fields):
+        return None
+    if not all(isinstance(data[k], t) for k, t in fields.items()):
+        return None
+    if not all(isinstance(p, list) and len(p) == 2 for p in data["user_properties"]):  # (name, value), as read back
+        return None
+    return GuestReport(**data)
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -300,7 +368,7 @@ class Lane:
             started = time.monotonic()
             launch = self._launch(session.config, outdir)
             self.note += f"; {'guest' if launch.lane_env else 'pytest'} ran {time.monotonic() - started:.0f} s, pytest exit {launch.rc}"
-            reports = read_guest_reports(outdir / "reports.jsonl")
+            reports, cut = read_guest_reports(outdir / "reports.jsonl")
             if (outdir / "results.json").exists():
                 env = store.load(outdir / "results.json")["environment"]
                 if launch.lane_env is not None:
@@ -309,17 +377,38 @@ class Lane:
             why_missing = f"{self.where} ({self.release}) never reported this test" + (
                 f": it {launch.trouble}" if launch.trouble else f" (pytest exit {launch.rc})"
             )
-            problem = f"{why_missing}; {launch.logs}"
-            collected = _read_list(outdir / "collected.json")
+            problem = f"{why_missing}{f'; {cut}' if cut else ''}; {launch.logs}"
+            ids, unreadable = read_node_ids(outdir / "collected.json")
+            collected = None if unreadable else ids  # None: not known (the guest died first), so not judged
+            guest = [(item, list(compare.find(item.nodeid, reports) or [])) for item in items]
+            if cut:
+                self._mark_cut_short(guest, collected, f"{self.where} ({self.release}) died while reporting this test "
+                                     f"(pytest exit {launch.rc}{f', it {launch.trouble}' if launch.trouble else ''}): "
+                                     f"{cut}; {launch.logs}")  # fmt: skip
             out = []
-            for item in items:
-                found = compare.find(item.nodeid, reports)
-                if found is None and collected is not None and item.nodeid not in collected:
-                    found = [GuestReport(item.nodeid, "setup", "failed", _not_collected(item.nodeid, collected), 0.0, [])]
-                out.append((item, found or [GuestReport(item.nodeid, "setup", "failed", problem, 0.0, [])]))
+            for item, phases in guest:
+                if not phases and collected is not None and item.nodeid not in collected:
+                    phases = [GuestReport(item.nodeid, "setup", "failed", _not_collected(item.nodeid, collected), 0.0, [])]
+                out.append((item, phases or [GuestReport(item.nodeid, "setup", "failed", problem, 0.0, [])]))
             return out
         finally:
             shutil.rmtree(outdir, ignore_errors=True)
+
+    @staticmethod
+    def _mark_cut_short(guest: list[tuple[pytest.Item, list[GuestReport]]], collected: list[str] | None, why: str) -> None:
+        """The first test (of those the guest collected) whose phases stop short of teardown was running when
+        the guest died: its missing phase fails with ``why`` (the call if that never came back, else the
+        teardown).  If it reported no phase at all, nothing is added: it fails once as never reported."""
+        for item, phases in guest:
+            if not phases and collected is not None and item.nodeid not in collected:
+                continue  # never ran there: not the one that was running
+            if not phases:
+                return
+            whens = {g.when for g in phases}
+            if "teardown" not in whens:
+                when = "teardown" if "call" in whens or phases[-1].outcome != "passed" else "call"
+                phases.append(GuestReport(item.nodeid, when, "failed", why, 0.0, []))
+                return
 
     def report(self, item: pytest.Item, phases: list[GuestReport]) -> None:
         """Report one item's phases in this session as ``nodeid@suffix``."""
@@ -453,13 +542,6 @@ def _longrepr(g: GuestReport, item: pytest.Item) -> Any:
         path, lineno, _ = item.location
         return (path, (lineno or 0) + 1, g.longrepr)
     return g.longrepr or None
-
-
-def _read_list(path: Path) -> list[str] | None:
-    try:
-        return list(json.loads(path.read_text()))
-    except (OSError, ValueError):
-        return None
 
 
 def _not_collected(nodeid: str, collected: list[str]) -> str:

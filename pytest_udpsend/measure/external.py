@@ -18,18 +18,26 @@ read from the kernel:
   estimate needs send times stamped into payloads, which a foreign program does not
   write, so with that backend ``wfree`` is empty and says why.
 
-The process is started as ``setpriv --pdeathsig KILL -- [taskset -c CPU] nsenter
---net=NETNS -- ARGV`` (util-linux): the namespace is entered and the CPU pinned by
-exec wrappers in the child, not by Python code between fork and exec (unsafe in a
-threaded process), and the kernel kills it if the thread that started it dies.  It
-leads a process group of its own (``start_new_session``), killed as a whole at the
-end of the run, on Ctrl-C and at teardown.
+The process is started as ``sh -c 'echo $$ > CGROUP/cgroup.procs; exec "$@"' setpriv
+--pdeathsig KILL -- [taskset -c CPU] nsenter --net=NETNS -- ARGV`` (util-linux): it
+moves itself into a cgroup of its own (below the runner's own cgroup where v2 allows,
+so that limits set on the runner hold for it too), enters the namespace and pins the CPU by exec
+wrappers in the child, not by Python code between fork and exec (unsafe in a threaded
+process), and the kernel kills it if the thread that started it dies.  It leads a
+process group of its own (``start_new_session``), which gets SIGTERM at the end of
+the duration.  Whatever it started (its children have no pdeathsig, and may leave
+the group with setsid() or their parent with a double fork) is in its cgroup, which
+is emptied at the end of every run, on Ctrl-C and at teardown (``host/cgroup.py``).
+Without a writable cgroup v2 (a container), or if the program could not move into
+its cgroup, the sender namespace is swept instead (``host/netns.py``), and the
+result's checks say so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import socket
@@ -42,6 +50,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pytest_udpsend.errors import ConfigError, UdpsendError
+from pytest_udpsend.host import cgroup, netns
 from pytest_udpsend.host.sysctl import Sysctls
 from pytest_udpsend.host.topology import Topology
 from pytest_udpsend.measure import _engine, counters, load  # type: ignore[attr-defined]
@@ -88,6 +97,98 @@ def check_args(argv: object, duration: object, cpu: object, env: object) -> tupl
         raise ProgramError(f"the sender command {argv[0]!r} was not found (not an executable file, nor on PATH): "
                            "check argv[0]")  # fmt: skip
     return list(argv), None if duration is None else float(duration)
+
+
+# The first exec step: the program's first process moves itself into its cgroup, so that
+# nothing of it runs outside (no preexec_fn: Python between fork and exec can deadlock).
+# It tells how that went on a pipe given as its stdin ("ok", or the shell's error: dash
+# redirects only fds 0-9, so the pipe cannot be a pass_fds number), puts /dev/null there
+# for the program and goes on either way: a program that could not move in still runs, swept.
+MOVE_IN = '{ echo $$ >"$0" && echo ok; } >&0 2>&0; exec </dev/null; exec "$@"'
+REPORT_TIMEOUT_S = 10.0  # for the first exec step to say whether it moved in: it takes milliseconds
+
+
+class Confinement:
+    """Where the program and all it starts run, so that nothing of it outlives its run: a
+    cgroup of its own, or, without a writable cgroup v2, the sender namespace (swept)."""
+
+    def __init__(self, ns: netns.Namespace) -> None:
+        self.ns = ns
+        self.path: Path | None = None
+        self.confined = False  # the program's first process is known to be in the cgroup
+        self.why = ""  # why it is not: the namespace is swept instead
+        self.killed = 0  # processes the program left running, killed at its end
+        self._pipe: tuple[int, int] | None = None  # the first exec step reports on it (MOVE_IN)
+        parent = cgroup.program_parent()
+        if parent is None:
+            self.why = "no cgroup v2 here"
+            return
+        try:
+            self.path = cgroup.make(parent, "proc")
+        except OSError as exc:
+            self.why = f"no cgroup for the program (making one in {parent} failed: {exc.strerror})"
+
+    def wrapper(self) -> list[str]:
+        """The exec step that moves the program into its cgroup before anything of it runs
+        (it reports on stdin())."""
+        if self.path is None:
+            return []
+        self._pipe = os.pipe()
+        return ["/bin/sh", "-c", MOVE_IN, str(self.path / "cgroup.procs")]
+
+    def stdin(self) -> int:
+        """The program's stdin: the report pipe for wrapper()'s first step, which then puts /dev/null there."""
+        return subprocess.DEVNULL if self._pipe is None else self._pipe[1]
+
+    def started(self) -> None:
+        """Once the program is started: learn whether it moved into its cgroup."""
+        if self._pipe is None:
+            return
+        os.close(self._pipe[1])
+        report, deadline = b"", time.monotonic() + REPORT_TIMEOUT_S
+        with os.fdopen(self._pipe[0], "rb") as pipe:
+            self._pipe = None
+            while time.monotonic() < deadline and select.select([pipe], [], [], deadline - time.monotonic())[0]:
+                chunk = os.read(pipe.fileno(), 4096)
+                if not chunk:
+                    break
+                report += chunk
+        text = report.decode(errors="replace").strip()
+        self.confined = text == "ok"
+        if not self.confined:  # the shell's own words: "PATH: 1: cannot create PATH: Directory nonexistent"
+            reason = text.rsplit(": ", 1)[-1] if text else "it said nothing"
+            self.why = f"the program could not be moved into its cgroup {self.path} ({reason})"
+
+    def stop(self) -> None:
+        """SIGKILL everything of the program that still runs and wait until it is gone."""
+        if self.path is not None:  # also while not known to be in: whatever got in
+            self.killed += len(cgroup.pids(self.path))
+            cgroup.stop(self.path)
+        if self.confined:
+            return
+        self.killed += len(netns.occupants_of(self.ns.path))
+        left = netns.evict(self.ns.path)
+        if left:
+            raise netns.busy(self.ns.name, left)
+
+    def close(self) -> None:
+        """stop(), and remove the cgroup."""
+        if self._pipe is not None:
+            for fd in self._pipe:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._pipe = None
+        self.stop()
+        if self.path is not None:
+            cgroup.remove(self.path)
+            self.path = None
+
+    def check(self) -> str:
+        """What became of what the program left running, for the result's checks."""
+        if not self.confined:
+            return (f"{self.why or 'the program was never started'}: what the program left running was found by a "
+                    f"sweep of the sender namespace (which misses a process that left it): {self.killed} killed")  # fmt: skip
+        return f"processes the program left running at its end (in its own cgroup): {self.killed}, killed"
 
 
 class TxQueueSampler:
@@ -185,9 +286,10 @@ def _environment(topo: Topology, extra: Mapping[str, str] | None) -> dict[str, s
     return env
 
 
-def _command(topo: Topology, argv: list[str], cpu: int | None) -> list[str]:
+def _command(topo: Topology, argv: list[str], cpu: int | None, confine: Confinement) -> list[str]:
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
-    return ["setpriv", "--pdeathsig", "KILL", "--", *pin, "nsenter", f"--net={topo.sender.ns.path}", "--", *argv]
+    return [*confine.wrapper(), "setpriv", "--pdeathsig", "KILL", "--", *pin, "nsenter", f"--net={topo.sender.ns.path}",
+            "--", *argv]  # fmt: skip
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -229,6 +331,7 @@ class ProcessRunner:
         self.topo, self.sysctls, self.probe, self.pressure = topo, sysctls, probe, pressure
         self.receiver_cpu = receiver_cpu
         self.proc: subprocess.Popen[bytes] | None = None
+        self.confine: Confinement | None = None
 
     def run(self, argv: list[str], duration: float | None, cpu: int | None, env: Mapping[str, str] | None) -> SendResult:
         if self.probe is not None and self.probe.backend == "bpf":
@@ -237,11 +340,16 @@ class ProcessRunner:
         rx6 = _receiver_socket(self.topo, True, False) if self.topo.receiver.addr6 else None
         snd, rcv = counters.SnmpReader(self.topo.sender.ns), counters.SnmpReader(self.topo.receiver.ns)
         txq = TxQueueSampler(self.topo)
+        self.confine = Confinement(self.topo.sender.ns)
         try:
             with tempfile.TemporaryDirectory(prefix="udpsend-proc-") as tmp, contextlib.ExitStack() as stack:
                 if self.pressure is not None:
                     stack.enter_context(load.pressure(self.pressure))
-                return self._measure(argv, duration, cpu, env, Path(tmp), [rx] + ([rx6] if rx6 else []), snd, rcv, txq)
+                result = self._measure(argv, duration, cpu, env, Path(tmp), [rx] + ([rx6] if rx6 else []), snd, rcv, txq)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that ended the run is the one to report
+                self._release()
+            raise
         finally:
             txq.close()
             for sock in (rx, rx6):
@@ -249,6 +357,14 @@ class ProcessRunner:
                     sock.close()
             snd.close()
             rcv.close()
+        self._release()
+        return result
+
+    def _release(self) -> None:
+        """Nothing of the program left: its cgroup emptied and removed."""
+        confine, self.confine = self.confine, None
+        if confine is not None:
+            confine.close()
 
     def _measure(self, argv: list[str], duration: float | None, cpu: int | None, env: Mapping[str, str] | None, tmp: Path,
                  rxs: list[socket.socket], snd: counters.SnmpReader, rcv: counters.SnmpReader,
@@ -263,20 +379,25 @@ class ProcessRunner:
         txq.start()
         wall0, mono0 = time.time(), time.monotonic()
         exited = False
+        assert self.confine is not None
         try:
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
-                self.proc = subprocess.Popen(_command(self.topo, argv, cpu), stdin=subprocess.DEVNULL, stdout=out,
-                                             stderr=err, env=_environment(self.topo, env), start_new_session=True)  # fmt: skip
+                self.proc = subprocess.Popen(_command(self.topo, argv, cpu, self.confine), stdin=self.confine.stdin(),
+                                             stdout=out, stderr=err, env=_environment(self.topo, env),
+                                             start_new_session=True)  # fmt: skip
             if self.probe is not None and self.probe.backend == "bpf":
                 self.probe.begin(-1, self.proc.pid)  # armed right after exec starts: the wrappers take milliseconds
+            self.confine.started()
             exited = _end(self.proc, duration, mono0)
             elapsed = time.monotonic() - mono0
+            self.confine.stop()  # what it left running (setsid, double forks) ends with it
             txq.stop()
             for d in drains:
                 d.finish()
         except BaseException:
             if self.proc is not None:
                 kill_group(self.proc)
+                self.proc = None  # reaped: its pid may be another's by teardown
             for d in drains:
                 stop_loops(d.stop, (d.thread,))
             if self.probe is not None and self.probe.backend == "bpf":
@@ -299,6 +420,7 @@ class ProcessRunner:
                               elapsed, (wall0, time.time()), {"argv": argv, "returncode": returncode, "exited": exited,
                                                               "stdout": stdout, "stderr": stderr})  # fmt: skip
         result.irqs = irqs
+        result.checks.append(self.confine.check())
         return result
 
     def _result(self, argv: list[str], duration: float | None, cpu: int | None, snmp: dict[str, int],
@@ -357,10 +479,11 @@ class ProcessRunner:
         return wfree
 
     def kill(self) -> None:
-        """Teardown: kill a program still running (an interrupted run)."""
+        """Teardown: kill a program still running (an interrupted run) and all it started."""
         if self.proc is not None:
             kill_group(self.proc)
             self.proc = None
+        self._release()
 
 
 def _series(samples: Sequence[tuple[float, int]]) -> dict[str, Any]:

@@ -13,19 +13,17 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from pytest_udpsend.errors import ConfigError, PrivilegeError
+from pytest_udpsend.host import cgroup
 from pytest_udpsend.host import cpus as cpus_mod
-from pytest_udpsend.host.state import owner_tag, tag_alive
+from pytest_udpsend.measure.params import number
 
-CGROUP_PREFIX = "pytest-udpsend-"
 _POLICIES = {"other": 0, "batch": 3, "idle": 5}
 # The hog sets itself up (no preexec_fn: forking a threaded process and running Python
 # before exec can deadlock): die with the parent, check the parent did not die first,
@@ -68,29 +66,12 @@ def make_spec(cpus: object = (1,), workers: object = 2, nice: object = 0, policy
               cpu_max: object = None) -> PressureSpec:  # fmt: skip
     # CPU numbers, a taskset-style list string ("1-3,5") or a sysfs hex mask string ("2" = CPU 1)
     cpu_list = cpus_mod.check_online(cpus_mod.parse(cpus, "cpus"), cpus, "cpus")
-    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
-        raise ConfigError(f"workers={workers!r}: must be an integer from 1 to 64")
-    if not isinstance(nice, int) or not -20 <= nice <= 19:
-        raise ConfigError(f"nice={nice!r}: must be an integer from -20 to 19")
+    workers, nice = int(number("workers", workers, 1, 64, integer=True)), int(number("nice", nice, -20, 19, integer=True))
     if policy not in _POLICIES:
         raise ConfigError(f"policy={policy!r}: accepted: {', '.join(_POLICIES)}")
-    if cpu_max is not None and (not isinstance(cpu_max, (int, float)) or not 0.01 <= cpu_max <= len(cpu_list)):
-        raise ConfigError(f"cpu_max={cpu_max!r}: a fraction of CPU time from 0.01 to {len(cpu_list)} (number of CPUs)")
-    return PressureSpec(tuple(cpu_list), workers, nice, str(policy), None if cpu_max is None else float(cpu_max))
-
-
-def _cgroup_mounts() -> dict[str, Path]:
-    """Mount points by type: 'cgroup2', and 'cpu' for a v1 hierarchy with the cpu controller."""
-    found: dict[str, Path] = {}
-    for line in Path("/proc/mounts").read_text().splitlines():
-        _dev, where, fstype, opts = line.split()[:4]
-        if fstype == "cgroup2":
-            controllers = Path(where, "cgroup.controllers")
-            if controllers.exists() and "cpu" in controllers.read_text().split():
-                found.setdefault("cgroup2", Path(where))
-        elif fstype == "cgroup" and "cpu" in opts.split(","):
-            found.setdefault("cpu", Path(where))
-    return found
+    if cpu_max is not None:
+        cpu_max = float(number("cpu_max", cpu_max, 0.01, len(cpu_list), unit="a fraction of CPU time, up to the number of CPUs"))
+    return PressureSpec(tuple(cpu_list), workers, nice, str(policy), cpu_max)
 
 
 class Cgroup:
@@ -99,16 +80,13 @@ class Cgroup:
     PERIOD_US = 100_000
 
     def __init__(self, fraction: float) -> None:
-        mounts = _cgroup_mounts()
+        mounts = cgroup.controller_roots()
         quota = int(fraction * self.PERIOD_US)
-        name = f"{CGROUP_PREFIX}{owner_tag()}-{time.monotonic_ns()}"
         if "cgroup2" in mounts:
-            self.path = mounts["cgroup2"] / name
-            self.path.mkdir()
+            self.path = cgroup.make(mounts["cgroup2"], "cpu")
             (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
         elif "cpu" in mounts:
-            self.path = mounts["cpu"] / name
-            self.path.mkdir()
+            self.path = cgroup.make(mounts["cpu"], "cpu")
             (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
             (self.path / "cpu.cfs_quota_us").write_text(str(quota))
         else:
@@ -121,34 +99,12 @@ class Cgroup:
         (self.path / "cgroup.procs").write_text(str(pid))
 
     def remove(self) -> None:
-        remove_cgroup(self.path)
-
-
-def remove_cgroup(path: Path) -> None:
-    procs = (path / "cgroup.procs").read_text().split() if path.exists() else []
-    for pid in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while path.exists():
-        try:
-            path.rmdir()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
+        cgroup.remove(self.path)
 
 
 def reap_cgroups() -> list[str]:
-    """Remove hog cgroups left by dead owners."""
-    reaped = []
-    for root in _cgroup_mounts().values():
-        for path in root.glob(f"{CGROUP_PREFIX}*"):
-            tag = path.name[len(CGROUP_PREFIX) :].rsplit("-", 1)[0]
-            if not tag_alive(tag):
-                remove_cgroup(path)
-                reaped.append(path.name)
-    return reaped
+    """Remove cgroups of ours (the hogs', the sender programs') left by dead owners."""
+    return cgroup.reap()
 
 
 def _wait_ready(procs: list[subprocess.Popen[bytes]], deadline_s: float) -> None:
