@@ -43,7 +43,7 @@ def test_netem_parses_as_tc_netem_reads_it(text, params):
         ("netem slot 1ms", "netem has no parameter 'slot'; accepted: delay, loss, duplicate, reorder, corrupt, gap"),
         ("netem reorder 25%", "reorder needs a delay"),
         ("netem delay 10ms gap 5", "gap needs reorder"),
-        ("netem rate 100gbit", "out of range for netem"),
+        ("netem rate 100gbit", "netem rate: '100gbit' is above 34gbit"),
         ("prio bands 1", "prio needs 2 to 16 bands"),
         ("prio bands 2", "every priomap entry below bands"),
         ("prio priomap 1 2", "accepted: bands N, priomap followed by 16 band numbers"),

@@ -33,11 +33,12 @@ MARKERS = {
     "udpsend": "udpsend(duration=2.0, payload=1400, sndbuf=None, force_sndbuf=False, rate=None, cpu=None, ipv6=False, "
     "receiver_cpu=None): the send run that `udpsend_result` performs (receiver_cpu pins the draining receiver)",
     "eagain_rate": "eagain_rate(max=None, min=None, kernel=None): bound on the fraction of send attempts that got "
-    "EAGAIN; kernel='<6.5' limits it to those kernel versions (markers stack, one per kernel range)",
+    "EAGAIN (0 to 1); kernel='<6.5' limits it to those kernel versions (markers stack, one per kernel range)",
     "time_squeeze": "time_squeeze(max=None, min=None, kernel=None): bound on time_squeeze increments during the run, "
     "all CPUs; kernel= as for eagain_rate",
     "wfree_latency": "wfree_latency(p50_us=None, p99_us=None, max_us=None, backend='any', kernel=None): bounds on "
-    "charge-to-sock_wfree latency; backend='bpf' demands the exact eBPF measurement; kernel= as for eagain_rate",
+    "charge-to-sock_wfree latency (at least one, or a backend); backend='bpf' demands the exact eBPF measurement; "
+    "kernel= as for eagain_rate",
     "udpsend_baseline": "udpsend_baseline(tolerance=None, metrics=None): per-test baseline comparison settings",
 }
 
@@ -95,8 +96,8 @@ def _sysctl_dict(values: Any) -> dict[str, str]:
 
 
 def _baseline(tolerance: Any = None, metrics: Any = None) -> Baseline:
-    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0):
-        raise ConfigError(f"tolerance={tolerance!r}: a non-negative fraction such as 0.2")
+    if tolerance is not None:
+        params.number("tolerance", tolerance, unit="a fraction, e.g. 0.2 for 20 %")
     if metrics is not None and (
         not isinstance(metrics, (list, tuple)) or not metrics or not all(m in METRICS for m in metrics)
     ):

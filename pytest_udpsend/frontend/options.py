@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from pytest_udpsend.errors import ConfigError
+from pytest_udpsend.measure.params import accepted, number
+
+
+def number_type(low: float, high: float = math.inf, integer: bool = False, unit: str = "") -> Callable[[str], Any]:
+    """An argparse ``type=`` for a numeric option: the text checked by ``params.number`` (finite, in range),
+    so a bad value is a usage error naming the option, the value and what is accepted, at parse time."""
+
+    def convert(text: str) -> Any:
+        try:
+            value: Any = int(text) if integer else float(text)
+            return number("", value, low, high, integer)
+        except (ValueError, ConfigError):
+            raise argparse.ArgumentTypeError(f"{text!r}: {accepted(low, high, integer)}" + (f" ({unit})" if unit else "")) from None
+
+    convert.__name__ = "integer" if integer else "number"  # argparse's name for the type in its own messages
+    return convert
+
+
+WEEK_S = 7 * 24 * 3600  # the longest wait an option takes: beyond it a timeout is a typo (and inf overflows join())
 
 
 @dataclass(frozen=True)
@@ -25,7 +48,7 @@ BACKEND = Opt(
     {"choices": ["auto", "bpf", "timestamp"], "default": "auto"},
 )
 REPEAT = Opt("--udpsend-repeat", "run each measuring scenario N times and keep every sample (default 1)",
-             {"type": int, "default": 1, "metavar": "N"})  # fmt: skip
+             {"type": number_type(1, 1000, integer=True), "default": 1, "metavar": "N"})  # fmt: skip
 JSON = Opt("--udpsend-json", "write every test's SendResult(s) and the environment to PATH", {"metavar": "PATH"})
 BASELINE = Opt(
     "--udpsend-baseline",
@@ -40,7 +63,7 @@ GATE_AGAINST = Opt("--udpsend-gate-against", "with --udpsend-kernel given twice 
                    "other kernel with its own samples on this one (an image path, host, or a release), by the "
                    "baseline gate's rule and ini knobs; a regression fails test@<release>", {"metavar": "KERNEL"})  # fmt: skip
 KERNEL_TIMEOUT = Opt("--udpsend-kernel-timeout", "seconds the kernel-lane guest may run before it is killed (default 2400)",
-                     {"type": float, "default": 2400.0, "metavar": "S"})  # fmt: skip
+                     {"type": number_type(1, WEEK_S, unit="seconds"), "default": 2400.0, "metavar": "S"})  # fmt: skip
 HTML = Opt("--udpsend-html", "write a self-contained HTML report with plots to PATH", {"metavar": "PATH"})
 PCAP = Opt("--udpsend-pcap", "keep a bounded capture of each failing measuring test's traffic in DIR", {"metavar": "DIR"})
 REQUIRE = Opt(
@@ -57,7 +80,7 @@ LOCK_TIMEOUT = Opt(
     "--udpsend-lock-timeout",
     "seconds a measuring test waits for the host lock (measurements never overlap, also across processes) "
     "before it fails naming the holder (default 3600)",
-    {"type": float, "default": 3600.0, "metavar": "S"},
+    {"type": number_type(0, WEEK_S, unit="seconds"), "default": 3600.0, "metavar": "S"},
 )
 
 LABEL = Opt(
@@ -111,9 +134,9 @@ class GateKnob:
 GATE_KNOBS = [
     GateKnob("udpsend_tolerance", "--tolerance", "baseline: relative change of a metric's median allowed before a "
              "significant change fails (default 0.25; a metric's session noise floor applies if larger); the "
-             "udpsend_baseline marker overrides it per test", "0.25", {"type": float, "metavar": "FRACTION"}),
+             "udpsend_baseline marker overrides it per test", "0.25", {"type": number_type(0), "metavar": "FRACTION"}),
     GateKnob("udpsend_alpha", "--alpha", "baseline: false-alarm rate over all comparisons of a run, tests x metrics "
-             "(Bonferroni; default 0.05)", "0.05", {"type": float, "metavar": "ALPHA"}),
+             "(Bonferroni; default 0.05)", "0.05", {"type": number_type(0, 1), "metavar": "ALPHA"}),
     GateKnob("udpsend_compare_metrics", "--metrics", "baseline: metrics compared, space-separated (default: all: "
              "eagain_rate time_squeeze enobufs wfree.p50_us wfree.p99_us pps)", "", {"nargs": "+", "metavar": "METRIC"}),
 ]  # fmt: skip
@@ -137,8 +160,13 @@ def gate_settings(tolerance: Any, alpha: Any, metrics: Any, allow_mixed: bool, w
         a = float(alpha) if alpha not in (None, "") else compare.DEFAULT_ALPHA
     except ValueError:
         raise ValueError(f"{where}: tolerance and alpha must be numbers, got {tolerance!r} and {alpha!r}") from None
-    if tol < 0 or not 0 < a < 1:
-        raise ValueError(f"{where}: tolerance must be 0 or more and alpha between 0 and 1, got {tol:g} and {a:g}")
+    try:
+        number("tolerance", tol)
+        number("alpha", a, 0, 1)
+    except ConfigError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    if a in (0, 1):
+        raise ValueError(f"{where}: alpha={a:g}: must be above 0 and below 1 (a false-alarm rate, e.g. 0.05)")
     names = tuple(metrics.split() if isinstance(metrics, str) else (metrics or ()))
     unknown = [m for m in names if m not in METRICS]
     if unknown:
@@ -244,13 +272,10 @@ def session_options(config: Any) -> Any:
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     if opts.nic_pair is not None:
-        from pytest_udpsend.errors import ConfigError
         from pytest_udpsend.host import nics
 
         try:
             nics.parse_pair(opts.nic_pair)  # the ports themselves are looked at when a NIC test runs
         except ConfigError as exc:
             raise pytest.UsageError(str(exc)) from None
-    if opts.repeat < 1:
-        raise pytest.UsageError(f"--udpsend-repeat {opts.repeat}: must be 1 or more")
-    return opts
+    return opts  # numbers were checked as the options were parsed (number_type)

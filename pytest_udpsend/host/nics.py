@@ -85,11 +85,26 @@ def lane_pairs(env: str) -> dict[str, tuple[str, str]]:
     return pairs
 
 
+IFNAMSIZ = 16  # the kernel's buffer for an interface name, its NUL included
+
+
+def valid_ifname(name: str) -> bool:
+    """The kernel's dev_valid_name(): 1 to 15 bytes, not '.' or '..', no '/', ':' or whitespace.
+
+    Checked before a name is joined to a /sys path (``../../../etc`` would leave /sys/class/net)."""
+    size = len(name.encode())
+    return 0 < size < IFNAMSIZ and name not in (".", "..") and not any(c in "/:" or c.isspace() for c in name)
+
+
 def parse_pair(text: str) -> tuple[str, str]:
-    """``--udpsend-nic-pair A,B``: two distinct port names."""
+    """``--udpsend-nic-pair A,B``: two distinct, valid interface names."""
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
         raise ConfigError(f"--udpsend-nic-pair {text!r}: give two different port names, e.g. ens1f0,ens1f1")
+    for name in parts:
+        if not valid_ifname(name):
+            raise ConfigError(f"--udpsend-nic-pair {text!r}: {name!r} is not an interface name (1 to {IFNAMSIZ - 1} "
+                              "bytes, not '.' or '..', no '/', ':' or whitespace), e.g. ens1f0,ens1f1")  # fmt: skip
     return parts[0], parts[1]
 
 

@@ -38,6 +38,16 @@ _TIME_UNITS = {"s": 1e6, "sec": 1e6, "secs": 1e6, "ms": 1e3, "msec": 1e3, "msecs
 _NUMBER = re.compile(r"^(\d+(?:\.\d+)?)([a-z]*)$")
 
 
+# What the kernel's fields can hold, as pyroute2 fills them: rates, sizes and counts are u32 (tbf and
+# netem have no 64-bit rate there), and netem's delay and jitter, tbf's burst time and htb's buffers
+# are u32 counts of psched ticks, 64 ns each (PSCHED_SHIFT 6): at most 2**32 * 64 ns = 274.9 s.
+_U32 = (1 << 32) - 1
+MAX_TICKS_US = _U32 * 64 // 1000  # 274877906 us
+# The slowest rate taken: at 8kbit a 1400-byte datagram needs 1.4 s to leave, and below it a test's
+# run sends next to nothing (a "1bit" tbf is 0 bytes/s to the kernel and never sends at all).
+MIN_RATE_BYTES = 1000
+
+
 def _with_unit(text: str, units: Mapping[str, float], default: str, what: str) -> float:
     match = _NUMBER.match(text.lower())
     if not match or (match.group(2) or default) not in units:
@@ -45,23 +55,44 @@ def _with_unit(text: str, units: Mapping[str, float], default: str, what: str) -
     return float(match.group(1)) * float(units[match.group(2) or default])
 
 
+def _within(text: str, value: float, low: float, high: float, below: str, above: str) -> int:
+    """``value`` as an int if from ``low`` to ``high``; else a ValueError: "'1bit' is below {below}"."""
+    if not low <= value <= high:
+        raise ValueError(f"{text!r} is {'below ' + below if value < low else 'above ' + above}")
+    return int(value)
+
+
+_SLOWEST = "8kbit (1000 bytes/s), the slowest rate accepted: slower, a datagram takes seconds to leave"
+_U32_FIELD = "the most the kernel's 32-bit field holds"
+
+
 def rate_bytes(text: str) -> int:
-    """tc rate -> bytes per second."""
-    return int(_with_unit(text, _RATE_UNITS, "bit", "rate") / 8)
+    """tc rate -> bytes per second, from 8kbit to 34gbit (tbf and netem hold a u32 of bytes/s)."""
+    value = _with_unit(text, _RATE_UNITS, "bit", "rate") / 8
+    return _within(text, value, MIN_RATE_BYTES, _U32, _SLOWEST, f"34gbit (2^32 - 1 bytes/s), {_U32_FIELD}")
+
+
+def rate64_bytes(text: str) -> int:
+    """An htb rate: as ``rate_bytes``, but htb takes 64 bits (TCA_HTB_RATE64) above 34gbit."""
+    value = _with_unit(text, _RATE_UNITS, "bit", "rate") / 8
+    return _within(text, value, MIN_RATE_BYTES, (1 << 64) - 1, _SLOWEST, "2^64 - 1 bytes/s, the most htb holds")
 
 
 def size_bytes(text: str) -> int:
-    return int(_with_unit(text, _SIZE_UNITS, "b", "size"))
+    return _within(text, _with_unit(text, _SIZE_UNITS, "b", "size"), 0, _U32, "0", f"4gb (2^32 - 1 bytes), {_U32_FIELD}")
 
 
 def time_us(text: str) -> int:
-    return int(_with_unit(text, _TIME_UNITS, "us", "time"))
+    """tc time -> microseconds, at most 274s (netem and tbf hold times as 32 bits of 64 ns ticks)."""
+    value = _with_unit(text, _TIME_UNITS, "us", "time")
+    return _within(text, value, 0, MAX_TICKS_US, "0", "274s, the longest qdisc time accepted (netem and tbf hold "
+                   "times as 32 bits of the kernel's 64 ns ticks)")  # fmt: skip
 
 
 def count(text: str) -> int:
     if not text.isdigit():
         raise ValueError(f"{text!r} is not a whole number")
-    return int(text)
+    return _within(text, int(text), 0, _U32, "0", f"{_U32}, {_U32_FIELD}")
 
 
 def percent(text: str) -> float:
@@ -72,14 +103,6 @@ def percent(text: str) -> float:
     return float(match.group(1))
 
 
-def rate_u32(text: str) -> int:
-    """A netem rate: bytes per second in 32 bits, as the kernel's tc_netem_rate holds it."""
-    value = rate_bytes(text)
-    if not 0 < value < 1 << 32:
-        raise ValueError(f"{text!r} is out of range for netem (1bit to 34gbit)")
-    return value
-
-
 # netem: tc keyword -> (value parsers and pyroute2 keywords, first one required).
 _NETEM: dict[str, tuple[tuple[Callable[[str], Any], str], ...]] = {
     "delay": ((time_us, "delay"), (time_us, "jitter"), (percent, "delay_corr")),
@@ -88,7 +111,7 @@ _NETEM: dict[str, tuple[tuple[Callable[[str], Any], str], ...]] = {
     "reorder": ((percent, "prob_reorder"), (percent, "corr_reorder")),
     "corrupt": ((percent, "prob_corrupt"), (percent, "corr_corrupt")),
     "gap": ((count, "gap"),),
-    "rate": ((rate_u32, "rate"),),
+    "rate": ((rate_bytes, "rate"),),
     "limit": ((count, "limit"),),
 }
 _PRIOMAP = (1, 2, 2, 2, 1, 2, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)  # tc's default: TOS to band
@@ -96,7 +119,7 @@ _PRIOMAP = (1, 2, 2, 2, 1, 2, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)  # tc's default: TOS
 _KINDS: dict[str, dict[str, tuple[Callable[[str], int], str]]] = {
     "tbf": {"rate": (rate_bytes, "rate"), "burst": (size_bytes, "burst"), "latency": (time_us, "latency"),
             "limit": (size_bytes, "limit"), "mtu": (size_bytes, "mtu")},
-    "htb": {"rate": (rate_bytes, "rate"), "ceil": (rate_bytes, "ceil"), "burst": (size_bytes, "burst"),
+    "htb": {"rate": (rate64_bytes, "rate"), "ceil": (rate64_bytes, "ceil"), "burst": (size_bytes, "burst"),
             "cburst": (size_bytes, "cburst")},
     "pfifo": {"limit": (count, "limit")},
     "bfifo": {"limit": (size_bytes, "limit")},
@@ -151,7 +174,26 @@ def parse(text: str) -> QdiscSpec:
     for group in _REQUIRED.get(kind, ()):
         if not group & seen:
             raise ConfigError(f"qdisc {text!r}: {kind} needs {' or '.join(sorted(group))}")
+    if problem := _derived_out_of_range(kind, params):
+        raise ConfigError(f"qdisc {text!r}: {problem}")
     return QdiscSpec(str(text), kind, params)
+
+
+def _derived_out_of_range(kind: str, params: Mapping[str, int]) -> str | None:
+    """What the kernel gets computed from several values (tbf's limit and burst time, htb's buffers) must fit
+    its u32 fields too, or the request fails at set-up (or wraps) instead of at collection."""
+    times = [("burst", "rate")] if kind == "tbf" else [("burst", "rate"), ("cburst", "ceil")] if kind == "htb" else []
+    for size, rate in times:
+        if size in params and rate in params and params[size] / params[rate] * 1e6 > MAX_TICKS_US:
+            return (f"{kind} {size} {params[size]} bytes at {rate} {params[rate]} bytes/s lasts "
+                    f"{params[size] / params[rate]:.3g}s, above 274s (32 bits of the kernel's 64 ns ticks): "
+                    f"lower {size} or raise {rate}")  # fmt: skip
+    if kind == "tbf" and "latency" in params and "limit" not in params:
+        limit = params["rate"] * params["latency"] / 1e6 + params["burst"]
+        if limit > _U32:
+            return (f"tbf rate x latency + burst is {limit:.3g} bytes, above the 4gb (2^32 - 1 bytes) its queue "
+                    "limit holds: lower latency or give limit instead")  # fmt: skip
+    return None
 
 
 def _parse_netem(text: str, words: list[str]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -39,11 +40,22 @@ class SendParams:
         return asdict(self)
 
 
-def _number(key: str, value: Any, low: float, high: float, integer: bool = False) -> None:
+def accepted(low: float = 0.0, high: float = math.inf, integer: bool = False) -> str:
+    """What ``number`` accepts, as the end of a sentence: "must be an integer from 1 to 64"."""
+    kind = "an integer" if integer else "a number" if math.isfinite(high) else "a finite number"
+    return f"must be {kind} " + (f"from {low:g} to {high:g}" if math.isfinite(high) else f"of {low:g} or more")
+
+
+def number(key: str, value: Any, low: float = 0.0, high: float = math.inf, integer: bool = False, unit: str = "") -> float:
+    """The one check of every number a user gives (marker arguments, options, ini values): an int or a
+    float, never a bool (Python counts True as 1), finite, from ``low`` to ``high``.
+
+    Returns ``value`` as given (an int stays an int); ConfigError names ``key``, the value and what is accepted.
+    """
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{key}={value!r}: must be {kind} from {low:g} to {high:g}")
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or not low <= value <= high:
+        raise ConfigError(f"{key}={value!r}: {accepted(low, high, integer)}" + (f" ({unit})" if unit else ""))
+    return value
 
 
 def make_params(**kwargs: Any) -> SendParams:
@@ -53,12 +65,12 @@ def make_params(**kwargs: Any) -> SendParams:
         if key not in accepted:
             raise ConfigError(f"unknown argument {key!r}; accepted: {', '.join(accepted)}")
     params = SendParams(**kwargs)
-    _number("duration", params.duration, 0.05, 3600)
-    _number("payload", params.payload, 16, 65000, integer=True)
+    number("duration", params.duration, 0.05, 3600)
+    number("payload", params.payload, 16, 65000, integer=True)
     if params.sndbuf is not None:
-        _number("sndbuf", params.sndbuf, 1024, 1 << 30, integer=True)
+        number("sndbuf", params.sndbuf, 1024, 1 << 30, integer=True)
     if params.rate is not None:
-        _number("rate", params.rate, 1, 50_000_000)
+        number("rate", params.rate, 1, 50_000_000)
     params = _check_send_pattern(params)
     online = sorted(os.sched_getaffinity(0))
     for key in ("cpu", "receiver_cpu"):
@@ -82,20 +94,20 @@ def _check_send_pattern(params: SendParams) -> SendParams:
     """mode, batch, gso_size, flows, threads and a cpu list; returns params with cpu as a tuple."""
     if params.mode not in MODES:
         raise ConfigError(f"mode={params.mode!r}: accepted: {', '.join(repr(m) for m in MODES)}")
-    _number("batch", params.batch, 1, 1024, integer=True)
+    number("batch", params.batch, 1, 1024, integer=True)
     if params.batch != 32 and params.mode != "sendmmsg":
         raise ConfigError(f"batch={params.batch!r} applies to mode='sendmmsg' only (mode is {params.mode!r})")
     if params.mode == "gso":
         if params.gso_size is None:
             raise ConfigError("mode='gso' needs gso_size= (bytes per wire segment, e.g. 1400)")
-        _number("gso_size", params.gso_size, 1, params.payload, integer=True)
+        number("gso_size", params.gso_size, 1, params.payload, integer=True)
         if params.segments_per_send() > UDP_MAX_SEGMENTS:
             raise ConfigError(f"payload={params.payload} / gso_size={params.gso_size} makes {params.segments_per_send()} "
                               f"segments per send; the kernel takes at most {UDP_MAX_SEGMENTS}: raise gso_size")  # fmt: skip
     elif params.gso_size is not None:
         raise ConfigError(f"gso_size={params.gso_size!r} applies to mode='gso' only (mode is {params.mode!r})")
-    _number("flows", params.flows, 1, 256, integer=True)
-    _number("threads", params.threads, 1, 64, integer=True)
+    number("flows", params.flows, 1, 256, integer=True)
+    number("threads", params.threads, 1, 64, integer=True)
     if isinstance(params.cpu, (list, tuple)):
         if params.threads == 1:
             raise ConfigError(f"cpu={params.cpu!r}: a list of CPUs needs threads > 1 (one CPU per sender thread)")

@@ -21,7 +21,8 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
 from pytest_udpsend.errors import ConfigError
-from pytest_udpsend.results.metrics import lookup
+from pytest_udpsend.measure.params import number
+from pytest_udpsend.results.metrics import lookup, most
 
 BACKENDS = ("any", "bpf", "timestamp")
 _RELEASE_PREFIX = re.compile(r"^\d+(?:\.\d+){0,2}")
@@ -90,16 +91,13 @@ class Bounds:
         return applied, [b for b in self.bounds if b not in applied]
 
 
-def _num(marker: str, key: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"{key}={value!r}: must be a non-negative number")
-    return float(value)
+def _num(key: str, value: Any, metric: str) -> float | None:
+    """A bound's value: a number from 0 to the largest the metric can take (1 for a rate), never NaN."""
+    return None if value is None else float(number(key, value, 0.0, most(metric)))
 
 
 def min_max(marker: str, metric: str, max: Any = None, min: Any = None, kernel: Any = None) -> Bound:  # noqa: A002
-    low, high = _num(marker, "min", min), _num(marker, "max", max)
+    low, high = _num("min", min, metric), _num("max", max, metric)
     if low is None and high is None:
         raise ConfigError("give max= and/or min=")
     if low is not None and high is not None and low > high:
@@ -114,11 +112,15 @@ def wfree_bounds(
         raise ConfigError(f"backend={backend!r}: accepted: {', '.join(BACKENDS)}")
     spec = kernel_spec(kernel)
     bounds = [
-        Bound("wfree_latency", f"wfree.{key}", None, _num("wfree_latency", key, val), spec)
+        Bound("wfree_latency", f"wfree.{key}", None, _num(key, val, f"wfree.{key}"), spec)
         for key, val in (("p50_us", p50_us), ("p99_us", p99_us), ("max_us", max_us))
         if val is not None
     ]
-    # A bound-less wfree_latency still demands a measurement with samples.
+    if not bounds and backend == "any":
+        raise ConfigError("no bound given, so nothing would be checked: give p50_us=, p99_us= and/or max_us= "
+                          "(microseconds), or backend='bpf' to demand the exact measurement "
+                          "(the wfree_probe fixture measures without a bound)")  # fmt: skip
+    # A bound-less wfree_latency that names a backend still demands a measurement with samples.
     bounds.append(Bound("wfree_latency", "wfree.count", 1, None, spec))
     return bounds, (str(backend), spec)
 

@@ -12,6 +12,7 @@ rate / (1 - rate): x4 on the rate itself would allow any rise from 25 % (a rate 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +30,16 @@ class Metric:
     # the EAGAIN rate's.
     noise: float
     scale: str = "linear"  # "odds": the noise factor applies to value / (1 - value) (a rate in [0, 1])
+    most: float = math.inf  # the largest value it can take: a bound above it is a mistake
+
+
+def most(metric: str) -> float:
+    """The largest value ``metric`` can take (1 for a rate; no limit for counts, times and metrics not listed)."""
+    return METRICS[metric].most if metric in METRICS else math.inf
 
 
 METRICS: dict[str, Metric] = {
-    "eagain_rate": Metric("higher", 0.01, 4.0, "odds"),
+    "eagain_rate": Metric("higher", 0.01, 4.0, "odds", 1.0),
     "time_squeeze": Metric("higher", 50.0, 4.0),
     "enobufs": Metric("higher", 10.0, 4.0),
     "wfree.p50_us": Metric("higher", 5.0, 2.0),
