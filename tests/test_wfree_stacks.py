@@ -27,6 +27,18 @@ def test_the_probe_s_own_frames_are_dropped_so_the_first_is_the_caller_that_free
     assert caller_frames(["sock_wfree", *VETH, "sock_wfree"]) == [*VETH, "sock_wfree"]  # only the top few are the probe's
 
 
+
+def test_a_release_at_gro_entry_starts_at_napi_gro_receive():
+    """Under GRO a datagram's release is taken at the raw tracepoint napi_gro_receive_entry: its stack
+    starts in the tracepoint's runner, which is the probe's own, not where the datagram went."""
+    gro = ["napi_gro_receive", "veth_xdp_rcv", "veth_poll", "__napi_poll", "napi_threaded_poll", "kthread"]
+    raw_tp = ["bpf_prog_0e1f_on_gro_entry", "bpf_trace_run1", "__bpf_trace_napi_gro_receive_entry", *gro]
+    assert caller_frames(raw_tp) == gro
+    assert caller_frames(["bpf_get_stackid_raw_tp", "bpf_prog_0e1f_on_gro_entry", "bpf_trace_run1", *gro]) == gro
+    # seen in the 6.1 lane: the JIT code resolved to a module's kallsyms name; the runner still marks the cut
+    assert caller_frames(["mpls_gso_exit", "bpf_trace_run1", *gro]) == gro
+    assert stack_text(0.97, gro).endswith("__napi_poll <- napi_threaded_poll")
+
 def test_the_text_ends_at_the_frame_that_says_who_ran_the_release():
     assert stack_text(0.81, VMXNET3) == (
         "81 % of releases: vmxnet3_tq_tx_complete <- vmxnet3_poll_rx_only <- net_rx_action <- handle_softirqs <- run_ksoftirqd"

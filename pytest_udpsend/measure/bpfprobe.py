@@ -30,7 +30,21 @@ head skb's release matches a charge, so a fragmented datagram counts once, timed
 to its head's release (measured on 6.1: 3000-byte payloads, charges == count ==
 datagrams sent).
 
-Where it ran, from the task current at ``sock_wfree``:
+Counting datagrams under GRO: the GRO merge paths (``skb_gro_receive()``,
+``skb_gro_receive_list()``) clear a merged skb's destructor and add its truesize to the
+aggregate ("sk ownership ... completely transferred to the aggregated packet"), so one
+``sock_wfree`` releases the whole aggregate (6.1 lane, threaded NAPI: 6698 datagrams, 237
+calls).  So a datagram's release is the first of two events for its skb: its GRO entry (the
+raw tracepoint ``napi_gro_receive_entry``, once per skb on both 6.1 and 6.12, its first
+argument the skb) or its own ``sock_wfree``.  Timed at GRO entry, a merged datagram's
+latency includes its wait in the device's queue for the NAPI poll and excludes the time its
+aggregate is held until the poll flushes it (the same poll).  ``sock_wfree`` calls on
+charged skbs are counted on their own (``calls``).  At ``napi_gro_receive_exit`` a skb that
+was merged (GRO_MERGED, GRO_MERGED_FREE) is forgotten, since no sock_wfree will come for it;
+an aggregate head stays remembered until its sock_wfree.  Paths that enter GRO through
+``napi_gro_frags`` build a fresh skb (drivers' RX buffers), never a charged one.
+
+Where it ran, from the task current at the release (``sock_wfree``, or the GRO entry):
 ``inline`` the charging thread itself (its syscall, or a softirq it ran on the way
 out), ``ksoftirqd`` a ksoftirqd/N thread, ``napi_thread`` a threaded-NAPI
 ``napi/...`` thread, ``softirq`` any other task (a softirq that interrupted it, e.g.
@@ -63,14 +77,19 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_udpsend.errors import PrivilegeError
 from pytest_udpsend.host.sysctl import Sysctls
 from pytest_udpsend.measure.histogram import HIST_EDGES_US, SUB, percentile_us, rebin
 
+if TYPE_CHECKING:
+    from pytest_udpsend.host.topology import TopologySpec
+
 CONTEXTS = ("inline", "softirq", "ksoftirqd", "napi_thread")
 NBUCKETS = 64 << SUB
+# slots of the C's stats array after the per-context pairs (count, max_ns): S_* there
+S_CHARGES, S_LOST, S_CALLS, S_GRO = (len(CONTEXTS) * 2 + i for i in range(4))
 STACKS_PER_CONTEXT = 3  # kept in the result, per context
 STACK_EVERY = 8  # one release in this many (per context and CPU, the first included) takes its stack
 SYMBOLIZED_PER_CONTEXT = 10  # symbolized per context: stacks differing only in offsets merge by name
@@ -79,7 +98,12 @@ SYMBOLIZED_PER_CONTEXT = 10  # symbolized per context: stacks differing only in 
 # JIT code may resolve to the nearest kallsyms name before it (6.12: a module's "handshake_exit"),
 # so sock_wfree's position, not the names above it, says where the caller starts.
 PROBE_DEPTH = 8
-PROBE_FRAMES = ("bpf_prog_", "bpf_trampoline_", "[unknown]", "kprobe_", "ftrace_", "arch_ftrace_")
+# A raw tracepoint's program is called by its runner (bpf_trace_run1, via __bpf_trace_<event>), which
+# the traced function called: the runner marks the cut there as sock_wfree does (6.1, GRO entry:
+# "mpls_gso_exit <- bpf_trace_run1 <- napi_gro_receive", the JIT code again under a module's name).
+PROBE_FRAMES = ("bpf_prog_", "bpf_trampoline_", "[unknown]", "kprobe_", "ftrace_", "arch_ftrace_", "bpf_trace_run",
+                "__bpf_trace_", "bpf_get_stackid")
+CUT_FRAMES = ("sock_wfree", "bpf_trace_run", "__bpf_trace_")  # the last of these among the top frames is the probe's
 # the frame that says who ran the release (a thread, bh enabled again in a syscall, an
 # interrupt's exit): the compact text ends there.  Matched without a compiler clone's suffix
 # (6.12: "do_softirq.part.0").
@@ -93,14 +117,23 @@ PROGRAM = r"""
 #define SUB 3
 #define NB (64 << SUB)
 
-struct charge { u64 ts; u32 tid; u32 pad; };
+/* released: the datagram's release was counted at its GRO entry; the entry stays until the skb's
+   own sock_wfree (an aggregate head) or the GRO exit that merged it */
+struct charge { u64 ts; u32 tid; u32 released; };
 BPF_TABLE("lru_hash", u64, struct charge, charged, 262144);
 BPF_ARRAY(cfg, u64, 3);  /* sender's tgid (0 = disarmed), dev and inode of its pid namespace */
 /* per-CPU, so no atomic operations: a tracing program never nests into itself on
    one CPU (the kernel skips such recursion), and charge and release touch
    different slots */
 BPF_PERCPU_ARRAY(hist, u64, NCTX * NB);
-BPF_PERCPU_ARRAY(stats, u64, NCTX * 2 + 2);  /* per ctx: count, max_ns; then charges, stacks lost */
+/* per ctx: datagrams released, max_ns; then charges, stacks lost, sock_wfree calls, released at GRO entry */
+#define S_CHARGES (NCTX * 2)
+#define S_LOST (NCTX * 2 + 1)
+#define S_CALLS (NCTX * 2 + 2)
+#define S_GRO (NCTX * 2 + 3)
+BPF_PERCPU_ARRAY(stats, u64, NCTX * 2 + 4);
+/* the charged skb between napi_gro_receive_entry and _exit on this CPU (GRO does not nest on a CPU) */
+BPF_PERCPU_ARRAY(gro_pending, u64, 1);
 #if STACK_EVERY
 /* where each release ran: kernel stacks by id, and sampled releases per (context, stack id);
    per-CPU counts again, so no atomics.  A failed stack id (hash collision, map full) is counted
@@ -133,6 +166,13 @@ static __always_inline u32 udps_bucket(u64 v)
     return ((l - SUB + 1) << SUB) + (u32)((v >> (l - SUB)) & ((1 << SUB) - 1));
 }
 
+static __always_inline void bump(u32 slot)
+{
+    u64 *n = stats.lookup(&slot);
+    if (n)
+        (*n)++;
+}
+
 static __always_inline int do_charge(u64 skb)
 {
     u32 k_tgid = 0, k_dev = 1, k_ino = 2;
@@ -147,10 +187,7 @@ static __always_inline int do_charge(u64 skb)
     c.ts = bpf_ktime_get_ns();
     c.tid = (u32)id;
     charged.update(&skb, &c);
-    u32 slot = NCTX * 2;
-    u64 *n = stats.lookup(&slot);
-    if (n)
-        (*n)++;
+    bump(S_CHARGES);
     return 0;
 }
 
@@ -173,18 +210,13 @@ static __always_inline void count_stack(void *ctx, u32 cx)
         if (stack_counts.update(&k, &one) == 0)
             return;
     }
-    u32 slot = NCTX * 2 + 1;
-    u64 *lost = stats.lookup(&slot);
-    if (lost)
-        (*lost)++;
+    bump(S_LOST);
 #endif
 }
 
-static __always_inline int do_wfree(void *ctx, u64 skb)
+/* one datagram released: its latency and context (the task current now against the charging thread) */
+static __always_inline void release(void *ctx, struct charge *c)
 {
-    struct charge *c = charged.lookup(&skb);
-    if (!c)
-        return 0;
     u64 d = bpf_ktime_get_ns() - c->ts;
     u32 tid = (u32)bpf_get_current_pid_tgid();
     u32 cx = 0;
@@ -198,7 +230,6 @@ static __always_inline int do_wfree(void *ctx, u64 skb)
         else if (comm[0] == 'n' && comm[1] == 'a' && comm[2] == 'p' && comm[3] == 'i' && comm[4] == '/')
             cx = 3;
     }
-    charged.delete(&skb);
     u32 b = udps_bucket(d);
     if (b >= NB)
         b = NB - 1;
@@ -206,15 +237,60 @@ static __always_inline int do_wfree(void *ctx, u64 skb)
     u64 *h = hist.lookup(&hidx);
     if (h)
         (*h)++;
-    u32 sidx = cx * 2;
-    u64 *cnt = stats.lookup(&sidx);
-    if (cnt)
-        (*cnt)++;
-    sidx = cx * 2 + 1;
+    bump(cx * 2);
+    u32 sidx = cx * 2 + 1;
     u64 *mx = stats.lookup(&sidx);
     if (mx && d > *mx)
         *mx = d;
     count_stack(ctx, cx);
+}
+
+static __always_inline int do_wfree(void *ctx, u64 skb)
+{
+    struct charge *c = charged.lookup(&skb);
+    if (!c)
+        return 0;
+    bump(S_CALLS);
+    if (!c->released)
+        release(ctx, c);
+    charged.delete(&skb);
+    return 0;
+}
+
+/* raw tracepoint net:napi_gro_receive_entry(const struct sk_buff *skb): once per skb entering GRO */
+int on_gro_entry(struct bpf_raw_tracepoint_args *ctx)
+{
+    u64 skb = ctx->args[0];
+    u32 zero = 0;
+    u64 *pending = gro_pending.lookup(&zero);
+    if (!pending)
+        return 0;
+    *pending = 0;
+    struct charge *c = charged.lookup(&skb);
+    if (!c)
+        return 0;
+    if (!c->released) {
+        release(ctx, c);
+        c->released = 1;
+        bump(S_GRO);
+    }
+    *pending = skb;
+    return 0;
+}
+
+/* raw tracepoint net:napi_gro_receive_exit(int ret): a merged skb's charge now belongs to the
+   aggregate (GRO_MERGED = 0, GRO_MERGED_FREE = 1 in enum gro_result), no sock_wfree follows for it */
+int on_gro_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+    u32 zero = 0;
+    u64 *pending = gro_pending.lookup(&zero);
+    if (!pending || !*pending)
+        return 0;
+    u64 skb = *pending;
+    *pending = 0;
+    int ret = (int)ctx->args[0];
+    if (ret == 0 || ret == 1)
+        charged.delete(&skb);
     return 0;
 }
 """
@@ -247,10 +323,19 @@ def _stderr_to_file() -> Iterator[Any]:
             log.seek(0)
 
 
+GRO_EVENTS = ((b"napi_gro_receive_entry", b"on_gro_entry"), (b"napi_gro_receive_exit", b"on_gro_exit"))
+
+
+def method_text(attach: str) -> str:
+    return (f"exact: {attach} on skb_set_owner_w (charge) and sock_wfree (release), per skb, via bcc; a datagram merged "
+            "by GRO is released with its aggregate and timed at its GRO entry (raw tracepoint napi_gro_receive_entry); "
+            "count is datagrams released, calls the sock_wfree calls")  # fmt: skip
+
+
 class BpfProbe:
     backend = "bpf"
     receiver_timestamps = False
-    method = "exact: kprobe or fentry on skb_set_owner_w (charge) and sock_wfree (release), per skb, via bcc"
+    method = method_text("kprobe or fentry")
 
     def __init__(self, reason: str, stack_every: int = STACK_EVERY) -> None:
         self.reason = reason
@@ -271,7 +356,7 @@ class BpfProbe:
 
         fentry = bool(BPF.support_kfunc())
         self.attach = "fentry" if fentry else "kprobe"
-        self.method = f"exact: {self.attach} on skb_set_owner_w (charge) and sock_wfree (release), per skb, via bcc"
+        self.method = method_text(self.attach)
         with _stderr_to_file() as log:
             try:
                 bpf = BPF(text=PROGRAM + (ATTACH_FENTRY if fentry else ATTACH_KPROBE),  # fentry attaches itself
@@ -279,6 +364,8 @@ class BpfProbe:
                 self._kfuncs = list(bpf.kfunc_entry_fds)
                 for name in self._kfuncs:  # ... so detach until a run measures
                     bpf.detach_kfunc(name)
+                for _, fn in GRO_EVENTS:  # load (and verify) now; attached only while a run measures
+                    bpf.load_func(fn, BPF.RAW_TRACEPOINT)
             except Exception as exc:
                 log.seek(0)
                 errors = [line for line in log.read().splitlines() if "error" in line][:5]
@@ -297,25 +384,48 @@ class BpfProbe:
     def _set_attached(self, on: bool) -> None:
         if on == self._attached:
             return
+        if on:
+            try:
+                self._attach()
+            except Exception:
+                self._detach()  # what a partial attach left: the next run starts clean
+                raise
+        else:
+            self._detach()
+        self._attached = on
+
+    def _attach(self) -> None:
         bpf = self._bpf
         if self.attach == "fentry":
             for name in self._kfuncs:
-                (bpf.attach_kfunc if on else bpf.detach_kfunc)(name)
-        elif on:
+                bpf.attach_kfunc(name)
+        else:
             bpf.attach_kprobe(event="skb_set_owner_w", fn_name="on_charge")
             bpf.attach_kprobe(event="sock_wfree", fn_name="on_wfree")
-        else:
-            bpf.detach_kprobe(event="skb_set_owner_w", fn_name="on_charge")
-            bpf.detach_kprobe(event="sock_wfree", fn_name="on_wfree")
-        self._attached = on
+        for event, fn in GRO_EVENTS:
+            bpf.attach_raw_tracepoint(tp=event, fn_name=fn)
 
-    def prepare(self, sysctls: Sysctls) -> None:
-        self._compile()  # compile outside the measured interval
+    def _detach(self) -> None:
+        """Detach whatever is attached, also after a partial attach."""
+        bpf = self._bpf
+        for name in self._kfuncs:
+            if name in bpf.kfunc_entry_fds:
+                bpf.detach_kfunc(name)
+        if self.attach == "kprobe":
+            for event, fn in (("skb_set_owner_w", "on_charge"), ("sock_wfree", "on_wfree")):
+                with contextlib.suppress(Exception):  # not attached
+                    bpf.detach_kprobe(event=event, fn_name=fn)
+        for tracepoint, _ in GRO_EVENTS:
+            if tracepoint in bpf.raw_tracepoint_fds:
+                bpf.detach_raw_tracepoint(tp=tracepoint)
+
+    def prepare(self, sysctls: Sysctls, path: TopologySpec | None = None) -> None:
+        self._compile()  # compile outside the measured interval; exact on every path, so the path does not matter
 
     def begin(self, sock_fd: int, tgid: int) -> None:
         """Arm for one run of ``tgid`` (as numbered in this process's pid namespace) and attach."""
         bpf = self._compile()
-        for name in ("hist", "stats", "charged") + (("stack_counts", "stack_seen") if self.stack_every else ()):
+        for name in ("hist", "stats", "charged", "gro_pending") + (("stack_counts", "stack_seen") if self.stack_every else ()):
             bpf[name].clear()
         if self.stack_every:  # bcc's StackTrace.clear() does nothing: delete the ids one by one
             table = bpf["stacks"]
@@ -344,13 +454,16 @@ class BpfProbe:
         total = [sum(col) for col in zip(*per_ctx.values())]
         contexts = {name: stats[i * 2] for i, name in enumerate(CONTEXTS)}
         max_ns = max(stats[i * 2 + 1] for i in range(len(CONTEXTS)))
-        count = sum(contexts.values())
+        count = sum(contexts.values())  # datagrams released: each once, at its GRO entry or its sock_wfree
+        at_gro = stats[S_GRO]
         stacks = self._stacks(bpf, contexts) if self.stack_every else {}
         return {
             "backend": self.backend,
             "method": self.method,
             "count": count,
-            "charges": stats[len(CONTEXTS) * 2],
+            "calls": stats[S_CALLS],
+            "released_at": {"gro_entry": at_gro, "sock_wfree": count - at_gro},
+            "charges": stats[S_CHARGES],
             "p50_us": percentile_us(total, 0.50),
             "p90_us": percentile_us(total, 0.90),
             "p99_us": percentile_us(total, 0.99),
@@ -366,7 +479,7 @@ class BpfProbe:
         """The most frequent release stacks per context, symbolized once, here at the end of the run."""
         from bcc import BPF
 
-        lost = sum(bpf["stats"][len(CONTEXTS) * 2 + 1])
+        lost = sum(bpf["stats"][S_LOST])
         counts = {(CONTEXTS[k.cx], int(k.id)): sum(v) for k, v in bpf["stack_counts"].items() if k.cx < len(CONTEXTS)}
         table = bpf["stacks"]
 
@@ -388,11 +501,12 @@ class BpfProbe:
 
 
 def caller_frames(frames: Sequence[str]) -> list[str]:
-    """The stack from the function that freed the skb outwards: ``sock_wfree`` and the probe's
-    frames above it (among the first PROBE_DEPTH) dropped."""
+    """The stack from the function that released the skb outwards: ``sock_wfree`` (or a raw
+    tracepoint's runner) and the probe's frames above it (among the first PROBE_DEPTH) dropped."""
     top = list(frames[:PROBE_DEPTH])
-    if "sock_wfree" in top:
-        return list(frames[len(top) - top[::-1].index("sock_wfree") :])
+    cuts = [i for i, f in enumerate(top) if f == "sock_wfree" or f.startswith(CUT_FRAMES[1:])]
+    if cuts:
+        return list(frames[cuts[-1] + 1 :])
     head = 0
     while head < len(top) and top[head].startswith(PROBE_FRAMES):
         head += 1

@@ -68,7 +68,8 @@ def _deferral(r: SendResult) -> list[Finding]:
         return [_finding(
             f"sock_wfree deferred: {where or 'all releases ran inline'}, p99 {_us(p99)} after the charge; "
             "until it runs the skb stays charged to the socket",
-            f"bpf kprobes on skb_set_owner_w and sock_wfree: {count} releases, contexts {contexts}{during}",
+            f"bpf on skb_set_owner_w, sock_wfree and GRO entry: {count} datagrams released "
+            f"({w.get('calls', count)} sock_wfree calls), contexts {contexts}{during}",
         )]  # fmt: skip
     if p99 < DEFERRED_P99_US:
         return []

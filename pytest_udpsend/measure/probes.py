@@ -14,6 +14,20 @@ charged to the socket (``skb_set_owner_w``) to ``sock_wfree`` releasing it.
   cannot tell *where* sock_wfree ran (contexts stay empty); on a qdisc'd link it
   stamps at reception, so time spent queued in the qdisc is included, as it is
   for sock_wfree itself.
+
+  Its premise, that the receiver's ``ip_rcv_core()`` releases the charge, fails where
+  something orphans the skb earlier; there the receive stamp measures transit, not the
+  release, so the estimate gives no number and says why (``wfree["unavailable"]``),
+  decided from the topology before the run (``timestamp_premise``), never from the figures:
+  netem with a delay, jitter or rate (``skb_orphan_partial()`` in ``netem_enqueue()``: the
+  charge goes at enqueue; 6.1 lane, ``netem delay 5ms``: sock_wfree p50 25.6 us) and NIC
+  links (the driver's TX completion frees the skb on the sender's side, or ``start_xmit``
+  orphans it: virtio_net without napi_tx).  Checked and not early on this plugin's paths:
+  veth across namespaces (``skb_scrub_packet()`` keeps the socket since 5.0), tbf, htb,
+  sfq, fq_codel, prio, the fifos and netem without delay/jitter/rate (they hold or drop the
+  charged skb), GRO on veth since 5.13 (``skb_prepare_for_gro()``; the aggregate, stamped
+  and orphaned in the receiver's ``__netif_receive_skb_core`` / ``ip_rcv_core``, carries
+  every merged datagram's charge, and its segments inherit its stamp).
 """
 
 from __future__ import annotations
@@ -21,11 +35,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_udpsend.errors import PrivilegeError
 from pytest_udpsend.host.sysctl import Sysctls
 from pytest_udpsend.measure.histogram import latency_stats
+
+if TYPE_CHECKING:
+    from pytest_udpsend.host.topology import TopologySpec
+
+NETEM_ORPHANS = ("delay", "jitter", "rate")  # netem_enqueue(): if (q->latency || q->jitter || q->rate) skb_orphan_partial()
 
 
 class WfreeProbe(Protocol):
@@ -36,13 +55,34 @@ class WfreeProbe(Protocol):
     method: str  # one line: how the figure is obtained
     receiver_timestamps: bool  # does the receiver need SO_TIMESTAMPNS and payload stamps?
 
-    def prepare(self, sysctls: Sysctls) -> None: ...
+    def prepare(self, sysctls: Sysctls, path: TopologySpec | None = None) -> None: ...
 
     def begin(self, sock_fd: int, tgid: int) -> None: ...
 
     def end(self, rx_latencies_ns: Sequence[int], lost_samples: int, sent: int) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
+
+
+def timestamp_premise(path: TopologySpec | None) -> str | None:
+    """None where the receive stamp times the release (the receiver's ip_rcv_core orphans the skb),
+    else one sentence: what releases the charge earlier on this path, and the fix.  ``path`` None:
+    not known (a caller that gives no topology), taken as plain veth."""
+    if path is None:
+        return None
+    fix = "use --udpsend-backend bpf (the kernel lane has it) for the release timing"
+    if path.is_nic:
+        return (f"sock_wfree timing not measurable with the timestamp estimate on a {path.link} NIC link: the charge is "
+                "released at TX completion on the sender's port (the driver frees the skb), never in the receiver's "
+                f"ip_rcv_core, so the receive stamp would measure the transit instead; {fix}")  # fmt: skip
+    qdisc = path.qdisc
+    if qdisc is not None and qdisc.kind == "netem":
+        early = [key for key in NETEM_ORPHANS if qdisc.params.get(key)]
+        if early:
+            return (f"sock_wfree timing not measurable with the timestamp estimate under '{qdisc.text}': netem with "
+                    f"{'/'.join(early)} orphans each skb at enqueue (skb_orphan_partial() in netem_enqueue()), so "
+                    f"sock_wfree runs before the delay and the receive stamp would measure the transit instead; {fix}")  # fmt: skip
+    return None
 
 
 class TimestampProbe:
@@ -55,14 +95,21 @@ class TimestampProbe:
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+        self.unavailable: str | None = None  # this run's path defeats the estimate: why (see timestamp_premise)
 
-    def prepare(self, sysctls: Sysctls) -> None:
-        sysctls.set("net.core.netdev_tstamp_prequeue", 0)
+    def prepare(self, sysctls: Sysctls, path: TopologySpec | None = None) -> None:
+        """Per run: where the premise fails, neither the receiver's stamps nor the global sysctl are asked for."""
+        self.unavailable = timestamp_premise(path)
+        self.receiver_timestamps = self.unavailable is None
+        if self.receiver_timestamps:
+            sysctls.set("net.core.netdev_tstamp_prequeue", 0)
 
     def begin(self, sock_fd: int, tgid: int) -> None:
         pass
 
     def end(self, rx_latencies_ns: Sequence[int], lost_samples: int, sent: int) -> dict[str, Any]:
+        if self.unavailable is not None:
+            return not_measured(self.backend, self.unavailable)
         stats = latency_stats(rx_latencies_ns)
         stats.update(
             backend=self.backend,
@@ -75,6 +122,13 @@ class TimestampProbe:
 
     def close(self) -> None:
         pass
+
+
+def not_measured(backend: str, why: str) -> dict[str, Any]:
+    """A wfree result without figures: ``count`` and the latencies None (a bound on them fails as "not
+    measured"), ``method`` and ``unavailable`` the sentence saying why."""
+    return {"backend": backend, "method": why, "unavailable": why, "count": None, "p50_us": None, "p90_us": None,
+            "p99_us": None, "max_us": None, "contexts": {}, "histogram": {}}  # fmt: skip
 
 
 def kernel_headers_dir(release: str | None = None) -> Path | None:

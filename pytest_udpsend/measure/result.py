@@ -25,6 +25,8 @@ class SendResult:
     irqs: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # NIC port -> "<irq> <name>" -> per-CPU count
     snmp: dict[str, int] = field(default_factory=dict)
     wmem: dict[str, float] = field(default_factory=dict)
+    # backend, method, count (datagrams released), p50_us..max_us, contexts; bpf: calls (sock_wfree calls: under GRO one
+    # releases a whole aggregate), released_at, charges; "unavailable": why there are no figures (then count and latencies None)
     wfree: dict[str, Any] = field(default_factory=dict)
     received: int = 0
     rcvbuf_errors: int = 0
@@ -77,9 +79,12 @@ class SendResult:
             lines.append(f"program {' '.join(self.process.get('argv', []))}: "
                          + ("exited with code {}".format(self.process.get("returncode")) if self.process.get("exited")
                             else "stopped after the duration"))  # fmt: skip
-        if w.get("backend"):
+        if w.get("unavailable"):  # the backend cannot time the release on this path: why, not a number
+            lines.append(f"sock_wfree ({w.get('backend')}): not measured: {w['unavailable']}")
+        elif w.get("backend"):
+            calls = f" (sock_wfree calls {w['calls']})" if "calls" in w else ""
             lines.append(
-                f"sock_wfree ({w['backend']}): n={w.get('count', 0)} p50 {w.get('p50_us')} us  p90 {w.get('p90_us')} us  "
+                f"sock_wfree ({w['backend']}): n={w.get('count', 0)}{calls} p50 {w.get('p50_us')} us  p90 {w.get('p90_us')} us  "
                 f"p99 {w.get('p99_us')} us  max {w.get('max_us')} us  contexts {w.get('contexts') or '-'}"
             )
         if w.get("stacks"):  # bpf: the most frequent kernel stack at sock_wfree
