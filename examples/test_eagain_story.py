@@ -15,9 +15,10 @@ that runs in a *thread* (threaded NAPI) or a qdisc.  Bounds that hold only on on
 side carry ``kernel=``; the figures behind each are in the README, "Which scenarios
 mean something on which kernel".
 
-The bounds are wide: a shared 2-core VM (6.18) and the kernel lane (6.1, 6.12,
-emulated) pass them 20 runs out of 20.  Tighten them for your hardware from a
-saved --udpsend-json run.
+Every bound here is either fixed by the mechanism (a zero, or "most sends fail") with
+a wide margin, or left out: docs/calibration.md has the runs behind each, per kernel
+(this project's 6.18 host, the lane's 6.1 and 6.12), and the rule for choosing them.
+Recalibrate for your hardware with ``udpsend calibrate``.
 """
 
 from __future__ import annotations
@@ -66,15 +67,19 @@ def test_a_starved_napi_thread_keeps_the_buffer_full(udpsend_result):
 @pytest.mark.cpu_pressure(cpus=[1], workers=2)
 @pytest.mark.udpsend(duration=1.0, cpu=0, receiver_cpu=1, sndbuf=SMALL_SNDBUF)
 @pytest.mark.eagain_rate(min=0.05, kernel="<6.5")
-@pytest.mark.eagain_rate(min=0.0002, kernel=">=6.5")
 def test_rps_to_a_busy_cpu_defers_the_release(udpsend_result):
     """RPS steers the receive path to CPU 1, so ``sock_wfree`` runs in a softirq
-    there, after send() returned, and a small buffer fills at times.  Before 6.5
-    the two hogs starve ksoftirqd/1 and a large share of sends fail; since 6.5 the
-    RPS IPI's irq exit runs the softirq at once, so the hogs barely matter and the
-    rate stays low on real hardware (0.1 % to 2 % on this project's 6.18 host)."""
+    there, after send() returned: unlike plain veth, the socket holds charged
+    datagrams between sends.  Before 6.5 the two hogs starve ksoftirqd/1 and a large
+    share of sends fail (the lane's 6.1: calibrated bound).  Since 6.5 the RPS IPI's
+    irq exit runs the softirq at once, and how often a small buffer fills is a
+    heavy-tailed figure that depends on the machine and the moment (0.01 % to over
+    70 % on this project's 6.18 host, docs/calibration.md): no rate is claimed there,
+    only what the mechanism fixes."""
     r = udpsend_result
-    assert r.wmem["max_bytes"] >= r.sndbuf_effective  # EAGAIN means the buffer was full
+    assert r.wmem["max_bytes"] > 0  # the charge outlived send(): the release ran later, elsewhere
+    if r.eagain:
+        assert r.wmem["max_bytes"] >= r.sndbuf_effective  # EAGAIN means the buffer was full
 
 
 @pytest.mark.topology(rps_cpus=[1])

@@ -14,7 +14,11 @@ call charges to ``sk_wmem_alloc`` at once:
   returns how many went out, not the error.  pytest-udpsend counts such a batch as k
   sent and one EAGAIN attempt, and reports the stops (``result.stops``).
 
-Bounds are wide: they hold 20 runs out of 20 on a loaded 2-core VM (6.18).
+What each test claims is fixed by the mechanism, not by this machine: most GSO sends
+fail whatever the host (two super-datagrams' charge is the whole buffer).  How often
+*plain* sends fail with RPS is not claimed: on 6.5+ it ranged from 0.003 % to 73 % over
+50 runs here, and when it is high the GSO rate is too, so not even "GSO fails more" holds
+with a margin (docs/calibration.md).  The end-of-run table shows both rates.
 """
 
 from __future__ import annotations
@@ -22,28 +26,24 @@ from __future__ import annotations
 import pytest
 
 # 65536 requested is 131072 effective: room for about 56 1400-byte datagrams (2.3 KB
-# of truesize each), but for only two 64 KB GSO super-datagrams.  Measured on 6.18:
-# plain send 0 to 0.9 % EAGAIN, GSO 95 to 97 %.
+# of truesize each), but for only two 64 KB GSO super-datagrams.
 SNDBUF = 65536
 
 
 @pytest.mark.topology(rps_cpus=[1])
-@pytest.mark.udpsend(duration=1.0, cpu=0, receiver_cpu=1, sndbuf=SNDBUF)
-@pytest.mark.eagain_rate(max=0.05)
-def test_plain_send_fits_the_buffer(udpsend_result):
-    """1400-byte send()s with RPS: the buffer holds many datagrams in flight."""
-    assert udpsend_result.sent > 10_000
-
-
-@pytest.mark.topology(rps_cpus=[1])
-@pytest.mark.udpsend(duration=1.0, cpu=0, receiver_cpu=1, sndbuf=SNDBUF, mode="gso", payload=64000, gso_size=1400)
-@pytest.mark.eagain_rate(min=0.3)
-def test_gso_fills_the_same_buffer_with_one_send(udpsend_result):
-    """The same buffer and link with 64 KB GSO super-datagrams: most sends hit EAGAIN."""
-    r = udpsend_result
-    assert r.segments == r.sent * 46  # 64000 / 1400, rounded up: the wire datagrams
-    assert r.snmp["UdpOutDatagrams"] == r.sent  # the kernel counts each super-datagram once
-    assert r.wmem["max_bytes"] >= 64000  # one super-datagram's charge at once
+def test_one_gso_send_fills_what_plain_sends_leave_room_in(udp_sender):
+    """The same buffer and link, measured twice in one test: 1400-byte send()s, then
+    64 KB GSO super-datagrams.  The plain sender keeps many datagrams in flight; each GSO
+    send charges a whole super-datagram, so while one is in flight the next finds the
+    buffer full.  Over 50 runs on 6.18: GSO 69 % to 97 % EAGAIN, plain 0.003 % to 73 %."""
+    plain = udp_sender.run(duration=1.0, cpu=0, receiver_cpu=1, sndbuf=SNDBUF)
+    gso = udp_sender.run(duration=1.0, cpu=0, receiver_cpu=1, sndbuf=SNDBUF, mode="gso", payload=64000, gso_size=1400)
+    assert plain.sent > 10_000
+    assert plain.wmem["max_bytes"] >= 2 * 2304  # plain sends kept datagrams in flight past send() (RPS)...
+    assert gso.eagain_rate >= 0.3  # ...while most GSO sends find the buffer full, on any kernel
+    assert gso.segments == gso.sent * 46  # 64000 / 1400, rounded up: the wire datagrams
+    assert gso.snmp["UdpOutDatagrams"] == gso.sent  # the kernel counts each super-datagram once
+    assert gso.wmem["max_bytes"] >= 64000  # one super-datagram's charge at once
 
 
 @pytest.mark.topology(rps_cpus=[1])

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from pytest_udpsend.errors import UdpsendError
-from pytest_udpsend.frontend import options, sweep
-from pytest_udpsend.host import cpus, topology
+from pytest_udpsend.frontend import calibrate, options, sweep
+from pytest_udpsend.host import cpus, outfile, topology
 from pytest_udpsend.host.undo import UndoFailed
 from pytest_udpsend.measure import load
 from pytest_udpsend.measure.params import make_params
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "brings EAGAIN under --target", conflict_handler="resolve")  # fmt: skip
     add_run_options(swp)
     sweep.add_sweep_options(swp)  # its --sndbuf LIST replaces the run options' --sndbuf
+    cal = sub.add_parser("calibrate", help="run tests many times; per test and metric, the spread and the bound it supports")
+    calibrate.add_calibrate_options(cal)
     rep = sub.add_parser("report", help="a self-contained HTML report with plots")
     rep.add_argument("results", nargs="+", metavar="RESULTS.json",
                      help="one or many result files (paths or quoted globs); many are grouped as udpsend compare groups them")  # fmt: skip
@@ -243,6 +245,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: every file the command will write can be written (one sentence if not)."""
+    out = getattr(args, "output", None)
+    if out:
+        outfile.check_target(out, "OUT.json" if args.command == "merge" else "-o")
+    if getattr(args, "udpsend_json", None):
+        outfile.check_target(args.udpsend_json, "--json")
+
+
 def _terminate(signum: int, frame: object) -> NoReturn:
     raise KeyboardInterrupt  # so that the undo stack runs on SIGTERM as on Ctrl-C
 
@@ -256,15 +267,22 @@ def main(argv: list[str] | None = None) -> int:
         argv, program = argv[:at], argv[at + 1 :]
         program = program[1:] if program[:1] == ["--"] else program
     args = parser.parse_args(argv)
+    if program is not None and "exec_argv" not in vars(args):  # it would be silently ignored
+        where = f"udpsend {args.command}" if args.command else "udpsend"
+        print(f"{where}: --exec runs your program as the sender, an option of udpsend run and udpsend sweep only; "
+              "drop it here", file=sys.stderr)  # fmt: skip
+        return 2
     if program is not None:
         args.exec_argv = program
     commands = {"run": cmd_run, "doctor": cmd_doctor, "compare": cmd_compare, "report": cmd_report, "merge": cmd_merge,
-                "prepare-kernel": cmd_prepare_kernel, "sweep": sweep.run_command}  # fmt: skip
+                "prepare-kernel": cmd_prepare_kernel, "sweep": sweep.run_command,
+                "calibrate": calibrate.run_command}  # fmt: skip
     if args.command not in commands:
         parser.print_help()
         return 2
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        check_outputs(args)
         return commands[args.command](args)
     except (UdpsendError, UndoFailed, ValueError) as exc:
         print(f"udpsend {args.command}: {exc}", file=sys.stderr)

@@ -58,7 +58,11 @@ def test_qdisc_drops_come_back_as_enobufs(udp_sender):
 @pytest.mark.cpu_pressure(cpus=[1], workers=2)
 def test_rps_to_busy_cpu_fills_a_small_buffer(udp_sender):
     r = udp_sender.run(duration=0.5, cpu=0, receiver_cpu=1, sndbuf=4096)
-    assert r.eagain_rate > 0.001  # measured 3..15 % here; 0 would mean sock_wfree ran inline
+    # The rate itself is heavy-tailed on 6.5+ (0.01 % to 70 % run to run, docs/calibration.md): claim
+    # what RPS fixes, that the charge outlives send() (on plain veth SIOCOUTQ stays 0), and that a
+    # failed send means a full buffer.
+    assert r.wmem["max_bytes"] > 0
+    assert not r.eagain or r.wmem["max_bytes"] >= r.sndbuf_effective
     assert r.pressure == "2 hog(s) on CPU [1]"
     cross_checks_ok(r)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
 from pytest_udpsend.errors import UdpsendError
 from pytest_udpsend.frontend.session import UdpsendSession
 from pytest_udpsend.host.undo import UndoFailed
+from pytest_udpsend.results.calibration import sample_labels, shorten
 
 
 def header(session: UdpsendSession) -> list[str]:
@@ -40,3 +42,55 @@ def shorten_own_errors(report: pytest.TestReport, call: pytest.CallInfo[None]) -
     if call.excinfo is not None and isinstance(call.excinfo.value, (UdpsendError, UndoFailed)):
         exc = call.excinfo.value
         report.longrepr = f"{type(exc).__name__}: {exc}"
+
+
+def _where(wfree: dict[str, Any]) -> str:
+    """Where sock_wfree ran (exact backends) or its p99 (the estimate), or why neither."""
+    contexts = {k: v for k, v in (wfree.get("contexts") or {}).items() if v}
+    total = sum(contexts.values())
+    if total:
+        return ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(contexts.items(), key=lambda kv: -kv[1]))
+    if wfree.get("p99_us") is not None:
+        return f"p99 {wfree['p99_us']:.0f} us ({wfree.get('backend', '?')})"
+    return "not measured"
+
+
+def measured_rows(tests: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    """One row per sample: test (and what set the sample apart), EAGAIN rate, pps, where
+    sock_wfree ran, the first diagnosis finding."""
+    rows = []
+    for nodeid, entry in tests.items():
+        samples = entry.get("samples") or []
+        for s, label in zip(samples, sample_labels(samples)):
+            name = nodeid.rpartition("::")[2] + (f" [{label}]" if label else "")
+            finding = next((d.get("finding", "") for d in s.get("diagnosis") or []), "")
+            rate = s.get("eagain_rate")
+            rows.append((
+                name,
+                f"{rate:.2%}" if isinstance(rate, (int, float)) else "-",
+                f"{s.get('pps') or 0:,.0f}",
+                _where(s.get("wfree") or {}),
+                finding,
+            ))  # fmt: skip
+    return rows
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "~"
+
+
+def measured_table(tests: dict[str, dict[str, Any]], width: int) -> list[str]:
+    """The end-of-run table: what each measuring test saw, so a run says more than dots.
+    The first diagnosis finding goes on its own line, as wide as the terminal."""
+    rows = measured_rows(tests)
+    if not rows:
+        return []
+    rest = 8 + 12 + 6
+    where = min(max(len(r[3]) for r in rows), 30)
+    name = max(min(max(len(r[0]) for r in rows), width - rest - where), 20)
+    lines = [f"{'test':<{name}}  {'EAGAIN':>7}  {'pps':>10}  sock_wfree"]
+    for test, rate, pps, wfree, finding in rows:
+        lines.append(f"{shorten(test, name):<{name}}  {rate:>7}  {pps:>10}  {_cut(wfree, where)}")
+        if finding:
+            lines.append(_cut(f"    {finding}", width))
+    return lines
