@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_udpsend.errors import ConfigError
 from pytest_udpsend.host import nicport, nics
 
 pytestmark = pytest.mark.nic
@@ -98,8 +99,10 @@ def _snapshot(port: str) -> dict:
         return json.loads(subprocess.run(["ip", "-j", *args], check=True, capture_output=True, text=True).stdout)
 
     link = ip_json("-d", "link", "show", "dev", port)[0]
-    addrs = [{k: a.get(k) for k in ("family", "local", "prefixlen", "broadcast", "scope")}
+    addrs = [{k: a.get(k) for k in ("family", "local", "prefixlen", "broadcast", "scope", "noprefixroute", "metric")}
              for a in ip_json("addr", "show", "dev", port)[0]["addr_info"] if a.get("scope") != "link"]  # fmt: skip
+    routes = sorted(json.dumps({k: v for k, v in r.items() if k != "flags"}, sort_keys=True)  # flags: carrier
+                    for fam in ("-4", "-6") for r in ip_json(fam, "route", "show", "table", "all", "dev", port))  # fmt: skip
     qdisc = json.loads(subprocess.run(["tc", "-j", "qdisc", "show", "dev", port, "root"], check=True,
                                       capture_output=True, text=True).stdout)  # fmt: skip
     base = Path("/sys/class/net") / port
@@ -115,7 +118,8 @@ def _snapshot(port: str) -> dict:
         "link": {k: link.get(k) for k in ("ifname", "address", "mtu", "qdisc")},
         "flags": sorted(set(link.get("flags", [])) - CARRIER_FLAGS),
         "addrs": addrs,
-        "root_qdisc": [q.get("kind") for q in qdisc],
+        "routes": routes,
+        "root_qdisc": [(q.get("kind"), q.get("options")) for q in qdisc],
         "rps": {q.name: (q / "rps_cpus").read_text().strip() for q in sorted(base.glob("queues/rx-*"))},
         "irqs_pinned": {irq: mask for irq, mask in irqs.items() if mask != default},
         "conf": conf,
@@ -129,8 +133,9 @@ def _changes(before: dict, port: str) -> dict:
 
 @pytest.fixture
 def host_ports():
-    """The lane's e1000e pair, set up the way a host might have its spare ports: an address,
-    odd MTU, a non-default root qdisc, an RPS mask, an IRQ pinned, one port up and one down."""
+    """The lane's e1000e pair, set up the way a host might have its spare ports: addresses (one
+    without its prefix route, one with a metric), odd MTU, a root qdisc tc made (with its default
+    parameters: one made with others is refused), an RPS mask, an IRQ pinned, one port up and one down."""
     pairs = nics.lane_pairs(os.environ.get(nics.LANE_NICS_ENV, ""))
     if "e1000e" not in pairs:
         pytest.skip("needs the kernel lane's e1000e pair (ci/lane.sh)")
@@ -138,8 +143,10 @@ def host_ports():
     _ip("addr", "flush", "dev", a)
     _ip("link", "set", a, "mtu", "1450", "up")
     _ip("addr", "add", "10.251.0.1/24", "dev", a)
+    _ip("addr", "add", "10.252.0.1/24", "dev", a, "noprefixroute")
+    _ip("addr", "add", "10.253.0.1/24", "dev", a, "metric", "77")
     _ip("link", "set", b, "down")
-    subprocess.run(["tc", "qdisc", "replace", "dev", a, "root", "prio"], check=True)
+    subprocess.run(["tc", "qdisc", "replace", "dev", a, "root", "pfifo"], check=True)
     (Path("/sys/class/net") / b / "queues/rx-0/rps_cpus").write_text("1")
     irq = nicport.irq_numbers(a)[0]
     Path(f"/proc/irq/{irq}/smp_affinity_list").write_text("0")
@@ -151,6 +158,7 @@ def host_ports():
         if nicport.find_by_mac(state.mac) is not None:
             nicport.restore(state, wait_s=0)
     _ip("addr", "flush", "dev", a)
+    subprocess.run(["tc", "qdisc", "del", "dev", a, "root"], check=False)  # the kernel's default again
     (Path("/proc/sys/net/ipv4/conf") / a / "rp_filter").write_text("0")
 
 
@@ -186,10 +194,75 @@ def test_a_port_the_host_uses_is_refused(tmp_path, host_ports):
     finally:
         _ip("route", "del", "default", "via", "10.251.0.2", "dev", a)
     assert done.returncode == 1
-    assert f"{a} carries this host's default route" in done.stdout
+    assert f"{a} carries this host's route 'default via 10.251.0.2' (table main, proto boot)" in done.stdout
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("10.251.0.1", 5353))
         done = _inner(tmp_path, (a, b), "-k", "test_send")
     assert done.returncode == 1
     assert "10.251.0.1, which a socket of this host is bound to" in done.stdout
     assert {p: _changes(before[p], p) for p in (a, b)} == {a: {}, b: {}}
+
+
+# Each use as a command run on the guest, its undo, and what the refusal names ({a}: the port).
+USES = [
+    (["ip route add 10.9.0.0/16 via 10.251.0.2 dev {a} table 100"], ["ip route flush table 100"],
+     "{a} carries this host's route '10.9.0.0/16 via 10.251.0.2' (table 100, proto boot)"),
+    (["ip -6 route add 2001:db8:9::/64 dev {a} proto static"], ["ip -6 route del 2001:db8:9::/64 dev {a}"],
+     "{a} carries this host's route '2001:db8:9::/64' (table main, proto static)"),
+    (["ip rule add iif {a} table 100"], ["ip rule del iif {a} table 100"],
+     "{a} is named by this host's routing rule 'iif {a} lookup 100'"),
+    (["ip link add link {a} name vl9 type vlan id 9"], ["ip link del vl9"],
+     "{a} is the lower device of this host's vlan device vl9 (its link)"),
+    (["ip link add gre9 type gre local 10.251.0.1 remote 10.251.0.9"], ["ip link del gre9"],
+     "{a} is the underlay of this host's gre device gre9 (its local address 10.251.0.1)"),
+    (["ip link add gnv9 type geneve id 9 remote 10.251.0.9"], ["ip link del gnv9"],
+     "{a} is the underlay of this host's geneve device gnv9 (its remote 10.251.0.9 is reached through {a})"),
+    (["ip link add bond9 type bond", "ip link set {a} down", "ip link set {a} master bond9"], ["ip link del bond9"],
+     "{a} is part of bond9"),
+    (["tc qdisc replace dev {a} root handle 1: prio"], [], "{a} has the qdisc prio 1: with classes"),
+    (["tc qdisc add dev {a} ingress"], ["tc qdisc del dev {a} ingress"], "{a} has the qdisc ingress ffff: on ingress or egress"),
+    (["tc qdisc replace dev {a} root handle 9: fq_codel", "tc filter add dev {a} parent 9: protocol all matchall action pass"],
+     [], "{a} has filters on its root qdisc fq_codel 9:"),
+    # the kernel's own fq_codel (handle 0:, which tc cannot change) is borrowed; so is one tc made with
+    # the defaults for the port's MTU; one made with other parameters is refused
+    (["sysctl -qw net.core.default_qdisc=fq_codel", "tc qdisc replace dev {a} root pfifo", "tc qdisc del dev {a} root"],
+     [], None),
+    (["tc qdisc replace dev {a} root handle 9: fq_codel"], [], None),
+    (["tc qdisc replace dev {a} root handle 9: fq_codel limit 100"], [],
+     "{a} has the root qdisc fq_codel 9: with non-default parameters (limit 100)"),
+]  # fmt: skip
+USE_IDS = ["route-table-100", "route-v6-static", "rule-iif", "vlan", "gre-local", "geneve-remote", "bond", "prio-classes",
+           "ingress", "filter", "kernel-fq_codel", "tc-fq_codel-defaults", "tc-fq_codel-limit"]  # fmt: skip
+
+
+@pytest.mark.topology(link="e1000e")
+@pytest.mark.parametrize(("setup", "undo", "said"), USES, ids=USE_IDS)
+def test_each_use_of_a_port_by_the_host_is_refused_in_one_sentence(host_ports, setup, undo, said):
+    a, _b, _before = host_ports
+    default_qdisc = Path("/proc/sys/net/core/default_qdisc").read_text().strip()
+    try:
+        for command in setup:
+            subprocess.run(command.format(a=a).split(), check=True)
+        if said is None:
+            nicport.refuse_if_used(nicport.capture(a))  # borrowed: no use, and its qdisc comes back as it is
+            return
+        with pytest.raises(ConfigError) as caught:
+            nicport.refuse_if_used(nicport.capture(a))
+        sentence = str(caught.value)
+        assert said.format(a=a) in sentence and "\n" not in sentence, sentence
+    finally:
+        for command in undo:
+            subprocess.run(command.format(a=a).split(), check=False)
+        Path("/proc/sys/net/core/default_qdisc").write_text(default_qdisc)
+
+
+@pytest.mark.topology(link="e1000e")
+def test_a_packet_socket_on_a_port_is_refused_naming_its_process(host_ports):
+    """What a DHCP client or keepalived (VRRP) holds on the port."""
+    a, _b, _before = host_ports
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)) as s:
+        s.bind((a, 0))
+        with pytest.raises(ConfigError) as caught:
+            nicport.refuse_if_used(nicport.capture(a))
+    assert f"{a} has a packet socket of pid {os.getpid()} (" in str(caught.value), caught.value
+    nicport.refuse_if_used(nicport.capture(a))  # closed: the port is free again
