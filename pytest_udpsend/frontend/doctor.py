@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import gzip
 import os
 import shutil
+import struct
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from pytest_udpsend.errors import PrivilegeError
+from pytest_udpsend.frontend.options import BACKEND
 from pytest_udpsend.host import privileges
 from pytest_udpsend.host.undo import UndoStack
 from pytest_udpsend.measure import probes
 
-Check = tuple[str, bool, str]  # (capability, ok, detail or fix)
+Check = tuple[str, bool | None, str]  # (capability, ok / None: there but not usable as is, detail and fix)
 
 
 def _root() -> Check:
@@ -62,27 +68,311 @@ def _sysctls() -> list[Check]:
     return out
 
 
-def _tracing() -> list[Check]:
-    btf = Path("/sys/kernel/btf/vmlinux").exists()
-    kprobes = Path("/sys/bus/event_source/devices/kprobe").exists() or Path("/proc/sys/debug/kprobes-optimization").exists()
-    ftrace = Path("/sys/kernel/tracing/available_filter_functions").exists() or Path("/sys/kernel/debug/tracing").exists()
-    problem = probes.bpf_unavailable()
-    headers = probes.kernel_headers_dir()
+# --- tracing: what this kernel allows, mechanism by mechanism (issue 26) -------------------------
+
+KHEADERS = Path("/sys/kernel/kheaders.tar.xz")  # CONFIG_IKHEADERS: bcc reads headers from here
+BTF = Path("/sys/kernel/btf/vmlinux")
+LANE = "the kernel lane (--udpsend-kernel) runs the exact probe under a Debian kernel (ci/prepare-kernel.sh)"
+MOUNT_TRACEFS = "mount -t tracefs nodev /sys/kernel/tracing"
+_SYSCALLS = {"x86_64": (321, 298), "aarch64": (280, 241)}  # (bpf, perf_event_open) per architecture
+_BPF_PROG_LOAD = 5
+_TRACEPOINT, _RAW_TRACEPOINT, _TRACING = 5, 17, 26  # enum bpf_prog_type
+_TRACE_RAW_TP, _TRACE_FENTRY = 23, 24  # enum bpf_attach_type
+_RETURN_0 = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)  # r0 = 0; exit
+
+
+def apt_has(package: str) -> bool:
+    """True when apt would install ``package`` here: only then is ``apt-get install`` a fix."""
+    apt = shutil.which("apt-cache")
+    if apt is None:
+        return False
+    try:
+        out = subprocess.run([apt, "policy", package], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "Candidate:" in out and "Candidate: (none)" not in out
+
+
+def _install(package: str, otherwise: str) -> str:
+    return f"apt-get install {package}" if apt_has(package) else otherwise
+
+
+def kernel_config() -> tuple[str | None, dict[str, str]]:
+    """(where it was read, {CONFIG_X: value}) from /boot/config-$(uname -r) or /proc/config.gz; (None, {}) if neither."""
+    boot, proc = Path(f"/boot/config-{os.uname().release}"), Path("/proc/config.gz")
+    try:
+        if boot.exists():
+            text, where = boot.read_text(errors="replace"), str(boot)
+        elif proc.exists():
+            text, where = gzip.decompress(proc.read_bytes()).decode(errors="replace"), str(proc)
+        else:
+            return None, {}
+    except OSError:
+        return None, {}
+    config = dict(line.split("=", 1) for line in text.splitlines() if line.startswith("CONFIG_") and "=" in line)
+    return where, config
+
+
+def mounted_filesystems() -> dict[str, str]:
+    """{fstype: first mount point} from /proc/self/mounts."""
+    out: dict[str, str] = {}
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            out.setdefault(fields[2], fields[1])
+    return out
+
+
+def kernel_filesystems() -> set[str]:
+    """The filesystem types this kernel can mount (/proc/filesystems)."""
+    return {line.split()[-1] for line in Path("/proc/filesystems").read_text().splitlines() if line.strip()}
+
+
+def _btf_ids(names: tuple[str, ...]) -> dict[str, int]:
+    """Type ids of ``names`` in the kernel's BTF (a FUNC for fentry, a btf_trace_* TYPEDEF for tp_btf)."""
+    try:
+        data = BTF.read_bytes()
+    except OSError:
+        return {}
+    magic, _, _, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", data)
+    if magic != 0xEB9F:
+        return {}
+    strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
+    wanted = {strings.find(b"\0" + n.encode() + b"\0") + 1: n for n in names}
+    wanted.pop(0, None)  # not found
+    extra = {1: 4, 3: 12, 14: 4, 17: 4}  # fixed bytes after struct btf_type, per kind
+    per_member = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}  # bytes per vlen entry, per kind
+    head = struct.Struct("<II")
+    found: dict[str, int] = {}
+    pos, end, type_id = hdr_len + type_off, hdr_len + type_off + type_len, 1
+    while pos < end and len(found) < len(wanted):
+        name_off, info = head.unpack_from(data, pos)
+        kind = info >> 24 & 0x1F
+        if name_off in wanted:
+            found.setdefault(wanted[name_off], type_id)
+        pos += 12 + extra.get(kind, 0) + per_member.get(kind, 0) * (info & 0xFFFF)
+        type_id += 1
+    return found
+
+
+def _syscall(index: int, *args: object) -> int:
+    """The syscall's result, or -errno; -ENOSYS on an architecture whose numbers we do not know."""
+    numbers = _SYSCALLS.get(os.uname().machine)
+    if numbers is None:
+        return -errno.ENOSYS
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = int(libc.syscall(numbers[index], *args))
+    return result if result >= 0 else -ctypes.get_errno()
+
+
+def _bpf_load(prog_type: int, attach_type: int = 0, btf_id: int = 0) -> int:
+    """Load ``r0 = 0; exit`` of this type and close it at once: 0, or the errno of the refusal. Nothing is attached."""
+    insns = ctypes.create_string_buffer(_RETURN_0)
+    license_ = ctypes.create_string_buffer(b"GPL")
+    attr = bytearray(128)
+    struct.pack_into("<IIQQ", attr, 0, prog_type, 2, ctypes.addressof(insns), ctypes.addressof(license_))
+    struct.pack_into("<I", attr, 68, attach_type)
+    struct.pack_into("<I", attr, 108, btf_id)
+    buf = (ctypes.c_char * len(attr)).from_buffer(attr)
+    fd = _syscall(0, ctypes.c_int(_BPF_PROG_LOAD), buf, ctypes.c_uint(len(attr)))
+    if fd < 0:
+        return -fd
+    os.close(fd)
+    return 0
+
+
+def _perf_open(kind: int, config: int) -> int:
+    """Open a disabled perf event of this kind on this process and close it at once: 0, or the errno."""
+    attr = bytearray(112)  # PERF_ATTR_SIZE_VER5
+    struct.pack_into("<IIQ", attr, 0, kind, len(attr), config)
+    struct.pack_into("<Q", attr, 40, 1)  # flags: disabled
+    buf = (ctypes.c_char * len(attr)).from_buffer(attr)
+    fd = _syscall(1, buf, ctypes.c_int(0), ctypes.c_int(-1), ctypes.c_int(-1), ctypes.c_ulong(8))  # FD_CLOEXEC
+    if fd < 0:
+        return -fd
+    os.close(fd)
+    return 0
+
+
+def _err(code: int) -> str:
+    return f"{errno.errorcode.get(code, str(code))}: {os.strerror(code)}"
+
+
+def _lockdown(config: dict[str, str]) -> tuple[str | None, str]:
+    """(mode, where it was read): securityfs when mounted, else the build's forced mode."""
+    path = Path("/sys/kernel/security/lockdown")
+    if path.exists():
+        text = path.read_text()
+        mode = text[text.index("[") + 1 : text.index("]")] if "[" in text else text.strip()
+        return mode, str(path)
+    for mode in ("confidentiality", "integrity", "none"):
+        if config.get(f"CONFIG_LOCK_DOWN_KERNEL_FORCE_{mode.upper()}") == "y":
+            return mode, f"forced by CONFIG_LOCK_DOWN_KERNEL_FORCE_{mode.upper()}"
+    if config and config.get("CONFIG_SECURITY_LOCKDOWN_LSM") != "y":
+        return "none", "CONFIG_SECURITY_LOCKDOWN_LSM unset"
+    return None, "securityfs not mounted"
+
+
+def tracing() -> list[Check]:
+    """One line per tracing mechanism: whether this kernel allows it, what that means here, and a fix that can work."""
+    release = os.uname().release
+    where, config = kernel_config()
+
+    def built(option: str) -> bool:  # without a readable config, assume built and let the attempts tell
+        return config.get(option) == "y" if config else True
+
+    source = where or "no kernel config readable"
+    root = privileges.missing() is None
+    mounts, known = mounted_filesystems(), kernel_filesystems()
+    tracefs = mounts.get("tracefs") or next((m for t, m in mounts.items() if t == "debugfs" and Path(m, "tracing/events").is_dir()), None)
+    tracefs_events = Path(tracefs, "events") if tracefs and Path(tracefs, "events").is_dir() else None
+    ids = _btf_ids(("sock_wfree", "btf_trace_netif_receive_skb")) if BTF.exists() else {}
+    mode, mode_from = _lockdown(config)
+    locked = f", lockdown {mode}" if mode not in (None, "none") else ""
+    out: list[Check] = []
+
+    # lockdown: only ever raised at run time, so the fix is another kernel (or another boot)
+    if mode is None:
+        out.append(("kernel lockdown", None, "unknown (securityfs not mounted, no kernel config): read it after "
+                                             "`mount -t securityfs securityfs /sys/kernel/security`"))  # fmt: skip
+    elif mode == "none":
+        out.append(("kernel lockdown", True, f"none ({mode_from}): nothing refused on its account"))
+    else:
+        fix = "no fix on this kernel (the build forces it)" if "forced" in mode_from else "boot without lockdown= to lift it"
+        out.append(("kernel lockdown", False, f"{mode} ({mode_from}): the kernel may refuse fentry/fexit and the function "
+                                              f"tracer; {fix}; {LANE}"))  # fmt: skip
+
+    # kprobes: what the bpf backend (bcc) attaches to sock_wfree
+    if config:
+        has_kprobes = built("CONFIG_KPROBES")
+    else:
+        has_kprobes = Path("/sys/bus/event_source/devices/kprobe").exists() or Path("/proc/sys/debug/kprobes-optimization").exists()
+    if has_kprobes:
+        out.append(("kprobes", True, f"present ({source}): the bpf backend can attach to sock_wfree"))
+    else:
+        out.append(("kprobes", False, f"CONFIG_KPROBES unset ({source}): the bpf backend cannot attach here; "
+                                      f"no fix on this kernel; {LANE}"))  # fmt: skip
+
+    # fentry/fexit: needs BTF and the ftrace trampoline; lockdown may refuse it at load
+    if "sock_wfree" not in ids:
+        out.append(("fentry/fexit", False, "needs kernel BTF with sock_wfree (see kernel BTF); " + LANE))
+    elif not root:
+        out.append(("fentry/fexit", None, "not tried: loading a program needs root"))
+    else:
+        code = _bpf_load(_TRACING, _TRACE_FENTRY, ids["sock_wfree"])
+        out.append(("fentry/fexit", True, "a fentry program on sock_wfree loads: exact timing without kprobes is possible")
+                   if code == 0 else
+                   ("fentry/fexit", False, f"refused at load ({_err(code)}{locked}): sock_wfree cannot be hooked by function "
+                                           f"entry here; no fix on this kernel; {LANE}"))  # fmt: skip
+
+    # tracepoints through perf: a BPF tracepoint program, attached by an event id read from tracefs
+    backend_hint = ("--udpsend-backend tracepoint can use them" if "tracepoint" in BACKEND.kwargs.get("choices", ())
+                    else "pytest-udpsend has no tracepoint backend yet (sock_wfree stays an estimate here)")  # fmt: skip
+    load = _bpf_load(_TRACEPOINT) if root else None
+    if load is None:
+        out.append(("tracepoints via perf", None, "not tried: loading a program needs root"))
+    elif load:
+        out.append(("tracepoints via perf", False, f"a BPF tracepoint program is refused ({_err(load)}{locked}); "
+                                                   f"no fix on this kernel; {LANE}"))  # fmt: skip
+    elif tracefs_events is None:
+        out.append(("tracepoints via perf", None, "BPF tracepoint programs load, but attaching one needs the event id from "
+                                                  f"tracefs, which is not mounted: {MOUNT_TRACEFS}; {backend_hint}"))  # fmt: skip
+    else:
+        id_file = tracefs_events / "net/netif_receive_skb/id"
+        code = _perf_open(2, int(id_file.read_text())) if id_file.exists() else errno.ENOENT  # PERF_TYPE_TRACEPOINT
+        out.append(("tracepoints via perf", True, f"net:netif_receive_skb opens and BPF tracepoint programs load: where "
+                                                  f"sock_wfree ran is visible from tracepoints; {backend_hint}")
+                   if code == 0 else
+                   ("tracepoints via perf", False, f"perf_event_open on net:netif_receive_skb fails ({_err(code)}); "
+                                                   "no fix on this kernel"))  # fmt: skip
+
+    # raw_tracepoint / tp_btf: no tracefs needed (tp_btf reads arguments typed through BTF)
+    if not root:
+        out.append(("raw_tracepoint / tp_btf", None, "not tried: loading a program needs root"))
+    else:
+        raw = _bpf_load(_RAW_TRACEPOINT)
+        btf_tp = _bpf_load(_TRACING, _TRACE_RAW_TP, ids["btf_trace_netif_receive_skb"]) if "btf_trace_netif_receive_skb" in ids else errno.ENOENT
+        if raw == 0 and btf_tp == 0:
+            out.append(("raw_tracepoint / tp_btf", True, "both load, without tracefs: a probe can read the skb at "
+                                                         f"net:netif_receive_skb through BTF; {backend_hint}"))  # fmt: skip
+        else:
+            parts = [f"raw_tracepoint {'loads' if raw == 0 else 'refused (' + _err(raw) + ')'}",
+                     f"tp_btf {'loads' if btf_tp == 0 else 'refused (' + _err(btf_tp) + ')'}"]  # fmt: skip
+            out.append(("raw_tracepoint / tp_btf", None if raw == 0 or btf_tp == 0 else False,
+                        f"{', '.join(parts)}{locked}; no fix on this kernel for what is refused"))  # fmt: skip
+
+    # tracefs: where bcc, bpftrace and perf look tracepoints up by name; detected, never mounted here
+    if tracefs_events is not None:
+        out.append(("tracefs", True, f"mounted at {tracefs_events.parent}"))
+    elif "tracefs" in known:
+        out.append(("tracefs", None, "built in but not mounted: bcc, bpftrace and perf find tracepoints by name there; "
+                                     f"{MOUNT_TRACEFS}"))  # fmt: skip
+    else:
+        out.append(("tracefs", False, "not built (CONFIG_TRACING unset): no tracepoints by name, no event filters; "
+                                      "no fix on this kernel"))  # fmt: skip
+
+    # event filters: exact per-process send-error counts from outside (perf --filter, tracefs filter files)
+    hist = "" if built("CONFIG_HIST_TRIGGERS") else " (no hist triggers: CONFIG_HIST_TRIGGERS unset)"
+    if tracefs_events is not None:
+        has = (tracefs_events / "sock/sock_send_length/filter").exists()
+        out.append(("tracefs event filters", has, ("present" if has else "no sock:sock_send_length filter (kernel before 6.1?)")
+                    + f": a sender's send errors can be counted exactly from outside{hist}"))  # fmt: skip
+    elif "tracefs" in known and built("CONFIG_EVENT_TRACING"):
+        out.append(("tracefs event filters", None, f"built in (CONFIG_EVENT_TRACING), usable once tracefs is mounted: "
+                                                   f"{MOUNT_TRACEFS}{hist}"))  # fmt: skip
+    else:
+        out.append(("tracefs event filters", False, "not built (no tracefs / CONFIG_EVENT_TRACING): no fix on this kernel"))
+
+    # kernel BTF: types without headers (tp_btf, fentry, CO-RE)
+    if BTF.exists():
+        where_wfree = "has sock_wfree" if "sock_wfree" in ids else "no sock_wfree in it"
+        out.append(("kernel BTF", True, f"/sys/kernel/btf/vmlinux, {BTF.stat().st_size / 1e6:.1f} MB, {where_wfree}: "
+                                        "probes can read kernel types without headers"))  # fmt: skip
+    else:
+        out.append(("kernel BTF", False, "CONFIG_DEBUG_INFO_BTF unset: no tp_btf or fentry, probes need kernel headers "
+                                         "(the bcc kprobe probe does anyway); no fix on this kernel"))  # fmt: skip
+
+    # perf_event_open: paranoia matters only to non-root users
+    paranoid_path = Path("/proc/sys/kernel/perf_event_paranoid")
+    paranoid = paranoid_path.read_text().strip() if paranoid_path.exists() else "absent"
+    code = _perf_open(1, 0)  # PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK
+    if code == 0:
+        out.append(("perf_event_open", True, f"works (perf_event_paranoid {paranoid}" + ("; root is exempt)" if root else ")")))
+    elif code == errno.ENOSYS or not built("CONFIG_PERF_EVENTS"):
+        out.append(("perf_event_open", False, "not available (CONFIG_PERF_EVENTS unset?): no tracepoint probes; no fix on this kernel"))
+    else:
+        out.append(("perf_event_open", False, f"refused ({_err(code)}, perf_event_paranoid {paranoid}): run as root, "
+                                              "or sysctl -w kernel.perf_event_paranoid=1"))  # fmt: skip
+
+    # bcc and headers: only the kprobe backend needs them
     try:
         import bcc
 
         bcc_ok, bcc_detail = hasattr(bcc, "BPF"), getattr(bcc, "__file__", "?")
     except ImportError:
-        bcc_ok, bcc_detail = False, "apt-get install python3-bpfcc; make the venv with --system-site-packages"
-    return [
-        ("kprobes", kprobes, "present" if kprobes else "CONFIG_KPROBES unset: eBPF tracing impossible; use the kernel lane"),
-        ("ftrace / tracefs", ftrace, "present" if ftrace else "no tracefs: mount it at /sys/kernel/tracing (or kernel lacks ftrace)"),
-        ("BTF (/sys/kernel/btf/vmlinux)", btf, "present" if btf else "CONFIG_DEBUG_INFO_BTF unset (the bcc probe does not need it)"),
-        ("bcc (python3-bpfcc)", bcc_ok, bcc_detail),
-        ("kernel headers", headers is not None,
-         str(headers) if headers else f"apt-get install linux-headers-{os.uname().release}"),
-        ("sock_wfree backend", True, "bpf (exact)" if problem is None else f"timestamp (estimate): {problem}"),
-    ]  # fmt: skip
+        bcc_ok, bcc_detail = False, _install("python3-bpfcc", "no python3-bpfcc in apt's sources: bcc must come from its own build")
+        if bcc_detail.startswith("apt-get"):
+            bcc_detail += "; make the venv with --system-site-packages"
+    out.append(("bcc (python3-bpfcc)", bcc_ok, bcc_detail))
+    headers = probes.kernel_headers_dir() or (KHEADERS if KHEADERS.exists() else None)
+    if headers is not None:
+        out.append(("kernel headers", True, str(headers)))
+    else:
+        package = f"linux-headers-{release}"
+        moot = "" if has_kprobes else " (moot here: no kprobes)"
+        fallback = (f"no package {package} in apt's sources (a custom kernel): the bcc kprobe probe needs them{moot}; "
+                    f"{LANE}, with its headers")  # fmt: skip
+        out.append(("kernel headers", False, _install(package, fallback)))
+
+    # the backend auto picks, in the words of the lines above
+    problem = probes.bpf_unavailable()
+    if problem is None:
+        out.append(("sock_wfree backend", True, "bpf (exact)"))
+    else:
+        lacking = [what for what, ok in (("kprobes", has_kprobes), ("bcc", bcc_ok), ("kernel headers", headers is not None)) if not ok]
+        why = f"the bpf backend needs {', '.join(lacking)} (see above)" if lacking else problem
+        out.append(("sock_wfree backend", True, f"timestamp (estimate): {why}"))
+    return out
 
 
 def _lane() -> list[Check]:
@@ -102,7 +392,8 @@ def _lane() -> list[Check]:
     return [
         kvm,
         ("virtme-ng", bool(vng), vng or "pip install virtme-ng (ci/prepare-kernel.sh does)"),
-        ("qemu-system-x86_64", bool(qemu), qemu or "apt-get install qemu-system-x86 (ci/prepare-kernel.sh does)"),
+        ("qemu-system-x86_64", bool(qemu), qemu or _install("qemu-system-x86", "no qemu-system-x86 in apt's sources: install qemu from your distribution")
+         + " (ci/prepare-kernel.sh does)"),
     ]
 
 
@@ -121,8 +412,11 @@ def collect() -> list[Check]:
     sections: list[Callable[[], list[Check]]] = [_topology, _sysctls] if checks[0][1] else []
     for section in sections:
         checks += section()
-    checks += _tracing() + _lane() + [_cgroups()]
+    checks += tracing() + _lane() + [_cgroups()]
     return checks
+
+
+MARKS = {True: "ok ", None: "-- ", False: "NO "}
 
 
 def run_checks() -> int:
@@ -131,7 +425,7 @@ def run_checks() -> int:
     width = max(len(c[0]) for c in checks)
     print(f"udpsend doctor: kernel {os.uname().release}, {os.cpu_count()} CPUs")
     for name, ok, detail in checks:
-        print(f"  {'ok ' if ok else 'NO '} {name:<{width}}  {detail}")
+        print(f"  {MARKS[ok]} {name:<{width}}  {detail}")
     core = {"root / CAP_NET_ADMIN + CAP_SYS_ADMIN", "network namespaces", "veth"}
     return 0 if all(ok for name, ok, _ in checks if name in core) and any(c[0] == "veth" for c in checks) else 1
 

@@ -145,8 +145,9 @@ def bpf_unavailable() -> str | None:
     if not Path("/sys/bus/event_source/devices/kprobe").exists() and not Path("/sys/kernel/tracing/kprobe_events").exists():
         if not Path("/proc/sys/debug/kprobes-optimization").exists():
             return (
-                f"this kernel ({release}) has no kprobes (CONFIG_KPROBES unset), so eBPF tracing cannot work: "
-                "use --udpsend-backend timestamp, or run the tests under a kernel with kprobes via --udpsend-kernel"
+                f"this kernel ({release}) has no kprobes (CONFIG_KPROBES unset), so the bpf backend's kprobes cannot "
+                "attach (tracepoint eBPF may still work: see udpsend doctor): use --udpsend-backend timestamp, or run "
+                "the tests under a kernel with kprobes via --udpsend-kernel"
             )
         return (
             f"this kernel ({release}) has kprobes but no kprobe events (no kprobe PMU, tracefs not mounted): "
@@ -159,7 +160,9 @@ def bpf_unavailable() -> str | None:
     if not hasattr(bcc, "BPF"):
         return "the 'bcc' module found is not the BPF Compiler Collection (the PyPI 'bcc' is unrelated): pip uninstall bcc; apt-get install python3-bpfcc"
     if kernel_headers_dir(release) is None and not Path("/sys/kernel/kheaders.tar.xz").exists():
-        return f"no kernel headers for {release}: apt-get install linux-headers-{release} (or provide /lib/modules/{release}/build)"
+        return (f"no kernel headers for {release} (/lib/modules/{release}/build): install the headers package of this "
+                f"kernel where one exists (udpsend doctor says whether apt has linux-headers-{release}), or use the "
+                "kernel lane (--udpsend-kernel) with a Debian kernel")  # fmt: skip
     return None
 
 
