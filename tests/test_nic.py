@@ -101,8 +101,12 @@ def _snapshot(port: str) -> dict:
     link = ip_json("-d", "link", "show", "dev", port)[0]
     addrs = [{k: a.get(k) for k in ("family", "local", "prefixlen", "broadcast", "scope", "noprefixroute", "metric")}
              for a in ip_json("addr", "show", "dev", port)[0]["addr_info"] if a.get("scope") != "link"]  # fmt: skip
+    # IPv6's link-local and multicast routes are the kernel's: addrconf adds them once the port has
+    # carrier, a moment after it comes up, and the give-back leaves them to it (nicport.py); a
+    # snapshot taken before carrier lacks them, so they are not part of what must come back.
     routes = sorted(json.dumps({k: v for k, v in r.items() if k != "flags"}, sort_keys=True)  # flags: carrier
-                    for fam in ("-4", "-6") for r in ip_json(fam, "route", "show", "table", "all", "dev", port))  # fmt: skip
+                    for fam in ("-4", "-6") for r in ip_json(fam, "route", "show", "table", "all", "dev", port)
+                    if not str(r.get("dst", "")).startswith(("fe80:", "ff00:")))  # fmt: skip
     qdisc = json.loads(subprocess.run(["tc", "-j", "qdisc", "show", "dev", port, "root"], check=True,
                                       capture_output=True, text=True).stdout)  # fmt: skip
     base = Path("/sys/class/net") / port
