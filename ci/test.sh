@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 bash ci/setup-debian.sh
 .venv/bin/ruff check pytest_udpsend tests ci examples
 .venv/bin/mypy pytest_udpsend
+bash ci/docs.sh
 # Tests that disturb the host on purpose run alone, after the others ran two at a time.
 .venv/bin/python -m pytest tests -p no:cacheprovider -n 2 --udpsend-require-privileges -m "not isolated and not lane and not bpf and not nic" "$@"
 .venv/bin/python -m pytest tests -p no:cacheprovider --udpsend-require-privileges -m "isolated" "$@"

@@ -7,6 +7,7 @@ Options that also exist for pytest (--backend, --json, --repeat, ...) come from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from pytest_udpsend.errors import UdpsendError
+from pytest_udpsend.errors import ConfigError, UdpsendError
 from pytest_udpsend.frontend import calibrate, options, sweep
 from pytest_udpsend.host import cpus, outfile, topology
 from pytest_udpsend.host.undo import UndoFailed
@@ -76,6 +77,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flows", type=int, default=1, help="sockets per sender thread, round-robin (default 1)")
     g.add_argument("--threads", type=int, default=1, help="pinned sender threads, each with its own socket(s)")
     g.add_argument("--wfree", action="store_true", help="measure sock_wfree timing with the chosen backend")
+    g = p.add_argument_group("replay (the udpsend marker's replay=): a capture's UDP datagrams, sizes and gaps, sent once")
+    g.add_argument("--replay", metavar="PATH", help="a pcap or pcapng capture, or a built-in shape (shape:telemetry, "
+                   "shape:media, shape:dns); the capture sets what --duration and --payload would")  # fmt: skip
+    g.add_argument("--speed", type=float, default=1.0, help="scale the capture's clock (2: twice as fast; 0: as fast as possible)")
+    g.add_argument("--loop", type=int, default=1, help="passes through the capture (default 1)")
+    g.add_argument("--replay-filter", metavar="WORDS", help='datagrams to keep, e.g. "dst=10.0.0.2 dport=53" (src, dst, host, sport, dport, port)')
+    g.add_argument("--replay-mtu", type=int, default=1500, help="the capture link's MTU: a larger unfragmented UDP record is a GSO/GRO super-packet (default 1500)")
     g.add_argument("--exec", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", dest="exec_argv",
                    help="run your own program as the sender instead (last option; destination in UDPSEND_DST, "
                         "UDPSEND_DST6, UDPSEND_PORT), for --duration or until it exits")  # fmt: skip
@@ -90,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(run)
     cmp = sub.add_parser("compare", help="the regression table of NEW against BASELINE; exit 1 on regression",
                          description="udpsend compare BASELINE.json NEW.json, or many files (paths or quoted globs) per "
-                                     "side: udpsend compare BASE... --new NEW... (--new last).  Results are grouped by "
+                                     "side: udpsend compare BASE... --new NEW... (--new last), or one file written with "
+                                     "--udpsend-interleave: its candidate arms against its baseline arms by the paired rule.  Results are grouped by "
                                      "what made them differ (kernel, CPU model, hostname, --udpsend-label), one table "
                                      "per group; exit 1 if any group regressed, 2 if any was refused, else 0")  # fmt: skip
     cmp.add_argument("baseline", nargs="+", metavar="BASELINE.json")
@@ -160,7 +169,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     pressure = load.make_spec(*args.cpu_pressure) if args.cpu_pressure else None
     params = make_params(duration=args.duration, payload=args.payload, sndbuf=args.sndbuf, force_sndbuf=args.force_sndbuf,
                          rate=args.rate, cpu=args.cpu, ipv6=args.ipv6, receiver_cpu=args.receiver_cpu, mode=args.mode,
-                         batch=args.batch, gso_size=args.gso_size, flows=args.flows, threads=args.threads)  # fmt: skip
+                         batch=args.batch, gso_size=args.gso_size, flows=args.flows, threads=args.threads,
+                         **replay_args(args))  # fmt: skip
     options = SessionOptions(backend=args.udpsend_backend, repeat=args.udpsend_repeat)
     with standalone(options, {k: format_value(v) for k, v in args.sysctl}) as ctx:
         session = ctx.session
@@ -171,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         program = _program(args, topo, ctx, probe, pressure, sender.results)
         samples = []
         for i in range(args.udpsend_repeat):
-            with Progress(params.duration):
+            with Progress(params.duration) if params.replay is None else contextlib.nullcontext():  # a replay: its capture's time
                 samples.append(program() if program else sender.run(**params.as_dict()))
             print(("" if i == 0 else "\n") + samples[-1].summary())
     if args.udpsend_json:
@@ -179,6 +189,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         store.write(args.udpsend_json, store.document(env, {"udpsend run": {"outcome": "passed", "samples": [s.to_dict() for s in samples]}}))
         print(f"saved {args.udpsend_json}")
     return 0
+
+
+def replay_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The replay options as make_params takes them; refused beside --exec, whose program sends instead."""
+    if args.replay is not None and getattr(args, "exec_argv", None) is not None:
+        raise ConfigError("--replay sends a capture with the plugin's sender, --exec runs your program as the sender: use one of them")
+    return {"replay": args.replay, "speed": args.speed, "loop": args.loop, "replay_filter": args.replay_filter,
+            "replay_mtu": args.replay_mtu}  # fmt: skip
 
 
 def _program(args: argparse.Namespace, topo: Any, ctx: Any, probe: Callable[[], Any], pressure: Any,
@@ -205,12 +223,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     options.gate_settings(args.tolerance, args.alpha, args.metrics, args.allow_mixed, where="udpsend compare")  # validate
     base, new = args.baseline, args.new
+    if not new and len(base) == 1:  # one --udpsend-interleave document: its arms, by the paired rule
+        return _compare_arms(base[0], args)
     if not new:  # the two-file form: udpsend compare BASELINE.json NEW.json
         if len(base) != 2:
             raise ValueError(f"{len(base)} file(s) given without --new: write udpsend compare BASELINE.json NEW.json, "
                              "or udpsend compare BASE... --new NEW...")  # fmt: skip
         base, new = base[:1], base[1:]
     return fanin.compare_sides(base, new, _gate_flags(args))
+
+
+def _compare_arms(path: str, args: argparse.Namespace) -> int:
+    """Exit 1 if a candidate regressed, 2 if the document cannot be judged, else 0."""
+    from pytest_udpsend.results import paired, store
+
+    doc = store.load(path)
+    if not paired.records(doc):
+        raise ValueError(f"{path} has no interleaved tests (--udpsend-interleave): to compare two runs, write "
+                         "udpsend compare BASELINE.json NEW.json")  # fmt: skip
+    flags = _gate_flags(args)
+    rows, level, refused = paired.judge_document(doc, flags["tolerance"], flags["alpha"], flags["metrics"])
+    if refused:
+        print(f"udpsend compare: {path}: {refused}", file=sys.stderr)
+        return 2
+    for test in dict.fromkeys(r.test for r in rows):
+        mine = [r for r in rows if r.test == test]
+        print(f"{test} [{'control' if mine[0].control else 'candidate'}]")
+        print(paired.table(mine, level))
+    bad = sorted({r.test for r in rows if r.regressed and not r.control})
+    moved = sorted({r.test for r in rows if r.regressed and r.control})
+    print(f"{len(bad)} candidate(s) regressed" + (f": {', '.join(bad)}" if bad else "")
+          + (f"; {len(moved)} control(s) moved (the host was noisy): {', '.join(moved)}" if moved else ""))  # fmt: skip
+    return 1 if bad else 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ failed half way.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
@@ -15,8 +16,9 @@ from typing import Any, NoReturn
 import pytest
 
 from pytest_udpsend.errors import PrivilegeError
-from pytest_udpsend.frontend.keys import RESULTS_KEY, udpsend_session
-from pytest_udpsend.frontend.markers import SCENARIO_KEY, Scenario
+from pytest_udpsend.frontend import interleave
+from pytest_udpsend.frontend.keys import ARM_KEY, RESULTS_KEY, udpsend_session
+from pytest_udpsend.frontend.markers import CANDIDATE_KEY, SCENARIO_KEY, Scenario
 from pytest_udpsend.frontend.pcap import capture_for
 from pytest_udpsend.frontend.session import TestContext, UdpsendSession
 from pytest_udpsend.frontend.sweep import Sweep, make_grid
@@ -31,8 +33,29 @@ from pytest_udpsend.measure.sender import UdpSender
 
 
 def scenario(request: pytest.FixtureRequest) -> Scenario:
+    """The test's scenario; in the candidate arm of --udpsend-interleave, the candidate's."""
     node = request.node
-    return node.stash.get(SCENARIO_KEY, None) or Scenario()
+    base: Scenario = node.stash.get(SCENARIO_KEY, None) or Scenario()
+    if node.stash.get(ARM_KEY, "baseline") != "candidate" or interleave.is_control(node):
+        return base
+    extra = udpsend_session(request.config).options.candidate_sysctls
+    cand: Scenario = node.stash.get(CANDIDATE_KEY, base)
+    return dataclasses.replace(cand, sysctls={**cand.sysctls, **extra}) if extra else cand
+
+
+@pytest.fixture
+def udpsend_arm(request: pytest.FixtureRequest) -> str:
+    """Function scope.  ``"baseline"`` or ``"candidate"``: the arm --udpsend-interleave is measuring
+    (``"baseline"`` without it), for tests that build their two arms by hand.
+
+    Example::
+
+        def test_new_build(udpsend_arm, sender_process):
+            binary = "./sender-old" if udpsend_arm == "baseline" else "./sender-new"
+            sender_process.run([binary, "--count", "100000"], cpu=0)
+    """
+    arm: str = request.node.stash.get(ARM_KEY, "baseline")
+    return arm
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from pytest_udpsend.errors import UdpsendError
-from pytest_udpsend.frontend import collect, markers, pcap, reporting, verdicts
+from pytest_udpsend.frontend import collect, interleave, markers, pcap, reporting, verdicts
 from pytest_udpsend.frontend.keys import SESSION_KEY
 from pytest_udpsend.frontend.options import (
     INI_OPTIONS,
@@ -75,6 +75,16 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Any:
     return report
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    interleave.plan(items, config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    return interleave.protocol(item, nextitem)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
     result = yield  # the test body raised: that failure stands, bounds are not checked
@@ -97,6 +107,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.section("udpsend: what each test measured")
         for line in reporting.measured_table(udpsend.tests, config.get_terminal_writer().fullwidth):
             terminalreporter.write_line(line)
+        if lines := reporting.interleave_summary(udpsend.tests):
+            terminalreporter.section("udpsend: interleaved baseline and candidate")
+            for line in lines:
+                terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -86,3 +86,32 @@ def test_the_run_ends_with_what_each_test_measured(pytester: pytest.Pytester):
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*udpsend: what each test measured*", "test * EAGAIN * pps * sock_wfree",
                                  "test_shaped * *% * not measured", "*the send buffer was full*"])  # fmt: skip
+
+
+def test_a_stopped_calibrate_lets_its_pytest_run_clean_up(tmp_path: Path) -> None:
+    """SIGTERM to udpsend calibrate reaches the pytest it runs as SIGTERM, not SIGKILL, so that pytest
+    undoes its changes and stops a kernel-lane guest (a SIGKILLed lane leaves its VM running)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pidfile, cleaned = tmp_path / "pid", tmp_path / "cleaned"
+    (tmp_path / "test_slow.py").write_text(
+        "import os, signal, time\n"
+        "def _stop(*_):\n    raise KeyboardInterrupt\n"
+        "def test_slow():\n"
+        "    signal.signal(signal.SIGTERM, _stop)  # as the plugin does once a test of ours runs\n"
+        f"    open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+        f"    try:\n        time.sleep(120)\n    finally:\n        open({str(cleaned)!r}, 'w').write('yes')\n"
+    )
+    cmd = [sys.executable, "-m", "pytest_udpsend.cli", "calibrate", "-n", "1", "--", str(tmp_path / "test_slow.py")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert cleaned.exists(), f"pytest was killed without cleaning up: {err.decode()[-300:]}"
+    assert b"Traceback" not in err

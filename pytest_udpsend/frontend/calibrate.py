@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_udpsend.errors import ConfigError
+from pytest_udpsend.frontend.session import interrupt_on_sigterm
 from pytest_udpsend.host.outfile import atomic_write
 from pytest_udpsend.results import calibration
 
@@ -50,10 +51,26 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("nothing to run: give the tests after --, e.g. udpsend calibrate -n 50 -- examples")
 
 
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run pytest; if this command is stopped (Ctrl-C, SIGTERM), stop pytest with SIGTERM so that it
+    undoes its changes and stops a kernel-lane guest, rather than leaving it running."""
+    interrupt_on_sigterm()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            out, err = proc.communicate()
+        except BaseException:
+            proc.terminate()
+            proc.communicate(timeout=300)
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _one_run(i: int, argv: list[str], out: Path) -> tuple[int, list[str]]:
     started = time.monotonic()
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--udpsend-json", str(out), *argv]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = _run(cmd)
+    if proc.returncode != 0:  # why, next to the run's document (kept with --keep)
+        out.with_suffix(".log").write_text(proc.stdout + proc.stderr)
     failed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
     last = (proc.stdout.strip().splitlines() or ["?"])[-1]
     print(f"run {i + 1:3d}: exit {proc.returncode}  {time.monotonic() - started:6.1f} s  {last}", flush=True)

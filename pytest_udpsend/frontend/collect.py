@@ -22,6 +22,7 @@ from pytest_udpsend.lane.vm import write_guest_report
 from pytest_udpsend.results import compare, store
 
 COMPARE_PROPERTY = "udpsend_compare"
+INTERLEAVE_PROPERTY = "udpsend_interleave"  # frontend/interleave.py puts it on the call report
 
 
 def attach(item: pytest.Item, report: pytest.TestReport) -> None:
@@ -40,7 +41,9 @@ def gather(session: UdpsendSession, report: pytest.TestReport) -> None:
     """On the controller (or the only process): keep what a report carries."""
     for name, value in report.user_properties:
         if name == store.PROPERTY:
-            session.tests[report.nodeid] = {"outcome": report.outcome, "samples": value}
+            session.tests.setdefault(report.nodeid, {}).update({"outcome": report.outcome, "samples": value})
+        elif name == INTERLEAVE_PROPERTY:  # the rounds of both arms and the paired verdicts
+            session.tests.setdefault(report.nodeid, {"samples": []}).update({"outcome": report.outcome, "interleave": value})
         elif name == COMPARE_PROPERTY:
             session.comparison += [compare.Row(**row) for row in value]  # type: ignore[attr-defined]
 

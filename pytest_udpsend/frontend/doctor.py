@@ -371,7 +371,9 @@ def tracing() -> list[Check]:
     else:
         lacking = [what for what, ok in (("kprobes", has_kprobes), ("bcc", bcc_ok), ("kernel headers", headers is not None)) if not ok]
         why = f"the bpf backend needs {', '.join(lacking)} (see above)" if lacking else problem
-        out.append(("sock_wfree backend", True, f"timestamp (estimate): {why}"))
+        backend, _ = probes.choose("auto")
+        what = "tracepoint (exact counts and contexts; latency between tracepoints)" if backend == "tracepoint" else "timestamp (estimate)"
+        out.append(("sock_wfree backend", True, f"{what}: {why}"))
     return out
 
 

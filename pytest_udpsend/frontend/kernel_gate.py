@@ -29,11 +29,12 @@ from typing import Any
 
 import pytest
 
+from pytest_udpsend.frontend import interleave
 from pytest_udpsend.frontend.markers import SCENARIO_KEY, Scenario
 from pytest_udpsend.lane import vm
 from pytest_udpsend.results import compare, store
 
-MEASURING_FIXTURES = {"udpsend_result", "udp_sender", "sender_process", "udpsend_sweep"}
+MEASURING_FIXTURES = interleave.MEASURING
 Phases = list[vm.GuestReport]
 
 
@@ -150,6 +151,7 @@ class Kernels:
         self.gate = gate
         self.guest_environment = None  # no single environment: see document()
         self.reported: dict[str, list[str]] = {}  # lane suffix -> the node ids it reported
+        self.interleaved: dict[str, list[Any]] = {}  # --udpsend-interleave: node id -> its paired rows
 
     @property
     def nic_models(self) -> set[str]:
@@ -171,6 +173,14 @@ class Kernels:
 
     def run(self, session: pytest.Session) -> None:
         session.testscollected = len(session.items) * len(self.lanes)  # the progress counts every kernel's reports
+        rounds = session.config.getoption("udpsend_interleave")
+        if self.gate is not None and rounds:  # two kernels in alternating boots, judged on the pairs
+            from pytest_udpsend.frontend import kernel_interleave
+
+            self.interleaved = kernel_interleave.run(self.lanes, session, rounds, self.gate.settings)
+            for lane in self.lanes:
+                self.reported[lane.suffix] = [f"{item.nodeid}@{lane.suffix}" for item in session.items]
+            return
         if self.gate is not None:
             repeat = session.config.getoption("udpsend_repeat")
             self.gate.check_counts(session.items, repeat)
@@ -201,6 +211,8 @@ class Kernels:
 
     def nothing_compared(self) -> str | None:
         """With a gate: one sentence if the other kernels ran tests but not one comparison was made."""
+        if self.interleaved:
+            return None
         if self.gate is None or not any(self.reported.get(lane.suffix) for lane in self.lanes if lane is not self.gate.ref):
             return None
         return compare.nothing_compared([r for rows in self.gate.rows.values() for r in rows])

@@ -17,6 +17,7 @@ SESSION_KEY = pytest.StashKey[UdpsendSession]()
 RESULTS_KEY = pytest.StashKey[list[SendResult]]()  # every sample the test measured
 COMPARE_KEY = pytest.StashKey[list[dict[str, Any]]]()  # its baseline comparison rows
 PCAP_KEY = pytest.StashKey[list[str]]()  # its capture files
+ARM_KEY = pytest.StashKey[str]()  # under --udpsend-interleave: the arm being measured, "baseline" or "candidate"
 
 
 def udpsend_session(config: pytest.Config) -> UdpsendSession:

@@ -21,17 +21,19 @@ from pytest_udpsend.results.metrics import METRICS
 
 MARKERS = {
     "topology": "topology(rps_cpus=None, qdisc=None, gro=False, threaded_napi=False, napi_cpus=None, mtu=1500, "
-    "ipv6=False, link='veth', irq_cpus=None): shape the pair of the `veth` fixture, or with link='vmxnet3' | 'virtio' | "
+    "ipv6=False, link='veth', irq_cpus=None, tx_checksum=True): shape the pair of the `veth` fixture, or with link='vmxnet3' | 'virtio' | "
     "'e1000e' | 'nic' the NIC ports of the `nic_pair` fixture (the kernel lane's emulated pair, or --udpsend-nic-pair; "
     "irq_cpus pins their interrupts) (gro=True puts UDP on the receiver's NAPI path; "
-    "napi_cpus pins its threaded-NAPI kthread; CPU sets: [1], a CPU list string '1-3,5' (has - or ,) or a sysfs hex "
+    "napi_cpus pins its threaded-NAPI kthread; tx_checksum=False turns checksum offload off on the sender's link, "
+    "so UDP GSO sends fail with EIO before 6.11; CPU sets: [1], a CPU list string '1-3,5' (has - or ,) or a sysfs hex "
     "mask string '2' = '0x2' = CPU 1, '1,00000000' = CPU 32)",
     "sysctl": 'sysctl({"net.core.netdev_budget": 8, ...}): sysctls set for the test and restored after it '
     "(global knobs in the initial netns, per-netns knobs in both veth namespaces)",
     "cpu_pressure": "cpu_pressure(cpus=[1], workers=2, nice=0, policy='other', cpu_max=None): CPU hogs during the run "
     "(cpus as for topology's rps_cpus: [1], '1-3,5' or the hex mask '2')",
     "udpsend": "udpsend(duration=2.0, payload=1400, sndbuf=None, force_sndbuf=False, rate=None, cpu=None, ipv6=False, "
-    "receiver_cpu=None): the send run that `udpsend_result` performs (receiver_cpu pins the draining receiver)",
+    "receiver_cpu=None): the send run that `udpsend_result` performs (receiver_cpu pins the draining receiver); "
+    "replay=PATH, speed=1.0 send a pcap/pcapng's UDP datagrams with their sizes and gaps instead (speed=0: as fast as possible)",
     "eagain_rate": "eagain_rate(max=None, min=None, kernel=None): bound on the fraction of send attempts that got "
     "EAGAIN (0 to 1); kernel='<6.5' limits it to those kernel versions (markers stack, one per kernel range)",
     "time_squeeze": "time_squeeze(max=None, min=None, kernel=None): bound on time_squeeze increments during the run, "
@@ -39,8 +41,15 @@ MARKERS = {
     "wfree_latency": "wfree_latency(p50_us=None, p99_us=None, max_us=None, backend='any', kernel=None): bounds on "
     "charge-to-sock_wfree latency (at least one, or a backend); backend='bpf' demands the exact eBPF measurement; "
     "kernel= as for eagain_rate",
+    "busy_wait": "busy_wait(max=None, min=None, kernel=None): bound on the fraction of one CPU the sender used while "
+    "its send buffer was full (about 1 for a sender that retries at once on EAGAIN, about 0 for one that waits for "
+    "POLLOUT; 'not measured' if the buffer never filled); kernel= as for eagain_rate",
     "udpsend_baseline": "udpsend_baseline(tolerance=None, metrics=None): per-test baseline comparison settings",
+    "candidate": "candidate(topology={...}, sysctl={...}, udpsend={...}, cpu_pressure={...}): with --udpsend-interleave N, "
+    "the candidate arm's overrides of those scenario markers (each dict takes that marker's arguments); "
+    "candidate() with nothing to override makes the test a control (an in-run A/A check)",
 }
+OVERRIDABLE = ("topology", "sysctl", "udpsend", "cpu_pressure")  # the scenario markers a candidate arm may change
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,7 @@ class Scenario:
 
 
 SCENARIO_KEY = pytest.StashKey[Scenario]()
+CANDIDATE_KEY = pytest.StashKey[Scenario]()  # the candidate arm's scenario, where a candidate marker changes it
 
 
 def _call(marker: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
@@ -95,6 +105,11 @@ def _sysctl_dict(values: Any) -> dict[str, str]:
     return out
 
 
+def sysctl_values(values: dict[str, Any]) -> dict[str, str]:
+    """Sysctl names and values checked as the sysctl marker checks them (ConfigError on a bad one)."""
+    return _sysctl_dict(values)
+
+
 def _baseline(tolerance: Any = None, metrics: Any = None) -> Baseline:
     if tolerance is not None:
         params.number("tolerance", tolerance, unit="a fraction, e.g. 0.2 for 20 %")
@@ -105,25 +120,75 @@ def _baseline(tolerance: Any = None, metrics: Any = None) -> Baseline:
     return Baseline(None if tolerance is None else float(tolerance), None if metrics is None else tuple(metrics))
 
 
-def scenario_for(item: pytest.Item) -> Scenario:
-    """Validate every udpsend marker on ``item`` into a Scenario (ConfigError on the first bad one)."""
+def _overrides(item: pytest.Item) -> dict[str, dict[str, Any]] | None:
+    """The candidate marker's overrides by marker name, or None without a candidate marker."""
+    m = item.get_closest_marker("candidate")
+    if m is None:
+        return None
+    if m.args:
+        raise ConfigError("@pytest.mark.candidate: takes keyword arguments only, e.g. candidate(sysctl={'net.core.netdev_budget': 8})")
+    for name, value in m.kwargs.items():
+        if name not in OVERRIDABLE:
+            raise ConfigError(f"@pytest.mark.candidate: unknown argument {name!r}; accepted arguments: {', '.join(OVERRIDABLE)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"@pytest.mark.candidate: {name}= takes a dict of that marker's arguments, got {value!r}")
+    return dict(m.kwargs)
 
-    def one(name: str) -> pytest.Mark | None:
-        return item.get_closest_marker(name)
+
+def _arguments(name: str, fn: Callable[..., Any], mark: pytest.Mark | None, override: dict[str, Any] | None) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """A marker's arguments, with the candidate's override laid over them (None: neither has it)."""
+    if override is None:
+        return (mark.args, dict(mark.kwargs)) if mark is not None else None
+    if name == "sysctl":  # one dict: the candidate's knobs over the marker's
+        base = mark.args[0] if mark is not None and mark.args and isinstance(mark.args[0], dict) else {}
+        return ({**base, **override},), {}
+    bound: dict[str, Any] = {}
+    if mark is not None:
+        try:
+            sig = inspect.signature(fn)
+            bound = dict(sig.bind_partial(*mark.args, **mark.kwargs).arguments)
+            for name_, p in sig.parameters.items():  # a **kwargs builder: its keywords, not one dict
+                if p.kind is p.VAR_KEYWORD:
+                    bound.update(bound.pop(name_, {}))
+        except TypeError:
+            return mark.args, dict(mark.kwargs)  # the baseline's own error is reported first
+    return (), {**bound, **override}
+
+
+def _check_reader(item: pytest.Item, over: dict[str, dict[str, Any]]) -> None:
+    """An udpsend= override is read only by the fixtures that run the udpsend marker's scenario: elsewhere
+    the arms would be the same while the test is judged as if they differed."""
+    readers = {"udpsend_result", "udpsend_sweep"}
+    if "udpsend" in over and not readers & set(getattr(item, "fixturenames", ())):
+        raise ConfigError("@pytest.mark.candidate(udpsend={...}): this test does not use udpsend_result or "
+                          "udpsend_sweep, which run the udpsend marker's scenario, so the override would change "
+                          "nothing; pass the candidate's arguments yourself with the udpsend_arm fixture")  # fmt: skip
+
+
+def scenario_for(item: pytest.Item, overrides: dict[str, dict[str, Any]] | None = None) -> Scenario:
+    """Validate every udpsend marker on ``item`` into a Scenario (ConfigError on the first bad one);
+    ``overrides`` (the candidate marker's) are laid over the scenario markers they name."""
+    over = overrides or {}
+
+    def one(name: str, fn: Callable[..., Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        return _arguments(name, fn, item.get_closest_marker(name), over.get(name))
+
+    def where(name: str) -> str:  # an error in an override names the candidate marker
+        return f"candidate({name}={{...}})" if name in over else name
 
     kw: dict[str, Any] = {}
-    if m := one("topology"):
-        kw["topology"] = _call("topology", topology.make_spec, m.args, m.kwargs)
-    if m := one("sysctl"):
-        kw["sysctls"] = _call("sysctl", _sysctl_dict, m.args, m.kwargs)
-    if m := one("cpu_pressure"):
-        kw["pressure"] = _call("cpu_pressure", load.make_spec, m.args, m.kwargs)
-    if m := one("udpsend"):
-        if m.args:
+    if a := one("topology", topology.make_spec):
+        kw["topology"] = _call(where("topology"), topology.make_spec, *a)
+    if a := one("sysctl", _sysctl_dict):
+        kw["sysctls"] = _call(where("sysctl"), _sysctl_dict, *a)
+    if a := one("cpu_pressure", load.make_spec):
+        kw["pressure"] = _call(where("cpu_pressure"), load.make_spec, *a)
+    if a := one("udpsend", params.make_params):
+        if a[0]:
             raise ConfigError("@pytest.mark.udpsend: takes keyword arguments only, e.g. udpsend(duration=1.0)")
-        kw["params"] = _call("udpsend", params.make_params, (), m.kwargs)
+        kw["params"] = _call(where("udpsend"), params.make_params, (), a[1])
         kw["has_udpsend_marker"] = True
-    if m := one("udpsend_baseline"):
+    if m := item.get_closest_marker("udpsend_baseline"):
         kw["baseline"] = _call("udpsend_baseline", _baseline, m.args, m.kwargs)
     kw["bounds"] = _bounds(item)
     return Scenario(**kw)
@@ -133,7 +198,7 @@ def _bounds(item: pytest.Item) -> bounds_mod.Bounds:
     """Every assertion marker on the item: markers of one kind stack, each for its kernel= versions."""
     found: list[bounds_mod.Bound] = []
     backends: list[tuple[str, str | None]] = []
-    for name in ("eagain_rate", "time_squeeze"):
+    for name in ("eagain_rate", "time_squeeze", "busy_wait"):
         for m in item.iter_markers(name):
             found.append(_call(name, lambda max=None, min=None, kernel=None, _n=name: bounds_mod.min_max(_n, _n, max, min, kernel),
                                m.args, m.kwargs))  # fmt: skip
@@ -153,6 +218,9 @@ def validate_collected(report: pytest.CollectReport) -> None:
         if isinstance(node, pytest.Item):
             try:
                 node.stash[SCENARIO_KEY] = scenario_for(node)
+                if (over := _overrides(node)) is not None:
+                    _check_reader(node, over)
+                    node.stash[CANDIDATE_KEY] = scenario_for(node, over) if over else node.stash[SCENARIO_KEY]
             except ConfigError as exc:
                 errors.append(f"{node.nodeid}: {exc}")
     if errors:

@@ -43,9 +43,10 @@ class Opt:
 
 BACKEND = Opt(
     "--udpsend-backend",
-    "how sock_wfree timing is measured: auto (bpf where eBPF tracing works, else timestamp), "
-    "bpf (exact, eBPF kprobes; fails where unavailable), timestamp (receiver-timestamp estimate)",
-    {"choices": ["auto", "bpf", "timestamp"], "default": "auto"},
+    "how sock_wfree timing is measured: auto (bpf where eBPF kprobes work, else tracepoint where its eBPF loads, "
+    "else timestamp), bpf (exact, eBPF kprobes; fails where unavailable), tracepoint (exact counts and release "
+    "contexts from tracepoints, latency between them; fails where unavailable), timestamp (receiver-timestamp estimate)",
+    {"choices": ["auto", "bpf", "tracepoint", "timestamp"], "default": "auto"},
 )
 REPEAT = Opt("--udpsend-repeat", "run each measuring scenario N times and keep every sample (default 1)",
              {"type": number_type(1, 1000, integer=True), "default": 1, "metavar": "N"})  # fmt: skip
@@ -97,19 +98,50 @@ NIC_PAIR = Opt(
     {"metavar": "A,B"},
 )
 
+INTERLEAVE = Opt(
+    "--udpsend-interleave",
+    "measure each test in N rounds of two arms, baseline and candidate, back to back in a balanced random order "
+    "(AB BA ...), and judge the per-round pairs: a candidate worse beyond udpsend_tolerance fails the test "
+    "(the candidate marker, --udpsend-candidate-sysctl or the udpsend_arm fixture define the candidate; a test "
+    "whose arms do not differ is a control, an in-run A/A check)",
+    {"type": number_type(0, 1000, integer=True), "default": 0, "metavar": "N"},
+)
+CANDIDATE_SYSCTL = Opt(
+    "--udpsend-candidate-sysctl",
+    "NAME=VALUE (repeatable): with --udpsend-interleave, the candidate arm of every test is this host with these "
+    "sysctls (journaled and restored around each candidate measurement)",
+    {"action": "append", "default": [], "metavar": "NAME=VALUE"},
+)
+
 PYTEST_OPTIONS = [BACKEND, REPEAT, JSON, BASELINE, KERNEL, KERNEL_TIMEOUT, GATE_AGAINST, HTML, PCAP, REQUIRE, ALLOW_MIXED,
-                  LOCK_TIMEOUT, LABEL, NIC_PAIR]  # fmt: skip
+                  LOCK_TIMEOUT, LABEL, NIC_PAIR, INTERLEAVE, CANDIDATE_SYSCTL]  # fmt: skip
 
 
-def parse_labels(given: list[str], flag: str = "--udpsend-label") -> dict[str, str]:
+def parse_labels(given: list[str], flag: str = "--udpsend-label", example: str = "runner=c5-metal") -> dict[str, str]:
     """``["k=v", ...]`` as a dict; ValueError with one sentence on a malformed one."""
     labels: dict[str, str] = {}
     for text in given:
         key, sep, value = text.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise ValueError(f"{flag} {text!r}: use KEY=VALUE, e.g. {flag} runner=c5-metal")
+            raise ValueError(f"{flag} {text!r}: use KEY=VALUE, e.g. {flag} {example}")
         labels[key.strip()] = value.strip()
     return labels
+
+
+def candidate_sysctls(given: list[str], interleave: int) -> dict[str, str]:
+    """--udpsend-candidate-sysctl values, checked like the sysctl marker's; ValueError with one sentence."""
+    from pytest_udpsend.frontend.markers import sysctl_values
+
+    flag = "--udpsend-candidate-sysctl"
+    if given and not interleave:
+        raise ValueError(f"{flag} defines the candidate arm of --udpsend-interleave: add --udpsend-interleave N (e.g. 10)")
+    pairs = parse_labels(given, flag, "net.core.netdev_budget=8")  # NAME=VALUE, as labels are written
+    if not pairs:
+        return {}
+    try:
+        return sysctl_values(pairs)
+    except ConfigError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
 
 
 def add_options(addoption: Callable[..., Any], opts: list[Opt], short: bool = False) -> None:
@@ -196,12 +228,23 @@ def configure_baseline(session: Any, config: Any) -> None:
     session.gate = settings = gate_from_ini(config)
     if not session.options.baseline_path:
         return
+    if session.options.interleave:
+        raise pytest.UsageError("--udpsend-baseline and --udpsend-interleave judge a run two ways (against a saved "
+                                "session, or baseline and candidate arms in this one): give one of them")  # fmt: skip
     try:
         doc = store.load(session.options.baseline_path)
     except ValueError as exc:
         raise pytest.UsageError(f"--udpsend-baseline {exc}") from None
+    if doc.get("runs") and not doc.get("tests"):  # several sessions (udpsend merge): pooled, each test's floors learned
+        from pytest_udpsend.results import fanin
+
+        pooled, why = fanin.pool(fanin.units_of(doc, session.options.baseline_path))
+        if pooled is None:
+            raise pytest.UsageError(f"--udpsend-baseline {session.options.baseline_path}: its runs cannot be pooled: {why}")
+        doc = pooled
     session.baseline = doc
     session.baseline_samples = compare.samples_by_test(doc)
+    session.baseline_floors = doc.get("floors") or {}
     session.gate_family = compare.family_size(session.baseline_samples, settings)
     if hasattr(config, "workerinput") or config.getoption("udpsend_kernel", None):
         return  # checked once, where the tests run: the controller, or the lane's guest
@@ -240,6 +283,13 @@ def configure_lane(config: Any) -> Any:
         return None
     if given and getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("--udpsend-kernel runs the selected tests in one VM: drop -n/--numprocesses")
+    if config.getoption("udpsend_interleave") and len(given) > 1 and config.getoption("udpsend_candidate_sysctl"):
+        raise pytest.UsageError("--udpsend-candidate-sysctl with two --udpsend-kernel: the candidate is the other "
+                                "kernel; drop --udpsend-candidate-sysctl, or gate the sysctl within one kernel")  # fmt: skip
+    if config.getoption("udpsend_interleave") and (len(given) > 2 or (len(given) == 2) != bool(against)):
+        raise pytest.UsageError("--udpsend-interleave with kernels alternates the boots of two: give --udpsend-kernel OLD "
+                                "--udpsend-kernel NEW --udpsend-gate-against OLD (or one --udpsend-kernel, whose guest "
+                                "interleaves the candidate arms)")  # fmt: skip
     timeout, backend = config.getoption("udpsend_kernel_timeout"), config.getoption("udpsend_backend")
     if len(given) == 1 and not against:
         return vm.lane_for(given[0], timeout, backend)
@@ -266,9 +316,14 @@ def session_options(config: Any) -> Any:
         require_privileges=config.getoption("udpsend_require_privileges"),
         lock_timeout=config.getoption("udpsend_lock_timeout"),
         nic_pair=config.getoption("udpsend_nic_pair"),
+        interleave=config.getoption("udpsend_interleave"),
     )
+    if opts.interleave == 1:
+        raise pytest.UsageError("--udpsend-interleave 1: one round is one pair, which cannot show a change: give 0 (off) "
+                                "or at least 2 rounds (the run says how many its tests need)")  # fmt: skip
     try:
         opts.labels.update(parse_labels(config.getoption("udpsend_label") or []))
+        opts.candidate_sysctls.update(candidate_sysctls(config.getoption("udpsend_candidate_sysctl") or [], opts.interleave))
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     if opts.nic_pair is not None:

@@ -61,7 +61,10 @@ def measured_rows(tests: dict[str, dict[str, Any]]) -> list[tuple[str, str, str,
     rows = []
     for nodeid, entry in tests.items():
         samples = entry.get("samples") or []
-        for s, label in zip(samples, sample_labels(samples)):
+        labels = sample_labels(samples)
+        if "interleave" in entry:  # one row per arm: its median sample by EAGAIN rate
+            samples, labels = _arm_medians(entry["interleave"])
+        for s, label in zip(samples, labels):
             name = nodeid.rpartition("::")[2] + (f" [{label}]" if label else "")
             finding = next((d.get("finding", "") for d in s.get("diagnosis") or []), "")
             rate = s.get("eagain_rate")
@@ -73,6 +76,38 @@ def measured_rows(tests: dict[str, dict[str, Any]]) -> list[tuple[str, str, str,
                 finding,
             ))  # fmt: skip
     return rows
+
+
+def _arm_medians(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    samples, labels = [], []
+    for arm in ("baseline", "candidate"):
+        found = sorted((s for r in record.get("rounds", []) for s in r.get(arm, [])), key=lambda s: s.get("eagain_rate") or 0)
+        if found:
+            samples.append(found[len(found) // 2])
+            labels.append(f"{arm}, median of {len(found)}")
+    return samples, labels
+
+
+def interleave_summary(tests: dict[str, dict[str, Any]]) -> list[str]:
+    """Candidates that regressed, controls that moved (the host was noisy), and what each test's N resolves."""
+    regressed: list[str] = []
+    moved: list[str] = []
+    lines: list[str] = []
+    for nodeid, entry in tests.items():
+        record = entry.get("interleave")
+        if not record:
+            continue
+        kind = "control" if record.get("control") else "candidate"
+        for row in record.get("paired", []):
+            factor, finds = row.get("estimate"), row.get("resolvable")
+            text = (f"{nodeid} [{kind}] {row['metric']}: x{factor:.3g} worse" if factor else f"{nodeid} [{kind}] {row['metric']}: -") + (
+                f", N={row['pairs']} finds x{finds:.3g} at 80 %" if finds else f", N={row['pairs']} too few to find any change")
+            lines.append(f"{text}: {row['verdict']}")
+            if row["verdict"] == "regressed":
+                (moved if record.get("control") else regressed).append(f"{nodeid} {row['metric']}")
+    head = [f"candidates that regressed: {', '.join(regressed) or 'none'}",
+            f"controls that moved (the host was noisy; in-run A/A): {', '.join(moved) or 'none'}"]  # fmt: skip
+    return head + lines if lines else []
 
 
 def _cut(text: str, width: int) -> str:

@@ -58,6 +58,8 @@ class SessionOptions:
     lock_timeout: float = 3600.0  # s a measurement waits for the host lock
     labels: dict[str, str] = field(default_factory=dict)  # --udpsend-label, stored in the environment
     nic_pair: str | None = None  # --udpsend-nic-pair A,B
+    interleave: int = 0  # --udpsend-interleave N: rounds of baseline and candidate per test (0: off)
+    candidate_sysctls: dict[str, str] = field(default_factory=dict)  # --udpsend-candidate-sysctl
 
 
 class UdpsendSession:
@@ -82,6 +84,7 @@ class UdpsendSession:
         self.comparison: list[Any] = []  # compare.Row of every test compared with the baseline
         self.baseline: dict[str, Any] | None = None  # the --udpsend-baseline document
         self.baseline_samples: dict[str, list[dict[str, Any]]] = {}  # its samples by comparison key
+        self.baseline_floors: dict[str, dict[str, dict[str, float]]] = {}  # per test and metric, from several sessions
         self.gate: Any = None  # compare.Settings: the gate's knobs (options.configure_baseline)
         self.gate_family = 1  # comparisons in the run: baseline tests x metrics (Bonferroni)
         self.kernel = os.uname().release

@@ -371,7 +371,10 @@ def run_command(args: argparse.Namespace) -> int:
                               napi_cpus=args.napi_cpus, mtu=args.mtu, ipv6=args.ipv6)  # fmt: skip
     params = make_params(duration=args.duration, payload=args.payload, rate=args.rate, cpu=args.cpu,
                          ipv6=args.ipv6, receiver_cpu=args.receiver_cpu, mode=args.mode, batch=args.batch,
-                         gso_size=args.gso_size, flows=args.flows, threads=args.threads)  # fmt: skip
+                         gso_size=args.gso_size, flows=args.flows, threads=args.threads,
+                         **{k: getattr(args, k) for k in ("replay", "speed", "loop", "replay_filter", "replay_mtu")})  # fmt: skip
+    if argv is not None and params.replay is not None:
+        raise ConfigError("--replay sends a capture with the plugin's sender, --exec runs your program as the sender: use one of them")
     pressure = load.make_spec(*args.cpu_pressure) if args.cpu_pressure else None  # as `udpsend run` reads it
     repeat = args.udpsend_repeat
     print(f"udpsend sweep: {grid.size()} cells x {repeat} sample(s) of {params.duration:g} s", file=sys.stderr)

@@ -6,7 +6,8 @@ loses its addresses and root qdisc (the device is closed on the move), and its
 name if another device took it; RPS masks and IRQ
 affinity are changed on purpose by the topology.  So, before the move, the port's
 state is captured and journaled (like a global sysctl): name, MAC, MTU, up state,
-addresses, the routes through it, root qdisc kind, RPS masks, IRQ affinity.  Teardown moves the port
+addresses, the routes through it, root qdisc kind, RPS masks, IRQ affinity, TX checksum
+offload (which ``topology(tx_checksum=False)`` turns off and a move does not reset).  Teardown moves the port
 back and restores it; after a SIGKILL, the next session's reaper deletes the dead
 namespaces (the kernel returns physical ports to the initial namespace, a little
 later, possibly renamed ``devN``) and restores the journaled state, finding the
@@ -89,6 +90,8 @@ class PortState:
     irqs: dict[int, str] = field(default_factory=dict)  # irq -> smp_affinity (mask), of the vectors that exist
     conf: dict[str, str] = field(default_factory=dict)  # "ipv4/rp_filter" -> value, where not the default
     device: str = ""  # its sysfs device path: valid wherever the port is (its IRQs are found there)
+    # changeable TX checksum features -> on (topology(tx_checksum=False) turns them off; a move keeps them)
+    tx_checksum: dict[str, bool] = field(default_factory=dict)
 
     def irq_numbers(self) -> list[int]:
         return irq_numbers(self.name, Path(self.device) if self.device else None)
@@ -183,7 +186,34 @@ def capture(name: str) -> PortState:
               if (PROC_IRQ / str(irq)).is_dir()},  # a never-opened port may hold no vectors yet  # fmt: skip
         conf=_conf(name),
         device=str(device_path(name)),
+        tx_checksum=tx_checksum(name),
     )
+
+
+TX_CHECKSUM = "tx-checksum-"  # ethtool's "tx": tx-checksum-ipv4, -ip-generic, -ipv6, -sctp, -fcoe-crc
+
+
+def tx_checksum(name: str) -> dict[str, bool]:
+    """The device's TX checksum features that can be changed, and whether each is on (this namespace)."""
+    from pyroute2.ethtool import Ethtool  # ETHTOOL_GFEATURES; only links that change offloads need it
+
+    with Ethtool() as ethtool:
+        features = ethtool.get_features(name).features
+    return {key: bool(f.enable) for key, f in features.items() if key.startswith(TX_CHECKSUM) and f.available}
+
+
+def set_tx_checksum(name: str, wanted: bool | dict[str, bool]) -> dict[str, bool]:
+    """Turn the device's TX checksum features all on or off (``wanted`` a bool), or each as given
+    (a dict from tx_checksum()); returns them as the kernel then has them."""
+    from pyroute2.ethtool import Ethtool
+
+    with Ethtool() as ethtool:
+        features = ethtool.get_features(name)
+        for key, feature in features.features.items():
+            if key.startswith(TX_CHECKSUM) and feature.available:
+                feature.enable = wanted if isinstance(wanted, bool) else wanted.get(key, feature.enable)
+        ethtool.set_features(name, features)
+    return tx_checksum(name)
 
 
 def _address(msg: Any) -> tuple[str, int, int, int, int]:
@@ -501,7 +531,7 @@ def restore_irqs(state: PortState) -> None:
 
 def restore(state: PortState, wait_s: float = RETURN_WAIT_S) -> None:
     """Give the port back its name, MTU, addresses (with their flags and metrics), up state, the
-    routes through it, root qdisc, RPS masks, IRQ affinity and per-device IP sysctls."""
+    routes through it, root qdisc, RPS masks, IRQ affinity, per-device IP sysctls and TX checksum offload."""
     current = find_by_mac(state.mac, wait_s)
     if current is None:
         raise ConfigError(f"NIC port {state.name} ({state.mac}) did not come back to this namespace")
@@ -525,6 +555,8 @@ def restore(state: PortState, wait_s: float = RETURN_WAIT_S) -> None:
         for knob, value in state.conf.items():
             family, _, leaf = knob.partition("/")
             (CONF / family / "conf" / state.name / leaf).write_text(value)
+        if state.tx_checksum and tx_checksum(state.name) != state.tx_checksum:  # a journal of before: {}
+            set_tx_checksum(state.name, state.tx_checksum)
         if not state.up and irqs_off:
             rt.call(link_set_msg(index, up=False))
     finally:

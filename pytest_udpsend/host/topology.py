@@ -55,6 +55,7 @@ class TopologySpec:
     ipv6: bool = False
     link: str = "veth"  # or a NIC model (host/nics.py): the pair is then borrowed, not made
     irq_cpus: tuple[int, ...] | None = None  # where the NIC ports' interrupts (and so TX completion) go
+    tx_checksum: bool = True  # False: checksum offload off on the sender's link (UDP GSO then EIO before 6.11)
 
     @property
     def is_nic(self) -> bool:
@@ -76,6 +77,8 @@ class TopologySpec:
             parts.append(f"irq_cpus={list(self.irq_cpus)}")
         if self.ipv6:
             parts.append("ipv6")
+        if not self.tx_checksum:
+            parts.append("tx_checksum=False")
         return f"{self.link} " + " ".join(parts)
 
 
@@ -94,12 +97,13 @@ def make_spec(
     ipv6: Any = False,
     link: Any = "veth",
     irq_cpus: Any = None,
+    tx_checksum: Any = True,
 ) -> TopologySpec:
     """Validate marker arguments into a TopologySpec (ConfigError names the bad one)."""
     link = nics.check_link(link)
     if irq_cpus is not None and link == "veth":
         raise ConfigError("irq_cpus= needs a NIC link (link='vmxnet3', 'virtio', 'e1000e' or 'nic'): a veth has no interrupts")
-    for key, val in (("gro", gro), ("threaded_napi", threaded_napi), ("ipv6", ipv6)):
+    for key, val in (("gro", gro), ("threaded_napi", threaded_napi), ("ipv6", ipv6), ("tx_checksum", tx_checksum)):
         if not isinstance(val, bool):
             raise ConfigError(f"{key}={val!r}: must be True or False")
     if not isinstance(mtu, int) or isinstance(mtu, bool) or not 68 <= mtu <= 65535:
@@ -123,6 +127,7 @@ def make_spec(
         ipv6=ipv6,
         link=link,
         irq_cpus=None if irq_cpus is None else _cpus(irq_cpus, "irq_cpus"),
+        tx_checksum=tx_checksum,
     )
 
 
@@ -259,6 +264,8 @@ def build(spec: TopologySpec, undo: UndoStack, subnets: SubnetAllocator, hint: s
         rcv_rt.close()
     if spec.qdisc is not None:
         _apply_qdisc(sender, spec.qdisc)
+    if not spec.tx_checksum:  # the veth dies with its namespace: nothing to undo
+        _checksum_off(sender)
     if spec.gro or spec.threaded_napi or spec.rps_cpus is not None:
         receiver.ns.run_with_sysfs(lambda: _shape_receiver(spec, RECEIVER_IF))
     return Topology(sender, receiver, spec)
@@ -278,6 +285,22 @@ def _apply_qdisc(sender: Endpoint, spec: qdisc_mod.QdiscSpec) -> None:
         raise  # already one sentence naming the qdisc (a missing sch_* module, mq on one queue)
     except Exception as exc:
         raise ConfigError(f"qdisc '{spec.text}' was refused by the kernel: {exc}") from None
+
+
+def _checksum_off(sender: Endpoint) -> None:
+    """TX checksum offload off on the sender's link, in its namespace (as ``ethtool -K IF tx off``).
+
+    A borrowed NIC port gets it back at give-back: its checksum features are part of the
+    journaled port state (host/nicport.py)."""
+    try:
+        now: dict[str, bool] = sender.run(lambda: nicport.set_tx_checksum(sender.ifname, False))
+    except OSError as exc:
+        raise ConfigError(f"tx_checksum=False: the kernel refused to turn checksum offload off on {sender.ifname} "
+                          f"({exc.strerror}): drop tx_checksum=False or use another link") from None  # fmt: skip
+    still = sorted(name for name, on in now.items() if on)
+    if still:  # a driver that fixes a feature on: the test would measure offloaded sends
+        raise ConfigError(f"tx_checksum=False: {sender.ifname} keeps {', '.join(still)} on (its driver fixes it): "
+                          "drop tx_checksum=False or use another link")  # fmt: skip
 
 
 def _enable_napi_gro(ifname: str, udp_forwarding: bool = True) -> None:
@@ -448,6 +471,8 @@ def build_nic(spec: TopologySpec, undo: UndoStack, subnets: SubnetAllocator, por
                               f"({exc.strerror}; managed IRQs cannot be moved): drop irq_cpus") from None  # fmt: skip
     if spec.qdisc is not None:
         _apply_qdisc(sender, spec.qdisc)
+    if not spec.tx_checksum:  # given back with the port (nicport.restore)
+        _checksum_off(sender)
     for end in (sender, receiver):
         end.ns.run_with_sysfs(functools.partial(_wait_carrier, end.ifname))
     if spec.gro or spec.threaded_napi or spec.rps_cpus is not None:

@@ -343,6 +343,7 @@ class Lane:
         self.note = ""
         self.guest_environment: dict[str, Any] | None = None
         self.nic_models: set[str] = set()  # NIC links the selected tests ask for (set by the frontend)
+        self.overrides: list[str] = []  # pytest options the lane's run takes after the host's (--opt=value)
 
     def describe(self) -> list[str]:
         raise NotImplementedError
@@ -468,7 +469,7 @@ class KernelLane(Lane):
         env[nics.LANE_NICS_ENV] = nics.encode_lane_env(self.nic_models)
         modules = [*os.environ.get(LANE_MODULES_ENV, "").split(), *(nics.MODELS[m].driver for m in sorted(self.nic_models) if m in nics.MODELS)]
         active = [name for name in ("cacheprovider", "junitxml") if config.pluginmanager.has_plugin(name)]
-        args = guest_args(config.invocation_params.args, outdir, active)
+        args = guest_args([*config.invocation_params.args, *self.overrides], outdir, active)
         return (
             "".join(f"modprobe {q(module)}\n" for module in modules)
             + ("udevadm settle -t 10 2>/dev/null || sleep 2\n" if self.nic_models else "")
@@ -502,7 +503,7 @@ class HostLane(Lane):
     def _launch(self, config: pytest.Config, outdir: Path) -> Launch:
         self.note = "the running kernel, no VM"
         active = [name for name in ("cacheprovider", "junitxml") if config.pluginmanager.has_plugin(name)]
-        argv = [sys.executable, "-m", "pytest", *guest_args(config.invocation_params.args, outdir, active)]
+        argv = [sys.executable, "-m", "pytest", *guest_args([*config.invocation_params.args, *self.overrides], outdir, active)]
         env = {**os.environ, LANE_REPORT_ENV: str(outdir / "reports.jsonl"), LANE_SELECTION_ENV: str(outdir / "selection.json")}
         log = outdir / "pytest.log"
         with open(log, "wb") as out:

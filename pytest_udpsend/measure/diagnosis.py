@@ -58,7 +58,7 @@ def _deferral(r: SendResult) -> list[Finding]:
     if not count or p99 is None:
         return []
     during = f"; during the run: {r.pressure}" if r.pressure else ""
-    if w.get("backend") == "bpf":
+    if w.get("backend") in ("bpf", "tracepoint"):
         contexts: dict[str, int] = w.get("contexts") or {}
         total = sum(contexts.values()) or 1
         elsewhere = {k: v for k, v in contexts.items() if k != "inline" and v / total >= DEFERRED_SHARE}
@@ -66,9 +66,10 @@ def _deferral(r: SendResult) -> list[Finding]:
             return []
         where = ", ".join(f"{v / total:.0%} of releases ran in {k}" for k, v in sorted(elsewhere.items(), key=lambda kv: -kv[1]))
         return [_finding(
-            f"sock_wfree deferred: {where or 'all releases ran inline'}, p99 {_us(p99)} after the charge; "
-            "until it runs the skb stays charged to the socket",
-            f"bpf on skb_set_owner_w, sock_wfree and GRO entry: {count} datagrams released "
+            f"sock_wfree deferred: {where or 'all releases ran inline'}, p99 {_us(p99)} after the "
+            f"{'charge' if w['backend'] == 'bpf' else 'skb was queued (net_dev_queue)'}; until it runs the skb stays charged to the socket",
+            f"{'bpf on skb_set_owner_w, sock_wfree' if w['backend'] == 'bpf' else 'tracepoints at net_dev_queue, the receive/free events'} "
+            f"and GRO entry: {count} datagrams released "
             f"({w.get('calls', count)} sock_wfree calls), contexts {contexts}{during}",
         )]  # fmt: skip
     if p99 < DEFERRED_P99_US:

@@ -11,8 +11,11 @@ read from the kernel:
   dropping qdisc (an upper bound on EAGAIN where the link drops).
 * sent: the delta of ``UdpOutDatagrams`` (+ ``Udp6OutDatagrams``); attempts = sent +
   EAGAIN, so ``eagain_rate`` keeps its meaning.
-* occupancy: the ``tx_queue`` column of ``/proc/net/udp{,6}`` in that netns (it is
-  ``sk_wmem_alloc``), sampled every ``SAMPLE_S`` by a thread of ours.
+* occupancy: ``sk_wmem_alloc`` of every UDP socket in that netns, sampled every ``SAMPLE_S`` by
+  a thread of ours: from sock_diag with ``sk_sndbuf`` beside it, or where the kernel has no UDP
+  sock_diag, the ``tx_queue`` column of ``/proc/net/udp{,6}`` (the same figure, without the size).
+* errno: None, with the reason in ``errno_method`` (UdpSndbufErrors cannot tell EAGAIN from ENOBUFS);
+  busy_wait: the program's CPU time while the buffer was full (measure/backpressure.py).
 * softnet deltas, received at the plugin's C drain, RcvbufErrors at the receiver.
 * sock_wfree timing: the bpf probe filtered by the program's tgid; the timestamp
   estimate needs send times stamped into payloads, which a foreign program does not
@@ -53,7 +56,7 @@ from pytest_udpsend.errors import ConfigError, UdpsendError
 from pytest_udpsend.host import cgroup, netns
 from pytest_udpsend.host.sysctl import Sysctls
 from pytest_udpsend.host.topology import Topology
-from pytest_udpsend.measure import _engine, counters, load  # type: ignore[attr-defined]
+from pytest_udpsend.measure import _engine, backpressure, counters, load  # type: ignore[attr-defined]
 from pytest_udpsend.measure.diagnosis import diagnose
 from pytest_udpsend.measure.probes import WfreeProbe
 from pytest_udpsend.measure.result import SendResult
@@ -207,6 +210,23 @@ class TxQueueSampler:
         self._stop = threading.Event()
         self.samples: list[tuple[float, int]] = []  # (monotonic s, largest tx_queue of the netns's sockets)
         self._thread = threading.Thread(target=self._loop, name="udpsend-txq", daemon=True)
+        self.cpu: backpressure.Clock | None = None  # the program's CPU time and whether it sleeps, set once it runs
+        self.full: list[backpressure.Sample] = []  # (monotonic ns, a socket's buffer full, CPU ns, asleep)
+        self.unavailable = ""  # why busy_wait cannot be measured
+        self.method = backpressure.PROC_BUSY_METHOD  # or the cgroup's, once the program is known to be in it
+        self._diag: backpressure.SockDiag | None = None
+        try:
+            self._diag = topo.sender.run(backpressure.SockDiag)
+            self._diag.read()
+        except OSError as exc:
+            self._no_diag(exc)
+
+    def _no_diag(self, exc: OSError) -> None:
+        self.unavailable = (f"not measured: this kernel gives no sk_sndbuf of UDP sockets (sock_diag: {exc.strerror}; "
+                            "CONFIG_INET_UDP_DIAG), so a full buffer cannot be told from outside")  # fmt: skip
+        if self._diag is not None:
+            self._diag.close()
+            self._diag = None
 
     def read(self) -> int:
         largest = 0
@@ -219,8 +239,21 @@ class TxQueueSampler:
         return largest
 
     def _loop(self) -> None:
+        with contextlib.suppress(OSError):  # a sampler starved by the scenario's CPU hogs would see only a few instants
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))  # this thread only; ~50 us per sample
         while not self._stop.wait(SAMPLE_S):
-            self.samples.append((time.monotonic(), self.read()))
+            if self._diag is None:
+                self.samples.append((time.monotonic(), self.read()))
+                continue
+            try:
+                socks = self._diag.read()
+            except OSError as exc:
+                self._no_diag(exc)
+                continue
+            cpu = self.cpu() if self.cpu is not None else None
+            self.samples.append((time.monotonic(), max((w for w, _ in socks), default=0)))
+            if cpu is not None:
+                self.full.append((time.monotonic_ns(), any(w >= size for w, size in socks), *cpu))
 
     def start(self) -> None:
         self._thread.start()
@@ -234,6 +267,17 @@ class TxQueueSampler:
         self.stop()
         for fh in self._files:
             fh.close()
+        if self._diag is not None:
+            self._diag.close()
+            self._diag = None
+
+    def busy_wait(self) -> tuple[float | None, dict[str, Any]]:
+        """busy_wait and what it was computed from (measure/backpressure.py)."""
+        if self.unavailable:
+            return None, {"unavailable": self.unavailable}
+        found = backpressure.detail(*backpressure.full_time(self.full), self.method)
+        found["samples"], found["full_samples"] = len(self.full), sum(1 for s in self.full if s[1])
+        return backpressure.busy_wait(self.full), found
 
 
 class _Drain:
@@ -388,6 +432,10 @@ class ProcessRunner:
             if self.probe is not None and self.probe.backend == "bpf":
                 self.probe.begin(-1, self.proc.pid)  # armed right after exec starts: the wrappers take milliseconds
             self.confine.started()
+            if self.confine.confined and self.confine.path is not None:
+                txq.cpu, txq.method = backpressure.cgroup_cpu(self.confine.path), backpressure.CGROUP_BUSY_METHOD
+            else:
+                txq.cpu = backpressure.proc_cpu(self.proc.pid)
             exited = _end(self.proc, duration, mono0)
             elapsed = time.monotonic() - mono0
             self.confine.stop()  # what it left running (setsid, double forks) ends with it
@@ -431,6 +479,7 @@ class ProcessRunner:
         received = sum(d.received for d in drains)
         occupancy = [v for _, v in txq.samples]
         wfree = self._wfree(sent)
+        busy, busy_detail = txq.busy_wait()
         result = SendResult(
             attempts=sent + eagain,
             sent=sent,
@@ -456,6 +505,10 @@ class ProcessRunner:
             finished=wall[1],
             segments=sent,
             process=process,
+            errno=None,
+            errno_method=backpressure.PROGRAM_ERRNO_REASON,
+            busy_wait=busy,
+            busy_wait_detail=busy_detail,
         )
         result.checks = [
             f"EAGAIN {eagain} = UdpSndbufErrors delta of the sender netns: exact per netns (every UDP socket there; "

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pytest_udpsend.errors import ConfigError
+from pytest_udpsend.measure import replay
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,11 @@ class SendParams:
     gso_size: int | None = None  # gso: UDP_SEGMENT, bytes per wire segment
     flows: int = 1  # sockets per sender thread, served round-robin
     threads: int = 1  # pinned sender threads, each with its own socket(s)
+    replay: str | None = None  # a pcap/pcapng (or "shape:telemetry" | "shape:media" | "shape:dns"): its UDP datagrams with their sizes and gaps, sent once
+    speed: float = 1.0  # replay: scales the capture's clock (2.0: twice as fast); 0: as fast as possible, gaps ignored
+    loop: int = 1  # replay: passes through the capture
+    replay_filter: str | None = None  # replay: datagrams to keep, e.g. "dst=10.0.0.2 dport=53" (src, dst, host, sport, dport, port)
+    replay_mtu: int = 1500  # replay: the capture link's MTU: an unfragmented UDP record larger than it is a GSO/GRO super-packet, split
 
     def thread_cpus(self) -> list[int | None]:
         """The CPU each sender thread is pinned to (None: not pinned)."""
@@ -72,6 +78,7 @@ def make_params(**kwargs: Any) -> SendParams:
     if params.rate is not None:
         number("rate", params.rate, 1, 50_000_000)
     params = _check_send_pattern(params)
+    params = _check_replay(params)
     online = sorted(os.sched_getaffinity(0))
     for key in ("cpu", "receiver_cpu"):
         value = getattr(params, key)
@@ -114,4 +121,34 @@ def _check_send_pattern(params: SendParams) -> SendParams:
         if not params.cpu or any(isinstance(c, bool) or not isinstance(c, int) for c in params.cpu):
             raise ConfigError(f"cpu={params.cpu!r}: must be a CPU number or a non-empty list of CPU numbers")
         params = replace(params, cpu=tuple(params.cpu))
+    return params
+
+
+REPLAY_ONLY = {"speed": 1.0, "loop": 1, "replay_filter": None, "replay_mtu": 1500}
+NOT_WITH_REPLAY = {"duration": 2.0, "payload": 1400, "rate": None, "flows": 1, "threads": 1}  # the capture sets them
+
+
+def _check_replay(params: SendParams) -> SendParams:
+    """replay= and its arguments; returns params with replay as a str (a Path is accepted)."""
+    if params.replay is None:
+        for key, default in REPLAY_ONLY.items():
+            if getattr(params, key) != default:
+                raise ConfigError(f"{key}={getattr(params, key)!r} applies to replay= only (the capture to replay)")
+        return params
+    if not isinstance(params.replay, (str, os.PathLike)) or not os.fspath(params.replay):
+        raise ConfigError(f"replay={params.replay!r}: must be the path of a pcap or pcapng capture, or a built-in shape "
+                          f"({', '.join(replay.SHAPE_PREFIX + n for n in replay.SHAPES)})")  # fmt: skip
+    params = replace(params, replay=os.fspath(params.replay))
+    for key, default in NOT_WITH_REPLAY.items():
+        if getattr(params, key) != default:
+            raise ConfigError(f"{key}={getattr(params, key)!r} does not apply with replay=: the capture sets the datagrams, "
+                              "their sizes and times (use speed= and loop=)")  # fmt: skip
+    if params.mode not in ("send", "sendto"):
+        raise ConfigError(f"mode={params.mode!r} does not apply with replay=: a replay sends one datagram per call "
+                          "(mode='send' or 'sendto')")  # fmt: skip
+    number("speed", params.speed, 0, 1000)
+    number("loop", params.loop, 1, 1_000_000, integer=True)
+    number("replay_mtu", params.replay_mtu, 576, 65536, integer=True)
+    replay.parse_filter(params.replay_filter)
+    replay.check_source(str(params.replay))
     return params

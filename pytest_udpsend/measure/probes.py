@@ -4,6 +4,8 @@ A probe measures, per TX datagram of the run's own socket, the time from being
 charged to the socket (``skb_set_owner_w``) to ``sock_wfree`` releasing it.
 
 * ``bpf`` (exact): kprobes on both functions via bcc; see ``bpfprobe.py``.
+* ``tracepoint`` (exact counts and contexts, latency as an interval): raw tracepoints where
+  kprobes and fentry are not allowed; see ``tpprobe.py``.
 * ``timestamp`` (estimate): the receiver's ``SO_TIMESTAMPNS`` minus the send time
   written into the payload.  With ``net.core.netdev_tstamp_prequeue=0`` (global:
   set and restored through the sysctl machinery) the kernel stamps the skb in
@@ -40,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pytest_udpsend.errors import PrivilegeError
 from pytest_udpsend.host.sysctl import Sysctls
 from pytest_udpsend.measure.histogram import latency_stats
+from pytest_udpsend.measure.wfree import not_measured
 
 if TYPE_CHECKING:
     from pytest_udpsend.host.topology import TopologySpec
@@ -50,7 +53,7 @@ NETEM_ORPHANS = ("delay", "jitter", "rate")  # netem_enqueue(): if (q->latency |
 class WfreeProbe(Protocol):
     """What the sender needs from a probe; one instance per session."""
 
-    backend: str  # "bpf" or "timestamp"
+    backend: str  # "bpf", "tracepoint" or "timestamp"
     reason: str  # why this backend was chosen
     method: str  # one line: how the figure is obtained
     receiver_timestamps: bool  # does the receiver need SO_TIMESTAMPNS and payload stamps?
@@ -124,13 +127,6 @@ class TimestampProbe:
         pass
 
 
-def not_measured(backend: str, why: str) -> dict[str, Any]:
-    """A wfree result without figures: ``count`` and the latencies None (a bound on them fails as "not
-    measured"), ``method`` and ``unavailable`` the sentence saying why."""
-    return {"backend": backend, "method": why, "unavailable": why, "count": None, "p50_us": None, "p90_us": None,
-            "p99_us": None, "max_us": None, "contexts": {}, "histogram": {}}  # fmt: skip
-
-
 def kernel_headers_dir(release: str | None = None) -> Path | None:
     release = release or os.uname().release
     for cand in (Path(f"/lib/modules/{release}/build"), Path(f"/usr/src/linux-headers-{release}")):
@@ -167,22 +163,48 @@ def bpf_unavailable() -> str | None:
 
 
 def choose(requested: str) -> tuple[str, str]:
-    """(backend, why) for ``--udpsend-backend``, without building anything; PrivilegeError if bpf cannot work."""
+    """(backend, why) for ``--udpsend-backend``, without building anything; PrivilegeError if the
+    backend asked for by name cannot work.  ``auto``: bpf where kprobes work, else tracepoint, else
+    the timestamp estimate."""
     if requested == "timestamp":
         return "timestamp", "chosen with --udpsend-backend timestamp"
+    from pytest_udpsend.measure.tpprobe import tracepoint_unavailable
+
+    if requested == "tracepoint":
+        problem = tracepoint_unavailable()
+        if problem is not None:
+            raise PrivilegeError(f"--udpsend-backend tracepoint: {problem}.")
+        return "tracepoint", "chosen with --udpsend-backend tracepoint"
     problem = bpf_unavailable()
     if problem is None:
         return "bpf", "kprobes, bcc and kernel headers are available" if requested == "auto" else "chosen with --udpsend-backend bpf"
     if requested == "bpf":
         raise PrivilegeError(f"--udpsend-backend bpf: {problem}.")
-    return "timestamp", f"eBPF unavailable: {problem}"
+    tp_problem = tracepoint_unavailable()
+    if tp_problem is None:
+        return "tracepoint", f"the bpf backend cannot work ({problem}); raw tracepoints, bcc and kernel BTF are available"
+    return "timestamp", f"eBPF unavailable: {problem}; tracepoints: {tp_problem}"
+
+
+def _tracepoint_or_timestamp(requested: str, why: str) -> WfreeProbe:
+    """The tracepoint probe, built now; under ``auto`` the timestamp estimate where it fails to load."""
+    from pytest_udpsend.measure.tpprobe import TracepointProbe
+
+    probe = TracepointProbe(why)
+    try:
+        probe.build()
+    except PrivilegeError as exc:
+        if requested == "tracepoint":
+            raise PrivilegeError(f"--udpsend-backend tracepoint: {exc}") from None
+        return TimestampProbe(f"{why}, but {exc}; fell back to the timestamp estimate")
+    return probe
 
 
 def select(requested: str) -> WfreeProbe:
     """The probe for ``--udpsend-backend``, built now (once per session: the caller keeps it).
 
-    A bpf probe that fails to compile is a PrivilegeError under ``bpf``; under ``auto``
-    the timestamp estimate is used instead, and its reason says why.
+    A probe that fails to build is a PrivilegeError when asked for by name; under ``auto``
+    the next one is tried (bpf, tracepoint, timestamp), and its reason says why.
     """
     backend, why = choose(requested)
     if backend == "bpf":
@@ -194,6 +216,12 @@ def select(requested: str) -> WfreeProbe:
         except PrivilegeError as exc:
             if requested == "bpf":
                 raise PrivilegeError(f"--udpsend-backend bpf: {exc}") from None
+            from pytest_udpsend.measure.tpprobe import tracepoint_unavailable
+
+            if tracepoint_unavailable() is None:
+                return _tracepoint_or_timestamp(requested, f"eBPF kprobes looked available but {exc}")
             return TimestampProbe(f"eBPF looked available but {exc}; fell back to the timestamp estimate")
         return probe
+    if backend == "tracepoint":
+        return _tracepoint_or_timestamp(requested, why)
     return TimestampProbe(why)

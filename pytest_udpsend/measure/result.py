@@ -33,6 +33,14 @@ class SendResult:
     kernel: str = ""
     sysctls: dict[str, str] = field(default_factory=dict)
     diagnosis: list[dict[str, str]] = field(default_factory=list)  # findings, each {"finding", "evidence"}
+    # failed send calls by errno name; None where they cannot be told apart (errno_method says why): measure/backpressure.py
+    errno: dict[str, int] | None = field(default_factory=dict)
+    # fraction of one CPU the sender used while its send buffer was full; None if it never was (or not measured)
+    busy_wait: float | None = None
+    # replay=: the schedule (source, datagrams, bytes, span_s, burst_rule, notes), its timing (expected_s,
+    # timing_error, late_mean_us, late_max_us) and bursts (per burst and loop: datagrams, bytes, attempts, sent,
+    # sent_bytes, eagain, eagain_rate, outq_max), worst_burst (its index by EAGAIN rate); empty otherwise
+    replay: dict[str, Any] = field(default_factory=dict)
     # beyond SPEC: context and raw series
     other_errors: int = 0
     calls: int = 0  # send system calls (sendmmsg: one per batch)
@@ -47,6 +55,8 @@ class SendResult:
     started: float = 0.0
     finished: float = 0.0
     checks: list[str] = field(default_factory=list)
+    errno_method: str = ""  # how errno was counted, or why it is None
+    busy_wait_detail: dict[str, Any] = field(default_factory=dict)  # full_s, cpu_s, method (measure/backpressure.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,12 +67,31 @@ class SendResult:
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
 
+    def _backpressure(self) -> str:
+        errnos = self.errno_method if self.errno is None else (", ".join(f"{k} {v}" for k, v in self.errno.items()) or "none")
+        busy = (self.busy_wait_detail.get("unavailable") or "send buffer never full" if self.busy_wait is None
+                else f"{self.busy_wait:.2f} of a CPU while the send buffer was full ({self.busy_wait_detail.get('full_s')} s)")  # fmt: skip
+        return f"failed sends by errno: {errnos}  busy_wait: {busy}"
+
+    def _replay_line(self) -> str:
+        r = self.replay
+        timing = (f"{self.duration_s:.3f} s for the schedule's {r['expected_s']:.3f} s ({r['timing_error']:+.1%})"
+                  if r.get("timing_error") is not None else f"{self.duration_s:.3f} s (as fast as possible)")  # fmt: skip
+        line = (f"replay {r['source']}: {r['datagrams']} datagrams x {r['loop']} at speed {r['speed']:g} in "
+                f"{len(r['bursts'])} bursts ({r['burst_rule']}); {timing}")  # fmt: skip
+        if r.get("worst_burst") is not None:
+            w = r["bursts"][r["worst_burst"]]
+            line += (f"; worst burst #{r['worst_burst']} (at {w['start_s']:.3f} s): EAGAIN {w['eagain']}/{w['attempts']} "
+                     f"({w['eagain_rate']:.1%}), SIOCOUTQ peak {w['outq_max']} B")  # fmt: skip
+        return line
+
     def summary(self) -> str:
         w = self.wfree or {}
         lines = [
             f"kernel {self.kernel}  topology: {self.topology}" + (f"  pressure: {self.pressure}" if self.pressure else ""),
             f"attempts {self.attempts}  sent {self.sent}  EAGAIN {self.eagain} ({self.eagain_rate:.2%})  "
             f"ENOBUFS {self.enobufs}  other errors {self.other_errors}",
+            self._backpressure(),
             f"rate {self.pps:,.0f} pps over {self.duration_s:.2f} s  payload {self.payload} B  "
             f"sndbuf {self.sndbuf_effective} effective ({self.sndbuf_requested or 'default'} requested)",
             f"received {self.received}  RcvbufErrors {self.rcvbuf_errors}  time_squeeze {self.time_squeeze}",
@@ -75,6 +104,8 @@ class SendResult:
             lines.append(f"mode {mode}: {self.calls} calls, {self.stops} stopped batches, {self.segments} wire datagrams; "
                          + "per socket (sport sent/EAGAIN): "
                          + ", ".join(f"{f['sport']} {f['sent']}/{f['eagain']}" for f in self.flows))  # fmt: skip
+        if self.replay:
+            lines.append(self._replay_line())
         if self.process:
             lines.append(f"program {' '.join(self.process.get('argv', []))}: "
                          + ("exited with code {}".format(self.process.get("returncode")) if self.process.get("exited")

@@ -144,7 +144,7 @@ def aggregate(samples: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
         return values[len(values) // 2] if values else None
 
     merged: dict[str, Any] = dict(samples[-1])
-    for metric in ("eagain_rate", "time_squeeze", "pps"):
+    for metric in ("eagain_rate", "time_squeeze", "pps", "busy_wait"):
         merged[metric] = median_at(metric)
     merged["wfree"] = dict(samples[-1].get("wfree") or {})
     for key in ("p50_us", "p90_us", "p99_us", "max_us", "count"):
@@ -180,6 +180,10 @@ def failure_table(
         f"sndbuf {result.get('sndbuf_effective')} effective",
         "    sysctls  " + (", ".join(f"{k}={v}" for k, v in sorted(sysctls.items())) or "-"),
     ]
+    if any(bound.metric == "busy_wait" for bound, _, _ in rows):  # what the figure was read from, or why it is none
+        busy = result.get("busy_wait_detail") or {}
+        lines.append(f"    busy-wait send buffer full {busy.get('full_s', 0)} s: sender CPU {busy.get('cpu_s', 0)} s, asleep "
+                     f"{busy.get('asleep_s', 0)} s ({busy.get('unavailable') or busy.get('method') or 'not measured'})")  # fmt: skip
     findings = result.get("diagnosis") or []  # measure/diagnosis.py: why, and what lifts it
     lines += ["  diagnosis:"] + [f"    - {d['finding']}\n      ({d['evidence']})" for d in findings] if findings else []
     return "\n".join(lines)

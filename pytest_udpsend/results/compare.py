@@ -292,8 +292,9 @@ def param_mismatch(base: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str,
 
 def compare_test(test: str, base: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, Any]],
                  settings: Settings, family: int, tolerance: float | None = None,
-                 metrics: Sequence[str] | None = None) -> list[Row]:  # fmt: skip
-    """Rows for one test; ``tolerance``/``metrics`` are a udpsend_baseline marker's overrides."""
+                 metrics: Sequence[str] | None = None, floors: Mapping[str, Mapping[str, float]] | None = None) -> list[Row]:  # fmt: skip
+    """Rows for one test; ``tolerance``/``metrics`` are a udpsend_baseline marker's overrides; ``floors`` the
+    test's own noise floors learned from a baseline of several sessions (results/floors.py), per metric."""
     if base is None:
         return [Row(test, "-", None, None, None, None, "no baseline")]
     base_n, new_n = len(base), len(new)
@@ -305,17 +306,24 @@ def compare_test(test: str, base: Sequence[Mapping[str, Any]] | None, new: Seque
     if mixed and not settings.allow_mixed:
         return [Row(test, "-", None, None, None, None, "measured differently", note=mixed, base_n=base_n, new_n=new_n)]
     tol = settings.tolerance if tolerance is None else tolerance
-    rows = [compare_metric(test, m, base, new, tol, level(settings, family), settings.noise(m)) for m in (metrics or settings.names())]
-    return [replace(r, note=r.note or mixed or "", base_n=base_n, new_n=new_n) for r in rows]
+    own = floors or {}
+    rows = [compare_metric(test, m, base, new, tol, level(settings, family), own[m]["factor"] if m in own else settings.noise(m))
+            for m in (metrics or settings.names())]  # fmt: skip
+    return [replace(r, note=r.note or mixed or _floor_note(own.get(r.metric)), base_n=base_n, new_n=new_n) for r in rows]
+
+
+def _floor_note(floor: Mapping[str, float] | None) -> str:
+    return f"this test's own floor x{floor['factor']:.3g}, from {int(floor['sessions'])} baseline sessions" if floor else ""
 
 
 def compare_docs(base: Mapping[str, Any], new: Mapping[str, Any], settings: Settings, family: int | None = None) -> list[Row]:
     """``family``: a larger family than the baseline's own (fan-in: every group's comparisons)."""
     b, n = samples_by_test(base), samples_by_test(new)
     family = family or family_size(b, settings)
+    floors = base.get("floors") or {}
     rows: list[Row] = []
     for test in sorted(n):
-        rows += compare_test(test, find(test, b), n[test], settings, family)
+        rows += compare_test(test, find(test, b), n[test], settings, family, floors=find(test, floors))
     rows += [Row(test, "-", None, None, None, None, "missing in new run") for test in sorted(b) if find(test, n) is None]
     return rows
 

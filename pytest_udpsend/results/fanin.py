@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_udpsend.results import compare, store
+from pytest_udpsend.results import compare, floors, store
 
 FIELDS = ("kernel", "cpu_model", "hostname")  # and every label key, as "label:KEY"
 
@@ -185,7 +185,10 @@ def pool(units: Sequence[Unit]) -> tuple[dict[str, Any] | None, str | None]:
             if entry.get("outcome") == "failed":
                 slot["outcome"] = "failed"
     env = {**first.environment, "sources": [u.source for u in units]}
-    return {"format": store.FORMAT, "environment": env, "tests": tests}, None
+    doc = {"format": store.FORMAT, "environment": env, "tests": tests}
+    if learned := floors.learned([u.tests for u in units]):  # sessions enough to know each test's own drift
+        doc["floors"] = learned
+    return doc, None
 
 
 def mixed_change(units: Sequence[Unit], change: Sequence[str]) -> str | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_udpsend.host.outfile import atomic_write
-from pytest_udpsend.results import compare, metrics, store, sweep_report, templating, upgrade_report
+from pytest_udpsend.results import compare, metrics, paired, store, sweep_report, templating, upgrade_report
 from pytest_udpsend.results.templating import Figure, Shape, shape
 
 W, H, PAD = 440, 180, 52
@@ -133,6 +133,43 @@ class Section:
     ran_with: RanWith
     diagnosis: list[tuple[str, str]]  # finding, evidence
     plots: list[Figure]
+    interleave: PairedView | None = None
+
+
+@dataclass(frozen=True)
+class PairedView:
+    """--udpsend-interleave: the paired verdicts of one test, as text cells (templates/test_section.html)."""
+
+    kind: str  # "candidate" or "control (in-run A/A)"
+    level: str
+    rows: list[tuple[str, ...]]  # metric, pairs, baseline, candidate, factor, interval, allowed, p, 80 % finds, verdict
+
+
+def _cell(v: Any, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}g}"
+
+
+def paired_view(record: Mapping[str, Any]) -> PairedView:
+    rows: list[tuple[str, ...]] = [(str(r["metric"]), str(r["pairs"]), _cell(r.get("baseline")), _cell(r.get("candidate")), _cell(r.get("estimate"), 3),
+             f"[{_cell(r.get('low'), 3)}, {_cell(r.get('high'), 3)}]", _cell(r.get("allowed"), 3), _cell(r.get("p"), 2),
+             _cell(r.get("resolvable"), 3), str(r["verdict"]) + (f" ({r['note']})" if r.get("note") else ""))
+            for r in record.get("paired", [])]  # fmt: skip
+    kind = "control (in-run A/A)" if record.get("control") else "candidate"
+    if stop := record.get("stopped"):
+        kind += f"; not judged: the test failed or skipped in the {stop.get('arm')} arm of round {stop.get('round')}"
+    return PairedView(kind, _cell(record.get("level"), 2), rows)
+
+
+def paired_plots(record: Mapping[str, Any]) -> list[Figure | None]:
+    """Per compared metric, both arms round by round: drift is a trend in both, a change a gap between them."""
+    rounds = record.get("rounds", [])
+    plots: list[Figure | None] = []
+    for row in record.get("paired", []):
+        metric = str(row["metric"])
+        series = [(arm, [v for r in rounds if (v := paired.arm_median([r], arm, metric)) is not None]) for arm in paired.ARMS]
+        if any(v for _, vals in series for v in vals):  # an all-zero metric carries nothing to look at
+            plots.append(line_plot(f"{metric} per round, both arms", series, 1.0, "round", metric))
+    return plots
 
 
 @dataclass(frozen=True)
@@ -156,6 +193,10 @@ def _median(samples: Sequence[Mapping[str, Any]], metric: str) -> float | None:
 
 def overview(sec: Section, samples: Sequence[Mapping[str, Any]], rows: Sequence[compare.Row]) -> Overview:
     worse = [r.metric for r in rows if r.regressed]
+    if sec.interleave is not None:
+        worse += [r[0] for r in sec.interleave.rows if r[-1].startswith("regressed")]
+        if worse and sec.interleave.kind != "candidate":
+            worse = [f"control moved: {', '.join(worse)}"]
     verdict = sec.outcome + (f"; regression: {', '.join(worse)}" if worse else "")
     eagain, pps, p99 = (_median(samples, m) for m in ("eagain_rate", "pps", "wfree.p99_us"))
     first = sec.diagnosis[0][0].splitlines()[0] if sec.diagnosis and sec.diagnosis[0][0] else ""
@@ -231,8 +272,11 @@ def section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[str, A
     if base is not None:
         for row in rows:
             plots.append(strip_plot(row.metric, metrics.values(base, row.metric), metrics.values(samples, row.metric), row.verdict))
+    record = entry.get("interleave")
+    if record:
+        plots += paired_plots(record)
     return Section(anchor, nodeid, str(entry.get("outcome")), summary, list(top.items()), ran_with(samples, session_sysctls),
-                   findings(last), [p for p in plots if p is not None])  # fmt: skip
+                   findings(last), [p for p in plots if p is not None], paired_view(record) if record else None)  # fmt: skip
 
 
 def gate_rows(doc: Mapping[str, Any], baseline: Mapping[str, Any] | None,

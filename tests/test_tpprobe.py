@@ -1,0 +1,139 @@
+"""The tracepoint backend (issue 26 item 1): exact counts and release contexts from raw tracepoints,
+on hosts without kprobes or fentry (this CI host).  Runs on the host; skips with the reason where
+the backend cannot load (no bcc, no kernel BTF, not root)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from pytest_udpsend.errors import PrivilegeError
+from pytest_udpsend.measure import probes
+from pytest_udpsend.measure.tpprobe import BTF_PATH, TracepointProbe, btf_offsets, tracepoint_unavailable
+
+
+@pytest.fixture(scope="module")
+def wfree_probe() -> Iterator[TracepointProbe]:
+    """This module's tests measure with the tracepoint backend, whatever --udpsend-backend says."""
+    problem = tracepoint_unavailable()
+    if problem is not None:
+        pytest.skip(f"the tracepoint backend cannot work here: {problem}")
+    probe = TracepointProbe("tests/test_tpprobe.py")
+    try:
+        probe.build()
+    except PrivilegeError as exc:
+        pytest.skip(str(exc))
+    yield probe
+    probe.close()
+
+
+def _released_line(r) -> str:
+    (line,) = [c for c in r.checks if c.startswith("datagrams released")]
+    return line
+
+
+def _common(r, record_property) -> dict:
+    w = r.wfree
+    record_property("tracepoint_wfree", {"sent": r.sent, "count": w["count"], "calls": w["calls"], "contexts": w["contexts"],
+                                         "released_at": w["released_at"], "p50_us": w["p50_us"]})  # fmt: skip
+    assert w["backend"] == "tracepoint" and "net_dev_queue" in w["method"]
+    assert r.sent > 500
+    assert abs(w["count"] - r.sent) <= 0.01 * r.sent, (w["count"], r.sent, w["charges"])
+    assert sum(w["contexts"].values()) == w["count"] == sum(w["histogram"]["counts"])
+    assert w["interval"]["from"].startswith("net:net_dev_queue") and w["interval"]["misses"]  # what the latency is
+    assert w["p50_us"] is not None and w["p50_us"] <= w["p99_us"]
+    assert _released_line(r).endswith(": ok") and f"sent {r.sent}" in _released_line(r), r.checks
+    return w
+
+
+@pytest.mark.udpsend(duration=0.5, cpu=0)
+def test_plain_veth_releases_inline_every_datagram_counted(udpsend_result, wfree_probe, record_property):
+    """No RPS, no NAPI: the receiver's ip_rcv_core() runs in the softirq of the sender's own
+    dev_queue_xmit, so net:netif_receive_skb fires in the sending thread."""
+    w = _common(udpsend_result, record_property)
+    assert w["contexts"]["inline"] >= 0.95 * w["count"], w["contexts"]
+    assert w["calls"] == w["count"]  # no GRO: one sock_wfree per datagram
+
+
+@pytest.mark.topology(gro=True, threaded_napi=True, napi_cpus=[1])
+@pytest.mark.cpu_pressure(cpus=[1], workers=2)
+@pytest.mark.udpsend(duration=1.0, cpu=0, receiver_cpu=1, sndbuf=65536)
+def test_starved_napi_thread_releases_under_gro_counted_per_datagram(udpsend_result, wfree_probe, record_property):
+    """The incident's path: threaded NAPI starved by hogs, GRO on.  Each datagram is released where
+    GRO takes it (net:napi_gro_receive_entry, in the napi/ kthread); a merged one's charge goes to its
+    aggregate, so there are fewer sock_wfree calls than datagrams."""
+    w = _common(udpsend_result, record_property)
+    assert w["contexts"]["napi_thread"] >= 0.95 * w["count"], w["contexts"]
+    assert w["released_at"]["gro_entry"] >= 0.95 * w["count"], w["released_at"]
+    assert w["calls"] < w["count"], (w["calls"], w["count"])
+
+
+@pytest.mark.topology(rps_cpus=[1])
+@pytest.mark.udpsend(duration=0.5, cpu=0, sndbuf=16384)
+def test_rps_moves_the_release_off_the_senders_thread(udpsend_result, wfree_probe, record_property):
+    w = _common(udpsend_result, record_property)
+    assert w["count"] - w["contexts"]["inline"] >= 0.1 * w["count"], w["contexts"]
+
+
+def _netem_built() -> bool:
+    """Does this kernel have sch_netem (this project's host has not: CONFIG_NET_SCH_NETEM is not set)?"""
+    import gzip
+    import os
+    from pathlib import Path
+
+    for path in (Path("/proc/config.gz"), Path(f"/boot/config-{os.uname().release}")):
+        try:
+            text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        except OSError:
+            continue
+        return "CONFIG_NET_SCH_NETEM=y" in text or "CONFIG_NET_SCH_NETEM=m" in text
+    return True  # no config to read: try, and let the run say
+
+
+@pytest.mark.skipif(not _netem_built(), reason="this kernel is built without sch_netem (CONFIG_NET_SCH_NETEM)")
+@pytest.mark.topology(qdisc="netem delay 5ms")
+@pytest.mark.udpsend(duration=0.3, rate=2000, payload=200)
+def test_netem_that_orphans_at_enqueue_gives_no_number(udpsend_result, wfree_probe):
+    """netem with a delay runs sock_wfree at enqueue (skb_orphan_partial()), where no tracepoint fires."""
+    w = udpsend_result.wfree
+    assert w["count"] is None and w["p50_us"] is None and "skb_orphan_partial()" in w["unavailable"], w
+    assert not [c for c in udpsend_result.checks if c.startswith("datagrams released")]
+
+
+def test_netem_is_known_from_the_topology_alone():
+    from pytest_udpsend.host.topology import make_spec
+    from pytest_udpsend.measure.tpprobe import netem_orphans
+
+    assert "skb_orphan_partial()" in (netem_orphans(make_spec(qdisc="netem delay 5ms")) or "")
+    assert netem_orphans(make_spec(qdisc="netem loss 1%")) is None and netem_orphans(make_spec()) is None
+
+
+def test_skb_offsets_come_from_this_kernels_btf():
+    if not BTF_PATH.exists():
+        pytest.skip(f"no kernel BTF at {BTF_PATH}")
+    off = btf_offsets("sk_buff", ("sk", "destructor", "head", "network_header", "protocol"))
+    assert off["sk"] < off["destructor"] < off["head"] and off["network_header"] % 2 == 0, off
+    with pytest.raises(KeyError, match="no nonexistent_field"):
+        btf_offsets("sk_buff", ("sk", "nonexistent_field"))
+
+
+def test_auto_picks_tracepoint_where_kprobes_are_missing(monkeypatch):
+    monkeypatch.setattr(probes, "bpf_unavailable", lambda: "this kernel has no kprobes")
+    monkeypatch.setattr("pytest_udpsend.measure.tpprobe.tracepoint_unavailable", lambda: None)
+    backend, why = probes.choose("auto")
+    assert backend == "tracepoint" and "no kprobes" in why, why
+    monkeypatch.setattr("pytest_udpsend.measure.tpprobe.tracepoint_unavailable", lambda: "no BTF: use timestamp")
+    assert probes.choose("auto")[0] == "timestamp"
+    with pytest.raises(PrivilegeError, match=r"^--udpsend-backend tracepoint: no BTF: use timestamp\.$"):
+        probes.choose("tracepoint")
+
+
+def test_the_option_and_the_header_name_the_backend(pytester):
+    """What a user sees: --udpsend-backend tracepoint is accepted and the header says which backend measures."""
+    if (problem := tracepoint_unavailable()) is not None:
+        pytest.skip(f"the tracepoint backend cannot work here: {problem}")
+    pytester.makepyfile("def test_backend(wfree_probe):\n    assert wfree_probe.backend == 'tracepoint'\n")
+    out = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--udpsend-backend", "tracepoint", "--udpsend-require-privileges")
+    out.assert_outcomes(passed=1)
+    out.stdout.fnmatch_lines(["*sock_wfree timing backend: tracepoint (chosen with --udpsend-backend tracepoint)*"])
