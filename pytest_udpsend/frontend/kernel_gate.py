@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from pytest_udpsend.frontend import interleave
+from pytest_udpsend.frontend.kernel_interleave import samples as _samples  # one reader for both paths
 from pytest_udpsend.frontend.markers import SCENARIO_KEY, Scenario
 from pytest_udpsend.lane import vm
 from pytest_udpsend.results import compare, store
@@ -59,16 +60,6 @@ def reference(value: str, lanes: Sequence[vm.Lane]) -> vm.Lane:
         raise pytest.UsageError(f"--udpsend-gate-against {value}: names more than one of the kernels given "
                                 f"({given}); give the whole release or the image path")  # fmt: skip
     return found[0]
-
-
-def _samples(phases: Phases) -> list[dict[str, Any]]:
-    """The samples a test's call phase carried back (store.PROPERTY in its user_properties)."""
-    for g in phases:
-        if g.when == "call":
-            for name, value in g.user_properties:
-                if name == store.PROPERTY:
-                    return list(value)
-    return []
 
 
 class KernelGate:

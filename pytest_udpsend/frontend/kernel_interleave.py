@@ -28,7 +28,8 @@ from pytest_udpsend.results import compare, paired, store
 Phases = list[vm.GuestReport]
 
 
-def _samples(phases: Phases) -> list[dict[str, Any]]:
+def samples(phases: Phases) -> list[dict[str, Any]]:
+    """The samples a test's call phase carried back (store.PROPERTY in its user_properties)."""
     for g in phases:
         if g.when == "call":
             for name, value in g.user_properties:
@@ -67,7 +68,7 @@ def run(lanes: Sequence[vm.Lane], session: pytest.Session, rounds: int, settings
             for item, phases in lane.execute(session):
                 slots = records.setdefault(item.nodeid, [{"order": "", "baseline": [], "candidate": []} for _ in plan])
                 slots[index]["order"] = "".join(a[0].upper() for a in order)
-                slots[index][arm] = _samples(phases)
+                slots[index][arm] = samples(phases)
                 failed_before = any(g.outcome == "failed" for g in last.get((lane.suffix, item.nodeid), (item, []))[1])
                 if not failed_before:
                     last[(lane.suffix, item.nodeid)] = (item, phases)  # the first failure stays, else the latest
@@ -78,7 +79,7 @@ def run(lanes: Sequence[vm.Lane], session: pytest.Session, rounds: int, settings
         lane = ref if suffix == ref.suffix else cand
         rounds_ = [r for r in records[nodeid] if r["baseline"] or r["candidate"]]
         arm = "baseline" if lane is ref else "candidate"
-        samples = [s for r in rounds_ for s in r[arm]]
+        taken = [s for r in rounds_ for s in r[arm]]
         extra: list[Any] = []
         failure = None
         if lane is cand and rounds_ and mixed and not settings.allow_mixed:
@@ -91,15 +92,15 @@ def run(lanes: Sequence[vm.Lane], session: pytest.Session, rounds: int, settings
                                             "metrics": settings.names(), "paired": [r.to_dict() for r in rows]}]]  # fmt: skip
             if any(r.fails for r in rows):
                 failure = f"udpsend kernel gate (interleaved boots, against {ref.suffix}): regression:\n" + paired.table(rows, level)
-        lane.report(item, [_with(g, samples, extra, failure) for g in phases])
+        lane.report(item, [_with(g, taken, extra, failure) for g in phases])
     return verdicts
 
 
-def _with(g: vm.GuestReport, samples: list[dict[str, Any]], extra: list[Any], failure: str | None) -> vm.GuestReport:
+def _with(g: vm.GuestReport, taken: list[dict[str, Any]], extra: list[Any], failure: str | None) -> vm.GuestReport:
     """A call phase carrying every round's samples of its kernel (and the paired record), failed on a regression."""
     if g.when != "call":
         return g
-    props = [p for p in g.user_properties if p[0] != store.PROPERTY] + ([[store.PROPERTY, samples]] if samples else []) + extra
+    props = [p for p in g.user_properties if p[0] != store.PROPERTY] + ([[store.PROPERTY, taken]] if taken else []) + extra
     if failure and g.outcome == "passed":
         return replace(g, user_properties=props, outcome="failed", longrepr=failure)
     return replace(g, user_properties=props)
