@@ -33,7 +33,7 @@ from pathlib import Path
 
 RATE_MBIT = 100  # the shaped test's tbf rate when nothing changed
 SHAPED = "test_suite.py::test_shaped"
-SUITE = '''
+SUITE = """
 import os
 import pytest
 
@@ -57,10 +57,12 @@ def test_rps(udpsend_result, payload, sndbuf):
 @pytest.mark.udpsend(sndbuf=8192, **COMMON)
 def test_shaped(udpsend_result):
     pass
-'''
+"""
 
 
-def session(workdir: Path, repeat: int, rate: float, out: Path, baseline: Path | None) -> tuple[float, set[str], int, str]:
+def session(
+    workdir: Path, repeat: int, rate: float, out: Path, baseline: Path | None
+) -> tuple[float, set[str], int, str]:
     """One pytest session of the suite; (wall time, tests the gate flagged, exit code, problem)."""
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_suite.py",
             "--udpsend-require-privileges", "--udpsend-repeat", str(repeat), "--udpsend-json", str(out)]  # fmt: skip
@@ -68,7 +70,9 @@ def session(workdir: Path, repeat: int, rate: float, out: Path, baseline: Path |
         argv += ["--udpsend-baseline", str(baseline)]
     out.unlink(missing_ok=True)  # never read the previous session's document
     started = time.monotonic()
-    done = subprocess.run(argv, cwd=workdir, env={**os.environ, "GATE_TBF_MBIT": f"{rate:g}"}, capture_output=True, text=True)
+    done = subprocess.run(
+        argv, cwd=workdir, env={**os.environ, "GATE_TBF_MBIT": f"{rate:g}"}, capture_output=True, text=True
+    )
     wall = time.monotonic() - started
     problem = "" if done.returncode in (0, 1) else (done.stdout + done.stderr)[-1500:]
     if not out.exists():
@@ -111,7 +115,10 @@ def experiment(workdir: Path, name: str, rate: float, reps: int, repeat: int, pe
         others += sum(1 for t in flagged if not t.endswith(SHAPED))
         if flagged:
             detail.append(f"rep {rep + 1}: {', '.join(sorted(t.split('::')[-1] for t in flagged))}")
-        print(f"  {name} {rep + 1}/{reps}: {wall:.0f} s, flagged {sorted(t.split('::')[-1] for t in flagged) or 'none'}", flush=True)
+        print(
+            f"  {name} {rep + 1}/{reps}: {wall:.0f} s, flagged {sorted(t.split('::')[-1] for t in flagged) or 'none'}",
+            flush=True,
+        )
     print(f"{name:<14} tbf {rate:g} mbit: runs with any test flagged {runs_flagged:>2}/{reps}; shaped test flagged "
           f"{shaped:>2}/{reps}; other tests flagged {others} time(s) in all; {statistics.median(walls):.0f} s per "
           f"candidate session (median), {repeat} samples per test", flush=True)  # fmt: skip
@@ -123,7 +130,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=20, help="candidate sessions per experiment (default 20)")
     parser.add_argument("-n", "--samples", type=int, default=6, help="--udpsend-repeat of every session (default 6)")
-    parser.add_argument("--per-baseline", type=int, default=5, help="candidate sessions per baseline session (default 5)")
+    parser.add_argument(
+        "--per-baseline", type=int, default=5, help="candidate sessions per baseline session (default 5)"
+    )
     parser.add_argument("--cuts", default="0,50,25,10",
                         help="tbf rate cuts in percent, one experiment each; 0 is the A/A (default 0,50,25,10)")  # fmt: skip
     args = parser.parse_args()

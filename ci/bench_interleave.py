@@ -104,7 +104,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--experiments", nargs="+", default=["aa", "changes"], choices=["aa", "changes"])
     ap.add_argument("--rate-base", type=int, default=2300, help="test_eagain's paced rate (pps) in the baseline arm")
-    ap.add_argument("--rate-cand", type=int, default=2600, help="... and in the candidate arm (about twice the EAGAIN odds)")
+    ap.add_argument(
+        "--rate-cand", type=int, default=2600, help="... and in the candidate arm (about twice the EAGAIN odds)"
+    )
     ap.add_argument("--keep", metavar="DIR", help="keep each run's --udpsend-json here")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="udpsend-bench-il-"))
@@ -112,7 +114,9 @@ def main() -> int:
     suite.write_text(SUITE.format(rate_base=args.rate_base, rate_cand=args.rate_cand))
     keep = Path(args.keep) if args.keep else work
     keep.mkdir(parents=True, exist_ok=True)
-    print(f"suite: {suite}; {args.runs} run(s) per experiment, {args.rounds} rounds, tolerance 5 %, metrics pps eagain_rate")
+    print(
+        f"suite: {suite}; {args.runs} run(s) per experiment, {args.rounds} rounds, tolerance 5 %, metrics pps eagain_rate"
+    )
     for mode in args.experiments:
         flagged: Counter[str] = Counter()
         runs_with_control_flag, walls = 0, []
@@ -133,7 +137,10 @@ def main() -> int:
                     flagged[test] += 1
                     control_flag |= bool(rec.get("control"))
             runs_with_control_flag += control_flag
-            print(f"  {mode} run {i + 1:2d}: {wall:5.0f} s, flagged: {', '.join(sorted(t for t, r in records.items() if any(x['verdict'] == 'regressed' for x in r['paired']))) or 'none'}", flush=True)
+            print(
+                f"  {mode} run {i + 1:2d}: {wall:5.0f} s, flagged: {', '.join(sorted(t for t, r in records.items() if any(x['verdict'] == 'regressed' for x in r['paired']))) or 'none'}",
+                flush=True,
+            )
         print(f"\n== {mode}: {args.runs} runs, wall {statistics.median(walls):.0f} s per run (median)")
         print(f"runs with any control flagged: {runs_with_control_flag} of {args.runs}")
         for test in sorted({t for t in finds} | {f"{c} pps" for c in CANDIDATES}):
@@ -141,7 +148,11 @@ def main() -> int:
             role = "candidate" if mode == "changes" and name in CANDIDATES else "control"
             f = finds.get(test, [])
             a = arms.get(test, [])
-            med = f"median arms {statistics.median(x for x, _ in a):.4g} -> {statistics.median(y for _, y in a):.4g}" if a else ""
+            med = (
+                f"median arms {statistics.median(x for x, _ in a):.4g} -> {statistics.median(y for _, y in a):.4g}"
+                if a
+                else ""
+            )
             print(f"  {test:<34} {role:<9} flagged {flagged[name]:2d}/{args.runs}  "
                   f"80 % finds x{statistics.median(f):.3f} worse" if f else f"  {test:<34} {role:<9} flagged {flagged[name]:2d}/{args.runs}  (no resolution)", med)  # fmt: skip
     return 0

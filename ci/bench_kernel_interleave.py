@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SUITE = '''
+SUITE = """
 import pytest
 
 
@@ -33,7 +33,7 @@ import pytest
 @pytest.mark.udpsend(duration=3.0, cpu=0)
 def test_rps_to_a_busy_cpu(udpsend_result):
     pass
-'''
+"""
 
 
 def main() -> int:
@@ -65,6 +65,7 @@ def main() -> int:
     print(f"kernels: {ref['environment'].get('kernel')} (reference) and {other['environment'].get('kernel')}")
     print(f"rounds {len(record['rounds'])} ({' '.join(r['order'] for r in record['rounds'])}), {boots} boots, "
           f"wall {wall:.0f} s ({wall / boots:.0f} s per boot)")  # fmt: skip
+
     def num(v: object, digits: int = 3) -> str:
         return "-" if not isinstance(v, (int, float)) else f"{v:.{digits}g}"
 

@@ -56,7 +56,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--duration", type=float, default=1.0)
     args = parser.parse_args()
-    bpf, nostack, every = BpfProbe("benchmark"), BpfProbe("benchmark", stack_every=0), BpfProbe("benchmark", stack_every=1)
+    bpf, nostack, every = (
+        BpfProbe("benchmark"),
+        BpfProbe("benchmark", stack_every=0),
+        BpfProbe("benchmark", stack_every=1),
+    )
     with standalone() as ctx:
         plain = topology.build(topology.TopologySpec(), ctx.undo, ctx.session.subnets, "plain")
         params = make_params(duration=args.duration, cpu=0)
@@ -90,7 +94,11 @@ def main() -> None:
               f"max {w['max_us']} us  contexts {w['contexts']}")  # fmt: skip
         print(f"  estimate (timestamp): n={t['count']} p50 {t['p50_us']} us  p90 {t['p90_us']} us  p99 {t['p99_us']} us  "
               f"max {t['max_us']} us")  # fmt: skip
-        print(f"  release stacks (lost {w['stacks_lost']}):", *(f"{s['context']}: {s['text']}" for s in w["stacks"]), sep="\n    ")
+        print(
+            f"  release stacks (lost {w['stacks_lost']}):",
+            *(f"{s['context']}: {s['text']}" for s in w["stacks"]),
+            sep="\n    ",
+        )
     for probe in (bpf, nostack, every):
         probe.close()
 

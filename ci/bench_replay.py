@@ -61,10 +61,14 @@ def main() -> None:
             for _ in range(args.rounds):
                 pps["plain"].append(sender.run(topo, plain, sysctls, None).pps)
                 loops = max(1, int(pps["plain"][-1] * args.duration / CAPTURE))
-                r = sender.run(topo, make_params(replay=str(capture), speed=0, loop=loops, cpu=0, receiver_cpu=1), sysctls, None)
+                r = sender.run(
+                    topo, make_params(replay=str(capture), speed=0, loop=loops, cpu=0, receiver_cpu=1), sysctls, None
+                )
                 assert r.attempts == loops * CAPTURE, r.summary()
                 pps["replay"].append(r.pps)
-                paced = sender.run(topo, make_params(replay=str(capture), speed=1.0, cpu=0, receiver_cpu=1), sysctls, None)
+                paced = sender.run(
+                    topo, make_params(replay=str(capture), speed=1.0, cpu=0, receiver_cpu=1), sysctls, None
+                )
                 late.append(paced.replay["timing_error"])
         finally:
             undo.flush()

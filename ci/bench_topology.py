@@ -70,8 +70,12 @@ def main() -> None:
     fixture = fixture_ms(args.n)
     ip = ip_ms(args.n // 2)
     f_med, ip_med = statistics.median(fixture), statistics.median(ip)
-    print(f"veth fixture set-up+tear-down: median {f_med:.2f} ms, p90 {statistics.quantiles(fixture, n=10)[-1]:.2f} ms (n={len(fixture)})")
-    print(f"ip commands (bash script):     median {ip_med:.2f} ms, p90 {statistics.quantiles(ip, n=10)[-1]:.2f} ms (n={len(ip)})")
+    print(
+        f"veth fixture set-up+tear-down: median {f_med:.2f} ms, p90 {statistics.quantiles(fixture, n=10)[-1]:.2f} ms (n={len(fixture)})"
+    )
+    print(
+        f"ip commands (bash script):     median {ip_med:.2f} ms, p90 {statistics.quantiles(ip, n=10)[-1]:.2f} ms (n={len(ip)})"
+    )
     print(f"ratio fixture/ip: {f_med / ip_med:.2f} (goal <= 0.25)")
 
 

@@ -33,7 +33,11 @@ def main() -> None:
         lru.prepare(ctx.sysctls)
         pps: dict[str, list[float]] = {"without probe": [], "tracepoint": [], "lru map": []}
         counts: list[tuple[int, int]] = []
-        arms: list[tuple[str, TracepointProbe | None]] = [("without probe", None), ("tracepoint", probe), ("lru map", lru)]
+        arms: list[tuple[str, TracepointProbe | None]] = [
+            ("without probe", None),
+            ("tracepoint", probe),
+            ("lru map", lru),
+        ]
         ctx.exclusive()  # the host lock, for the whole benchmark
         for i in range(args.rounds):
             for name, armed in arms[i % 3 :] + arms[: i % 3]:

@@ -79,7 +79,9 @@ def test_rps_hogs_low_budget(udpsend_result, wfree_probe):
 
 
 def image(version: str) -> str:
-    out = subprocess.run(["bash", str(ROOT / "ci" / "prepare-kernel.sh"), version], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["bash", str(ROOT / "ci" / "prepare-kernel.sh"), version], capture_output=True, text=True, check=True
+    )
     return out.stdout.strip().splitlines()[-1]
 
 
@@ -112,7 +114,12 @@ def gate_run(workdir: Path, args: list[str], out: Path, lock: bool = False) -> t
 
 
 def regressions(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r for run in doc.get("runs", []) for r in (run.get("gate") or {}).get("rows", []) if r["verdict"] == "regression"]
+    return [
+        r
+        for run in doc.get("runs", [])
+        for r in (run.get("gate") or {}).get("rows", [])
+        if r["verdict"] == "regression"
+    ]
 
 
 def spoiled(doc: dict[str, Any], tests: int, repeat: int) -> str:

@@ -16,9 +16,12 @@ from pathlib import Path
 def line(kernel: str, test: str, s: dict) -> str:
     w = s.get("wfree") or {}
     where = ", ".join(f"{k} {v}" for k, v in (w.get("contexts") or {}).items() if v) or (
-        f"p99 {w['p99_us']} us" if w.get("p99_us") is not None else "-")
-    return (f"{kernel:<22} {test:<64} {s['eagain_rate']:>8.2%} {s['pps']:>9.0f} "
-            f"{s['wmem'].get('max_bytes', 0):>8.0f}/{s['sndbuf_effective']:<8} {s['time_squeeze']:>7}  {where}")
+        f"p99 {w['p99_us']} us" if w.get("p99_us") is not None else "-"
+    )
+    return (
+        f"{kernel:<22} {test:<64} {s['eagain_rate']:>8.2%} {s['pps']:>9.0f} "
+        f"{s['wmem'].get('max_bytes', 0):>8.0f}/{s['sndbuf_effective']:<8} {s['time_squeeze']:>7}  {where}"
+    )
 
 
 def main(paths: list[str]) -> int:

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup-debian.sh
 .venv/bin/ruff check pytest_udpsend tests ci examples
+.venv/bin/ruff format --check pytest_udpsend tests ci examples docs/hooks
 .venv/bin/mypy pytest_udpsend
 bash ci/docs.sh
 # Tests that disturb the host on purpose run alone, after the others ran two at a time.

@@ -43,7 +43,9 @@ def _pressure(text: str) -> tuple[list[int], int]:
     try:
         count = int(workers or 2)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: CPUS[:WORKERS], e.g. 2:2 (mask 2 = CPU 1, two hogs) or 1-1:2") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: CPUS[:WORKERS], e.g. 2:2 (mask 2 = CPU 1, two hogs) or 1-1:2"
+        ) from None
     return _cpu_list(cpu_text), count
 
 
@@ -56,12 +58,19 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--qdisc", help='root qdisc of the sender veth, e.g. "tbf rate 200mbit burst 32kb latency 50ms"')
     g.add_argument("--gro", action="store_true", help="GRO on the receiver veth, with UDP on its NAPI path")
     g.add_argument("--threaded-napi", action="store_true", help="threaded NAPI on the receiver veth (needs --gro)")
-    g.add_argument("--napi-cpus", type=_cpu_list, metavar="CPUS", help="pin the threaded-NAPI kthread (needs --threaded-napi)")
+    g.add_argument(
+        "--napi-cpus", type=_cpu_list, metavar="CPUS", help="pin the threaded-NAPI kthread (needs --threaded-napi)"
+    )
     g.add_argument("--mtu", type=int, default=1500)
     g = p.add_argument_group("host (the sysctl and cpu_pressure markers)")
     g.add_argument("--sysctl", type=_sysctl_pair, action="append", default=[], metavar="NAME=VALUE",
                    help="a sysctl for the run (repeatable); restored afterwards")  # fmt: skip
-    g.add_argument("--cpu-pressure", type=_pressure, metavar="CPUS[:WORKERS]", help="CPU hogs during the run: CPUS as for --rps-cpus, e.g. 2:2 (two hogs on CPU 1)")
+    g.add_argument(
+        "--cpu-pressure",
+        type=_pressure,
+        metavar="CPUS[:WORKERS]",
+        help="CPU hogs during the run: CPUS as for --rps-cpus, e.g. 2:2 (two hogs on CPU 1)",
+    )
     g = p.add_argument_group("sender (the udpsend marker)")
     g.add_argument("--duration", type=float, default=2.0, help="seconds (default 2.0)")
     g.add_argument("--payload", type=int, default=1400, help="bytes per datagram (default 1400)")
@@ -71,19 +80,34 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu", type=int, help="CPU to pin the sender to")
     g.add_argument("--receiver-cpu", type=int, help="CPU to pin the draining receiver to")
     g.add_argument("--ipv6", action="store_true")
-    g.add_argument("--mode", choices=("send", "sendto", "sendmmsg", "gso"), default="send", help="send pattern (default send)")
+    g.add_argument(
+        "--mode", choices=("send", "sendto", "sendmmsg", "gso"), default="send", help="send pattern (default send)"
+    )
     g.add_argument("--batch", type=int, default=32, help="messages per sendmmsg() call (--mode sendmmsg; default 32)")
     g.add_argument("--gso-size", type=int, help="UDP_SEGMENT bytes per wire segment (--mode gso)")
     g.add_argument("--flows", type=int, default=1, help="sockets per sender thread, round-robin (default 1)")
     g.add_argument("--threads", type=int, default=1, help="pinned sender threads, each with its own socket(s)")
     g.add_argument("--wfree", action="store_true", help="measure sock_wfree timing with the chosen backend")
-    g = p.add_argument_group("replay (the udpsend marker's replay=): a capture's UDP datagrams, sizes and gaps, sent once")
+    g = p.add_argument_group(
+        "replay (the udpsend marker's replay=): a capture's UDP datagrams, sizes and gaps, sent once"
+    )
     g.add_argument("--replay", metavar="PATH", help="a pcap or pcapng capture, or a built-in shape (shape:telemetry, "
                    "shape:media, shape:dns); the capture sets what --duration and --payload would")  # fmt: skip
-    g.add_argument("--speed", type=float, default=1.0, help="scale the capture's clock (2: twice as fast; 0: as fast as possible)")
+    g.add_argument(
+        "--speed", type=float, default=1.0, help="scale the capture's clock (2: twice as fast; 0: as fast as possible)"
+    )
     g.add_argument("--loop", type=int, default=1, help="passes through the capture (default 1)")
-    g.add_argument("--replay-filter", metavar="WORDS", help='datagrams to keep, e.g. "dst=10.0.0.2 dport=53" (src, dst, host, sport, dport, port)')
-    g.add_argument("--replay-mtu", type=int, default=1500, help="the capture link's MTU: a larger unfragmented UDP record is a GSO/GRO super-packet (default 1500)")
+    g.add_argument(
+        "--replay-filter",
+        metavar="WORDS",
+        help='datagrams to keep, e.g. "dst=10.0.0.2 dport=53" (src, dst, host, sport, dport, port)',
+    )
+    g.add_argument(
+        "--replay-mtu",
+        type=int,
+        default=1500,
+        help="the capture link's MTU: a larger unfragmented UDP record is a GSO/GRO super-packet (default 1500)",
+    )
     g.add_argument("--exec", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", dest="exec_argv",
                    help="run your own program as the sender instead (last option; destination in UDPSEND_DST, "
                         "UDPSEND_DST6, UDPSEND_PORT), for --duration or until it exits")  # fmt: skip
@@ -108,14 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     mrg = sub.add_parser("merge", help="write one results document from many (e.g. a CI matrix's artifacts)")
     mrg.add_argument("output", metavar="OUT.json")
     mrg.add_argument("inputs", nargs="+", metavar="IN.json", help="result files, paths or quoted globs")
-    prep = sub.add_parser("prepare-kernel", help="fetch and unpack a Debian kernel (with headers, qemu, bcc) for --udpsend-kernel")
+    prep = sub.add_parser(
+        "prepare-kernel", help="fetch and unpack a Debian kernel (with headers, qemu, bcc) for --udpsend-kernel"
+    )
     prep.add_argument("version", help="e.g. 6.1.0-56-amd64 or 6.12.95+deb12-amd64 (bookworm-backports)")
     prep.add_argument("dest", nargs="?", help="where to unpack (default .kernels/VERSION here)")
     swp = sub.add_parser("sweep", help="one scenario across a grid of the remedies' knobs; names the smallest change that "
                          "brings EAGAIN under --target", conflict_handler="resolve")  # fmt: skip
     add_run_options(swp)
     sweep.add_sweep_options(swp)  # its --sndbuf LIST replaces the run options' --sndbuf
-    cal = sub.add_parser("calibrate", help="run tests many times; per test and metric, the spread and the bound it supports")
+    cal = sub.add_parser(
+        "calibrate", help="run tests many times; per test and metric, the spread and the bound it supports"
+    )
     calibrate.add_calibrate_options(cal)
     rep = sub.add_parser("report", help="a self-contained HTML report with plots")
     rep.add_argument("results", nargs="+", metavar="RESULTS.json",
@@ -181,12 +209,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         program = _program(args, topo, ctx, probe, pressure, sender.results)
         samples = []
         for i in range(args.udpsend_repeat):
-            with Progress(params.duration) if params.replay is None else contextlib.nullcontext():  # a replay: its capture's time
+            with (
+                Progress(params.duration) if params.replay is None else contextlib.nullcontext()
+            ):  # a replay: its capture's time
                 samples.append(program() if program else sender.run(**params.as_dict()))
             print(("" if i == 0 else "\n") + samples[-1].summary())
     if args.udpsend_json:
         env = store.environment(session.backend_choice()[0])
-        store.write(args.udpsend_json, store.document(env, {"udpsend run": {"outcome": "passed", "samples": [s.to_dict() for s in samples]}}))
+        store.write(
+            args.udpsend_json,
+            store.document(env, {"udpsend run": {"outcome": "passed", "samples": [s.to_dict() for s in samples]}}),
+        )
         print(f"saved {args.udpsend_json}")
     return 0
 
@@ -194,7 +227,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def replay_args(args: argparse.Namespace) -> dict[str, Any]:
     """The replay options as make_params takes them; refused beside --exec, whose program sends instead."""
     if args.replay is not None and getattr(args, "exec_argv", None) is not None:
-        raise ConfigError("--replay sends a capture with the plugin's sender, --exec runs your program as the sender: use one of them")
+        raise ConfigError(
+            "--replay sends a capture with the plugin's sender, --exec runs your program as the sender: use one of them"
+        )
     return {"replay": args.replay, "speed": args.speed, "loop": args.loop, "replay_filter": args.replay_filter,
             "replay_mtu": args.replay_mtu}  # fmt: skip
 
@@ -221,7 +256,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pytest_udpsend.results import fanin
 
-    options.gate_settings(args.tolerance, args.alpha, args.metrics, args.allow_mixed, where="udpsend compare")  # validate
+    options.gate_settings(
+        args.tolerance, args.alpha, args.metrics, args.allow_mixed, where="udpsend compare"
+    )  # validate
     base, new = args.baseline, args.new
     if not new and len(base) == 1:  # one --udpsend-interleave document: its arms, by the paired rule
         return _compare_arms(base[0], args)
@@ -283,7 +320,9 @@ def cmd_prepare_kernel(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pytest_udpsend.results.fanin_report import write_report
 
-    options.gate_settings(args.tolerance, args.alpha, args.metrics, args.allow_mixed, where="udpsend report")  # validate
+    options.gate_settings(
+        args.tolerance, args.alpha, args.metrics, args.allow_mixed, where="udpsend report"
+    )  # validate
     write_report(args.results, args.output, args.baseline, _gate_flags(args))
     print(f"wrote {args.output}")
     return 0

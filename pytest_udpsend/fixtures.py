@@ -111,7 +111,9 @@ def _build(request: pytest.FixtureRequest, ctx: TestContext, fixture: str) -> To
             # another session's ports are home again when this one looks for them
             ctx.exclusive()
             ports = ctx.session.nic_pair(spec.link)
-            topo = build_nic(spec, ctx.undo, ctx.session.subnets, ports, ctx.session.port_journal, hint=request.node.name)
+            topo = build_nic(
+                spec, ctx.undo, ctx.session.subnets, ports, ctx.session.port_journal, hint=request.node.name
+            )
         else:
             topo = build(spec, ctx.undo, ctx.session.subnets, hint=request.node.name)
     except PrivilegeError as exc:  # a kernel without veth or IPv6, no NIC pair here: skip, or fail when required
@@ -179,7 +181,9 @@ def sysctl(request: pytest.FixtureRequest, _udpsend_ctx: TestContext) -> Sysctls
 
 
 @pytest.fixture
-def cpu_pressure(request: pytest.FixtureRequest, _udpsend_ctx: TestContext) -> Callable[..., contextlib.AbstractContextManager[list[int]]]:
+def cpu_pressure(
+    request: pytest.FixtureRequest, _udpsend_ctx: TestContext
+) -> Callable[..., contextlib.AbstractContextManager[list[int]]]:
     """Function scope.  ``with cpu_pressure(cpus=[1], workers=2): ...`` runs pinned CPU hogs inside
     the block (a measurement: takes the host lock); stopped on exit and at teardown.
 
@@ -262,7 +266,9 @@ def udp_sender(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, _udpse
 
 
 @pytest.fixture
-def sender_process(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, _udpsend_topology: Topology) -> SenderProcess:
+def sender_process(
+    request: pytest.FixtureRequest, _udpsend_ctx: TestContext, _udpsend_topology: Topology
+) -> SenderProcess:
     """Function scope, bound to ``veth`` (or ``nic_pair`` for a NIC link).  ``sender_process.run(argv, duration=None, cpu=None, env=None)
     -> SendResult``: your own program sends from the sender namespace (destination in ``UDPSEND_DST``,
     ``UDPSEND_DST6``, ``UDPSEND_PORT``), pinned to ``cpu``, under the ``cpu_pressure`` marker, for
@@ -286,7 +292,9 @@ def sender_process(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, _u
     return proc
 
 
-def _demand_bpf(request: pytest.FixtureRequest, probe: Callable[[], WfreeProbe | None]) -> Callable[[], WfreeProbe | None]:
+def _demand_bpf(
+    request: pytest.FixtureRequest, probe: Callable[[], WfreeProbe | None]
+) -> Callable[[], WfreeProbe | None]:
     chosen = probe()
     if chosen is not None and chosen.backend != "bpf":
         session = udpsend_session(request.config)
@@ -316,7 +324,9 @@ def udpsend_result(request: pytest.FixtureRequest, udp_sender: UdpSender) -> Sen
 
 
 @pytest.fixture
-def udpsend_sweep(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, _udpsend_topology: Topology) -> Callable[..., Sweep]:
+def udpsend_sweep(
+    request: pytest.FixtureRequest, _udpsend_ctx: TestContext, _udpsend_topology: Topology
+) -> Callable[..., Sweep]:
     """Function scope, bound to ``veth`` (or ``nic_pair``).  ``udpsend_sweep(sndbuf=[...], force="no"|"yes"|"both",
     budget=[...], budget_usecs=[...], workers=[...], repeat=None) -> Sweep``: the test's scenario
     (its ``udpsend`` and ``cpu_pressure`` markers) across a grid of the remedies' knobs, each cell

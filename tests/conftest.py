@@ -41,7 +41,9 @@ def host_snapshot() -> dict[str, object]:
         knobs = {k: Path("/proc/sys", *k.split(".")).read_text().strip() for k in GLOBAL_KNOBS}
     rps = {str(p): p.read_text().strip() for p in Path("/sys/class/net").glob("*/queues/rx-*/rps_cpus")}
     orphans = {n for n in netns_names() if n.startswith("udps-") and _owner_dead(n, "udps-")}
-    cgroups = {p.name for p in Path("/sys/fs/cgroup").glob("**/pytest-udpsend-*") if _owner_dead(p.name, "pytest-udpsend-")}
+    cgroups = {
+        p.name for p in Path("/sys/fs/cgroup").glob("**/pytest-udpsend-*") if _owner_dead(p.name, "pytest-udpsend-")
+    }
     return {"orphan_netns": orphans, "knobs": knobs, "rps": rps, "orphan_cgroups": cgroups}
 
 

@@ -49,7 +49,7 @@ def test_probe_is_detached_once_the_run_ends(udpsend_result, wfree_probe):
     assert not bpf.kfunc_entry_fds and bpf.num_open_kprobes() == 0 and not bpf.raw_tracepoint_fds
 
 
-PIDNS_INNER = '''
+PIDNS_INNER = """
 import os
 import pytest
 
@@ -59,7 +59,7 @@ def test_counted_from_a_pid_namespace(udpsend_result):
     assert os.getpid() < 100  # really in a pid namespace of its own (unshare -p -f)
     r, w = udpsend_result, udpsend_result.wfree
     assert w["count"] >= 0.95 * r.sent > 0, (w["count"], r.sent)
-'''
+"""
 
 
 def test_probe_counts_a_sender_in_its_own_pid_namespace(pytester):
@@ -148,7 +148,9 @@ def test_gso_super_datagram_is_charged_and_released_once_on_veth(udpsend_result,
     super-skb crosses it whole and the peer's ip_rcv_core() orphans it once, before
     udp_rcv_segment() splits it.  The cross-check compares super-sends, not wire segments."""
     r, w = udpsend_result, udpsend_result.wfree
-    record_property("gso_counts", {"sent": r.sent, "segments": r.segments, "charges": w["charges"], "count": w["count"]})
+    record_property(
+        "gso_counts", {"sent": r.sent, "segments": r.segments, "charges": w["charges"], "count": w["count"]}
+    )
     assert r.sent > 0 and r.segments == 10 * r.sent
     assert abs(w["charges"] - r.sent) <= 0.05 * r.sent, (w["charges"], r.sent)
     assert abs(w["count"] - r.sent) <= 0.05 * r.sent, (w["count"], r.sent, r.segments)

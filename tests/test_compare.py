@@ -15,7 +15,9 @@ from pytest_udpsend.results import compare, report, store
 
 
 def doc(samples_by_test: dict[str, list[dict]], kernel: str = "6.1.0-56-amd64") -> dict:
-    return store.document({"kernel": kernel}, {k: {"outcome": "passed", "samples": v} for k, v in samples_by_test.items()})
+    return store.document(
+        {"kernel": kernel}, {k: {"outcome": "passed", "samples": v} for k, v in samples_by_test.items()}
+    )
 
 
 def samples(values: list[float], metric: str = "eagain_rate") -> list[dict]:
@@ -34,8 +36,10 @@ def test_p_values_come_from_scipy_and_handle_ties_exactly():
     import itertools
 
     pool = [1, 1, 2, 2, 3, 3]
+
     def u(x, y):
         return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in x for b in y)
+
     observed = u([2, 3, 3], [1, 1, 2])
     splits = list(itertools.combinations(range(6), 3))
     count = sum(u([pool[i] for i in c], [pool[i] for i in range(6) if i not in c]) >= observed for c in splits)
@@ -58,10 +62,14 @@ def test_a_shift_within_session_drift_is_not_a_regression():
 
 
 def test_pps_regresses_downwards_and_the_change_is_signed_as_measured():
-    row = compare.compare_metric("t", "pps", samples([100, 101, 99, 100, 102], "pps"), samples([50, 51, 49, 52, 50], "pps"), 0.25, 0.01)
+    row = compare.compare_metric(
+        "t", "pps", samples([100, 101, 99, 100, 102], "pps"), samples([50, 51, 49, 52, 50], "pps"), 0.25, 0.01
+    )
     assert row.verdict == "regression" and row.change == pytest.approx(-0.5) and row.direction == "worse"
     assert "-50% worse" in compare.table([row])
-    up = compare.compare_metric("t", "pps", samples([50, 51, 49, 52, 50], "pps"), samples([100, 101, 99, 100, 102], "pps"), 0.25, 0.01)
+    up = compare.compare_metric(
+        "t", "pps", samples([50, 51, 49, 52, 50], "pps"), samples([100, 101, 99, 100, 102], "pps"), 0.25, 0.01
+    )
     assert up.verdict == "improved" and "+100% better" in compare.table([up])
 
 
@@ -73,7 +81,12 @@ def test_tolerance_above_the_noise_floor_widens_what_is_allowed():
 def test_a_rate_moves_on_its_odds_so_a_high_rate_can_still_regress():
     """x4 on the rate itself allowed any rise from 25 % (the held-out 6.1 -> 6.12 rise, 48 -> 79 %, passed)."""
     base = samples([0.30, 0.34, 0.29, 0.31, 0.33, 0.32])
-    assert compare.compare_metric("t", "eagain_rate", base, samples([0.80, 0.82, 0.79, 0.85, 0.81, 0.83]), 0.25, 0.01).verdict == "regression"
+    assert (
+        compare.compare_metric(
+            "t", "eagain_rate", base, samples([0.80, 0.82, 0.79, 0.85, 0.81, 0.83]), 0.25, 0.01
+        ).verdict
+        == "regression"
+    )
     row = compare.compare_metric("t", "eagain_rate", base, samples([0.58, 0.60, 0.57, 0.62, 0.59, 0.61]), 0.25, 0.01)
     four_times_the_odds = 4 * 0.315 / 0.685 / (1 + 4 * 0.315 / 0.685)  # 0.648
     assert row.verdict == "ok" and row.allowed == pytest.approx((four_times_the_odds - 0.315) / 0.315)
@@ -86,14 +99,19 @@ def test_one_command_takes_the_square_root_of_each_session_floor():
     one = compare.Settings(one_command=True)
     assert one.noise("eagain_rate") == 2.0 and one.noise("pps") == pytest.approx(1.265, abs=0.001)
     assert compare.Settings().noise("eagain_rate") == 4.0
-    base, new = samples([0.09, 0.10, 0.11, 0.10, 0.09, 0.11]), samples([0.27, 0.28, 0.29, 0.30, 0.27, 0.29])  # odds x3.6
+    base, new = (
+        samples([0.09, 0.10, 0.11, 0.10, 0.09, 0.11]),
+        samples([0.27, 0.28, 0.29, 0.30, 0.27, 0.29]),
+    )  # odds x3.6
     rows = {s.one_command: compare.compare_test("t", base, new, s, 6, metrics=["eagain_rate"])[0] for s in (one, S)}
     assert rows[True].verdict == "regression" and rows[False].verdict == "ok"
     assert "noise floor for one command" in compare.header(one, 6) and "session noise floor" in compare.header(S, 6)
 
 
 def test_absolute_floor_ignores_tiny_rates():
-    row = compare.compare_metric("t", "eagain_rate", samples([0.0001] * 5), samples([0.004, 0.005, 0.004, 0.006, 0.005]), 0.25, 0.01)
+    row = compare.compare_metric(
+        "t", "eagain_rate", samples([0.0001] * 5), samples([0.004, 0.005, 0.004, 0.006, 0.005]), 0.25, 0.01
+    )
     assert row.verdict == "ok"
 
 
@@ -200,13 +218,19 @@ def test_compare_command_exit_codes(tmp_path):
 
 def test_compare_refuses_a_mixed_comparison_unless_allowed(tmp_path):
     base, lane = tmp_path / "b.json", tmp_path / "l.json"
-    store.write(base, store.document({"kernel": "6.1", "backend": "timestamp"}, {"t::x": {"samples": samples([0.02] * 5)}}))
+    store.write(
+        base, store.document({"kernel": "6.1", "backend": "timestamp"}, {"t::x": {"samples": samples([0.02] * 5)}})
+    )
     store.write(lane, store.document({"kernel": "6.12", "backend": "bpf", "lane": {"accel": "tcg (single-threaded)"}},
                                      {"t::x": {"samples": samples([0.02] * 5)}}))  # fmt: skip
     refused = _cli("compare", str(base), str(lane))
     assert refused.returncode == 2 and refused.stdout == ""
     (sentence,) = refused.stderr.strip().splitlines()
-    assert "measured differently" in sentence and "backend 'timestamp' vs 'bpf'" in sentence and "--allow-mixed" in sentence
+    assert (
+        "measured differently" in sentence
+        and "backend 'timestamp' vs 'bpf'" in sentence
+        and "--allow-mixed" in sentence
+    )
     allowed = _cli("compare", str(base), str(lane), "--allow-mixed")
     assert allowed.returncode == 0 and "mixed comparison (allowed)" in allowed.stdout
 
@@ -222,7 +246,11 @@ def test_report_shows_the_verdicts_the_gate_recorded(tmp_path):
     assert "tolerance 9" in head
     html = report.render(new, base)
     table = html.split("Baseline comparison")[1].split("</pre>")[0]
-    assert "eagain_rate: ok" in html and re.search(r"eagain_rate .* ok$", table, re.M) and not re.search(r" regression$", table, re.M)
+    assert (
+        "eagain_rate: ok" in html
+        and re.search(r"eagain_rate .* ok$", table, re.M)
+        and not re.search(r" regression$", table, re.M)
+    )
     redone, head, _ = report.gate_rows(new, base, {"tolerance": 0.25})  # flags given: recomputed, same rule
     assert [r.verdict for r in redone if r.metric == "eagain_rate"] == ["regression"] and "recomputed" in head
 
@@ -230,7 +258,9 @@ def test_report_shows_the_verdicts_the_gate_recorded(tmp_path):
 def test_report_shows_each_test_s_own_sysctls_topology_and_pressure():
     sample = {**_synthetic_sample(0.1), "topology": "veth rps_cpus=[1]", "pressure": "2 hogs on CPUs [1]",
               "sysctls": {"net.core.netdev_budget": "8"}, "params": {"payload": 1400, "duration": 0.3}}  # fmt: skip
-    d = store.document({"kernel": "6.18", "sysctls": {"net.core.netdev_budget": "300"}}, {"t::x": {"samples": [sample]}})
+    d = store.document(
+        {"kernel": "6.18", "sysctls": {"net.core.netdev_budget": "300"}}, {"t::x": {"samples": [sample]}}
+    )
     html = report.render(d)
     section = html.split("<section>")[1]
     assert "this test ran with" in section and "veth rps_cpus=[1]" in section and "2 hogs on CPUs [1]" in section
@@ -293,7 +323,9 @@ def test_report_is_self_contained_with_plots(tmp_path):
     assert not re.search(r"(src|href)=[\"']?https?:", html) and "<script" not in html
     res, out = tmp_path / "r.json", tmp_path / "r.html"
     store.write(res, new)
-    done = subprocess.run([sys.executable, "-m", "pytest_udpsend.cli", "report", str(res), "-o", str(out)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_udpsend.cli", "report", str(res), "-o", str(out)], capture_output=True, text=True
+    )
     assert done.returncode == 0 and out.read_text().startswith("<!DOCTYPE html>")
 
 

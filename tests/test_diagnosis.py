@@ -83,11 +83,15 @@ def test_bpf_contexts_are_reported_as_shares():
                           "contexts": {"inline": 30, "softirq": 8, "ksoftirqd": 62, "napi_thread": 0}})  # fmt: skip
     (finding,) = diagnose(r)
     assert "62% of releases ran in ksoftirqd, 8% of releases ran in softirq, p99 3.8 ms" in finding["finding"]
-    assert diagnose(SendResult(wfree={"backend": "bpf", "count": 100, "p99_us": 20.0, "contexts": {"inline": 100}})) == []
+    assert (
+        diagnose(SendResult(wfree={"backend": "bpf", "count": 100, "p99_us": 20.0, "contexts": {"inline": 100}})) == []
+    )
 
 
 def test_the_failure_table_ends_with_the_diagnosis():
-    r = SendResult(sndbuf_requested=8 << 20, sndbuf_effective=9216, sysctls={"net.core.wmem_max": "4608"}, kernel="6.18")
+    r = SendResult(
+        sndbuf_requested=8 << 20, sndbuf_effective=9216, sysctls={"net.core.wmem_max": "4608"}, kernel="6.18"
+    )
     r.diagnosis = diagnose(r)
     text = failure_table([(Bound("eagain_rate", "eagain_rate", None, 0.01), 0.5, False)], r.to_dict())
     assert text.splitlines()[-3] == "  diagnosis:" and "SO_SNDBUF clamped" in text.splitlines()[-2]

@@ -78,7 +78,9 @@ def test_doctor_command_on_this_host() -> None:
     """What a user sees: every mechanism, no blanket verdict, and every package it names is installable."""
     if os.geteuid() != 0:
         pytest.skip("the doctor builds namespaces as root")
-    out = subprocess.run([sys.executable, "-m", "pytest_udpsend.cli", "doctor"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest_udpsend.cli", "doctor"], capture_output=True, text=True, timeout=60
+    )
     assert "Traceback" not in out.stderr, out.stderr
     for name in MECHANISMS:
         assert re.search(rf"^  (ok |-- |NO ) {re.escape(name)}  ", out.stdout, re.M), (name, out.stdout)

@@ -49,9 +49,19 @@ def fleet(tmp: Path, regressed: str | None = None) -> tuple[list[str], list[str]
     """Three runners' files per kernel; ``regressed`` names the runner whose test_b got worse on the new kernel."""
     base, new = [], []
     for i, runner in enumerate("abc"):
-        base.append(write(tmp / f"old-{runner}.json", doc(OLD, runner, f"ci-{i}", {"t.py::test_a": BASE_RATES, "t.py::test_b": BASE_RATES})))
+        base.append(
+            write(
+                tmp / f"old-{runner}.json",
+                doc(OLD, runner, f"ci-{i}", {"t.py::test_a": BASE_RATES, "t.py::test_b": BASE_RATES}),
+            )
+        )
         worse = WORSE_RATES if runner == regressed else BASE_RATES
-        new.append(write(tmp / f"new-{runner}.json", doc(NEW, runner, f"ci-{i + 10}", {"t.py::test_a": BASE_RATES, "t.py::test_b": worse})))
+        new.append(
+            write(
+                tmp / f"new-{runner}.json",
+                doc(NEW, runner, f"ci-{i + 10}", {"t.py::test_a": BASE_RATES, "t.py::test_b": worse}),
+            )
+        )
     return base, new
 
 
@@ -110,7 +120,9 @@ def test_shards_of_one_runner_pool_and_two_old_kernels_do_not(tmp_path):
     assert done.returncode == 0 and "test_c" in done.stdout.split("=== runner=a ===")[1].split("===")[0]
     units = fanin.load_units([*base, extra])
     pooled, why = fanin.pool([u for u in units if u.value("label:runner") == "a"])
-    assert why is None and pooled is not None and set(pooled["tests"]) == {"t.py::test_a", "t.py::test_b", "t.py::test_c"}
+    assert (
+        why is None and pooled is not None and set(pooled["tests"]) == {"t.py::test_a", "t.py::test_b", "t.py::test_c"}
+    )
     other = write(tmp_path / "older-a.json", doc("6.0.0-1-amd64", "a", "ci-8", {"t.py::test_a": BASE_RATES}))
     done = udpsend("compare", *base, other, "--new", *new, *METRIC)
     assert done.returncode == 2 and "cannot be pooled: it mixes kernel 6.0.0-1-amd64, 6.1.0-56-amd64" in done.stderr
@@ -158,13 +170,30 @@ GOOD = doc(OLD, "a", "h", {"t.py::test_a": BASE_RATES})
         ('{"name": "other-tool", "results": []}', "not a pytest-udpsend results file (no 'format' field"),
         ('{"format": "junit/3", "tests": {}}', "not a pytest-udpsend results file (field 'format' is 'junit/3')"),
         ({**GOOD, "format": "pytest-udpsend/3"}, "'pytest-udpsend/3', a newer schema than this pytest-udpsend"),
-        ({**GOOD, "format": "pytest-udpsend/0"}, "field 'format' is 'pytest-udpsend/0', not one this pytest-udpsend reads"),
-        ({**GOOD, "environment": {**GOOD["environment"], "kernel": 61}}, "field 'environment.kernel': 61 is not of type 'string'"),
-        ({**GOOD, "tests": {"t.py::x": {"samples": [{"eagain_rate": "high"}]}}},
-         "field 'tests.t.py::x.samples.0.eagain_rate': 'high' is not of type 'number'"),
+        (
+            {**GOOD, "format": "pytest-udpsend/0"},
+            "field 'format' is 'pytest-udpsend/0', not one this pytest-udpsend reads",
+        ),
+        (
+            {**GOOD, "environment": {**GOOD["environment"], "kernel": 61}},
+            "field 'environment.kernel': 61 is not of type 'string'",
+        ),
+        (
+            {**GOOD, "tests": {"t.py::x": {"samples": [{"eagain_rate": "high"}]}}},
+            "field 'tests.t.py::x.samples.0.eagain_rate': 'high' is not of type 'number'",
+        ),
         ("[1, 2]", "not a pytest-udpsend results file"),
     ],
-    ids=["truncated", "other-tool", "other-format", "newer-schema", "unknown-schema", "bad-field", "bad-sample", "not-an-object"],
+    ids=[
+        "truncated",
+        "other-tool",
+        "other-format",
+        "newer-schema",
+        "unknown-schema",
+        "bad-field",
+        "bad-sample",
+        "not-an-object",
+    ],
 )
 def test_schema_errors_name_the_file_and_the_field_in_one_sentence(tmp_path, content, expected):
     bad = write(tmp_path / "bad.json", content)
@@ -184,7 +213,9 @@ def test_a_glob_that_matches_nothing_is_named(tmp_path):
 def test_report_over_the_fleet_groups_and_shows_the_upgrade_view(tmp_path):
     base, new = fleet(tmp_path, regressed="b")
     page = tmp_path / "fleet.html"
-    done = udpsend("report", *new, "--baseline", str(tmp_path / "old-*.json"), "--metrics", "eagain_rate", "-o", str(page))
+    done = udpsend(
+        "report", *new, "--baseline", str(tmp_path / "old-*.json"), "--metrics", "eagain_rate", "-o", str(page)
+    )
     assert done.returncode == 0, done.stderr
     text = html.unescape(page.read_text())
     assert text.count("<h2>Group: ") == 3 and "Group: runner=b" in text
@@ -199,7 +230,10 @@ def test_report_over_the_fleet_groups_and_shows_the_upgrade_view(tmp_path):
 
 def test_a_merged_document_with_two_kernels_shows_where_sock_wfree_ran(tmp_path):
     old = write(tmp_path / "old.json", doc(OLD, "a", "h", {"t.py::test_a": BASE_RATES}, contexts={"inline": 100}))
-    new = write(tmp_path / "new.json", doc(NEW, "a", "h", {"t.py::test_a": WORSE_RATES}, contexts={"softirq": 30, "ksoftirqd": 70}))
+    new = write(
+        tmp_path / "new.json",
+        doc(NEW, "a", "h", {"t.py::test_a": WORSE_RATES}, contexts={"softirq": 30, "ksoftirqd": 70}),
+    )
     merged, page = tmp_path / "m.json", tmp_path / "m.html"
     assert udpsend("merge", str(merged), old, new).returncode == 0
     assert udpsend("report", str(merged), "-o", str(page)).returncode == 0
@@ -215,7 +249,9 @@ def test_labels_are_parsed_and_bad_ones_named():
 
 
 def test_labels_and_hostname_land_in_the_environment(pytester):
-    pytester.makepyfile("import pytest\n\n@pytest.mark.udpsend(duration=0.1)\ndef test_measured(udpsend_result):\n    pass\n")
+    pytester.makepyfile(
+        "import pytest\n\n@pytest.mark.udpsend(duration=0.1)\ndef test_measured(udpsend_result):\n    pass\n"
+    )
     out = pytester.path / "r.json"
     result = pytester.runpytest("--udpsend-label", "runner=a", "--udpsend-label", "pool=x", "--udpsend-json", str(out))
     result.assert_outcomes(passed=1)
@@ -229,8 +265,12 @@ def test_labels_and_hostname_land_in_the_environment(pytester):
 def test_this_version_s_own_documents_validate():
     import jsonschema
 
-    jsonschema.Draft202012Validator.check_schema(json.loads(store.SCHEMA.read_text()))  # the schema file itself is valid
-    written = store.document(store.environment("timestamp"), {"t.py::x": {"outcome": "passed", "samples": [sample(OLD, 0.1)]}})
+    jsonschema.Draft202012Validator.check_schema(
+        json.loads(store.SCHEMA.read_text())
+    )  # the schema file itself is valid
+    written = store.document(
+        store.environment("timestamp"), {"t.py::x": {"outcome": "passed", "samples": [sample(OLD, 0.1)]}}
+    )
     assert store.validate(json.loads(json.dumps(written)), "here") is not None
     assert written["format"] == "pytest-udpsend/2" and written["environment"]["hostname"]
 
@@ -256,8 +296,14 @@ def test_one_document_with_lane_suffixed_tests_on_two_kernels_gets_the_upgrade_v
 def test_a_one_command_document_s_upgrade_view_uses_the_rule_its_gate_recorded():
     from pytest_udpsend.results import compare, report
 
-    sides = [doc(OLD, "a", "h", {f"t.py::test_a@{OLD}": BASE_RATES}), doc(NEW, "a", "h", {f"t.py::test_a@{NEW}": WORSE_RATES})]
-    runs = [{"source": f"--udpsend-kernel {i}", "environment": d["environment"], "tests": d["tests"]} for i, d in enumerate(sides)]
+    sides = [
+        doc(OLD, "a", "h", {f"t.py::test_a@{OLD}": BASE_RATES}),
+        doc(NEW, "a", "h", {f"t.py::test_a@{NEW}": WORSE_RATES}),
+    ]
+    runs = [
+        {"source": f"--udpsend-kernel {i}", "environment": d["environment"], "tests": d["tests"]}
+        for i, d in enumerate(sides)
+    ]
     runs[1]["gate"] = {"settings": compare.Settings(one_command=True).to_dict(), "family": 6, "rows": []}
     page = html.unescape(report.render({"format": store.FORMAT, "environment": {}, "tests": {}, "runs": runs}))
     assert "Upgrade view: tests x kernels" in page and "noise floor for one command" in page

@@ -36,7 +36,14 @@ def test_too_few_sessions_learn_nothing_and_the_bound_is_above_the_estimate() ->
 
 
 def _write(path: Path, tests: dict[str, object]) -> str:
-    env = {"kernel": "6.18", "backend": "timestamp", "machine": "x86_64", "cpu_model": "m", "cpu_count": 2, "virtualized": True}
+    env = {
+        "kernel": "6.18",
+        "backend": "timestamp",
+        "machine": "x86_64",
+        "cpu_model": "m",
+        "cpu_count": 2,
+        "virtualized": True,
+    }
     store.write(path, store.document(env, tests))  # type: ignore[arg-type]
     return str(path)
 
@@ -46,7 +53,10 @@ def test_a_merged_baseline_of_stable_sessions_finds_a_drop_the_global_floor_lets
     rng = random.Random(2)
     sessions = [_write(tmp_path / f"s{i}.json", {"t.py::stable": {"outcome": "passed",
                 "samples": [{"pps": 1000 * rng.uniform(0.99, 1.01)} for _ in range(6)]}}) for i in range(6)]  # fmt: skip
-    new = _write(tmp_path / "new.json", {"t.py::stable": {"outcome": "passed", "samples": [{"pps": 850.0 + i} for i in range(6)]}})
+    new = _write(
+        tmp_path / "new.json",
+        {"t.py::stable": {"outcome": "passed", "samples": [{"pps": 850.0 + i} for i in range(6)]}},
+    )
     assert main(["merge", str(tmp_path / "base.json"), *sessions]) == 0
     capsys.readouterr()
     assert main(["compare", sessions[0], new, "--tolerance", "0.05"]) == 0  # one session: the global pps floor, 37.5 %
@@ -64,13 +74,15 @@ def test_the_pytest_gate_uses_the_floors_of_a_merged_baseline(pytester: pytest.P
         store.write(tmp_path / f"s{i}.json", doc)
         paths.append(str(tmp_path / f"s{i}.json"))
     assert main(["merge", str(tmp_path / "base.json"), *paths]) == 0
-    pytester.makepyfile(test_paced="""
+    pytester.makepyfile(
+        test_paced="""
         import pytest
 
         @pytest.mark.udpsend(duration=0.2, cpu=0, rate=20000)
         def test_paced(udpsend_result):
             pass
-    """)
+    """
+    )
     args = ["-p", "no:cacheprovider", "--udpsend-backend", "timestamp", "--udpsend-require-privileges", "--udpsend-repeat", "3",
             "-o", "udpsend_tolerance=0.05", "-o", "udpsend_compare_metrics=pps"]  # fmt: skip
     one = pytester.runpytest(*args, "--udpsend-baseline", paths[0])

@@ -23,7 +23,9 @@ def test_shaped(udpsend_result):
 
 def _baseline(pytester: pytest.Pytester, path: Path, *extra: str) -> dict:
     pytester.makepyfile(test_gate=SHAPED)
-    pytester.runpytest_subprocess("--udpsend-json", str(path), "--udpsend-repeat", "5", *extra).assert_outcomes(passed=1)
+    pytester.runpytest_subprocess("--udpsend-json", str(path), "--udpsend-repeat", "5", *extra).assert_outcomes(
+        passed=1
+    )
     return dict(json.loads(path.read_text()))
 
 
@@ -31,7 +33,9 @@ def _rows(text: str) -> dict[tuple[str, str], str]:
     """(test name, metric) -> verdict, from a comparison table."""
     found = {}
     for line in html.unescape(text).replace("</pre>", "\n").splitlines():
-        m = re.match(r"\s*(\S*test_shaped)\s+(\S+)\s.*\s(regression|ok|improved|too few samples|not measured)\s*$", line)
+        m = re.match(
+            r"\s*(\S*test_shaped)\s+(\S+)\s.*\s(regression|ok|improved|too few samples|not measured)\s*$", line
+        )
         if m:
             found[(m.group(1).split("::")[-1], m.group(2))] = m.group(3)
     return found
@@ -64,7 +68,9 @@ def test_gate_compare_and_report_give_the_same_verdicts(pytester):
     assert _rows(recorded.stdout) == _rows(flags.stdout) == gate
     assert _rows(page.read_text()) == gate and "the verdicts the gate gave" in page.read_text()
     report = pytester.path / "again.html"
-    done = subprocess.run([*cli, "report", str(new), "--baseline", str(base), "-o", str(report)], capture_output=True, text=True)
+    done = subprocess.run(
+        [*cli, "report", str(new), "--baseline", str(base), "-o", str(report)], capture_output=True, text=True
+    )
     assert done.returncode == 0 and _rows(report.read_text()) == gate
 
 
@@ -79,7 +85,9 @@ def test_a_mixed_comparison_is_refused_unless_allowed(pytester):
     err = refused.stderr.str()
     assert "measured differently" in err and "backend" in err and "cpu_model" in err and "--udpsend-allow-mixed" in err
     assert "Traceback" not in err
-    allowed = pytester.runpytest_subprocess("--udpsend-baseline", str(base), "--udpsend-repeat", "5", "--udpsend-allow-mixed")
+    allowed = pytester.runpytest_subprocess(
+        "--udpsend-baseline", str(base), "--udpsend-repeat", "5", "--udpsend-allow-mixed"
+    )
     allowed.assert_outcomes(passed=1)
 
 

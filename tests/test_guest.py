@@ -68,7 +68,9 @@ def test_non_root_suite_runs_untouched_and_ours_is_skipped(open_dir):
     state = open_dir / "state"  # as on a host where no root run has made it yet
     nobody = [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups"]
     env = {**os.environ, "UDPSEND_STATE_DIR": str(state)}
-    run = subprocess.run(nobody + PYTEST + [str(open_dir)], cwd=open_dir, env=env, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        nobody + PYTEST + [str(open_dir)], cwd=open_dir, env=env, capture_output=True, text=True, timeout=60
+    )
     assert "INTERNALERROR" not in run.stdout + run.stderr
     assert run.returncode == 0, run.stdout
     assert "1 passed, 1 skipped" in run.stdout
@@ -181,7 +183,10 @@ def test_lock_timeout_is_the_test_failure_not_an_internal_error(pytester, tmp_pa
         result = pytester.runpytest_subprocess(timeout=60)
     result.assert_outcomes(failed=1, passed=1)
     out = result.stdout.str()
-    assert f"LockTimeout: waited 0.5 s for the pytest-udpsend host lock ({state}/locks/host), held by pid {holder.pid}" in out
+    assert (
+        f"LockTimeout: waited 0.5 s for the pytest-udpsend host lock ({state}/locks/host), held by pid {holder.pid}"
+        in out
+    )
     assert "INTERNALERROR" not in out
 
 
@@ -293,14 +298,23 @@ def test_container_with_own_namespaces(pytester, tmp_path, host_unchanged):
     out = run.stdout
     assert "1 failed, 2 passed, 1 skipped" in out, out
     sentence = "global knobs need the host's network namespace (run the container with --network host / on the host)"
-    assert "SKIPPED [1] test_container_with_own_namespaces.py:6: net.core.netdev_budget is a global knob or unknown" in out
+    assert (
+        "SKIPPED [1] test_container_with_own_namespaces.py:6: net.core.netdev_budget is a global knob or unknown" in out
+    )
     assert out.count(sentence) == 2  # the marker's skip and the fixture call's failure
     assert "ERROR collecting" not in out and "Interrupted" not in out and "Traceback" not in out
 
 
 # --- the lane's files from a guest that died, and a bad selection variable ---------------------
 
-REPORT = {"nodeid": "t.py::a", "when": "setup", "outcome": "passed", "longrepr": "", "duration": 0.1, "user_properties": []}
+REPORT = {
+    "nodeid": "t.py::a",
+    "when": "setup",
+    "outcome": "passed",
+    "longrepr": "",
+    "duration": 0.1,
+    "user_properties": [],
+}
 
 
 def test_cut_short_reports_file_keeps_what_was_read_and_names_the_line(tmp_path):
@@ -344,10 +358,16 @@ def test_killed_lane_run_reports_what_it_read_and_one_error_naming_the_file(pyte
     assert re.search(r"^PASSED test_killed.py::test_a@", out, re.M), out[-3000:]
     assert re.search(r"^FAILED test_killed.py::test_b@", out, re.M) and re.search(
         r"^the pytest run on this host \(\S+\) died while reporting this test \(pytest exit -9\): "
-        r"line 5 of /\S+/reports.jsonl is cut short or not a test report; pytest log tail:$", out, re.M), out[-3000:]
+        r"line 5 of /\S+/reports.jsonl is cut short or not a test report; pytest log tail:$",
+        out,
+        re.M,
+    ), out[-3000:]
     assert re.search(r"^ERROR test_killed.py::test_c@", out, re.M) and re.search(
         r"^the pytest run on this host \(\S+\) never reported this test \(pytest exit -9\); "
-        r"line 5 of /\S+/reports.jsonl is cut short or not a test report; pytest log tail:$", out, re.M), out[-3000:]
+        r"line 5 of /\S+/reports.jsonl is cut short or not a test report; pytest log tail:$",
+        out,
+        re.M,
+    ), out[-3000:]
 
 
 @pytest.mark.parametrize("content", [None, "[not json", '{"t.py::a": 1}', '["t.py::a", 2]'])
@@ -373,7 +393,9 @@ def test_guest_report_with_a_user_property_that_is_not_a_pair_is_not_a_report(tm
     for line in bad:
         path.write_text(good + "\n" + line + "\n")
         reports, problem = vm.read_guest_reports(path)
-        assert [g.when for g in reports["t.py::a"]] == ["setup"] and problem == f"line 2 of {path} is cut short or not a test report"
+        assert [g.when for g in reports["t.py::a"]] == [
+            "setup"
+        ] and problem == f"line 2 of {path} is cut short or not a test report"
         assert [tuple(p) for p in reports["t.py::a"][0].user_properties] == [("udpsend", {"x": 1})]
 
 
@@ -411,7 +433,10 @@ def test_lane_run_killed_in_a_setup_gives_that_test_one_error(pytester):
     assert not re.search(r"^FAILED ", out, re.M), out[-3000:]
     assert re.search(r"^ERROR test_killed_in_setup.py::test_b@", out, re.M) and re.search(
         r"^the pytest run on this host \(\S+\) never reported this test \(pytest exit -9\); "
-        r"line 4 of /\S+/reports.jsonl is cut short or not a test report; pytest log tail:$", out, re.M), out[-3000:]
+        r"line 4 of /\S+/reports.jsonl is cut short or not a test report; pytest log tail:$",
+        out,
+        re.M,
+    ), out[-3000:]
 
 
 BAD_COLLECTED = """
@@ -455,7 +480,9 @@ def test_the_kvm_verdict_cache_never_follows_a_planted_symlink(tmp_path, monkeyp
     assert (ok, len(boots)) == (True, 1)  # probed, as if there were no cache
     assert f"{cache} is a symbolic link" in note and "ignored" in note
     assert cache.is_symlink()
-    assert (target.read_text() if target.exists() else None) == ("precious\n" if planted == "an existing file" else None)
+    assert (target.read_text() if target.exists() else None) == (
+        "precious\n" if planted == "an existing file" else None
+    )
 
 
 def test_the_kvm_verdict_is_cached_in_a_file_of_ours(tmp_path, monkeypatch):

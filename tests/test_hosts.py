@@ -267,7 +267,7 @@ LANE_IMAGE = os.environ.get("UDPSEND_LANE_IMAGE")
 needs_lane = pytest.mark.skipif(not LANE_IMAGE or not shutil.which("qemu-system-x86_64"),
                                 reason="needs UDPSEND_LANE_IMAGE and qemu (ci/lane.sh sets both up)")  # fmt: skip
 
-TUNNELS_INNER = '''
+TUNNELS_INNER = """
 import socket
 import pytest
 from pytest_udpsend.host import netns
@@ -281,7 +281,7 @@ def test_new_namespaces_hold_tunnel_devices():
 def test_veth_beside_them(udp_sender):
     r = udp_sender.run(duration=0.3)
     assert r.sent > 100 and r.received > 0
-'''
+"""
 
 
 @pytest.mark.lane
@@ -294,7 +294,7 @@ def test_lane_tunnel_modules_loaded_veth_tests_pass(pytester, monkeypatch):
     result.assert_outcomes(passed=2)
 
 
-NO_IPV6_INNER = '''
+NO_IPV6_INNER = """
 import subprocess
 from pathlib import Path
 import pytest
@@ -317,7 +317,7 @@ def no_veth_module():
 
 def test_without_veth(no_veth_module, veth):
     pass
-'''
+"""
 
 
 @pytest.mark.lane
@@ -325,7 +325,9 @@ def test_without_veth(no_veth_module, veth):
 def test_lane_ipv6_disabled_and_veth_missing_are_one_sentence_each(pytester, monkeypatch):
     monkeypatch.setenv("UDPSEND_LANE_APPEND", "ipv6.disable=1")
     pytester.makepyfile(NO_IPV6_INNER)
-    result = pytester.runpytest_subprocess("--udpsend-kernel", str(LANE_IMAGE), "-rs", "--udpsend-kernel-timeout", "400")
+    result = pytester.runpytest_subprocess(
+        "--udpsend-kernel", str(LANE_IMAGE), "-rs", "--udpsend-kernel-timeout", "400"
+    )
     result.assert_outcomes(passed=2, skipped=2)
     out = result.stdout.str()
     assert "ipv6=True, but this kernel has IPv6 disabled" in out

@@ -304,7 +304,9 @@ def test_a_user_without_privileges_gets_a_skip_from_every_fixture_of_ours(state:
     assert proc.returncode == 0, out
     assert "INTERNALERROR" not in out and "Traceback" not in out and "Error" not in out, out
     assert "1 passed, 7 skipped" in proc.stdout, out
-    assert proc.stdout.count(f"needs CAP_NET_ADMIN and CAP_SYS_ADMIN to build namespaces (uid {NOBODY} lacks them)") >= 7
+    assert (
+        proc.stdout.count(f"needs CAP_NET_ADMIN and CAP_SYS_ADMIN to build namespaces (uid {NOBODY} lacks them)") >= 7
+    )
     expected = {"missing": [], "a root run's": ["state/journal", f"state/journal/{OLDER}.json", "state/locks",
                                                 "state/locks/host"], "a file": []}[state]  # fmt: skip
     assert left == expected  # nothing made, nothing replayed
@@ -358,4 +360,3 @@ def test_more_fields_than_the_knob_holds_are_refused(sysctl, netns) -> None:  # 
     with pytest.raises(SysctlError, match=r"net\.ipv4\.udp_rmem_min holds 1 number.*'8 300' has 2"):
         sysctl.set("net.ipv4.udp_rmem_min", "8 300", netns=ns)
     assert sysctl.get("net.ipv4.udp_rmem_min", netns=ns) == before
-

@@ -19,20 +19,32 @@ from pytest_udpsend import cli
         ("eagain_rate(min=5)", "@pytest.mark.eagain_rate: min=5: must be a number from 0 to 1"),
         ("eagain_rate(max=True)", "@pytest.mark.eagain_rate: max=True: must be a number from 0 to 1"),
         ("time_squeeze(max=float('inf'))", "@pytest.mark.time_squeeze: max=inf: must be a finite number of 0 or more"),
-        ("wfree_latency(p99_us=float('nan'))", "@pytest.mark.wfree_latency: p99_us=nan: must be a finite number of 0 or more"),
+        (
+            "wfree_latency(p99_us=float('nan'))",
+            "@pytest.mark.wfree_latency: p99_us=nan: must be a finite number of 0 or more",
+        ),
         ("wfree_latency()", "@pytest.mark.wfree_latency: no bound given, so nothing would be checked"),
         ("wfree_latency(kernel='<6.5')", "@pytest.mark.wfree_latency: no bound given, so nothing would be checked"),
-        ("udpsend_baseline(tolerance=float('nan'))",
-         "@pytest.mark.udpsend_baseline: tolerance=nan: must be a finite number of 0 or more"),
+        (
+            "udpsend_baseline(tolerance=float('nan'))",
+            "@pytest.mark.udpsend_baseline: tolerance=nan: must be a finite number of 0 or more",
+        ),
         ("udpsend_baseline(tolerance=True)", "@pytest.mark.udpsend_baseline: tolerance=True: must be a finite number"),
         ("cpu_pressure(nice=True)", "@pytest.mark.cpu_pressure: nice=True: must be an integer from -20 to 19"),
         ("cpu_pressure(cpu_max=True)", "@pytest.mark.cpu_pressure: cpu_max=True: must be a number from 0.01 to 1"),
-        ("cpu_pressure(cpu_max=float('nan'))", "@pytest.mark.cpu_pressure: cpu_max=nan: must be a number from 0.01 to 1"),
+        (
+            "cpu_pressure(cpu_max=float('nan'))",
+            "@pytest.mark.cpu_pressure: cpu_max=nan: must be a number from 0.01 to 1",
+        ),
         ("udpsend(rate=float('inf'))", "@pytest.mark.udpsend: rate=inf: must be a number from 1 to 5e+07"),
-        ("topology(qdisc='tbf rate 1bit burst 32kb latency 50ms')",
-         "@pytest.mark.topology: qdisc 'tbf rate 1bit burst 32kb latency 50ms': rate: '1bit' is below 8kbit"),
-        ("topology(qdisc='netem delay 99999999999s')",
-         "@pytest.mark.topology: qdisc 'netem delay 99999999999s': netem delay: '99999999999s' is above 274s"),
+        (
+            "topology(qdisc='tbf rate 1bit burst 32kb latency 50ms')",
+            "@pytest.mark.topology: qdisc 'tbf rate 1bit burst 32kb latency 50ms': rate: '1bit' is below 8kbit",
+        ),
+        (
+            "topology(qdisc='netem delay 99999999999s')",
+            "@pytest.mark.topology: qdisc 'netem delay 99999999999s': netem delay: '99999999999s' is above 274s",
+        ),
         ("topology(qdisc='netem delay 10ms rate 7bit')", "netem rate: '7bit' is below 8kbit"),
         ("topology(qdisc='tbf rate 50gbit burst 32kb latency 50ms')", "rate: '50gbit' is above 34gbit"),
         ("topology(qdisc='tbf rate 200mbit burst 32kb latency 200s')", "rate x latency + burst is 5e+09 bytes"),
@@ -51,16 +63,32 @@ def test_bad_marker_number_is_one_sentence_at_collection(pytester, marker, expec
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--udpsend-lock-timeout", "nan"], "argument --udpsend-lock-timeout: 'nan': must be a number from 0 to 604800 (seconds)"),
-        (["--udpsend-lock-timeout", "inf"], "argument --udpsend-lock-timeout: 'inf': must be a number from 0 to 604800"),
+        (
+            ["--udpsend-lock-timeout", "nan"],
+            "argument --udpsend-lock-timeout: 'nan': must be a number from 0 to 604800 (seconds)",
+        ),
+        (
+            ["--udpsend-lock-timeout", "inf"],
+            "argument --udpsend-lock-timeout: 'inf': must be a number from 0 to 604800",
+        ),
         (["--udpsend-lock-timeout", "-5"], "argument --udpsend-lock-timeout: '-5': must be a number from 0 to 604800"),
-        (["--udpsend-kernel-timeout", "-1"], "argument --udpsend-kernel-timeout: '-1': must be a number from 1 to 604800"),
-        (["--udpsend-kernel-timeout", "nan"], "argument --udpsend-kernel-timeout: 'nan': must be a number from 1 to 604800"),
+        (
+            ["--udpsend-kernel-timeout", "-1"],
+            "argument --udpsend-kernel-timeout: '-1': must be a number from 1 to 604800",
+        ),
+        (
+            ["--udpsend-kernel-timeout", "nan"],
+            "argument --udpsend-kernel-timeout: 'nan': must be a number from 1 to 604800",
+        ),
         (["--udpsend-repeat", "0"], "argument --udpsend-repeat: '0': must be an integer from 1 to 1000"),
-        (["--udpsend-nic-pair=../../../etc,lo"],
-         "--udpsend-nic-pair '../../../etc,lo': '../../../etc' is not an interface name"),
-        (["--udpsend-nic-pair=eth0,a-name-of-16-byte"],
-         "--udpsend-nic-pair 'eth0,a-name-of-16-byte': 'a-name-of-16-byte' is not an interface name"),
+        (
+            ["--udpsend-nic-pair=../../../etc,lo"],
+            "--udpsend-nic-pair '../../../etc,lo': '../../../etc' is not an interface name",
+        ),
+        (
+            ["--udpsend-nic-pair=eth0,a-name-of-16-byte"],
+            "--udpsend-nic-pair 'eth0,a-name-of-16-byte': 'a-name-of-16-byte' is not an interface name",
+        ),
         (["--udpsend-nic-pair=..,lo"], "--udpsend-nic-pair '..,lo': '..' is not an interface name"),
         (["--udpsend-nic-pair=eth 0,lo"], "--udpsend-nic-pair 'eth 0,lo': 'eth 0' is not an interface name"),
         (["-o", "udpsend_tolerance=nan"], "udpsend ini options: tolerance=nan: must be a finite number of 0 or more"),
@@ -79,11 +107,18 @@ def test_bad_option_is_one_sentence_at_parse_time(pytester, args, expected):
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["compare", "--tolerance", "nan", "a.json", "--new", "b.json"],
-         "argument --tolerance: 'nan': must be a finite number of 0 or more"),
-        (["compare", "--tolerance", "-1", "a.json", "--new", "b.json"],
-         "argument --tolerance: '-1': must be a finite number of 0 or more"),
-        (["compare", "--alpha", "nan", "a.json", "--new", "b.json"], "argument --alpha: 'nan': must be a number from 0 to 1"),
+        (
+            ["compare", "--tolerance", "nan", "a.json", "--new", "b.json"],
+            "argument --tolerance: 'nan': must be a finite number of 0 or more",
+        ),
+        (
+            ["compare", "--tolerance", "-1", "a.json", "--new", "b.json"],
+            "argument --tolerance: '-1': must be a finite number of 0 or more",
+        ),
+        (
+            ["compare", "--alpha", "nan", "a.json", "--new", "b.json"],
+            "argument --alpha: 'nan': must be a number from 0 to 1",
+        ),
         (["run", "--repeat", "0"], "argument --repeat: '0': must be an integer from 1 to 1000"),
     ],
 )

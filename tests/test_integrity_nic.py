@@ -166,10 +166,16 @@ def _routes_and_addresses(ns: Namespace) -> dict[str, object]:
         return json.loads(out)
 
     return {
-        "routes": sorted(json.dumps(r, sort_keys=True) for fam in ("-4", "-6")
-                         for r in show(fam, "route", "show", "table", "all", "dev", "p0")),  # fmt: skip
-        "addrs": sorted(json.dumps({k: a.get(k) for k in ("local", "prefixlen", "noprefixroute", "metric", "dynamic")})
-                        for a in show("addr", "show", "dev", "p0")[0]["addr_info"] if a.get("scope") != "link"),  # fmt: skip
+        "routes": sorted(
+            json.dumps(r, sort_keys=True)
+            for fam in ("-4", "-6")
+            for r in show(fam, "route", "show", "table", "all", "dev", "p0")
+        ),  # fmt: skip
+        "addrs": sorted(
+            json.dumps({k: a.get(k) for k in ("local", "prefixlen", "noprefixroute", "metric", "dynamic")})
+            for a in show("addr", "show", "dev", "p0")[0]["addr_info"]
+            if a.get("scope") != "link"
+        ),  # fmt: skip
     }
 
 

@@ -157,12 +157,16 @@ def test_a_survivor_of_the_namespace_sweep_is_one_sentence(no_survivors, monkeyp
     os.kill(pid, signal.SIGKILL)
 
 
-def test_without_cgroup_v2_the_namespace_sweep_kills_them_and_says_so(sender_process, tmp_path, no_survivors, monkeypatch):
+def test_without_cgroup_v2_the_namespace_sweep_kills_them_and_says_so(
+    sender_process, tmp_path, no_survivors, monkeypatch
+):
     monkeypatch.setattr(cgroup, "v2_root", lambda: None)
     r = sender_process.run([sys.executable, "-c", FORKER, str(tmp_path / "pids")])
     no_survivors += read_pids(tmp_path / "pids")
     assert not [p for p in no_survivors if alive(p)]
-    (line,) = [c for c in r.checks if c.startswith("no cgroup v2 here: what the program left running was found by a sweep")]
+    (line,) = [
+        c for c in r.checks if c.startswith("no cgroup v2 here: what the program left running was found by a sweep")
+    ]
     assert line.endswith(": 2 killed"), r.checks
 
 
@@ -261,7 +265,9 @@ def test_an_old_style_namespace_name_is_only_unmounted(no_survivors):
     try:
         no_survivors.append(sleeper_in(netns.Namespace(name, -1)))
         assert name in netns.reap_orphans()
-        assert name not in netns_names() and alive(no_survivors[0])  # as before: no kill on a name that says no pid namespace
+        assert name not in netns_names() and alive(
+            no_survivors[0]
+        )  # as before: no kill on a name that says no pid namespace
     finally:
         if name in netns_names():
             subprocess.run(["ip", "netns", "del", name], check=False)
@@ -274,7 +280,7 @@ def test_an_old_style_cgroup_name_is_left_alone(no_survivors):
     old = root / f"{cgroup.PREFIX}999999999.1-proc-1"
     old.mkdir()
     try:
-        subprocess.Popen(["sh", "-c", f'echo $$ > {old}/cgroup.procs && exec setsid sleep 60'])
+        subprocess.Popen(["sh", "-c", f"echo $$ > {old}/cgroup.procs && exec setsid sleep 60"])
         deadline = time.monotonic() + 10
         while not cgroup.pids(old) and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -312,7 +318,7 @@ def test_a_pid_no_longer_in_the_cgroup_is_not_killed(no_survivors, monkeypatch):
     monkeypatch.setattr(cgroup, "_has_kill", lambda path: False)  # the loop, not cgroup.kill, does the killing
     group = cgroup.make(root, "proc")
     try:
-        subprocess.run(["sh", "-c", f'echo $$ > {group}/cgroup.procs && setsid -f sleep 60'], check=True)
+        subprocess.run(["sh", "-c", f"echo $$ > {group}/cgroup.procs && setsid -f sleep 60"], check=True)
         cgroup.remove(group)
         assert alive(victim) and not group.exists()
     finally:
@@ -367,7 +373,9 @@ def test_the_programs_cgroup_is_made_in_the_runners(tmp_path):
     runner = root / f"udpsend-test-runner-{os.getpid()}"
     runner.mkdir()
     try:
-        out = subprocess.run([sys.executable, "-c", UNDER_RUNNER, str(runner)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-c", UNDER_RUNNER, str(runner)], capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 0, out.stderr
         assert Path(out.stdout.strip()).parent == runner, out.stdout
     finally:

@@ -35,7 +35,11 @@ def sample(rate: float, **extra: Any) -> dict[str, Any]:
 def doc(tests: dict[str, list[dict[str, Any]]], kernel: str = "6.1", here: bool = False) -> dict[str, Any]:
     """``here``: an environment that does not say how it measured, so that a pytest run here may use it as its baseline."""
     env = {"kernel": kernel} if here else {"kernel": kernel, "backend": "bpf", "cpu_model": "X", "cpu_count": 2}
-    return {"format": store.FORMAT, "environment": env, "tests": {t: {"outcome": "passed", "samples": v} for t, v in tests.items()}}
+    return {
+        "format": store.FORMAT,
+        "environment": env,
+        "tests": {t: {"outcome": "passed", "samples": v} for t, v in tests.items()},
+    }
 
 
 def write(path: Path, content: dict[str, Any] | str) -> str:
@@ -65,8 +69,10 @@ BOTH = {"t.py::a": [sample(r) for r in RATES], "t.py::b": [sample(r) for r in RA
     [
         (doc({}, "6.12"), "has no tests"),
         (doc({"t.py::a": [], "t.py::b": [sample(r) for r in RATES]}, "6.12"), "t.py::a: no samples in the new results"),
-        (doc({"t.py::a": [sample(math.nan) for _ in RATES], "t.py::b": [sample(r) for r in RATES]}, "6.12"),
-         "t.py::a eagain_rate: not a number in the new results (a NaN or infinite value)"),
+        (
+            doc({"t.py::a": [sample(math.nan) for _ in RATES], "t.py::b": [sample(r) for r in RATES]}, "6.12"),
+            "t.py::a eagain_rate: not a number in the new results (a NaN or infinite value)",
+        ),
         (doc({"t.py::other": [sample(r) for r in RATES]}, "6.12"), "shares no test with the baseline"),
     ],
     ids=["no-tests", "empty-samples", "nan", "disjoint"],
@@ -80,7 +86,9 @@ def test_compare_refuses_what_was_not_measured(tmp_path, new, expected):
 
 
 def test_nan_in_the_baseline_is_refused_too(tmp_path):
-    base = write(tmp_path / "base.json", doc({"t.py::a": [sample(math.nan if i == 2 else r) for i, r in enumerate(RATES)]}))
+    base = write(
+        tmp_path / "base.json", doc({"t.py::a": [sample(math.nan if i == 2 else r) for i, r in enumerate(RATES)]})
+    )
     done = udpsend("compare", base, write(tmp_path / "new.json", doc({"t.py::a": [sample(r) for r in RATES]}, "6.12")))
     assert done.returncode == 2 and "t.py::a eagain_rate: not a number in the baseline" in one_sentence(done)
 
@@ -99,7 +107,10 @@ def test_tests_not_selected_are_listed_as_not_compared(tmp_path):
     done = udpsend("compare", base, write(tmp_path / "new.json", doc({"t.py::a": [sample(r) for r in RATES]}, "6.12")),
                    "--metrics", "eagain_rate")  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "not compared: 1 test(s) of the baseline not in the new results (not selected: a -k run, a shard): t.py::b" in done.stdout
+    assert (
+        "not compared: 1 test(s) of the baseline not in the new results (not selected: a -k run, a shard): t.py::b"
+        in done.stdout
+    )
 
 
 def test_nothing_compared_at_all_never_exits_0(tmp_path):
@@ -115,7 +126,10 @@ def test_nothing_compared_at_all_never_exits_0(tmp_path):
 
 
 def test_fan_in_groups_refuse_a_group_that_measured_nothing(tmp_path):
-    base = [write(tmp_path / f"old-{r}.json", {**doc(BOTH), "environment": {"kernel": "6.1", "labels": {"runner": r}}}) for r in "ab"]
+    base = [
+        write(tmp_path / f"old-{r}.json", {**doc(BOTH), "environment": {"kernel": "6.1", "labels": {"runner": r}}})
+        for r in "ab"
+    ]
     new = [write(tmp_path / "new-a.json", {**doc(BOTH, "6.12"), "environment": {"kernel": "6.12", "labels": {"runner": "a"}}}),
            write(tmp_path / "new-b.json", {**doc({}, "6.12"), "environment": {"kernel": "6.12", "labels": {"runner": "b"}}})]  # fmt: skip
     done = udpsend("compare", *base, "--new", *new, "--metrics", "eagain_rate")
@@ -128,7 +142,9 @@ def test_pytest_gate_refuses_a_test_that_measured_nothing_and_a_run_that_compare
     base = write(tmp_path / "base.json", doc({"test_m.py::test_plain": [sample(r) for r in RATES]}, here=True))
     ran = pytester.runpytest_subprocess("--udpsend-baseline", base, "--udpsend-repeat", "6", "-k", "test_plain")
     ran.assert_outcomes(failed=1)
-    ran.stdout.fnmatch_lines(["*udpsend baseline: this test cannot be judged: *test_m.py::test_plain: no samples in the new results*"])
+    ran.stdout.fnmatch_lines(
+        ["*udpsend baseline: this test cannot be judged: *test_m.py::test_plain: no samples in the new results*"]
+    )
     # review item 7: a -k run selecting only tests that are not ours (or whose measuring tests all skip) is no refusal
     other = pytester.runpytest_subprocess("--udpsend-baseline", base, "--udpsend-repeat", "6", "-k", "test_other")
     other.assert_outcomes(passed=1)
@@ -147,10 +163,19 @@ def test_pytest_gate_refuses_a_nan_in_the_baseline(pytester, tmp_path):
     pytester.makepyfile(test_gate=SHAPED)
     pytester.makefile(".ini", pytest="[pytest]\nudpsend_compare_metrics = eagain_rate\n")
     rates = [math.nan, *RATES[1:]]
-    base = write(tmp_path / "base.json", doc({"test_gate.py::test_shaped": [{"kernel": "x", "eagain_rate": r} for r in rates]}, here=True))
-    result = pytester.runpytest_subprocess("--udpsend-baseline", base, "--udpsend-repeat", "2", "-p", "no:cacheprovider")
+    base = write(
+        tmp_path / "base.json",
+        doc({"test_gate.py::test_shaped": [{"kernel": "x", "eagain_rate": r} for r in rates]}, here=True),
+    )
+    result = pytester.runpytest_subprocess(
+        "--udpsend-baseline", base, "--udpsend-repeat", "2", "-p", "no:cacheprovider"
+    )
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*udpsend baseline: this test cannot be judged: *test_gate.py::test_shaped eagain_rate: not a number in the baseline*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*udpsend baseline: this test cannot be judged: *test_gate.py::test_shaped eagain_rate: not a number in the baseline*"
+        ]
+    )
 
 
 # --- item 2: a run that measured nothing leaves results files alone ------------------------------------------
@@ -161,7 +186,9 @@ def test_collect_only_and_unmeasured_runs_leave_results_files_alone(pytester):
     prev, page = pytester.path / "prev.json", pytester.path / "prev.html"
     prev.write_text("previous results")
     page.write_text("previous page")
-    collected = pytester.runpytest_subprocess("--collect-only", "--udpsend-json", str(prev), "--udpsend-html", str(page))
+    collected = pytester.runpytest_subprocess(
+        "--collect-only", "--udpsend-json", str(prev), "--udpsend-html", str(page)
+    )
     assert collected.ret == 0
     ran = pytester.runpytest_subprocess("--udpsend-json", str(prev), "--udpsend-html", str(page))
     ran.assert_outcomes(passed=1)
@@ -187,7 +214,10 @@ def _malformed() -> list[tuple[str, Any, str]]:
     series = doc({"t.py::a": [sample(r, series=[1, 2, 3]) if i == 0 else sample(r) for i, r in enumerate(RATES)]})
     no_edges = {"backend": "bpf", "histogram": {"edges_us": [], "counts": [1]}}
     edges = doc({"t.py::a": [sample(r, wfree=no_edges) if i == 0 else sample(r) for i, r in enumerate(RATES)]})
-    gate = {**doc({"t.py::a": [sample(r) for r in RATES]}, "6.12"), "gate": {"settings": {"tolerance": "x"}, "family": 1, "rows": []}}
+    gate = {
+        **doc({"t.py::a": [sample(r) for r in RATES]}, "6.12"),
+        "gate": {"settings": {"tolerance": "x"}, "family": 1, "rows": []},
+    }
     deep = '{"format": "pytest-udpsend/2", "environment": {}, "tests": {}, "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
     medium = '{"format": "pytest-udpsend/2", "environment": {}, "tests": {}, "x": ' + "[" * 500 + "]" * 500 + "}"
     return [
@@ -195,12 +225,29 @@ def _malformed() -> list[tuple[str, Any, str]]:
         ("medium", medium, "field 'x.0.0.0."),
         ("series", series, "field 'tests.t.py::a.samples.0.series': [1, 2, 3] is not of type 'object'"),
         ("edges", edges, "field 'tests.t.py::a.samples.0.wfree.histogram.edges_us': []"),
-        ("sweep", _sweep_doc(), "field 'tests.sndbuf=4096,force=no.sweep.knobs.sndbuf': '4096' is not of type 'integer', 'null'"),
+        (
+            "sweep",
+            _sweep_doc(),
+            "field 'tests.sndbuf=4096,force=no.sweep.knobs.sndbuf': '4096' is not of type 'integer', 'null'",
+        ),
         ("gate", gate, "field 'gate.settings.tolerance': 'x' is not of type 'number'"),
-        ("no-edges", doc({"t.py::a": [sample(r, wfree={"backend": "bpf", "histogram": {"counts": [1]}}) if i == 0 else sample(r)
-                                      for i, r in enumerate(RATES)]}),  # fmt: skip
-         "field 'tests.t.py::a.samples.0.wfree.histogram': 'edges_us' is a required property"),
-        ("no-knobs", _sweep_doc(knobs=False), "field 'tests.sndbuf=4096,force=no.sweep': 'knobs' is a required property"),
+        (
+            "no-edges",
+            doc(
+                {
+                    "t.py::a": [
+                        sample(r, wfree={"backend": "bpf", "histogram": {"counts": [1]}}) if i == 0 else sample(r)
+                        for i, r in enumerate(RATES)
+                    ]
+                }
+            ),  # fmt: skip
+            "field 'tests.t.py::a.samples.0.wfree.histogram': 'edges_us' is a required property",
+        ),
+        (
+            "no-knobs",
+            _sweep_doc(knobs=False),
+            "field 'tests.sndbuf=4096,force=no.sweep': 'knobs' is a required property",
+        ),
     ]
 
 
@@ -211,7 +258,11 @@ def test_malformed_files_are_one_sentence_naming_the_file_and_the_field(tmp_path
         store.load(bad)
     assert str(info.value).startswith(f"{bad}: ") and expected in str(info.value)
     base = write(tmp_path / "base.json", doc(BOTH))
-    for argv in (("compare", base, bad), ("report", bad, "-o", str(tmp_path / "r.html")), ("merge", str(tmp_path / "m.json"), bad)):
+    for argv in (
+        ("compare", base, bad),
+        ("report", bad, "-o", str(tmp_path / "r.html")),
+        ("merge", str(tmp_path / "m.json"), bad),
+    ):
         done = udpsend(*argv)
         assert done.returncode == 2, (argv, done.stdout, done.stderr)
         assert expected in one_sentence(done) and bad in done.stderr
@@ -221,7 +272,9 @@ def test_malformed_files_are_one_sentence_naming_the_file_and_the_field(tmp_path
 def test_a_deeply_nested_baseline_is_a_usage_error(pytester, tmp_path):
     bad = write(tmp_path / "deep.json", _malformed()[0][1])
     result = pytester.runpytest_subprocess("--udpsend-baseline", bad)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR and "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert (
+        result.ret == pytest.ExitCode.USAGE_ERROR and "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    )
     result.stderr.fnmatch_lines([f"*--udpsend-baseline {bad}: nested too deeply*"])
 
 
@@ -248,7 +301,11 @@ def test_today_s_documents_still_load():
                              "context_p99_us": {"inline": 2.0}, "stacks": [{"context": "inline", "count": 3, "samples": 1,
                              "share": 1.0, "frames": ["a"], "text": "a"}], "stacks_lost": 0, "stacks_sampled": 1, "stack_every": 8})  # fmt: skip
     d = doc({"t::full": [json.loads(json.dumps(full))], "t::empty": [json.loads(json.dumps(empty))], "t::bpf": [bpf]})
-    d["environment"] = {**store.environment("timestamp"), "labels": {"a": "b"}, "lane": {"host_kernel": "6.1", "accel": "tcg"}}
+    d["environment"] = {
+        **store.environment("timestamp"),
+        "labels": {"a": "b"},
+        "lane": {"host_kernel": "6.1", "accel": "tcg"},
+    }
     rows = compare.compare_docs(d, d, compare.Settings())
     d["gate"] = compare.gate_record(compare.Settings(), 3, d, rows)
     store.validate(json.loads(json.dumps(d)), "today")  # Infinity/NaN survive as JSON numbers
@@ -347,14 +404,20 @@ def test_the_kernel_gate_refuses_a_test_that_passed_but_measured_nothing_there()
     from pytest_udpsend.frontend import kernel_gate
     from pytest_udpsend.lane.vm import GuestReport
 
-    ref, other = SimpleNamespace(suffix="6.1", guest_environment={}), SimpleNamespace(suffix="6.12", guest_environment={})
+    ref, other = (
+        SimpleNamespace(suffix="6.1", guest_environment={}),
+        SimpleNamespace(suffix="6.12", guest_environment={}),
+    )
     gate = kernel_gate.KernelGate(ref, 1, compare.Settings(metrics=("eagain_rate",), one_command=True))  # type: ignore[arg-type]
     item = SimpleNamespace(nodeid="t.py::a", stash=pytest.Stash())
     measured = [GuestReport("t.py::a", "call", "passed", "", 0.1, [(store.PROPERTY, [sample(r) for r in RATES])])]
     gate.set_reference([(item, measured)])  # type: ignore[list-item]
     nothing = [GuestReport("t.py::a", "call", "passed", "", 0.1, [])]
     (call,) = gate.judge(other, item, nothing)  # type: ignore[arg-type]
-    assert call.outcome == "failed" and "this test cannot be judged: t.py::a: no samples in the new results" in call.longrepr
+    assert (
+        call.outcome == "failed"
+        and "this test cannot be judged: t.py::a: no samples in the new results" in call.longrepr
+    )
     nan = [GuestReport("t.py::a", "call", "passed", "", 0.1, [(store.PROPERTY, [sample(math.nan) for _ in RATES])])]
     (call,) = gate.judge(other, item, nan)  # type: ignore[arg-type]
     assert call.outcome == "failed" and "t.py::a eagain_rate: not a number in the new results" in call.longrepr
@@ -378,12 +441,20 @@ def test_an_unreadable_input_is_one_sentence(tmp_path, pytester):
     done = udpsend("compare", str(tmp_path), new)
     assert done.returncode == 2 and f"{tmp_path}: cannot be read: Is a directory" in one_sentence(done)
     result = pytester.runpytest_subprocess("--udpsend-baseline", str(tmp_path))
-    assert result.ret == pytest.ExitCode.USAGE_ERROR and "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert (
+        result.ret == pytest.ExitCode.USAGE_ERROR and "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    )
     result.stderr.fnmatch_lines([f"*--udpsend-baseline {tmp_path}: cannot be read: Is a directory*"])
 
 
 def _wfree(p50: float | None, **extra: Any) -> dict[str, Any]:
-    return {"backend": "bpf", "count": 0 if p50 is None else 10, "p50_us": p50, "p99_us": None if p50 is None else 4 * p50, **extra}
+    return {
+        "backend": "bpf",
+        "count": 0 if p50 is None else 10,
+        "p50_us": p50,
+        "p99_us": None if p50 is None else 4 * p50,
+        **extra,
+    }
 
 
 def test_a_metric_lost_in_the_new_results_is_refused(tmp_path):
@@ -399,7 +470,10 @@ def test_a_metric_lost_in_the_new_results_is_refused(tmp_path):
         assert compare.compare_metric("t.py::a", "wfree.p50_us", design, design, 0.25, 0.01).verdict == "not measured"
     old = [{k: v for k, v in s.items() if k != "pps"} for s in base]  # a top-level metric has no reason to be absent
     assert compare.compare_metric("t.py::a", "pps", base, old, 0.25, 0.01).refused
-    files = write(tmp_path / "base.json", doc({"t.py::a": base})), write(tmp_path / "new.json", doc({"t.py::a": lost}, "6.12"))
+    files = (
+        write(tmp_path / "base.json", doc({"t.py::a": base})),
+        write(tmp_path / "new.json", doc({"t.py::a": lost}, "6.12")),
+    )
     done = udpsend("compare", *files, "--metrics", "wfree.p50_us", "eagain_rate")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "t.py::a wfree.p50_us: lost in the new results" in one_sentence(done)

@@ -174,7 +174,9 @@ def test_rounds_that_cannot_reach_the_level_are_refused_before_measuring(pyteste
     pytester.makepyfile(MEASURING)
     result = pytester.runpytest("--udpsend-interleave", "3", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--udpsend-interleave 3: with 12 comparisons (2 test(s) x 6 metric(s))*use --udpsend-interleave*"])
+    result.stderr.fnmatch_lines(
+        ["*--udpsend-interleave 3: with 12 comparisons (2 test(s) x 6 metric(s))*use --udpsend-interleave*"]
+    )
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -253,13 +255,15 @@ def test_the_report_shows_both_arms_round_by_round_and_the_paired_verdict(tmp_pa
 
 def test_two_kernels_boot_alternately_and_the_other_is_judged_on_the_pairs(pytester: pytest.Pytester) -> None:
     """host against host (an A/A check of the boots' interleaving): every round runs both, in balanced order."""
-    pytester.makepyfile(test_paced="""
+    pytester.makepyfile(
+        test_paced="""
         import pytest
 
         @pytest.mark.udpsend(duration=0.2, cpu=0, rate=20000)
         def test_paced(udpsend_result):
             pass
-    """)
+    """
+    )
     result = pytester.runpytest("--udpsend-kernel", "host", "--udpsend-kernel", "host", "--udpsend-gate-against", "host",
                                 "--udpsend-interleave", "6", "--udpsend-require-privileges", "--udpsend-json", "k.json",
                                 "-o", "udpsend_compare_metrics=pps", "-o", "udpsend_tolerance=0.05", "-p", "no:cacheprovider")  # fmt: skip
@@ -277,7 +281,9 @@ def test_two_kernels_boot_alternately_and_the_other_is_judged_on_the_pairs(pytes
 def test_a_candidate_that_sends_nothing_regressed_and_a_lost_metric_fails() -> None:
     zero = [{"baseline": [{"pps": 1000.0 + i}], "candidate": [{"pps": 0.0}]} for i in range(10)]
     assert paired.judge("t", zero, "pps", 0.05, 0.01).verdict == "regressed"
-    lost = [{"baseline": [{"pps": 1000.0, "wfree": {"p99_us": 50.0}}], "candidate": [{"pps": 1000.0}]} for _ in range(10)]
+    lost = [
+        {"baseline": [{"pps": 1000.0, "wfree": {"p99_us": 50.0}}], "candidate": [{"pps": 1000.0}]} for _ in range(10)
+    ]
     row = paired.judge("t", lost, "wfree.p99_us", 0.05, 0.01)
     assert row.verdict == "lost" and row.fails
     control = paired.judge("t", lost, "wfree.p99_us", 0.05, 0.01, control=True)
@@ -291,7 +297,9 @@ def test_what_n_buys_is_found_four_times_in_five_by_the_test_itself() -> None:
     d = list(np.random.default_rng(5).normal(0, spread, n))
     shift = math.log(paired._factor(paired.resolvable(d, allowed, level)) or 1.0)
     rng = np.random.default_rng(1)
-    found = sum(paired.p_worse(list(rng.normal(shift, float(np.std(d, ddof=1)), n)), allowed) < level for _ in range(300))
+    found = sum(
+        paired.p_worse(list(rng.normal(shift, float(np.std(d, ddof=1)), n)), allowed) < level for _ in range(300)
+    )
     assert 0.7 <= found / 300 <= 0.9
     assert shift > allowed
 
@@ -307,7 +315,8 @@ def test_a_summary_lists_a_control_that_moved_apart_from_candidates() -> None:
 
 
 def test_an_arm_that_stops_early_leaves_the_next_module_working(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_a="""
+    pytester.makepyfile(
+        test_a="""
         import pytest
 
         @pytest.fixture(scope="module")
@@ -320,10 +329,12 @@ def test_an_arm_that_stops_early_leaves_the_next_module_working(pytester: pytest
         def test_skips_in_the_candidate(udpsend_arm, shared):
             if udpsend_arm == "candidate":
                 pytest.skip("not on the candidate")
-    """, test_b="""
+    """,
+        test_b="""
         def test_after(udpsend_arm):
             pass
-    """)
+    """,
+    )
     result = pytester.runpytest("--udpsend-interleave", "8", *TOL, "-rA", "--udpsend-json", "o.json")
     result.assert_outcomes(failed=1, skipped=1, passed=1)
     result.stdout.fnmatch_lines(["*this run failed in the candidate arm of round [12] of 8*"])
@@ -338,7 +349,9 @@ def test_a_control_is_judged_and_recorded_as_one(pytester: pytest.Pytester) -> N
         def test_plain(udpsend_result):
             pass
     """)
-    result = pytester.runpytest("--udpsend-interleave", "8", "--udpsend-require-privileges", *TOL, "--udpsend-json", "o.json")
+    result = pytester.runpytest(
+        "--udpsend-interleave", "8", "--udpsend-require-privileges", *TOL, "--udpsend-json", "o.json"
+    )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*test_plain [[]control[]] pps: *: ok"])
     from pytest_udpsend.results import store
@@ -356,10 +369,14 @@ def test_an_udpsend_override_that_no_fixture_reads_is_refused(pytester: pytest.P
             udp_sender.run(duration=0.2, rate=20000)
     """)
     result = pytester.runpytest("--udpsend-interleave", "8", *TOL)
-    result.stdout.fnmatch_lines(["*@pytest.mark.candidate(udpsend={...}): this test does not use udpsend_result*udpsend_arm fixture"])
+    result.stdout.fnmatch_lines(
+        ["*@pytest.mark.candidate(udpsend={...}): this test does not use udpsend_result*udpsend_arm fixture"]
+    )
 
 
-def test_compare_recomputes_with_the_runs_own_knobs_where_none_is_given(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_recomputes_with_the_runs_own_knobs_where_none_is_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pytest_udpsend.cli import main
     from pytest_udpsend.results import store
 

@@ -41,7 +41,10 @@ def test_bad_kernel_spec_says_what_is_accepted(bad):
 
 
 def test_bounds_split_by_kernel_and_strictest_backend():
-    old, new = Bound("eagain_rate", "eagain_rate", 0.1, None, "<6.5"), Bound("eagain_rate", "eagain_rate", None, 0.01, ">=6.5")
+    old, new = (
+        Bound("eagain_rate", "eagain_rate", 0.1, None, "<6.5"),
+        Bound("eagain_rate", "eagain_rate", None, 0.01, ">=6.5"),
+    )
     bounds = Bounds((old, new), (("bpf", "<6.5"), ("timestamp", None)))
     assert bounds.split("6.1.0-56-amd64") == ([old], [new])
     assert bounds.split("6.18.44") == ([new], [old])

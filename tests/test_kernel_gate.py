@@ -36,7 +36,9 @@ def _usage_error(pytester: pytest.Pytester, *args: str) -> str:
 
 
 def test_a_gate_against_a_kernel_not_given_is_one_sentence(pytester):
-    err = _usage_error(pytester, "--udpsend-kernel", "host", "--udpsend-kernel", "host", "--udpsend-gate-against", "5.10")
+    err = _usage_error(
+        pytester, "--udpsend-kernel", "host", "--udpsend-kernel", "host", "--udpsend-gate-against", "5.10"
+    )
     assert f"--udpsend-gate-against 5.10: names none of the kernels given (host ({RELEASE}), host ({RELEASE}))" in err
 
 
@@ -122,7 +124,9 @@ def test_the_same_kernel_twice_reports_each_and_the_gate_fails_the_regressed_one
     assert first["environment"]["kernel"] == second["environment"]["kernel"] == RELEASE
     assert list(first["tests"]) == [f"test_x.py::test_rate@{RELEASE}"] and "gate" not in first
     verdicts = {r["metric"]: r["verdict"] for r in second["gate"]["rows"]}
-    assert verdicts["pps"] == "regression" and second["tests"][f"test_x.py::test_rate@{RELEASE}#2"]["outcome"] == "failed"
+    assert (
+        verdicts["pps"] == "regression" and second["tests"][f"test_x.py::test_rate@{RELEASE}#2"]["outcome"] == "failed"
+    )
     assert second["gate"]["settings"]["one_command"] and "noise floor for one command" in text
     report = subprocess.run([sys.executable, "-m", "pytest_udpsend.cli", "report", str(out), "-o", str(page)],
                             capture_output=True, text=True)  # fmt: skip

@@ -22,7 +22,7 @@ def test_kernel_release_from_the_bzimage_header(tmp_path):
     header = bytearray(0x400)
     header[0x202:0x206] = b"HdrS"
     header[0x20E:0x210] = (0x100).to_bytes(2, "little")
-    header[0x300:0x300 + 30] = b"6.1.0-56-amd64 (debian@x) #1\0"
+    header[0x300 : 0x300 + 30] = b"6.1.0-56-amd64 (debian@x) #1\0"
     image.write_bytes(bytes(header))
     assert vm.kernel_release(image) == "6.1.0-56-amd64"
     assert vm.kernel_release(Path("/nonexistent/vmlinuz-6.12.9")) == "6.12.9"

@@ -19,8 +19,10 @@ import pytest
 
 pytestmark = [
     pytest.mark.lane,
-    pytest.mark.skipif(not os.environ.get("UDPSEND_LANE_IMAGE") or not shutil.which("qemu-system-x86_64"),
-                       reason="needs UDPSEND_LANE_IMAGE and qemu (ci/lane.sh sets both up)"),  # fmt: skip
+    pytest.mark.skipif(
+        not os.environ.get("UDPSEND_LANE_IMAGE") or not shutil.which("qemu-system-x86_64"),
+        reason="needs UDPSEND_LANE_IMAGE and qemu (ci/lane.sh sets both up)",
+    ),  # fmt: skip
 ]
 
 GUEST_TESTS = """
@@ -72,7 +74,6 @@ def test_netem_delay_and_loss_act_in_the_guest(pytester):
     out = result.stdout.str()
     result.assert_outcomes(passed=3, failed=1)
     # the bound fails, naming why the estimate cannot be taken there, never with a transit figure
-    failed = out[out.index("test_bound_on_an_unmeasurable_figure"):]
+    failed = out[out.index("test_bound_on_an_unmeasurable_figure") :]
     assert "wfree.p99_us" in failed and "not measured" in failed, out[-4000:]
     assert "skb_orphan_partial() in netem_enqueue()" in failed, out[-4000:]
-

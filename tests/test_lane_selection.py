@@ -14,8 +14,10 @@ import pytest
 
 pytestmark = [
     pytest.mark.lane,
-    pytest.mark.skipif(not os.environ.get("UDPSEND_LANE_IMAGE") or not shutil.which("qemu-system-x86_64"),
-                       reason="needs UDPSEND_LANE_IMAGE and qemu (ci/lane.sh sets both up)"),  # fmt: skip
+    pytest.mark.skipif(
+        not os.environ.get("UDPSEND_LANE_IMAGE") or not shutil.which("qemu-system-x86_64"),
+        reason="needs UDPSEND_LANE_IMAGE and qemu (ci/lane.sh sets both up)",
+    ),  # fmt: skip
 ]
 IMAGE = os.environ.get("UDPSEND_LANE_IMAGE", "")
 IN_GUEST = f"""
@@ -59,7 +61,13 @@ def test_no_ini_file_absolute_paths_from_elsewhere_k_m_odd_ids_and_a_conftest_ab
     assert result.ret == 0, result.stdout.str()[-3000:]
     result.assert_outcomes(passed=5, deselected=2)
     names = {nodeid.rsplit("::", 1)[1] for nodeid in ran(result)}
-    assert names == {"test_conftest_above", "test_odd_ids[a b]", "test_odd_ids[x[1]]", "test_odd_ids[sp ace][]", "test_y"}
+    assert names == {
+        "test_conftest_above",
+        "test_odd_ids[a b]",
+        "test_odd_ids[x[1]]",
+        "test_odd_ids[sp ace][]",
+        "test_y",
+    }
 
 
 def test_pyargs_inifile_and_rootdir_given(pytester, monkeypatch):

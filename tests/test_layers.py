@@ -76,12 +76,16 @@ def violations(root: Path = PACKAGE) -> list[str]:
         for target, line, _ in imports(path, module):
             if target == "pytest" or target.startswith("_pytest"):
                 if sub in PYTEST_FREE:
-                    bad.append(f"{path.relative_to(root)}:{line}: {module} (layer {own}) imports pytest: pytest glue belongs in frontend/")
+                    bad.append(
+                        f"{path.relative_to(root)}:{line}: {module} (layer {own}) imports pytest: pytest glue belongs in frontend/"
+                    )
                 continue
             if not target.startswith(NAME + ".") and target != NAME:
                 continue
             if layer_of(target) > own:
-                bad.append(f"{path.relative_to(root)}:{line}: {module} (layer {own}) imports {target} (layer {layer_of(target)})")
+                bad.append(
+                    f"{path.relative_to(root)}:{line}: {module} (layer {own}) imports {target} (layer {layer_of(target)})"
+                )
     return bad
 
 
@@ -96,7 +100,7 @@ def cycles(root: Path = PACKAGE) -> list[list[str]]:
         state[node] = "open"
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                found.append(stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt])
+                found.append(stack[stack.index(nxt) :] + [nxt] if nxt in stack else [node, nxt])
             elif nxt not in state:
                 visit(nxt, [*stack, nxt])
         state[node] = "done"

@@ -82,7 +82,9 @@ def _inner(tmp_path: Path, pair: tuple[str, str], *args: str, popen: bool = Fals
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--udpsend-require-privileges",
             "--udpsend-backend", "timestamp", f"--udpsend-nic-pair={pair[0]},{pair[1]}", str(tmp_path), *args]  # fmt: skip
     if popen:
-        return subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     return subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -95,6 +97,7 @@ CARRIER_FLAGS = {"NO-CARRIER", "LOWER_UP", "DORMANT", "M-DOWN"}  # link negotiat
 
 def _snapshot(port: str) -> dict:
     """The port as ip(8), tc(8), sysfs and procfs show it: independent of nicport.capture()."""
+
     def ip_json(*args: str) -> list:
         return json.loads(subprocess.run(["ip", "-j", *args], check=True, capture_output=True, text=True).stdout)
 

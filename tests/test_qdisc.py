@@ -60,7 +60,9 @@ def test_prio_defaults_to_tc_priomap():
     assert qdisc.parse("prio bands 2 priomap " + "1 0 " * 8).params["bands"] == 2
 
 
-def _root(tmp_path: Path, config: str | None = None, dep: str | None = None, builtin: str = "", loaded: str = "") -> Path:
+def _root(
+    tmp_path: Path, config: str | None = None, dep: str | None = None, builtin: str = "", loaded: str = ""
+) -> Path:
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc/modules").write_text(loaded)
     if config is not None:
@@ -111,7 +113,9 @@ class RefusingIpr:
 
 def test_a_kind_the_kernel_does_not_know_gets_the_module_sentence(monkeypatch):
     monkeypatch.setattr(qdisc, "missing_module", lambda kind, release=None, root=None: None)  # undecidable
-    with pytest.raises(PrivilegeError, match=r"has no sch_tbf \(the kernel does not know this qdisc kind\): modprobe sch_tbf"):
+    with pytest.raises(
+        PrivilegeError, match=r"has no sch_tbf \(the kernel does not know this qdisc kind\): modprobe sch_tbf"
+    ):
         qdisc.apply(qdisc.parse("tbf rate 1mbit burst 10kb latency 5ms"), RefusingIpr(errno.ENOENT), 2)
     with pytest.raises(ConfigError, match="mq needs a device with several TX queues"):
         qdisc.apply(qdisc.parse("mq"), RefusingIpr(errno.EOPNOTSUPP), 2)

@@ -79,7 +79,9 @@ def test_three_bursts_keep_each_datagram_its_size_and_time(tmp_path):
 def test_burst_rule_even_stream_is_one_burst_paced_frames_are_many():
     even = replay.make_schedule([(i * 1_000_000, 100) for i in range(100)], "even", {})  # 1 ms apart: the median
     assert list(even.burst_ends) == [100]
-    frames = replay.make_schedule([(f * 33_000_000 + i * 10_000, 1200) for f in range(5) for i in range(6)], "media", {})
+    frames = replay.make_schedule(
+        [(f * 33_000_000 + i * 10_000, 1200) for f in range(5) for i in range(6)], "media", {}
+    )
     assert list(frames.burst_ends) == [6, 12, 18, 24, 30]
 
 
@@ -97,7 +99,9 @@ def test_pcapng_and_a_filter_pick_one_flow(tmp_path):
 
 def test_ip_fragments_are_one_datagram_sized_from_the_udp_header(tmp_path):
     big4 = fragment(IP(src="10.1.0.1", dst="10.1.0.2", id=7) / UDP(sport=1, dport=2) / Raw(bytes(4000)), fragsize=1480)
-    big6 = fragment6(IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrFragment(id=9) / UDP(sport=1, dport=2) / Raw(bytes(3000)), 1280)
+    big6 = fragment6(
+        IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrFragment(id=9) / UDP(sport=1, dport=2) / Raw(bytes(3000)), 1280
+    )
     assert len(big4) == 3 and len(big6) == 3
     records = [(0, udp(100))]
     records += [(1000 + i, Ether() / f) for i, f in enumerate(reversed(big4))]  # the last fragment first
@@ -115,19 +119,25 @@ def test_gro_super_packet_is_split_into_the_flows_segments(tmp_path):
     assert list(s.sizes) == [1200] + [1200] * 10 + [500] + [700] + [1472, 1472, 56]
     assert s.notes["super_packets"] == 2 and s.notes["segments"] == 14
     assert set(s.times_ns[1:12]) == {1000}
-    assert list(replay.read(tmp_path / "gro.pcap", "sport=7777", mtu=9000).sizes) == [3000]  # a jumbo link: one datagram
+    assert list(replay.read(tmp_path / "gro.pcap", "sport=7777", mtu=9000).sizes) == [
+        3000
+    ]  # a jumbo link: one datagram
 
 
 def test_a_record_beyond_64k_is_sized_from_its_wire_length(tmp_path):
-    frame = bytes(Ether() / IP(src="10.1.0.1", dst="10.1.0.2", len=0) / UDP(sport=1, dport=2, len=0) / Raw(bytes(70_000)))
+    frame = bytes(
+        Ether() / IP(src="10.1.0.1", dst="10.1.0.2", len=0) / UDP(sport=1, dport=2, len=0) / Raw(bytes(70_000))
+    )
     s = replay.read(write(tmp_path / "big.pcap", [(0, frame)]))
     assert sum(s.sizes) == 70_000 and max(s.sizes) == 1472
 
 
 def test_truncated_records_are_sized_from_their_length_fields(tmp_path):
     whole = bytes(udp(1000))
-    cut_payload, cut_udp_header = whole[:96], whole[:14 + 20 + 4]
-    path = write(tmp_path / "snap.pcap", [(0, cut_payload), (10, cut_udp_header)], wirelen={0: len(whole), 1: len(whole)})
+    cut_payload, cut_udp_header = whole[:96], whole[: 14 + 20 + 4]
+    path = write(
+        tmp_path / "snap.pcap", [(0, cut_payload), (10, cut_udp_header)], wirelen={0: len(whole), 1: len(whole)}
+    )
     s = replay.read(path)
     assert list(s.sizes) == [1000, 1000]
     assert s.notes["truncated_records"] == 2
@@ -203,8 +213,16 @@ def test_marker_with_a_non_capture_is_a_collection_error(pytester):
 
 
 def test_cli_takes_the_replay_options():
-    args = cli.build_parser().parse_args(["run", "--replay", "x.pcap", "--speed", "0", "--loop", "2", "--replay-filter", "dport=53"])
-    assert cli.replay_args(args) == {"replay": "x.pcap", "speed": 0.0, "loop": 2, "replay_filter": "dport=53", "replay_mtu": 1500}
+    args = cli.build_parser().parse_args(
+        ["run", "--replay", "x.pcap", "--speed", "0", "--loop", "2", "--replay-filter", "dport=53"]
+    )
+    assert cli.replay_args(args) == {
+        "replay": "x.pcap",
+        "speed": 0.0,
+        "loop": 2,
+        "replay_filter": "dport=53",
+        "replay_mtu": 1500,
+    }
     args.exec_argv = ["./mine"]
     with pytest.raises(ConfigError, match="use one of them"):
         cli.replay_args(args)
@@ -247,7 +265,9 @@ def test_a_starved_receive_path_gives_eagain_per_burst(udp_sender, tmp_path):
     path, _, _ = bursts_capture(tmp_path / "b.pcap", gap_ns=1000, sizes=(1000, 1400))
     r = udp_sender.run(replay=str(path), cpu=0, receiver_cpu=1, sndbuf=4096)
     bursts = r.replay["bursts"]
-    assert r.attempts == 600 and r.sent + r.eagain + r.enobufs + r.other_errors == 600  # counted and dropped, never retried
+    assert (
+        r.attempts == 600 and r.sent + r.eagain + r.enobufs + r.other_errors == 600
+    )  # counted and dropped, never retried
     assert sum(b["eagain"] for b in bursts) == r.eagain
     assert all(b["eagain"] > 0 for b in bursts), bursts
     assert max(b["outq_max"] for b in bursts) >= r.sndbuf_effective // 2, bursts

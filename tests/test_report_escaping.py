@@ -65,7 +65,10 @@ def sample(kernel: str, rate: float) -> dict[str, Any]:
 def document(kernel: str, rates: list[float]) -> dict[str, Any]:
     env = {"kernel": kernel, "backend": "bpf", "hostname": "host" + EVIL, "cpu_model": "cpu" + EVIL,
            "labels": {"runner" + EVIL: EVIL}, "note" + EVIL: EVIL, "sysctls": {"net.core." + EVIL: EVIL}}  # fmt: skip
-    tests = {f"t.py::test_{EVIL}[{i}]": {"outcome": "passed" + EVIL, "samples": [sample(kernel, r) for r in rates]} for i in range(2)}
+    tests = {
+        f"t.py::test_{EVIL}[{i}]": {"outcome": "passed" + EVIL, "samples": [sample(kernel, r) for r in rates]}
+        for i in range(2)
+    }
     return store.document(env, tests)
 
 
@@ -124,7 +127,9 @@ def test_the_report_opens_with_an_overview_linked_to_each_test_s_section():
     assert page.index('<table class="overview">') < page.index("<h2>Environment</h2>")
     links = re.findall(r'<a href="#([^"]+)">', overview)
     assert len(links) == 2 and all(f'id="{a}"' in page for a in links)
-    assert "regression: eagain_rate" in overview and "31.00%" in overview and "100,000" in overview and "12 us" in overview
+    assert (
+        "regression: eagain_rate" in overview and "31.00%" in overview and "100,000" in overview and "12 us" in overview
+    )
     assert "finding &lt;script&gt;" in overview
 
 
@@ -143,5 +148,9 @@ def test_in_a_browser_the_hostile_report_has_no_element_from_the_data(tmp_path):
              f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert_inert(dom.stdout, "the DOM Chromium built", (SCRIPT, "<script", "<img", IMG))  # a quote in text stays a quote
-    assert '<table class="overview">' in dom.stdout and '<h2 id="test-1">' in dom.stdout and dom.stdout.count("<svg") >= 6
+    assert_inert(
+        dom.stdout, "the DOM Chromium built", (SCRIPT, "<script", "<img", IMG)
+    )  # a quote in text stays a quote
+    assert (
+        '<table class="overview">' in dom.stdout and '<h2 id="test-1">' in dom.stdout and dom.stdout.count("<svg") >= 6
+    )

@@ -186,8 +186,20 @@ def test_interrupted_program_is_killed(pytester):
     """Ctrl-C during sender_process.run(): the program's process group dies with the run."""
     pytester.makepyfile("def test_sleeps(sender_process):\n    sender_process.run(['sleep', '30.456'])\n")
     # SIGINT may be ignored by whoever started this suite; the child resets it before exec'ing pytest
-    boot = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.executable, sys.argv[1:])"
-    argv = [sys.executable, "-c", boot, sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--udpsend-require-privileges"]
+    boot = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.executable, sys.argv[1:])"
+    )
+    argv = [
+        sys.executable,
+        "-c",
+        boot,
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "--udpsend-require-privileges",
+    ]
     proc = subprocess.Popen(argv, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while subprocess.run(["pgrep", "-f", "sleep 30.456"], capture_output=True).returncode != 0:

@@ -24,7 +24,10 @@ def test_options_in_help(pytester):
 @pytest.mark.parametrize(
     ("marker", "expected"),
     [
-        ("topology(rps_cpu=[1])", "@pytest.mark.topology: got an unexpected keyword argument 'rps_cpu'; accepted arguments: rps_cpus, qdisc"),
+        (
+            "topology(rps_cpu=[1])",
+            "@pytest.mark.topology: got an unexpected keyword argument 'rps_cpu'; accepted arguments: rps_cpus, qdisc",
+        ),
         ("topology(qdisc='wred limit 10')", "unknown or missing qdisc kind; supported: bfifo, fq_codel, htb"),
         ("topology(qdisc='tbf rate 10mbit burst 10kb')", "tbf needs latency or limit"),
         ("topology(qdisc='tbf rate fast burst 10kb latency 5ms')", "rate: 'fast' is not a rate"),
@@ -64,7 +67,16 @@ def test_own_errors_show_one_sentence_not_a_traceback(pytester):
 
 
 SETPRIV = shutil.which("setpriv")
-DROP_CAPS = [SETPRIV, "--bounding-set", "-net_admin,-sys_admin", sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+DROP_CAPS = [
+    SETPRIV,
+    "--bounding-set",
+    "-net_admin,-sys_admin",
+    sys.executable,
+    "-m",
+    "pytest",
+    "-p",
+    "no:cacheprovider",
+]
 
 
 @pytest.mark.skipif(SETPRIV is None, reason="needs setpriv (util-linux) to drop capabilities")

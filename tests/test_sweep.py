@@ -97,7 +97,11 @@ def test_ctrl_c_mid_sweep_restores_the_host_and_keeps_the_cells(tmp_path, host_u
 
 def test_udpsend_report_shows_the_heatmap(tmp_path):
     """Rendered from a saved sweep document (no measurement): one rect per cell, the answer on top."""
-    cells = [_cell(r, sndbuf=s, force=True, budget=b) for s, r0 in ((16 << 10, 0.3), (8 << 20, 0.0)) for b, r in ((8, r0), (300, r0 / 2))]
+    cells = [
+        _cell(r, sndbuf=s, force=True, budget=b)
+        for s, r0 in ((16 << 10, 0.3), (8 << 20, 0.0))
+        for b, r in ((8, r0), (300, r0 / 2))
+    ]
     doc = store.document({"kernel": os.uname().release}, {c.cell.id(): {"outcome": "passed", "samples": [s.to_dict() for s in c.samples],
                                                                        "sweep": c.summary()} for c in cells})  # fmt: skip
     doc["sweep"] = {"target": 0.01, "smallest_change": "sndbuf 8 MB forced, budget unchanged: 0.00%"}

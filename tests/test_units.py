@@ -23,7 +23,10 @@ SOFTNET_11 = "00000001 00000000 00000007 0 0 0 0 0 0 0 0\n00000002 00000000 0000
 
 def test_softnet_15_columns_uses_cpu_column():
     stats = counters.parse_softnet(SOFTNET_15)
-    assert stats == {0: {"processed": 16, "dropped": 1, "time_squeeze": 2}, 1: {"processed": 32, "dropped": 0, "time_squeeze": 3}}
+    assert stats == {
+        0: {"processed": 16, "dropped": 1, "time_squeeze": 2},
+        1: {"processed": 32, "dropped": 0, "time_squeeze": 3},
+    }
 
 
 def test_softnet_13_columns_skips_offline_cpus():
@@ -37,7 +40,10 @@ def test_softnet_old_layout_counts_lines():
 
 def test_softnet_delta():
     before = counters.parse_softnet(SOFTNET_15)
-    after = {0: {"processed": 20, "dropped": 1, "time_squeeze": 5}, 1: {"processed": 32, "dropped": 0, "time_squeeze": 3}}
+    after = {
+        0: {"processed": 20, "dropped": 1, "time_squeeze": 5},
+        1: {"processed": 32, "dropped": 0, "time_squeeze": 3},
+    }
     assert counters.softnet_delta(before, after) == {
         "0": {"processed": 4, "dropped": 0, "time_squeeze": 3},
         "1": {"processed": 0, "dropped": 0, "time_squeeze": 0},
@@ -46,7 +52,12 @@ def test_softnet_delta():
 
 def test_snmp_names_like_nstat():
     text = "Ip: Forwarding OutDiscards\nIp: 2 7\nUdp: InDatagrams SndbufErrors\nUdp: 1 9\n"
-    assert counters.parse_snmp(text) == {"IpForwarding": 2, "IpOutDiscards": 7, "UdpInDatagrams": 1, "UdpSndbufErrors": 9}
+    assert counters.parse_snmp(text) == {
+        "IpForwarding": 2,
+        "IpOutDiscards": 7,
+        "UdpInDatagrams": 1,
+        "UdpSndbufErrors": 9,
+    }
     assert counters.parse_snmp("Udp6SndbufErrors                 4\nUdp6OutDatagrams 10\n") == {
         "Udp6SndbufErrors": 4,
         "Udp6OutDatagrams": 10,
@@ -85,7 +96,13 @@ def test_qdisc_parse_errors(text, message):
 
 def test_latency_stats_nearest_rank():
     stats = probes.latency_stats([i * 1000 for i in range(1, 101)])  # 1..100 us
-    assert (stats["count"], stats["p50_us"], stats["p90_us"], stats["p99_us"], stats["max_us"]) == (100, 50.0, 90.0, 99.0, 100.0)
+    assert (stats["count"], stats["p50_us"], stats["p90_us"], stats["p99_us"], stats["max_us"]) == (
+        100,
+        50.0,
+        90.0,
+        99.0,
+        100.0,
+    )
     assert sum(stats["histogram"]["counts"]) == 100
     assert probes.latency_stats([])["count"] == 0
 

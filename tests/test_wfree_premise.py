@@ -26,7 +26,9 @@ def _end(**topology: object) -> tuple[dict, RecordingSysctls, TimestampProbe]:
     return probe.end([30_000, 40_000], 0, 2), sysctls, probe
 
 
-@pytest.mark.parametrize("qdisc", ["netem delay 50ms 1ms", "netem delay 5ms", "netem rate 10mbit", "netem loss 1% delay 1ms"])
+@pytest.mark.parametrize(
+    "qdisc", ["netem delay 50ms 1ms", "netem delay 5ms", "netem rate 10mbit", "netem loss 1% delay 1ms"]
+)
 def test_netem_that_orphans_at_enqueue_gives_no_number(qdisc):
     w, sysctls, probe = _end(qdisc=qdisc)
     assert w["p50_us"] is None and w["p99_us"] is None and w["max_us"] is None and w["count"] is None, w

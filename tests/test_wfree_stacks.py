@@ -18,14 +18,19 @@ VETH = ["ip_rcv_core", "ip_rcv", "__netif_receive_skb_one_core", "process_backlo
 def test_the_probe_s_own_frames_are_dropped_so_the_first_is_the_caller_that_freed():
     fentry = ["bpf_prog_6deef7357e7b4530_kfunc__vmlinux__sock_wfree", "bpf_trampoline_6442510403", "sock_wfree", *VETH]
     assert caller_frames(fentry) == VETH
-    assert caller_frames(["sock_wfree", "skb_release_head_state", "consume_skb"]) == ["skb_release_head_state", "consume_skb"]
+    assert caller_frames(["sock_wfree", "skb_release_head_state", "consume_skb"]) == [
+        "skb_release_head_state",
+        "consume_skb",
+    ]
     assert caller_frames(["[unknown]", "sock_wfree", "ip_rcv_core"]) == ["ip_rcv_core"]
     # 6.12: the JIT code resolved to the kallsyms name before it; sock_wfree still marks the cut
     assert caller_frames(["handshake_exit", "handshake_exit", "sock_wfree", *VETH]) == VETH
     assert caller_frames(["bpf_prog_1_x", "[unknown]", *VETH]) == VETH  # no sock_wfree seen: names decide
     assert caller_frames(VETH) == VETH  # nothing of the probe's: kept whole
-    assert caller_frames(["sock_wfree", *VETH, "sock_wfree"]) == [*VETH, "sock_wfree"]  # only the top few are the probe's
-
+    assert caller_frames(["sock_wfree", *VETH, "sock_wfree"]) == [
+        *VETH,
+        "sock_wfree",
+    ]  # only the top few are the probe's
 
 
 def test_a_release_at_gro_entry_starts_at_napi_gro_receive():
@@ -38,6 +43,7 @@ def test_a_release_at_gro_entry_starts_at_napi_gro_receive():
     # seen in the 6.1 lane: the JIT code resolved to a module's kallsyms name; the runner still marks the cut
     assert caller_frames(["mpls_gso_exit", "bpf_trace_run1", *gro]) == gro
     assert stack_text(0.97, gro).endswith("__napi_poll <- napi_threaded_poll")
+
 
 def test_the_text_ends_at_the_frame_that_says_who_ran_the_release():
     assert stack_text(0.81, VMXNET3) == (
@@ -80,8 +86,11 @@ def test_top_stacks_per_context_symbolizes_only_the_most_frequent_and_merges_sam
 
 
 def test_results_carry_the_stacks_through_the_schema_the_terminal_and_the_report():
-    stacks = top_stacks({("ksoftirqd", 4): 81, ("inline", 1): 19}, lambda i: VMXNET3 if i == 4 else VETH,
-                        {"ksoftirqd": 81, "inline": 19})
+    stacks = top_stacks(
+        {("ksoftirqd", 4): 81, ("inline", 1): 19},
+        lambda i: VMXNET3 if i == 4 else VETH,
+        {"ksoftirqd": 81, "inline": 19},
+    )
     wfree = {"backend": "bpf", "count": 100, "p50_us": 1.0, "p99_us": 2.0, "max_us": 2.0,
              "contexts": {"inline": 19, "ksoftirqd": 81}, "stacks": stacks, "stacks_lost": 0, "stacks_sampled": 100,
              "stack_every": 8}  # fmt: skip

@@ -31,7 +31,9 @@ def add_calibrate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--runs", type=int, default=20, help="how many pytest runs (default 20)")
     p.add_argument("--content", type=float, default=0.999,
                    help="share of future runs a bound must hold for (default 0.999: one false fail in 1000 runs)")  # fmt: skip
-    p.add_argument("--confidence", type=float, default=0.95, help="confidence in that share over the runs seen (default 0.95)")
+    p.add_argument(
+        "--confidence", type=float, default=0.95, help="confidence in that share over the runs seen (default 0.95)"
+    )
     p.add_argument("--from", dest="from_files", nargs="+", metavar="RUN.json", default=[],
                    help="analyse these --udpsend-json files (paths or quoted globs) instead of running pytest")  # fmt: skip
     p.add_argument("--keep", metavar="DIR", help="keep each run's --udpsend-json file in DIR")
@@ -78,7 +80,9 @@ def _one_run(i: int, argv: list[str], out: Path) -> tuple[int, list[str]]:
         if line.startswith(("FAILED ", "ERROR ")):
             print(f"         {line[:200]}")
     if proc.returncode not in (0, 1):  # not a test failure: pytest itself could not run them
-        raise ConfigError(f"pytest exited with {proc.returncode} (usage or internal error): {(proc.stderr or proc.stdout).strip()[-600:]}")
+        raise ConfigError(
+            f"pytest exited with {proc.returncode} (usage or internal error): {(proc.stderr or proc.stdout).strip()[-600:]}"
+        )
     return proc.returncode, failed
 
 

@@ -43,7 +43,9 @@ def gather(session: UdpsendSession, report: pytest.TestReport) -> None:
         if name == store.PROPERTY:
             session.tests.setdefault(report.nodeid, {}).update({"outcome": report.outcome, "samples": value})
         elif name == INTERLEAVE_PROPERTY:  # the rounds of both arms and the paired verdicts
-            session.tests.setdefault(report.nodeid, {"samples": []}).update({"outcome": report.outcome, "interleave": value})
+            session.tests.setdefault(report.nodeid, {"samples": []}).update(
+                {"outcome": report.outcome, "interleave": value}
+            )
         elif name == COMPARE_PROPERTY:
             session.comparison += [compare.Row(**row) for row in value]  # type: ignore[attr-defined]
 
@@ -57,7 +59,11 @@ class Collector:
 
     def outputs(self) -> list[tuple[str, str]]:
         opts = self.session.options
-        return [(flag, path) for flag, path in (("--udpsend-json", opts.json_path), ("--udpsend-html", opts.html_path)) if path]
+        return [
+            (flag, path)
+            for flag, path in (("--udpsend-json", opts.json_path), ("--udpsend-html", opts.html_path))
+            if path
+        ]
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if session.config.getoption("collectonly"):
@@ -88,7 +94,11 @@ class Collector:
 
         if line := lane_summary(self.session):
             terminalreporter.write_line(line)
-        if (outputs := self.outputs()) and not self.session.tests and not hasattr(terminalreporter.config, "workerinput"):
+        if (
+            (outputs := self.outputs())
+            and not self.session.tests
+            and not hasattr(terminalreporter.config, "workerinput")
+        ):
             flags, paths = " and ".join(f for f, _ in outputs), ", ".join(p for _, p in outputs)
             terminalreporter.write_line(f"udpsend: {flags} not written: no test measured anything, so nothing "
                                         f"replaced {paths}")  # fmt: skip

@@ -24,7 +24,11 @@ Check = tuple[str, bool | None, str]  # (capability, ok / None: there but not us
 
 def _root() -> Check:
     problem = privileges.missing()
-    return ("root / CAP_NET_ADMIN + CAP_SYS_ADMIN", problem is None, problem or f"euid {os.geteuid()}, capabilities present")
+    return (
+        "root / CAP_NET_ADMIN + CAP_SYS_ADMIN",
+        problem is None,
+        problem or f"euid {os.geteuid()}, capabilities present",
+    )
 
 
 def _topology() -> list[Check]:
@@ -39,7 +43,13 @@ def _topology() -> list[Check]:
         out += [("network namespaces", True, "created and removed two"), ("veth", True, "created a pair"),
                 ("tc qdiscs (tbf)", True, "installed tbf on a veth"), ("RPS masks", True, "set rps_cpus on a veth")]  # fmt: skip
     except Exception as exc:  # report, do not crash: that is the point of a doctor
-        out.append(("namespaces / veth / tc / RPS", False, f"{exc}: run as root on a kernel with CONFIG_NET_NS, CONFIG_VETH, CONFIG_NET_SCH_TBF"))
+        out.append(
+            (
+                "namespaces / veth / tc / RPS",
+                False,
+                f"{exc}: run as root on a kernel with CONFIG_NET_NS, CONFIG_VETH, CONFIG_NET_SCH_TBF",
+            )
+        )
     finally:
         undo.flush()
     return out
@@ -55,7 +65,13 @@ def _sysctls() -> list[Check]:
                  "net.core.wmem_max", "net.core.netdev_tstamp_prequeue", "net.ipv4.udp_mem"):  # fmt: skip
         path = Path("/proc/sys", *name.split("."))
         if not path.exists():
-            out.append((f"sysctl {name}", False, f"not here: {OWN_NETNS}" if outside_initial_netns() else "absent on this kernel"))
+            out.append(
+                (
+                    f"sysctl {name}",
+                    False,
+                    f"not here: {OWN_NETNS}" if outside_initial_netns() else "absent on this kernel",
+                )
+            )
             continue
         try:
             scope = host.scope(name)
@@ -224,7 +240,9 @@ def tracing() -> list[Check]:
     source = where or "no kernel config readable"
     root = privileges.missing() is None
     mounts, known = mounted_filesystems(), kernel_filesystems()
-    tracefs = mounts.get("tracefs") or next((m for t, m in mounts.items() if t == "debugfs" and Path(m, "tracing/events").is_dir()), None)
+    tracefs = mounts.get("tracefs") or next(
+        (m for t, m in mounts.items() if t == "debugfs" and Path(m, "tracing/events").is_dir()), None
+    )
     tracefs_events = Path(tracefs, "events") if tracefs and Path(tracefs, "events").is_dir() else None
     ids = _btf_ids(("sock_wfree", "btf_trace_netif_receive_skb")) if BTF.exists() else {}
     mode, mode_from = _lockdown(config)
@@ -238,7 +256,11 @@ def tracing() -> list[Check]:
     elif mode == "none":
         out.append(("kernel lockdown", True, f"none ({mode_from}): nothing refused on its account"))
     else:
-        fix = "no fix on this kernel (the build forces it)" if "forced" in mode_from else "boot without lockdown= to lift it"
+        fix = (
+            "no fix on this kernel (the build forces it)"
+            if "forced" in mode_from
+            else "boot without lockdown= to lift it"
+        )
         out.append(("kernel lockdown", False, f"{mode} ({mode_from}): the kernel may refuse fentry/fexit and the function "
                                               f"tracer; {fix}; {LANE}"))  # fmt: skip
 
@@ -246,7 +268,10 @@ def tracing() -> list[Check]:
     if config:
         has_kprobes = built("CONFIG_KPROBES")
     else:
-        has_kprobes = Path("/sys/bus/event_source/devices/kprobe").exists() or Path("/proc/sys/debug/kprobes-optimization").exists()
+        has_kprobes = (
+            Path("/sys/bus/event_source/devices/kprobe").exists()
+            or Path("/proc/sys/debug/kprobes-optimization").exists()
+        )
     if has_kprobes:
         out.append(("kprobes", True, f"present ({source}): the bpf backend can attach to sock_wfree"))
     else:
@@ -291,7 +316,11 @@ def tracing() -> list[Check]:
         out.append(("raw_tracepoint / tp_btf", None, "not tried: loading a program needs root"))
     else:
         raw = _bpf_load(_RAW_TRACEPOINT)
-        btf_tp = _bpf_load(_TRACING, _TRACE_RAW_TP, ids["btf_trace_netif_receive_skb"]) if "btf_trace_netif_receive_skb" in ids else errno.ENOENT
+        btf_tp = (
+            _bpf_load(_TRACING, _TRACE_RAW_TP, ids["btf_trace_netif_receive_skb"])
+            if "btf_trace_netif_receive_skb" in ids
+            else errno.ENOENT
+        )
         if raw == 0 and btf_tp == 0:
             out.append(("raw_tracepoint / tp_btf", True, "both load, without tracefs: a probe can read the skb at "
                                                          f"net:netif_receive_skb through BTF; {backend_hint}"))  # fmt: skip
@@ -321,7 +350,9 @@ def tracing() -> list[Check]:
         out.append(("tracefs event filters", None, f"built in (CONFIG_EVENT_TRACING), usable once tracefs is mounted: "
                                                    f"{MOUNT_TRACEFS}{hist}"))  # fmt: skip
     else:
-        out.append(("tracefs event filters", False, "not built (no tracefs / CONFIG_EVENT_TRACING): no fix on this kernel"))
+        out.append(
+            ("tracefs event filters", False, "not built (no tracefs / CONFIG_EVENT_TRACING): no fix on this kernel")
+        )
 
     # kernel BTF: types without headers (tp_btf, fentry, CO-RE)
     if BTF.exists():
@@ -337,9 +368,17 @@ def tracing() -> list[Check]:
     paranoid = paranoid_path.read_text().strip() if paranoid_path.exists() else "absent"
     code = _perf_open(1, 0)  # PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK
     if code == 0:
-        out.append(("perf_event_open", True, f"works (perf_event_paranoid {paranoid}" + ("; root is exempt)" if root else ")")))
+        out.append(
+            ("perf_event_open", True, f"works (perf_event_paranoid {paranoid}" + ("; root is exempt)" if root else ")"))
+        )
     elif code == errno.ENOSYS or not built("CONFIG_PERF_EVENTS"):
-        out.append(("perf_event_open", False, "not available (CONFIG_PERF_EVENTS unset?): no tracepoint probes; no fix on this kernel"))
+        out.append(
+            (
+                "perf_event_open",
+                False,
+                "not available (CONFIG_PERF_EVENTS unset?): no tracepoint probes; no fix on this kernel",
+            )
+        )
     else:
         out.append(("perf_event_open", False, f"refused ({_err(code)}, perf_event_paranoid {paranoid}): run as root, "
                                               "or sysctl -w kernel.perf_event_paranoid=1"))  # fmt: skip
@@ -350,7 +389,10 @@ def tracing() -> list[Check]:
 
         bcc_ok, bcc_detail = hasattr(bcc, "BPF"), getattr(bcc, "__file__", "?")
     except ImportError:
-        bcc_ok, bcc_detail = False, _install("python3-bpfcc", "no python3-bpfcc in apt's sources: bcc must come from its own build")
+        bcc_ok, bcc_detail = (
+            False,
+            _install("python3-bpfcc", "no python3-bpfcc in apt's sources: bcc must come from its own build"),
+        )
         if bcc_detail.startswith("apt-get"):
             bcc_detail += "; make the venv with --system-site-packages"
     out.append(("bcc (python3-bpfcc)", bcc_ok, bcc_detail))
@@ -369,10 +411,18 @@ def tracing() -> list[Check]:
     if problem is None:
         out.append(("sock_wfree backend", True, "bpf (exact)"))
     else:
-        lacking = [what for what, ok in (("kprobes", has_kprobes), ("bcc", bcc_ok), ("kernel headers", headers is not None)) if not ok]
+        lacking = [
+            what
+            for what, ok in (("kprobes", has_kprobes), ("bcc", bcc_ok), ("kernel headers", headers is not None))
+            if not ok
+        ]
         why = f"the bpf backend needs {', '.join(lacking)} (see above)" if lacking else problem
         backend, _ = probes.choose("auto")
-        what = "tracepoint (exact counts and contexts; latency between tracepoints)" if backend == "tracepoint" else "timestamp (estimate)"
+        what = (
+            "tracepoint (exact counts and contexts; latency between tracepoints)"
+            if backend == "tracepoint"
+            else "timestamp (estimate)"
+        )
         out.append(("sock_wfree backend", True, f"{what}: {why}"))
     return out
 
@@ -388,14 +438,23 @@ def _lane() -> list[Check]:
     elif verdict == "no":
         kvm = ("KVM for the kernel lane", False, "a KVM guest hung here (nested virtualisation?): the lane uses TCG")
     else:
-        kvm = ("KVM for the kernel lane", True, "/dev/kvm usable" + ("" if verdict else " (a first lane run confirms it boots)"))
+        kvm = (
+            "KVM for the kernel lane",
+            True,
+            "/dev/kvm usable" + ("" if verdict else " (a first lane run confirms it boots)"),
+        )
     vng = shutil.which("vng") or shutil.which("vng", path=str(Path(sys.executable).parent))
     qemu = shutil.which("qemu-system-x86_64")
     return [
         kvm,
         ("virtme-ng", bool(vng), vng or "pip install virtme-ng (ci/prepare-kernel.sh does)"),
-        ("qemu-system-x86_64", bool(qemu), qemu or _install("qemu-system-x86", "no qemu-system-x86 in apt's sources: install qemu from your distribution")
-         + " (ci/prepare-kernel.sh does)"),
+        (
+            "qemu-system-x86_64",
+            bool(qemu),
+            qemu
+            or _install("qemu-system-x86", "no qemu-system-x86 in apt's sources: install qemu from your distribution")
+            + " (ci/prepare-kernel.sh does)",
+        ),
     ]
 
 
@@ -406,7 +465,11 @@ def _cgroups() -> Check:
     if mounts:
         kind, where = next(iter(mounts.items()))
         return ("cgroup cpu controller (cpu_max)", True, f"{kind} at {where}")
-    return ("cgroup cpu controller (cpu_max)", False, "no cgroup hierarchy with the cpu controller: cpu_max unavailable")
+    return (
+        "cgroup cpu controller (cpu_max)",
+        False,
+        "no cgroup hierarchy with the cpu controller: cpu_max unavailable",
+    )
 
 
 def collect() -> list[Check]:
@@ -430,6 +493,3 @@ def run_checks() -> int:
         print(f"  {MARKS[ok]} {name:<{width}}  {detail}")
     core = {"root / CAP_NET_ADMIN + CAP_SYS_ADMIN", "network namespaces", "veth"}
     return 0 if all(ok for name, ok, _ in checks if name in core) and any(c[0] == "veth" for c in checks) else 1
-
-
-

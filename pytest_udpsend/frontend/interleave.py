@@ -43,7 +43,9 @@ MEASURING = frozenset({"udpsend_result", "udp_sender", "sender_process", "udpsen
 def interleaved(item: pytest.Item) -> bool:
     """Does this run measure ``item`` in two arms?  With the option, tests that measure or ask for the arm."""
     wanted = MEASURING | {"udpsend_arm"}
-    return bool(udpsend_session(item.config).options.interleave) and bool(wanted & set(getattr(item, "fixturenames", ())))
+    return bool(udpsend_session(item.config).options.interleave) and bool(
+        wanted & set(getattr(item, "fixturenames", ()))
+    )
 
 
 def is_control(item: pytest.Item) -> bool:
@@ -76,7 +78,9 @@ def plan(items: Sequence[pytest.Item], config: pytest.Config) -> None:
         return
     family = Family(sum(1 for i in items if interleaved(i)), tuple(session.gate.names()))
     if family.tests:
-        family.refusal = paired.refusal(session.options.interleave, session.gate.alpha, family.size, len(family.metrics))
+        family.refusal = paired.refusal(
+            session.options.interleave, session.gate.alpha, family.size, len(family.metrics)
+        )
     config.stash[FAMILY_KEY] = family
     if family.refusal and not hasattr(config, "workerinput"):
         raise pytest.UsageError(family.refusal)
@@ -163,7 +167,9 @@ def _finish_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> list[py
 
 
 def _rounds(runs: list[ArmRun], plan_: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [{"order": "".join(a[0].upper() for a in order), "baseline": [], "candidate": []} for order in plan_]
+    out: list[dict[str, Any]] = [
+        {"order": "".join(a[0].upper() for a in order), "baseline": [], "candidate": []} for order in plan_
+    ]
     for one in runs:
         out[one.round][one.arm] = one.samples
     return [r for r in out if r["baseline"] or r["candidate"]]

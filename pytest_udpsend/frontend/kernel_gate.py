@@ -204,7 +204,9 @@ class Kernels:
         """With a gate: one sentence if the other kernels ran tests but not one comparison was made."""
         if self.interleaved:
             return None
-        if self.gate is None or not any(self.reported.get(lane.suffix) for lane in self.lanes if lane is not self.gate.ref):
+        if self.gate is None or not any(
+            self.reported.get(lane.suffix) for lane in self.lanes if lane is not self.gate.ref
+        ):
             return None
         return compare.nothing_compared([r for rows in self.gate.rows.values() for r in rows])
 
@@ -225,7 +227,9 @@ class Kernels:
             terminalreporter.write_line("")
             terminalreporter.write_line(compare.table(rows, gate.ref.guest_environment, lane.guest_environment or {}))
             bad = {r.test for r in rows if r.regressed}
-            terminalreporter.write_line(f"{suffix}: {len(bad)} of {len({r.test for r in rows})} compared test(s) regressed")
+            terminalreporter.write_line(
+                f"{suffix}: {len(bad)} of {len({r.test for r in rows})} compared test(s) regressed"
+            )
             for line in compare.not_compared(rows):
                 terminalreporter.write_line(f"{suffix}: {line}")
 

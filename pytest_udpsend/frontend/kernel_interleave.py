@@ -44,14 +44,18 @@ def family(items: Sequence[pytest.Item], settings: compare.Settings) -> tuple[in
     return measuring, max(measuring * len(settings.names()), 1)
 
 
-def _judge(item: pytest.Item, rounds: list[dict[str, Any]], settings: compare.Settings, level: float) -> list[paired.PairedRow]:
+def _judge(
+    item: pytest.Item, rounds: list[dict[str, Any]], settings: compare.Settings, level: float
+) -> list[paired.PairedRow]:
     """The paired rule with the test's udpsend_baseline marker overrides, as the other paths apply them."""
     marker = (item.stash.get(SCENARIO_KEY, None) or Scenario()).baseline
     tolerance = settings.tolerance if marker.tolerance is None else marker.tolerance
     return paired.judge_test(item.nodeid, rounds, marker.metrics or settings.names(), tolerance, level)
 
 
-def run(lanes: Sequence[vm.Lane], session: pytest.Session, rounds: int, settings: compare.Settings) -> dict[str, list[paired.PairedRow]]:
+def run(
+    lanes: Sequence[vm.Lane], session: pytest.Session, rounds: int, settings: compare.Settings
+) -> dict[str, list[paired.PairedRow]]:
     """Boot the two lanes alternately, then report every test once per kernel; the paired rows per test."""
     ref, cand = lanes
     measuring, size = family(session.items, settings)
@@ -83,7 +87,9 @@ def run(lanes: Sequence[vm.Lane], session: pytest.Session, rounds: int, settings
         extra: list[Any] = []
         failure = None
         if lane is cand and rounds_ and mixed and not settings.allow_mixed:
-            failure = f"udpsend kernel gate (interleaved boots): {compare.mixed_refusal(mixed, '--udpsend-allow-mixed')}"
+            failure = (
+                f"udpsend kernel gate (interleaved boots): {compare.mixed_refusal(mixed, '--udpsend-allow-mixed')}"
+            )
         elif lane is cand and rounds_:  # measured on either kernel: a kernel that lost a metric fails ("lost")
             rows = _judge(item, rounds_, settings, level)
             verdicts[nodeid] = rows
@@ -91,7 +97,10 @@ def run(lanes: Sequence[vm.Lane], session: pytest.Session, rounds: int, settings
                                             "tolerance": settings.tolerance, "alpha": settings.alpha,
                                             "metrics": settings.names(), "paired": [r.to_dict() for r in rows]}]]  # fmt: skip
             if any(r.fails for r in rows):
-                failure = f"udpsend kernel gate (interleaved boots, against {ref.suffix}): regression:\n" + paired.table(rows, level)
+                failure = (
+                    f"udpsend kernel gate (interleaved boots, against {ref.suffix}): regression:\n"
+                    + paired.table(rows, level)
+                )
         lane.report(item, [_with(g, taken, extra, failure) for g in phases])
     return verdicts
 
@@ -100,7 +109,9 @@ def _with(g: vm.GuestReport, taken: list[dict[str, Any]], extra: list[Any], fail
     """A call phase carrying every round's samples of its kernel (and the paired record), failed on a regression."""
     if g.when != "call":
         return g
-    props = [p for p in g.user_properties if p[0] != store.PROPERTY] + ([[store.PROPERTY, taken]] if taken else []) + extra
+    props = (
+        [p for p in g.user_properties if p[0] != store.PROPERTY] + ([[store.PROPERTY, taken]] if taken else []) + extra
+    )
     if failure and g.outcome == "passed":
         return replace(g, user_properties=props, outcome="failed", longrepr=failure)
     return replace(g, user_properties=props)

@@ -90,7 +90,9 @@ def _call(marker: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Ma
 
 def _sysctl_dict(values: Any) -> dict[str, str]:
     if not isinstance(values, dict) or not values:
-        raise ConfigError(f"expects one dict of dotted names to values, e.g. {{'net.core.netdev_budget': 8}}, got {values!r}")
+        raise ConfigError(
+            f"expects one dict of dotted names to values, e.g. {{'net.core.netdev_budget': 8}}, got {values!r}"
+        )
     out = {}
     for name, value in values.items():
         try:
@@ -126,16 +128,22 @@ def _overrides(item: pytest.Item) -> dict[str, dict[str, Any]] | None:
     if m is None:
         return None
     if m.args:
-        raise ConfigError("@pytest.mark.candidate: takes keyword arguments only, e.g. candidate(sysctl={'net.core.netdev_budget': 8})")
+        raise ConfigError(
+            "@pytest.mark.candidate: takes keyword arguments only, e.g. candidate(sysctl={'net.core.netdev_budget': 8})"
+        )
     for name, value in m.kwargs.items():
         if name not in OVERRIDABLE:
-            raise ConfigError(f"@pytest.mark.candidate: unknown argument {name!r}; accepted arguments: {', '.join(OVERRIDABLE)}")
+            raise ConfigError(
+                f"@pytest.mark.candidate: unknown argument {name!r}; accepted arguments: {', '.join(OVERRIDABLE)}"
+            )
         if not isinstance(value, dict):
             raise ConfigError(f"@pytest.mark.candidate: {name}= takes a dict of that marker's arguments, got {value!r}")
     return dict(m.kwargs)
 
 
-def _arguments(name: str, fn: Callable[..., Any], mark: pytest.Mark | None, override: dict[str, Any] | None) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+def _arguments(
+    name: str, fn: Callable[..., Any], mark: pytest.Mark | None, override: dict[str, Any] | None
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
     """A marker's arguments, with the candidate's override laid over them (None: neither has it)."""
     if override is None:
         return (mark.args, dict(mark.kwargs)) if mark is not None else None

@@ -21,7 +21,9 @@ def number_type(low: float, high: float = math.inf, integer: bool = False, unit:
             value: Any = int(text) if integer else float(text)
             return number("", value, low, high, integer)
         except (ValueError, ConfigError):
-            raise argparse.ArgumentTypeError(f"{text!r}: {accepted(low, high, integer)}" + (f" ({unit})" if unit else "")) from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: {accepted(low, high, integer)}" + (f" ({unit})" if unit else "")
+            ) from None
 
     convert.__name__ = "integer" if integer else "number"  # argparse's name for the type in its own messages
     return convert
@@ -66,7 +68,9 @@ GATE_AGAINST = Opt("--udpsend-gate-against", "with --udpsend-kernel given twice 
 KERNEL_TIMEOUT = Opt("--udpsend-kernel-timeout", "seconds the kernel-lane guest may run before it is killed (default 2400)",
                      {"type": number_type(1, WEEK_S, unit="seconds"), "default": 2400.0, "metavar": "S"})  # fmt: skip
 HTML = Opt("--udpsend-html", "write a self-contained HTML report with plots to PATH", {"metavar": "PATH"})
-PCAP = Opt("--udpsend-pcap", "keep a bounded capture of each failing measuring test's traffic in DIR", {"metavar": "DIR"})
+PCAP = Opt(
+    "--udpsend-pcap", "keep a bounded capture of each failing measuring test's traffic in DIR", {"metavar": "DIR"}
+)
 REQUIRE = Opt(
     "--udpsend-require-privileges",
     "fail, instead of skip, where root, netns or a needed kernel feature is missing",
@@ -134,7 +138,9 @@ def candidate_sysctls(given: list[str], interleave: int) -> dict[str, str]:
 
     flag = "--udpsend-candidate-sysctl"
     if given and not interleave:
-        raise ValueError(f"{flag} defines the candidate arm of --udpsend-interleave: add --udpsend-interleave N (e.g. 10)")
+        raise ValueError(
+            f"{flag} defines the candidate arm of --udpsend-interleave: add --udpsend-interleave N (e.g. 10)"
+        )
     pairs = parse_labels(given, flag, "net.core.netdev_budget=8")  # NAME=VALUE, as labels are written
     if not pairs:
         return {}
@@ -240,7 +246,9 @@ def configure_baseline(session: Any, config: Any) -> None:
 
         pooled, why = fanin.pool(fanin.units_of(doc, session.options.baseline_path))
         if pooled is None:
-            raise pytest.UsageError(f"--udpsend-baseline {session.options.baseline_path}: its runs cannot be pooled: {why}")
+            raise pytest.UsageError(
+                f"--udpsend-baseline {session.options.baseline_path}: its runs cannot be pooled: {why}"
+            )
         doc = pooled
     session.baseline = doc
     session.baseline_samples = compare.samples_by_test(doc)
@@ -249,7 +257,9 @@ def configure_baseline(session: Any, config: Any) -> None:
     if hasattr(config, "workerinput") or config.getoption("udpsend_kernel", None):
         return  # checked once, where the tests run: the controller, or the lane's guest
     counts = [len(s) for s in session.baseline_samples.values() if s]
-    short = compare.needed_samples(min(counts), session.options.repeat, settings, session.gate_family) if counts else None
+    short = (
+        compare.needed_samples(min(counts), session.options.repeat, settings, session.gate_family) if counts else None
+    )
     if short:
         raise pytest.UsageError(f"--udpsend-baseline: {short}")
     if not allow_mixed:
@@ -323,7 +333,9 @@ def session_options(config: Any) -> Any:
                                 "or at least 2 rounds (the run says how many its tests need)")  # fmt: skip
     try:
         opts.labels.update(parse_labels(config.getoption("udpsend_label") or []))
-        opts.candidate_sysctls.update(candidate_sysctls(config.getoption("udpsend_candidate_sysctl") or [], opts.interleave))
+        opts.candidate_sysctls.update(
+            candidate_sysctls(config.getoption("udpsend_candidate_sysctl") or [], opts.interleave)
+        )
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     if opts.nic_pair is not None:

@@ -16,7 +16,9 @@ from pytest_udpsend.host.topology import Topology
 from pytest_udpsend.measure.capture import capture
 
 
-def capture_for(request: pytest.FixtureRequest, ctx: Any, topo: Topology) -> Callable[[], contextlib.AbstractContextManager[Any]] | None:
+def capture_for(
+    request: pytest.FixtureRequest, ctx: Any, topo: Topology
+) -> Callable[[], contextlib.AbstractContextManager[Any]] | None:
     """A capture factory for this test when --udpsend-pcap is given, else None."""
     directory = ctx.session.options.pcap_dir
     if not directory:

@@ -81,7 +81,9 @@ def measured_rows(tests: dict[str, dict[str, Any]]) -> list[tuple[str, str, str,
 def _arm_medians(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     samples, labels = [], []
     for arm in ("baseline", "candidate"):
-        found = sorted((s for r in record.get("rounds", []) for s in r.get(arm, [])), key=lambda s: s.get("eagain_rate") or 0)
+        found = sorted(
+            (s for r in record.get("rounds", []) for s in r.get(arm, [])), key=lambda s: s.get("eagain_rate") or 0
+        )
         if found:
             samples.append(found[len(found) // 2])
             labels.append(f"{arm}, median of {len(found)}")
@@ -100,8 +102,15 @@ def interleave_summary(tests: dict[str, dict[str, Any]]) -> list[str]:
         kind = "control" if record.get("control") else "candidate"
         for row in record.get("paired", []):
             factor, finds = row.get("estimate"), row.get("resolvable")
-            text = (f"{nodeid} [{kind}] {row['metric']}: x{factor:.3g} worse" if factor else f"{nodeid} [{kind}] {row['metric']}: -") + (
-                f", N={row['pairs']} finds x{finds:.3g} at 80 %" if finds else f", N={row['pairs']} too few to find any change")
+            text = (
+                f"{nodeid} [{kind}] {row['metric']}: x{factor:.3g} worse"
+                if factor
+                else f"{nodeid} [{kind}] {row['metric']}: -"
+            ) + (
+                f", N={row['pairs']} finds x{finds:.3g} at 80 %"
+                if finds
+                else f", N={row['pairs']} too few to find any change"
+            )
             lines.append(f"{text}: {row['verdict']}")
             if row["verdict"] == "regressed":
                 (moved if record.get("control") else regressed).append(f"{nodeid} {row['metric']}")

@@ -259,7 +259,9 @@ class TestContext:
 
 
 @contextlib.contextmanager
-def standalone(options: SessionOptions | None = None, marked_sysctls: dict[str, str] | None = None) -> Iterator[TestContext]:
+def standalone(
+    options: SessionOptions | None = None, marked_sysctls: dict[str, str] | None = None
+) -> Iterator[TestContext]:
     """A session and one test context outside pytest (the udpsend command, benchmarks).
 
     Checks privileges, reaps what dead sessions left, and undoes everything on exit.

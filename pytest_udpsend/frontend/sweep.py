@@ -206,7 +206,10 @@ def _changes(cell: Cell, base: Cell) -> list[tuple[str, float]]:
     if cell.sndbuf is not None and base.sndbuf is not None and (cell.sndbuf, cell.force) != (base.sndbuf, base.force):
         mag = abs(math.log2(cell.sndbuf / base.sndbuf)) + (1.0 if cell.force else 0.0)
         out.append((f"sndbuf {_size(cell.sndbuf)}{' forced' if cell.force else ''}", mag))
-    for name, now, was in (("budget", cell.budget, base.budget), ("budget_usecs", cell.budget_usecs, base.budget_usecs)):
+    for name, now, was in (
+        ("budget", cell.budget, base.budget),
+        ("budget_usecs", cell.budget_usecs, base.budget_usecs),
+    ):
         if now is not None and was is not None and now != was:
             out.append((f"{name} {now}", abs(math.log2(now / was))))
     if cell.workers is not None and base.workers is not None and cell.workers != base.workers:
@@ -216,8 +219,17 @@ def _changes(cell: Cell, base: Cell) -> list[tuple[str, float]]:
 
 def describe(cell: Cell, base: Cell) -> str:
     changed = dict(_changes(cell, base))
-    names = [("sndbuf", cell.sndbuf), ("budget", cell.budget), ("budget_usecs", cell.budget_usecs), ("workers", cell.workers)]
-    parts = [next((d for d in changed if d.startswith(name + " ")), f"{name} unchanged") for name, v in names if v is not None]
+    names = [
+        ("sndbuf", cell.sndbuf),
+        ("budget", cell.budget),
+        ("budget_usecs", cell.budget_usecs),
+        ("workers", cell.workers),
+    ]
+    parts = [
+        next((d for d in changed if d.startswith(name + " ")), f"{name} unchanged")
+        for name, v in names
+        if v is not None
+    ]
     return ", ".join(parts) or "the scenario as given"
 
 
@@ -233,13 +245,20 @@ def smallest_change(cells: Sequence[CellResult], base: Cell, target: float) -> s
 
     def cost(c: CellResult) -> tuple[bool, int, float, float]:
         ch = _changes(c.cell, base)  # a cell that trades EAGAIN for drops comes last
-        return (c.median("enobufs_rate") or 0.0) > target, len(ch), sum(m for _, m in ch), c.median("eagain_rate") or 0.0
+        return (
+            (c.median("enobufs_rate") or 0.0) > target,
+            len(ch),
+            sum(m for _, m in ch),
+            c.median("eagain_rate") or 0.0,
+        )
 
     pick = min(good, key=cost)
     dropped = pick.median("enobufs_rate") or 0.0
     caveat = f"; but {dropped:.1%} of sends got ENOBUFS: the drop moved past the socket" if dropped > target else ""
     if not _changes(pick.cell, base):
-        return f"no change needed: as found, EAGAIN is {pick.median('eagain_rate') or 0:.2%} (target {target:.2%}){caveat}"
+        return (
+            f"no change needed: as found, EAGAIN is {pick.median('eagain_rate') or 0:.2%} (target {target:.2%}){caveat}"
+        )
     return f"{describe(pick.cell, base)}: {pick.median('eagain_rate') or 0:.2%} (target {target:.2%}){caveat}"
 
 
@@ -300,9 +319,17 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
     """The grid; these replace the run options' single --sndbuf (the parser resolves the conflict)."""
     g = p.add_argument_group("the grid (comma-separated lists; the first sndbuf and workers are the scenario as found)")
     g.add_argument("--sndbuf", type=_int_list("--sndbuf"), metavar="LIST", help="SO_SNDBUF sizes, e.g. 8M,64K,256K,1M")
-    g.add_argument("--force", choices=tuple(FORCE), help="SO_SNDBUFFORCE per size: no, yes or both (default no; yes with --force-sndbuf)")
-    g.add_argument("--budget", type=_int_list("--budget"), metavar="LIST", help="net.core.netdev_budget values, e.g. 8,64,300")
-    g.add_argument("--budget-usecs", type=_int_list("--budget-usecs"), metavar="LIST", help="net.core.netdev_budget_usecs values")
+    g.add_argument(
+        "--force",
+        choices=tuple(FORCE),
+        help="SO_SNDBUFFORCE per size: no, yes or both (default no; yes with --force-sndbuf)",
+    )
+    g.add_argument(
+        "--budget", type=_int_list("--budget"), metavar="LIST", help="net.core.netdev_budget values, e.g. 8,64,300"
+    )
+    g.add_argument(
+        "--budget-usecs", type=_int_list("--budget-usecs"), metavar="LIST", help="net.core.netdev_budget_usecs values"
+    )
     g.add_argument("--workers", type=_int_list("--workers"), metavar="LIST",
                    help="CPU hogs on the --cpu-pressure CPUs (default CPU 1), e.g. 2,1,0")  # fmt: skip
     g.add_argument("--target", type=_target, default=0.01, help="the EAGAIN rate to get under (default 1%%)")
@@ -316,7 +343,9 @@ def make_grid(sndbuf: Sequence[int] | None = None, force: str = "no", budget: Se
         raise ConfigError(f"force={force!r}: accepted: {', '.join(FORCE)}")
     for name, values, low, high in (("sndbuf", sndbuf, 1024, 1 << 30), ("budget", budget, 1, 1 << 20),
                                     ("budget_usecs", budget_usecs, 1, 1 << 30), ("workers", workers, 0, 64)):  # fmt: skip
-        if values is not None and (not values or any(isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high for v in values)):
+        if values is not None and (
+            not values or any(isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high for v in values)
+        ):
             raise ConfigError(f"{name}={list(values)!r}: a non-empty list of integers from {low} to {high}")
     grid = Grid(_tuple(sndbuf), FORCE[force], _tuple(budget), _tuple(budget_usecs), _tuple(workers))
     if grid.size() < 2:
@@ -374,7 +403,9 @@ def run_command(args: argparse.Namespace) -> int:
                          gso_size=args.gso_size, flows=args.flows, threads=args.threads,
                          **{k: getattr(args, k) for k in ("replay", "speed", "loop", "replay_filter", "replay_mtu")})  # fmt: skip
     if argv is not None and params.replay is not None:
-        raise ConfigError("--replay sends a capture with the plugin's sender, --exec runs your program as the sender: use one of them")
+        raise ConfigError(
+            "--replay sends a capture with the plugin's sender, --exec runs your program as the sender: use one of them"
+        )
     pressure = load.make_spec(*args.cpu_pressure) if args.cpu_pressure else None  # as `udpsend run` reads it
     repeat = args.udpsend_repeat
     print(f"udpsend sweep: {grid.size()} cells x {repeat} sample(s) of {params.duration:g} s", file=sys.stderr)

@@ -182,8 +182,11 @@ def capture(name: str) -> PortState:
         routes=sorted(routes, key=json.dumps),
         qdisc=(roots[0] if roots else "") if up else "",
         rps={q.name: _read(q / "rps_cpus") for q in sorted(base.glob("queues/rx-*")) if (q / "rps_cpus").exists()},
-        irqs={irq: _read(PROC_IRQ / str(irq) / "smp_affinity") for irq in irq_numbers(name)
-              if (PROC_IRQ / str(irq)).is_dir()},  # a never-opened port may hold no vectors yet  # fmt: skip
+        irqs={
+            irq: _read(PROC_IRQ / str(irq) / "smp_affinity")
+            for irq in irq_numbers(name)
+            if (PROC_IRQ / str(irq)).is_dir()
+        },  # a never-opened port may hold no vectors yet  # fmt: skip
         conf=_conf(name),
         device=str(device_path(name)),
         tx_checksum=tx_checksum(name),
@@ -338,7 +341,9 @@ def _ruled(ipr: Any, name: str) -> str | None:
         for attr, word in (("FRA_IIFNAME", "iif"), ("FRA_OIFNAME", "oif")):
             if rule.get_attr(attr) == name:
                 table = rule.get_attr("FRA_TABLE") or rule["table"]
-                return f"is named by this host's routing rule '{word} {name} lookup {TABLES.get(table, table)}'; {USE_FIX}"
+                return (
+                    f"is named by this host's routing rule '{word} {name} lookup {TABLES.get(table, table)}'; {USE_FIX}"
+                )
     return None
 
 
@@ -353,10 +358,15 @@ def _underlay(ipr: Any, index: int, state: PortState) -> str | None:
         if link["index"] == index or kind == "veth" or link.get_attr("IFLA_LINK_NETNSID") is not None:
             continue  # a veth's link is its peer; a link of another namespace is an index there
         data = info.get_attr("IFLA_INFO_DATA") if info else None
-        attrs = [(str(a[0]), a[1]) for a in (data["attrs"] if data is not None and not isinstance(data, (str, bytes)) else [])]
+        attrs = [
+            (str(a[0]), a[1])
+            for a in (data["attrs"] if data is not None and not isinstance(data, (str, bytes)) else [])
+        ]
         links = [link.get_attr("IFLA_LINK")] + [v for k, v in attrs if k.endswith("_LINK")]
         why = "its link" if index in links else None
-        why = why or next((f"its local address {v}" for k, v in attrs if k.endswith(("_LOCAL", "_LOCAL6")) and v in own), None)
+        why = why or next(
+            (f"its local address {v}" for k, v in attrs if k.endswith(("_LOCAL", "_LOCAL6")) and v in own), None
+        )
         why = why or next((f"its remote {v} is reached through {state.name}" for k, v in attrs
                            if k.endswith(("_REMOTE", "_REMOTE6", "_GROUP", "_GROUP6")) and _reached_by(ipr, v, index)), None)  # fmt: skip
         if why:
@@ -399,7 +409,9 @@ def _packet_users(index: int) -> str | None:
         lines = Path("/proc/thread-self/net/packet").read_text().splitlines()[1:]
     except OSError:
         return None  # no AF_PACKET in this kernel
-    inodes = {f"socket:[{cols[8]}]" for cols in (line.split() for line in lines) if len(cols) > 8 and cols[4] == str(index)}
+    inodes = {
+        f"socket:[{cols[8]}]" for cols in (line.split() for line in lines) if len(cols) > 8 and cols[4] == str(index)
+    }
     if not inodes:
         return None
     owner = "a process not found in /proc"
@@ -601,7 +613,9 @@ def _restore_qdisc(state: PortState) -> None:
     done = subprocess.run(["tc", "qdisc", "replace", "dev", state.name, "root", state.qdisc],
                           capture_output=True, text=True, check=False)  # fmt: skip
     if done.returncode != 0:
-        raise ConfigError(f"NIC port {state.name}: could not put its root qdisc {state.qdisc} back: {done.stderr.strip()}")
+        raise ConfigError(
+            f"NIC port {state.name}: could not put its root qdisc {state.qdisc} back: {done.stderr.strip()}"
+        )
 
 
 def differences(before: PortState, after: PortState) -> list[str]:

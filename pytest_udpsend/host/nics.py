@@ -132,7 +132,12 @@ def missing_reason(link: str, option_pair: str | None) -> str:
                 f"is the {MODELS[link].driver if link in MODELS else link} driver in this kernel?")  # fmt: skip
     if link == "nic":
         return "link='nic' uses the ports named by --udpsend-nic-pair A,B: give two cabled ports (or VFs)"
-    extra = f", or --udpsend-nic-pair with two {MODELS[link].driver} ports" if option_pair is None else (
-        f"; --udpsend-nic-pair {option_pair} is not a pair of {MODELS[link].driver} ports")
-    return (f"link={link!r} needs a pair of emulated {link} NICs: run it in the kernel lane with "
-            f"--udpsend-kernel IMAGE (which boots the guest with them){extra}")
+    extra = (
+        f", or --udpsend-nic-pair with two {MODELS[link].driver} ports"
+        if option_pair is None
+        else (f"; --udpsend-nic-pair {option_pair} is not a pair of {MODELS[link].driver} ports")
+    )
+    return (
+        f"link={link!r} needs a pair of emulated {link} NICs: run it in the kernel lane with "
+        f"--udpsend-kernel IMAGE (which boots the guest with them){extra}"
+    )

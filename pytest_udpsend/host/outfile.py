@@ -44,7 +44,9 @@ def check_target(path: str | Path, flag: str) -> None:
     if not existing.is_dir():
         raise OutputError(f"{flag} {path}: {existing} is not a directory; give a path in a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{flag} {path}: the directory {existing} is not writable by this user; give a path you can write")
+        raise OutputError(
+            f"{flag} {path}: the directory {existing} is not writable by this user; give a path you can write"
+        )
 
 
 @contextlib.contextmanager

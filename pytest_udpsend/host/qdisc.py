@@ -33,7 +33,17 @@ _RATE_UNITS = {
     "bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12,
     "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9,
 }  # fmt: skip
-_SIZE_UNITS = {"b": 1, "k": 1024, "kb": 1024, "kbit": 128, "m": 1 << 20, "mb": 1 << 20, "mbit": 1 << 17, "g": 1 << 30, "gb": 1 << 30}
+_SIZE_UNITS = {
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kbit": 128,
+    "m": 1 << 20,
+    "mb": 1 << 20,
+    "mbit": 1 << 17,
+    "g": 1 << 30,
+    "gb": 1 << 30,
+}
 _TIME_UNITS = {"s": 1e6, "sec": 1e6, "secs": 1e6, "ms": 1e3, "msec": 1e3, "msecs": 1e3, "us": 1, "usec": 1, "usecs": 1}
 _NUMBER = re.compile(r"^(\d+(?:\.\d+)?)([a-z]*)$")
 
@@ -79,7 +89,9 @@ def rate64_bytes(text: str) -> int:
 
 
 def size_bytes(text: str) -> int:
-    return _within(text, _with_unit(text, _SIZE_UNITS, "b", "size"), 0, _U32, "0", f"4gb (2^32 - 1 bytes), {_U32_FIELD}")
+    return _within(
+        text, _with_unit(text, _SIZE_UNITS, "b", "size"), 0, _U32, "0", f"4gb (2^32 - 1 bytes), {_U32_FIELD}"
+    )
 
 
 def time_us(text: str) -> int:
@@ -318,7 +330,9 @@ def apply(spec: QdiscSpec, ipr: Any, index: int) -> None:
         if code == errno.ENOENT:
             raise PrivilegeError(_no_module(spec, "the kernel does not know this qdisc kind")) from None
         if code == errno.EOPNOTSUPP and spec.kind == "mq":
-            raise ConfigError(f"qdisc '{spec.text}': mq needs a device with several TX queues; this one has one") from None
+            raise ConfigError(
+                f"qdisc '{spec.text}': mq needs a device with several TX queues; this one has one"
+            ) from None
         raise
 
 

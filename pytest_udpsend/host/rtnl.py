@@ -61,8 +61,14 @@ class Rtnl:
 
 
 def veth_msg(
-    ifname: str, peer_ifname: str, peer_netns_fd: int, mtu: int, index: int, peer_index: int,
-    mac: str | None = None, peer_mac: str | None = None,
+    ifname: str,
+    peer_ifname: str,
+    peer_netns_fd: int,
+    mtu: int,
+    index: int,
+    peer_index: int,
+    mac: str | None = None,
+    peer_mac: str | None = None,
 ) -> ifinfmsg:
     """RTM_NEWLINK for a veth pair, this end up, the peer created straight in another netns.
 
@@ -75,7 +81,11 @@ def veth_msg(
     msg["index"] = index
     msg["flags"] = IFF_UP
     msg["change"] = IFF_UP
-    peer_attrs: list[tuple[str, Any]] = [("IFLA_IFNAME", peer_ifname), ("IFLA_NET_NS_FD", peer_netns_fd), ("IFLA_MTU", mtu)]
+    peer_attrs: list[tuple[str, Any]] = [
+        ("IFLA_IFNAME", peer_ifname),
+        ("IFLA_NET_NS_FD", peer_netns_fd),
+        ("IFLA_MTU", mtu),
+    ]
     if peer_mac:
         peer_attrs.append(("IFLA_ADDRESS", peer_mac))
     peer = {"index": peer_index, "attrs": peer_attrs}

@@ -268,7 +268,9 @@ def file_problem(st: os.stat_result) -> str | None:
     return None
 
 
-def try_open_owned(path: Path, flags: int, mode: int = 0o600, *, dir_fd: int | None = None) -> tuple[int | None, str | None]:
+def try_open_owned(
+    path: Path, flags: int, mode: int = 0o600, *, dir_fd: int | None = None
+) -> tuple[int | None, str | None]:
     """(fd, None) for a file of ours at ``path``, never through a symlink; (None, why) otherwise.
 
     With ``dir_fd`` (an opened_dir's fd), ``path.name`` is opened in that folder and ``path`` only names it.

@@ -32,9 +32,7 @@ PROC_SYS = Path("/proc/sys")
 def sysctl_path(name: str) -> Path:
     """``net.core.netdev_budget`` -> /proc/sys/net/core/netdev_budget (names are checked)."""
     if not _NAME.match(name) or ".." in name:
-        raise SysctlError(
-            f"{name!r} is not a sysctl name; use dotted names such as 'net.core.netdev_budget'."
-        )
+        raise SysctlError(f"{name!r} is not a sysctl name; use dotted names such as 'net.core.netdev_budget'.")
     return PROC_SYS.joinpath(*name.split("."))
 
 
@@ -112,7 +110,9 @@ def _write_here(name: str, value: str, where: str) -> None:
         with open(path, "w") as fh:
             fh.write(value)
     except FileNotFoundError:
-        raise SysctlError(f"unknown sysctl {name} ({where}): no {path} on this kernel; check the name with 'sysctl -a'.") from None
+        raise SysctlError(
+            f"unknown sysctl {name} ({where}): no {path} on this kernel; check the name with 'sysctl -a'."
+        ) from None
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             raise SysctlError(
@@ -147,7 +147,7 @@ class SysctlHost:
                 return "global"
             raise SysctlError(f"unknown sysctl {name}: no {path} on this kernel ({os.uname().release}); "
                               "check the name with 'sysctl -a'.")  # fmt: skip
-        (probe, _), = netns_mod.create(["probe"])
+        ((probe, _),) = netns_mod.create(["probe"])
         try:
             in_child = probe.run(lambda: path.exists() and os.access(path, os.W_OK))
         finally:

@@ -102,7 +102,9 @@ def make_spec(
     """Validate marker arguments into a TopologySpec (ConfigError names the bad one)."""
     link = nics.check_link(link)
     if irq_cpus is not None and link == "veth":
-        raise ConfigError("irq_cpus= needs a NIC link (link='vmxnet3', 'virtio', 'e1000e' or 'nic'): a veth has no interrupts")
+        raise ConfigError(
+            "irq_cpus= needs a NIC link (link='vmxnet3', 'virtio', 'e1000e' or 'nic'): a veth has no interrupts"
+        )
     for key, val in (("gro", gro), ("threaded_napi", threaded_napi), ("ipv6", ipv6), ("tx_checksum", tx_checksum)):
         if not isinstance(val, bool):
             raise ConfigError(f"{key}={val!r}: must be True or False")
@@ -116,7 +118,9 @@ def make_spec(
     if threaded_napi and not gro:
         raise ConfigError("threaded_napi=True needs gro=True: a veth only has NAPI with GRO (or XDP) on")
     if napi_cpus is not None and not threaded_napi:
-        raise ConfigError("napi_cpus= needs threaded_napi=True: only a threaded NAPI poll runs in a thread that can be pinned")
+        raise ConfigError(
+            "napi_cpus= needs threaded_napi=True: only a threaded NAPI poll runs in a thread that can be pinned"
+        )
     return TopologySpec(
         rps_cpus=None if rps_cpus is None else _cpus(rps_cpus),
         qdisc=None if qdisc is None else qdisc_mod.parse(qdisc),
@@ -252,8 +256,14 @@ def build(spec: TopologySpec, undo: UndoStack, subnets: SubnetAllocator, hint: s
         rcv_msgs = [link_up_msg(rcv_index), addr_msg(rcv_index, b, 30, socket.AF_INET),
                     neigh_msg(rcv_index, a, snd_mac, socket.AF_INET), link_up_msg(LO_INDEX)]  # fmt: skip
         if spec.ipv6:
-            snd_msgs += [addr_msg(snd_index, a6, 64, socket.AF_INET6), neigh_msg(snd_index, b6, rcv_mac, socket.AF_INET6)]
-            rcv_msgs += [addr_msg(rcv_index, b6, 64, socket.AF_INET6), neigh_msg(rcv_index, a6, snd_mac, socket.AF_INET6)]
+            snd_msgs += [
+                addr_msg(snd_index, a6, 64, socket.AF_INET6),
+                neigh_msg(snd_index, b6, rcv_mac, socket.AF_INET6),
+            ]
+            rcv_msgs += [
+                addr_msg(rcv_index, b6, 64, socket.AF_INET6),
+                neigh_msg(rcv_index, a6, snd_mac, socket.AF_INET6),
+            ]
         try:
             snd_rt.call(*snd_msgs)
         except OSError as exc:
@@ -367,7 +377,6 @@ def read_receiver_sysfs(topo: Topology, relative: str) -> str:
     return str(topo.receiver.ns.run_with_sysfs(lambda: path.read_text().strip()))
 
 
-
 def _nic_side(ifname: str, spec: TopologySpec, addr: str, peer: str, peer_mac: str,
               addr6: str | None, peer6: str | None) -> int:  # fmt: skip
     """Runs in the namespace a port was moved into: MTU, up, address, static neighbour."""
@@ -380,7 +389,9 @@ def _nic_side(ifname: str, spec: TopologySpec, addr: str, peer: str, peer_mac: s
     try:
         rt.call(*msgs)
     except OSError as exc:
-        raise ConfigError(f"NIC port {ifname} refused mtu={spec.mtu} or its address in the test namespace: {exc}") from None
+        raise ConfigError(
+            f"NIC port {ifname} refused mtu={spec.mtu} or its address in the test namespace: {exc}"
+        ) from None
     finally:
         rt.close()
     return index

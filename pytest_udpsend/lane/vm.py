@@ -170,10 +170,16 @@ def kvm_works(image: Path) -> tuple[bool, str]:
     if verdict is not None:
         return verdict == "yes", ("KVM works" if verdict == "yes" else "KVM hangs here (cached verdict): using TCG")
     with tempfile.TemporaryDirectory(prefix="udpsend-kvm-") as tmp:
-        ok = _boot(image, f"echo 0 > {shlex.quote(tmp)}/rc", Path(tmp), True, KVM_PROBE_S, Path(tmp) / "console")[0] == 0
+        ok = (
+            _boot(image, f"echo 0 > {shlex.quote(tmp)}/rc", Path(tmp), True, KVM_PROBE_S, Path(tmp) / "console")[0] == 0
+        )
     if not ignored:
         _kvm_verdict("yes" if ok else "no")
-    note = "KVM works" if ok else f"a KVM guest did not finish booting within {KVM_PROBE_S:.0f} s (nested virtualisation?): using TCG"
+    note = (
+        "KVM works"
+        if ok
+        else f"a KVM guest did not finish booting within {KVM_PROBE_S:.0f} s (nested virtualisation?): using TCG"
+    )
     return ok, note + ignored
 
 
@@ -189,7 +195,10 @@ def _kvm_verdict(write: str | None = None) -> tuple[str | None, str]:
         except FileNotFoundError:
             return None, ""
     if fd is None:
-        return None, f"; the cached verdict {path} {problem}: ignored, not written (remove it after checking who made it)"
+        return (
+            None,
+            f"; the cached verdict {path} {problem}: ignored, not written (remove it after checking who made it)",
+        )
     with os.fdopen(fd, "r+") as fh:
         if write is None:
             verdict = fh.read(16).strip()
@@ -389,14 +398,18 @@ class Lane:
             out = []
             for item, phases in guest:
                 if not phases and collected is not None and item.nodeid not in collected:
-                    phases = [GuestReport(item.nodeid, "setup", "failed", _not_collected(item.nodeid, collected), 0.0, [])]
+                    phases = [
+                        GuestReport(item.nodeid, "setup", "failed", _not_collected(item.nodeid, collected), 0.0, [])
+                    ]
                 out.append((item, phases or [GuestReport(item.nodeid, "setup", "failed", problem, 0.0, [])]))
             return out
         finally:
             shutil.rmtree(outdir, ignore_errors=True)
 
     @staticmethod
-    def _mark_cut_short(guest: list[tuple[pytest.Item, list[GuestReport]]], collected: list[str] | None, why: str) -> None:
+    def _mark_cut_short(
+        guest: list[tuple[pytest.Item, list[GuestReport]]], collected: list[str] | None, why: str
+    ) -> None:
         """The first test (of those the guest collected) whose phases stop short of teardown was running when
         the guest died: its missing phase fails with ``why`` (the call if that never came back, else the
         teardown).  If it reported no phase at all, nothing is added: it fails once as never reported."""
@@ -458,7 +471,9 @@ class KernelLane(Lane):
         rc, trouble = _boot(self.image, f"sh {shlex.quote(str(script))}", outdir, kvm, self.timeout, console,
                             qemu_extra=nic_qemu_args(self.nic_models))  # fmt: skip
         logs = f"console tail:\n{tail(console)}\n--- guest pytest log tail ---\n{tail(outdir / 'pytest.log')}"
-        return Launch(rc, trouble, logs, {"host_kernel": os.uname().release, "accel": "kvm" if kvm else "tcg (single-threaded)"})
+        return Launch(
+            rc, trouble, logs, {"host_kernel": os.uname().release, "accel": "kvm" if kvm else "tcg (single-threaded)"}
+        )
 
     def _script(self, config: pytest.Config, outdir: Path) -> str:
         """The guest's shell script: same directory, same arguments, same pytest environment."""
@@ -467,7 +482,10 @@ class KernelLane(Lane):
         env[LANE_REPORT_ENV] = str(outdir / "reports.jsonl")
         env[LANE_SELECTION_ENV] = str(outdir / "selection.json")
         env[nics.LANE_NICS_ENV] = nics.encode_lane_env(self.nic_models)
-        modules = [*os.environ.get(LANE_MODULES_ENV, "").split(), *(nics.MODELS[m].driver for m in sorted(self.nic_models) if m in nics.MODELS)]
+        modules = [
+            *os.environ.get(LANE_MODULES_ENV, "").split(),
+            *(nics.MODELS[m].driver for m in sorted(self.nic_models) if m in nics.MODELS),
+        ]
         active = [name for name in ("cacheprovider", "junitxml") if config.pluginmanager.has_plugin(name)]
         args = guest_args([*config.invocation_params.args, *self.overrides], outdir, active)
         return (
@@ -503,8 +521,17 @@ class HostLane(Lane):
     def _launch(self, config: pytest.Config, outdir: Path) -> Launch:
         self.note = "the running kernel, no VM"
         active = [name for name in ("cacheprovider", "junitxml") if config.pluginmanager.has_plugin(name)]
-        argv = [sys.executable, "-m", "pytest", *guest_args([*config.invocation_params.args, *self.overrides], outdir, active)]
-        env = {**os.environ, LANE_REPORT_ENV: str(outdir / "reports.jsonl"), LANE_SELECTION_ENV: str(outdir / "selection.json")}
+        argv = [
+            sys.executable,
+            "-m",
+            "pytest",
+            *guest_args([*config.invocation_params.args, *self.overrides], outdir, active),
+        ]
+        env = {
+            **os.environ,
+            LANE_REPORT_ENV: str(outdir / "reports.jsonl"),
+            LANE_SELECTION_ENV: str(outdir / "selection.json"),
+        }
         log = outdir / "pytest.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, cwd=config.invocation_params.dir, stdin=subprocess.DEVNULL, stdout=out,

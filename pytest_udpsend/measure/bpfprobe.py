@@ -101,13 +101,30 @@ PROBE_DEPTH = 8
 # A raw tracepoint's program is called by its runner (bpf_trace_run1, via __bpf_trace_<event>), which
 # the traced function called: the runner marks the cut there as sock_wfree does (6.1, GRO entry:
 # "mpls_gso_exit <- bpf_trace_run1 <- napi_gro_receive", the JIT code again under a module's name).
-PROBE_FRAMES = ("bpf_prog_", "bpf_trampoline_", "[unknown]", "kprobe_", "ftrace_", "arch_ftrace_", "bpf_trace_run",
-                "__bpf_trace_", "bpf_get_stackid")
+PROBE_FRAMES = (
+    "bpf_prog_",
+    "bpf_trampoline_",
+    "[unknown]",
+    "kprobe_",
+    "ftrace_",
+    "arch_ftrace_",
+    "bpf_trace_run",
+    "__bpf_trace_",
+    "bpf_get_stackid",
+)
 CUT_FRAMES = ("sock_wfree", "bpf_trace_run", "__bpf_trace_")  # the last of these among the top frames is the probe's
 # the frame that says who ran the release (a thread, bh enabled again in a syscall, an
 # interrupt's exit): the compact text ends there.  Matched without a compiler clone's suffix
 # (6.12: "do_softirq.part.0").
-ROOT_FRAMES = ("run_ksoftirqd", "napi_threaded_poll", "do_softirq", "irq_exit_rcu", "__irq_exit_rcu", "do_syscall_64", "kthread")
+ROOT_FRAMES = (
+    "run_ksoftirqd",
+    "napi_threaded_poll",
+    "do_softirq",
+    "irq_exit_rcu",
+    "__irq_exit_rcu",
+    "do_syscall_64",
+    "kthread",
+)
 TEXT_FRAMES = 10
 
 PROGRAM = r"""
@@ -359,8 +376,10 @@ class BpfProbe:
         self.method = method_text(self.attach)
         with _stderr_to_file() as log:
             try:
-                bpf = BPF(text=PROGRAM + (ATTACH_FENTRY if fentry else ATTACH_KPROBE),  # fentry attaches itself
-                          cflags=[f"-DSTACK_EVERY={self.stack_every}"])
+                bpf = BPF(
+                    text=PROGRAM + (ATTACH_FENTRY if fentry else ATTACH_KPROBE),  # fentry attaches itself
+                    cflags=[f"-DSTACK_EVERY={self.stack_every}"],
+                )
                 self._kfuncs = list(bpf.kfunc_entry_fds)
                 for name in self._kfuncs:  # ... so detach until a run measures
                     bpf.detach_kfunc(name)
@@ -425,7 +444,9 @@ class BpfProbe:
     def begin(self, sock_fd: int, tgid: int) -> None:
         """Arm for one run of ``tgid`` (as numbered in this process's pid namespace) and attach."""
         bpf = self._compile()
-        for name in ("hist", "stats", "charged", "gro_pending") + (("stack_counts", "stack_seen") if self.stack_every else ()):
+        for name in ("hist", "stats", "charged", "gro_pending") + (
+            ("stack_counts", "stack_seen") if self.stack_every else ()
+        ):
             bpf[name].clear()
         if self.stack_every:  # bcc's StackTrace.clear() does nothing: delete the ids one by one
             table = bpf["stacks"]

@@ -115,7 +115,10 @@ def read_interrupts(irqs: Iterable[int]) -> IrqCounts:
 def irq_delta(ports: dict[str, list[int]], before: IrqCounts, after: IrqCounts) -> dict[str, dict[str, list[int]]]:
     """{port: {"<irq> <name>": per-CPU interrupts during the run}}: where TX completion was signalled."""
     return {
-        port: {f"{irq} {after[irq][0]}".strip(): [b - a for a, b in zip(before[irq][1], after[irq][1])]
-               for irq in irqs if irq in before and irq in after}  # fmt: skip
+        port: {
+            f"{irq} {after[irq][0]}".strip(): [b - a for a, b in zip(before[irq][1], after[irq][1])]
+            for irq in irqs
+            if irq in before and irq in after
+        }  # fmt: skip
         for port, irqs in ports.items()
     }

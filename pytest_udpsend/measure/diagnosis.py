@@ -64,7 +64,9 @@ def _deferral(r: SendResult) -> list[Finding]:
         elsewhere = {k: v for k, v in contexts.items() if k != "inline" and v / total >= DEFERRED_SHARE}
         if not elsewhere and p99 < DEFERRED_P99_US:
             return []
-        where = ", ".join(f"{v / total:.0%} of releases ran in {k}" for k, v in sorted(elsewhere.items(), key=lambda kv: -kv[1]))
+        where = ", ".join(
+            f"{v / total:.0%} of releases ran in {k}" for k, v in sorted(elsewhere.items(), key=lambda kv: -kv[1])
+        )
         return [_finding(
             f"sock_wfree deferred: {where or 'all releases ran inline'}, p99 {_us(p99)} after the "
             f"{'charge' if w['backend'] == 'bpf' else 'skb was queued (net_dev_queue)'}; until it runs the skb stays charged to the socket",

@@ -83,19 +83,32 @@ class ProgramError(UdpsendError):
 
 def check_args(argv: object, duration: object, cpu: object, env: object) -> tuple[list[str], float | None]:
     """One sentence for each bad argument of ``sender_process.run()``."""
-    if isinstance(argv, (str, bytes)) or not isinstance(argv, (list, tuple)) or not argv or not all(isinstance(a, str) for a in argv):
+    if (
+        isinstance(argv, (str, bytes))
+        or not isinstance(argv, (list, tuple))
+        or not argv
+        or not all(isinstance(a, str) for a in argv)
+    ):
         raise ConfigError(f"argv={argv!r}: must be a non-empty list of strings, e.g. ['./sender', '-n', '1000'] "
                           "(never a shell string)")  # fmt: skip
-    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0.05 <= duration <= 3600):
-        raise ConfigError(f"duration={duration!r}: must be a number of seconds from 0.05 to 3600, or None (until it exits)")
+    if duration is not None and (
+        isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0.05 <= duration <= 3600
+    ):
+        raise ConfigError(
+            f"duration={duration!r}: must be a number of seconds from 0.05 to 3600, or None (until it exits)"
+        )
     online = sorted(os.sched_getaffinity(0))
     if cpu is not None and (isinstance(cpu, bool) or cpu not in online):
         raise ConfigError(f"cpu={cpu!r}: not an available CPU (have {online})")
-    if env is not None and (not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+    if env is not None and (
+        not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+    ):
         raise ConfigError(f"env={env!r}: must be a dict of strings to strings")
     for tool in WRAPPERS:
         if shutil.which(tool) is None:
-            raise ConfigError(f"sender_process needs {tool} (util-linux) to start your program: apt-get install util-linux")
+            raise ConfigError(
+                f"sender_process needs {tool} (util-linux) to start your program: apt-get install util-linux"
+            )
     if shutil.which(argv[0]) is None:
         raise ProgramError(f"the sender command {argv[0]!r} was not found (not an executable file, nor on PATH): "
                            "check argv[0]")  # fmt: skip
@@ -377,7 +390,9 @@ class ProcessRunner:
         self.proc: subprocess.Popen[bytes] | None = None
         self.confine: Confinement | None = None
 
-    def run(self, argv: list[str], duration: float | None, cpu: int | None, env: Mapping[str, str] | None) -> SendResult:
+    def run(
+        self, argv: list[str], duration: float | None, cpu: int | None, env: Mapping[str, str] | None
+    ) -> SendResult:
         if self.probe is not None and self.probe.backend == "bpf":
             self.probe.prepare(self.sysctls)  # compile outside the measured interval
         rx = _receiver_socket(self.topo, False, False)
@@ -389,7 +404,9 @@ class ProcessRunner:
             with tempfile.TemporaryDirectory(prefix="udpsend-proc-") as tmp, contextlib.ExitStack() as stack:
                 if self.pressure is not None:
                     stack.enter_context(load.pressure(self.pressure))
-                result = self._measure(argv, duration, cpu, env, Path(tmp), [rx] + ([rx6] if rx6 else []), snd, rcv, txq)
+                result = self._measure(
+                    argv, duration, cpu, env, Path(tmp), [rx] + ([rx6] if rx6 else []), snd, rcv, txq
+                )
         except BaseException:
             with contextlib.suppress(Exception):  # the error that ended the run is the one to report
                 self._release()
@@ -491,16 +508,24 @@ class ProcessRunner:
             time_squeeze=sum(c["time_squeeze"] for c in softnet.values()),
             softnet=softnet,
             snmp=snmp,
-            wmem={"max_bytes": max(occupancy, default=0),
-                  "mean_bytes": round(sum(occupancy) / len(occupancy), 1) if occupancy else 0.0,
-                  "samples": len(occupancy)},  # tx_queue of /proc/net/udp{,6} in the sender netns  # fmt: skip
+            wmem={
+                "max_bytes": max(occupancy, default=0),
+                "mean_bytes": round(sum(occupancy) / len(occupancy), 1) if occupancy else 0.0,
+                "samples": len(occupancy),
+            },  # tx_queue of /proc/net/udp{,6} in the sender netns  # fmt: skip
             wfree=wfree,
             received=received,
             rcvbuf_errors=rcv_snmp.get("UdpRcvbufErrors", 0) + rcv_snmp.get("Udp6RcvbufErrors", 0),
             kernel=os.uname().release,
             series=_series(txq.samples),
             topology=self.topo.describe(),
-            params={"argv": argv, "duration": duration, "cpu": cpu, "receiver_cpu": self.receiver_cpu, "external": True},
+            params={
+                "argv": argv,
+                "duration": duration,
+                "cpu": cpu,
+                "receiver_cpu": self.receiver_cpu,
+                "external": True,
+            },
             started=wall[0],
             finished=wall[1],
             segments=sent,

@@ -66,11 +66,16 @@ def make_spec(cpus: object = (1,), workers: object = 2, nice: object = 0, policy
               cpu_max: object = None) -> PressureSpec:  # fmt: skip
     # CPU numbers, a taskset-style list string ("1-3,5") or a sysfs hex mask string ("2" = CPU 1)
     cpu_list = cpus_mod.check_online(cpus_mod.parse(cpus, "cpus"), cpus, "cpus")
-    workers, nice = int(number("workers", workers, 1, 64, integer=True)), int(number("nice", nice, -20, 19, integer=True))
+    workers, nice = (
+        int(number("workers", workers, 1, 64, integer=True)),
+        int(number("nice", nice, -20, 19, integer=True)),
+    )
     if policy not in _POLICIES:
         raise ConfigError(f"policy={policy!r}: accepted: {', '.join(_POLICIES)}")
     if cpu_max is not None:
-        cpu_max = float(number("cpu_max", cpu_max, 0.01, len(cpu_list), unit="a fraction of CPU time, up to the number of CPUs"))
+        cpu_max = float(
+            number("cpu_max", cpu_max, 0.01, len(cpu_list), unit="a fraction of CPU time, up to the number of CPUs")
+        )
     return PressureSpec(tuple(cpu_list), workers, nice, str(policy), cpu_max)
 
 
@@ -131,7 +136,9 @@ def pressure(spec: PressureSpec) -> Iterator[list[int]]:
             for _ in range(spec.workers):
                 argv = [str(cpu), str(spec.nice), str(_POLICIES[spec.policy]), str(os.getpid())]
                 procs.append(
-                    subprocess.Popen([sys.executable, "-S", "-c", _HOG, *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+                    subprocess.Popen(
+                        [sys.executable, "-S", "-c", _HOG, *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+                    )
                 )
                 if group:
                     group.add(procs[-1].pid)

@@ -26,10 +26,14 @@ class SendParams:
     gso_size: int | None = None  # gso: UDP_SEGMENT, bytes per wire segment
     flows: int = 1  # sockets per sender thread, served round-robin
     threads: int = 1  # pinned sender threads, each with its own socket(s)
-    replay: str | None = None  # a pcap/pcapng (or "shape:telemetry" | "shape:media" | "shape:dns"): its UDP datagrams with their sizes and gaps, sent once
+    replay: str | None = (
+        None  # a pcap/pcapng (or "shape:telemetry" | "shape:media" | "shape:dns"): its UDP datagrams with their sizes and gaps, sent once
+    )
     speed: float = 1.0  # replay: scales the capture's clock (2.0: twice as fast); 0: as fast as possible, gaps ignored
     loop: int = 1  # replay: passes through the capture
-    replay_filter: str | None = None  # replay: datagrams to keep, e.g. "dst=10.0.0.2 dport=53" (src, dst, host, sport, dport, port)
+    replay_filter: str | None = (
+        None  # replay: datagrams to keep, e.g. "dst=10.0.0.2 dport=53" (src, dst, host, sport, dport, port)
+    )
     replay_mtu: int = 1500  # replay: the capture link's MTU: an unfragmented UDP record larger than it is a GSO/GRO super-packet, split
 
     def thread_cpus(self) -> list[int | None]:
@@ -52,7 +56,9 @@ def accepted(low: float = 0.0, high: float = math.inf, integer: bool = False) ->
     return f"must be {kind} " + (f"from {low:g} to {high:g}" if math.isfinite(high) else f"of {low:g} or more")
 
 
-def number(key: str, value: Any, low: float = 0.0, high: float = math.inf, integer: bool = False, unit: str = "") -> float:
+def number(
+    key: str, value: Any, low: float = 0.0, high: float = math.inf, integer: bool = False, unit: str = ""
+) -> float:
     """The one check of every number a user gives (marker arguments, options, ini values): an int or a
     float, never a bool (Python counts True as 1), finite, from ``low`` to ``high``.
 

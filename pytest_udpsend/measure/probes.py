@@ -47,7 +47,11 @@ from pytest_udpsend.measure.wfree import not_measured
 if TYPE_CHECKING:
     from pytest_udpsend.host.topology import TopologySpec
 
-NETEM_ORPHANS = ("delay", "jitter", "rate")  # netem_enqueue(): if (q->latency || q->jitter || q->rate) skb_orphan_partial()
+NETEM_ORPHANS = (
+    "delay",
+    "jitter",
+    "rate",
+)  # netem_enqueue(): if (q->latency || q->jitter || q->rate) skb_orphan_partial()
 
 
 class WfreeProbe(Protocol):
@@ -138,7 +142,10 @@ def kernel_headers_dir(release: str | None = None) -> Path | None:
 def bpf_unavailable() -> str | None:
     """None if eBPF kprobe tracing with bcc can work here, else why not and the fix."""
     release = os.uname().release
-    if not Path("/sys/bus/event_source/devices/kprobe").exists() and not Path("/sys/kernel/tracing/kprobe_events").exists():
+    if (
+        not Path("/sys/bus/event_source/devices/kprobe").exists()
+        and not Path("/sys/kernel/tracing/kprobe_events").exists()
+    ):
         if not Path("/proc/sys/debug/kprobes-optimization").exists():
             return (
                 f"this kernel ({release}) has no kprobes (CONFIG_KPROBES unset), so the bpf backend's kprobes cannot "
@@ -177,12 +184,20 @@ def choose(requested: str) -> tuple[str, str]:
         return "tracepoint", "chosen with --udpsend-backend tracepoint"
     problem = bpf_unavailable()
     if problem is None:
-        return "bpf", "kprobes, bcc and kernel headers are available" if requested == "auto" else "chosen with --udpsend-backend bpf"
+        return (
+            "bpf",
+            "kprobes, bcc and kernel headers are available"
+            if requested == "auto"
+            else "chosen with --udpsend-backend bpf",
+        )
     if requested == "bpf":
         raise PrivilegeError(f"--udpsend-backend bpf: {problem}.")
     tp_problem = tracepoint_unavailable()
     if tp_problem is None:
-        return "tracepoint", f"the bpf backend cannot work ({problem}); raw tracepoints, bcc and kernel BTF are available"
+        return (
+            "tracepoint",
+            f"the bpf backend cannot work ({problem}); raw tracepoints, bcc and kernel BTF are available",
+        )
     return "timestamp", f"eBPF unavailable: {problem}; tracepoints: {tp_problem}"
 
 

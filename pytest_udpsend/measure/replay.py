@@ -199,7 +199,9 @@ def check_source(path: str) -> None:
     except OSError as exc:
         raise ConfigError(f"replay={path!r} cannot be read ({exc.strerror}): give a readable capture file") from None
     if magic not in CAPTURE_MAGICS:
-        raise ConfigError(f"replay={path!r} is not a pcap or pcapng capture: give a file written by tcpdump, tshark or scapy")
+        raise ConfigError(
+            f"replay={path!r} is not a pcap or pcapng capture: give a file written by tcpdump, tshark or scapy"
+        )
 
 
 def read(path: str | os.PathLike[str], replay_filter: str | None = None, mtu: int = 1500) -> Schedule:
@@ -252,7 +254,9 @@ def _reader(path: str) -> Any:
         from scapy.error import Scapy_Exception
         from scapy.utils import PcapReader
     except ImportError:
-        raise ConfigError("replay= reads captures with scapy, which is not installed: pip install 'pytest-udpsend[pcap]'") from None
+        raise ConfigError(
+            "replay= reads captures with scapy, which is not installed: pip install 'pytest-udpsend[pcap]'"
+        ) from None
     try:
         return PcapReader(path)
     except FileNotFoundError:
@@ -261,7 +265,9 @@ def _reader(path: str) -> Any:
         raise ConfigError(f"replay={path!r} is a directory: give the path of a pcap or pcapng capture") from None
     except (Scapy_Exception, EOFError, ValueError, OSError) as exc:
         if isinstance(exc, PermissionError):
-            raise ConfigError(f"replay={path!r} cannot be read ({exc.strerror}): give a readable capture file") from None
+            raise ConfigError(
+                f"replay={path!r} cannot be read ({exc.strerror}): give a readable capture file"
+            ) from None
         raise ConfigError(f"replay={path!r} is not a pcap or pcapng capture: give a file written by tcpdump, "
                           "tshark or scapy") from None  # fmt: skip
 
@@ -410,5 +416,7 @@ def shape(name: str, replay_filter: str | None = None) -> Schedule:
         raise ConfigError(f"replay='{SHAPE_PREFIX}{name}': no such built-in shape; accepted: "
                           + ", ".join(f"'{SHAPE_PREFIX}{n}'" for n in SHAPES))  # fmt: skip
     if replay_filter is not None:
-        raise ConfigError(f"replay_filter= applies to captures; the built-in shape '{SHAPE_PREFIX}{name}' has one flow: drop it")
+        raise ConfigError(
+            f"replay_filter= applies to captures; the built-in shape '{SHAPE_PREFIX}{name}' has one flow: drop it"
+        )
     return make_schedule(SHAPES[name](), SHAPE_PREFIX + name, {})

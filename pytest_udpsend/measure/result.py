@@ -46,7 +46,9 @@ class SendResult:
     calls: int = 0  # send system calls (sendmmsg: one per batch)
     stops: int = 0  # sendmmsg batches that stopped early (counted as EAGAIN attempts)
     segments: int = 0  # wire datagrams: sent x segments per send (GSO), else sent
-    flows: list[dict[str, Any]] = field(default_factory=list)  # per socket: thread, cpu, sport, attempts, sent, eagain, stops
+    flows: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # per socket: thread, cpu, sport, attempts, sent, eagain, stops
     process: dict[str, Any] = field(default_factory=dict)  # sender_process: argv, returncode, exited, stdout, stderr
     series: dict[str, Any] = field(default_factory=dict)
     topology: str = ""
@@ -68,7 +70,11 @@ class SendResult:
         return getattr(self, key)
 
     def _backpressure(self) -> str:
-        errnos = self.errno_method if self.errno is None else (", ".join(f"{k} {v}" for k, v in self.errno.items()) or "none")
+        errnos = (
+            self.errno_method
+            if self.errno is None
+            else (", ".join(f"{k} {v}" for k, v in self.errno.items()) or "none")
+        )
         busy = (self.busy_wait_detail.get("unavailable") or "send buffer never full" if self.busy_wait is None
                 else f"{self.busy_wait:.2f} of a CPU while the send buffer was full ({self.busy_wait_detail.get('full_s')} s)")  # fmt: skip
         return f"failed sends by errno: {errnos}  busy_wait: {busy}"
@@ -88,7 +94,8 @@ class SendResult:
     def summary(self) -> str:
         w = self.wfree or {}
         lines = [
-            f"kernel {self.kernel}  topology: {self.topology}" + (f"  pressure: {self.pressure}" if self.pressure else ""),
+            f"kernel {self.kernel}  topology: {self.topology}"
+            + (f"  pressure: {self.pressure}" if self.pressure else ""),
             f"attempts {self.attempts}  sent {self.sent}  EAGAIN {self.eagain} ({self.eagain_rate:.2%})  "
             f"ENOBUFS {self.enobufs}  other errors {self.other_errors}",
             self._backpressure(),
@@ -122,5 +129,7 @@ class SendResult:
             lines.append(f"sock_wfree top stack ({w['stacks'][0]['context']}): {w['stacks'][0]['text']}")
         lines.append("sysctls: " + (", ".join(f"{k}={v}" for k, v in sorted(self.sysctls.items())) or "-"))
         lines += [f"check: {c}" for c in self.checks]
-        lines += [f"diagnosis: {d['finding']}\n  evidence: {d['evidence']}" for d in self.diagnosis] or ["diagnosis: nothing to report"]
+        lines += [f"diagnosis: {d['finding']}\n  evidence: {d['evidence']}" for d in self.diagnosis] or [
+            "diagnosis: nothing to report"
+        ]
         return "\n".join(lines)

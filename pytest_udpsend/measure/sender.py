@@ -86,7 +86,9 @@ def _receiver_socket(topo: Topology, ipv6: bool, timestamps: bool) -> socket.soc
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         if timestamps:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, (0).to_bytes(8, "little") + (20000).to_bytes(8, "little"))
+        sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVTIMEO, (0).to_bytes(8, "little") + (20000).to_bytes(8, "little")
+        )
         sock.bind((addr, PORT))
         return sock
 
@@ -252,7 +254,9 @@ def _measure(
     buf = latencies if latencies is not None else bytearray()
     stop = bytearray(1)
     dst = _destination(topo, p)
-    receiver = _Thread("udpsend-rx", _pinned(p.receiver_cpu, lambda: _engine.recv_loop(rx.fileno(), until, 100, buf, stamp, stop)))
+    receiver = _Thread(
+        "udpsend-rx", _pinned(p.receiver_cpu, lambda: _engine.recv_loop(rx.fileno(), until, 100, buf, stamp, stop))
+    )
     senders = [_Thread(f"udpsend-tx{i}", _pinned(cpu, _send_body(p, [s.fileno() for s in socks], stamp, stop, dst, schedule)))
                for i, (cpu, socks) in enumerate(zip(p.thread_cpus(), tx))]  # fmt: skip
     try:
@@ -314,8 +318,12 @@ def _measure(
         stops=tx_out["stops"],
         segments=tx_out["sent"] * p.segments_per_send(),
         flows=_flow_table(p, tx, outs),
-        series={"bucket_ms": tx_out["bucket_ms"], "attempts": [b[0] for b in tx_out["series"]],
-                "eagain": [b[1] for b in tx_out["series"]], "outq_max": [b[2] for b in tx_out["series"]]},  # fmt: skip
+        series={
+            "bucket_ms": tx_out["bucket_ms"],
+            "attempts": [b[0] for b in tx_out["series"]],
+            "eagain": [b[1] for b in tx_out["series"]],
+            "outq_max": [b[2] for b in tx_out["series"]],
+        },  # fmt: skip
         topology=topo.describe(),
         params=p.as_dict(),
         started=started,
@@ -417,8 +425,20 @@ def _combine(outs: list[dict[str, Any]]) -> dict[str, Any]:
     if len(outs) == 1:
         return outs[0]
     total = dict(outs[0])
-    for key in ("attempts", "sent", "eagain", "enobufs", "other_errors", "outq_sum", "outq_samples", "calls", "stops",
-                "full_ns", "full_cpu_ns", "full_wait_ns"):
+    for key in (
+        "attempts",
+        "sent",
+        "eagain",
+        "enobufs",
+        "other_errors",
+        "outq_sum",
+        "outq_samples",
+        "calls",
+        "stops",
+        "full_ns",
+        "full_cpu_ns",
+        "full_wait_ns",
+    ):
         total[key] = sum(o[key] for o in outs)
     total["errnos"] = {e: sum(o["errnos"].get(e, 0) for o in outs) for o in outs for e in o["errnos"]}
     total["outq_max"] = max(o["outq_max"] for o in outs)

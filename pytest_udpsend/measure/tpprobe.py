@@ -352,7 +352,10 @@ def btf_offsets(struct_name: str, fields: Sequence[str], path: Path = BTF_PATH) 
             elif head(resolve(m_type))[1] in (4, 5):  # an anonymous struct or union: its members are ours
                 walk(resolve(m_type), bits, found)
 
-    target = next((i for i in range(1, len(positions)) if head(i)[1] == 4 and head(i)[0] and name(head(i)[0]) == struct_name), None)
+    target = next(
+        (i for i in range(1, len(positions)) if head(i)[1] == 4 and head(i)[0] and name(head(i)[0]) == struct_name),
+        None,
+    )
     if target is None:
         raise KeyError(f"struct {struct_name}")
     found: dict[str, int] = {}
@@ -456,8 +459,10 @@ class TracepointProbe:
         if wfree in (-1, 0, None):
             raise PrivilegeError("sock_wfree's address is hidden in /proc/kallsyms (kernel.kptr_restrict): run as root with "
                                  "kernel.kptr_restrict at 0 or 1, or use --udpsend-backend timestamp")  # fmt: skip
-        cflags = [f"-DOFF_{name.upper()}={off}" for name, off in self.offsets.items()] + [f"-DSOCK_WFREE={wfree}ULL",
-                                                                                     f'-DCHARGED_MAP="{self.charged_map}"']
+        cflags = [f"-DOFF_{name.upper()}={off}" for name, off in self.offsets.items()] + [
+            f"-DSOCK_WFREE={wfree}ULL",
+            f'-DCHARGED_MAP="{self.charged_map}"',
+        ]
         with _stub_kernel_tree(), _stderr_to_file() as log:
             try:
                 bpf = BPF(text=PROGRAM.encode(), cflags=cflags)

@@ -98,9 +98,7 @@ class Fit:
         return {k: v for k, v in self.__dict__.items() if k != "values"} | {"n": len(self.values)}
 
 
-def fit(
-    kernel: str, test: str, label: str, metric: str, values: list[float], content: float, confidence: float
-) -> Fit:
+def fit(kernel: str, test: str, label: str, metric: str, values: list[float], content: float, confidence: float) -> Fit:
     scale = METRICS[metric][1]
     ordered = sorted(values)
     n = len(ordered)
@@ -113,7 +111,11 @@ def fit(
         "max": ordered[-1],
     }
     if ordered[0] == ordered[-1]:
-        unseen = f"other values rarer than {3 / n:.1%} of runs (95 %, rule of three)" if n >= 10 else "too few runs to say more"
+        unseen = (
+            f"other values rarer than {3 / n:.1%} of runs (95 %, rule of three)"
+            if n >= 10
+            else "too few runs to say more"
+        )
         f.advice = f"the same value ({ordered[0]:g}) in all {n} runs: {unseen}"
         return f
     if n < 8:
@@ -180,7 +182,11 @@ def table(fits: list[Fit]) -> str:
     for f in fits:
         if f.kernel != kernel:
             kernel = f.kernel
-            lines += ["", f"kernel {kernel}", f"  {'test [sample]':<70} {'metric':<15} {'n':>3} {'min':>9} {'median':>9} {'max':>9}  claimable"]
+            lines += [
+                "",
+                f"kernel {kernel}",
+                f"  {'test [sample]':<70} {'metric':<15} {'n':>3} {'min':>9} {'median':>9} {'max':>9}  claimable",
+            ]
         name = shorten(f.test.split("/")[-1] + (f" [{f.label}]" if f.label else ""), 70)
         q = f.quantiles
         lines.append(

@@ -237,7 +237,9 @@ def compare_metric(test: str, metric: str, base: Sequence[Mapping[str, Any]], ne
     b, n = values(base, metric), values(new, metric)
     for side, vs in (("the baseline", b), ("the new results", n)):
         if not all(math.isfinite(v) for v in vs):  # a NaN median or p would pass as "ok"
-            return Row(test, metric, None, None, None, None, "not a number", note=f"in {side} (a NaN or infinite value)")
+            return Row(
+                test, metric, None, None, None, None, "not a number", note=f"in {side} (a NaN or infinite value)"
+            )
     if not b or not n:
         return absent(test, metric, base, new, b, n)
     bm, nm = statistics.median(b), statistics.median(n)
@@ -264,7 +266,10 @@ def absent(test: str, metric: str, base: Sequence[Mapping[str, Any]], new: Seque
            b: Sequence[float], n: Sequence[float]) -> Row:  # fmt: skip
     """A metric a side lacks: "not measured" (absent by design) if both lack it or the lacking side's samples say
     why; else "lost", refused: a probe that silently stopped working must not pass as not measured."""
-    for side, other, samples, vs in (("the new results", "the baseline", new, n), ("the baseline", "the new results", base, b)):
+    for side, other, samples, vs in (
+        ("the new results", "the baseline", new, n),
+        ("the baseline", "the new results", base, b),
+    ):
         if not vs and (b or n) and not all(says_why_absent(s, metric) for s in samples):
             return Row(test, metric, None, None, None, None, "lost", note=f"in {side} ({other} measured it, and these samples "
                        "neither lack a probe nor say why it is unavailable): did a probe stop working?")  # fmt: skip
@@ -281,6 +286,7 @@ def says_why_absent(sample: Mapping[str, Any], metric: str) -> bool:
 
 def param_mismatch(base: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> str | None:
     """What differs if the test's samples were sent differently (payload, duration, ...), else None."""
+
     def params(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         p = (samples[-1].get("params") or {}) if samples else {}
         return {k: p[k] for k in PARAM_FIELDS if k in p}
@@ -301,7 +307,20 @@ def compare_test(test: str, base: Sequence[Mapping[str, Any]] | None, new: Seque
     for side, samples, why in (("the baseline", base, "it holds the test but no measurement"),
                                ("the new results", new, "the test ran but measured nothing")):  # fmt: skip
         if not samples:
-            return [Row(test, "-", None, None, None, None, "no samples", note=f"in {side} ({why})", base_n=base_n, new_n=new_n)]
+            return [
+                Row(
+                    test,
+                    "-",
+                    None,
+                    None,
+                    None,
+                    None,
+                    "no samples",
+                    note=f"in {side} ({why})",
+                    base_n=base_n,
+                    new_n=new_n,
+                )
+            ]
     mixed = param_mismatch(base, new)
     if mixed and not settings.allow_mixed:
         return [Row(test, "-", None, None, None, None, "measured differently", note=mixed, base_n=base_n, new_n=new_n)]
@@ -309,14 +328,22 @@ def compare_test(test: str, base: Sequence[Mapping[str, Any]] | None, new: Seque
     own = floors or {}
     rows = [compare_metric(test, m, base, new, tol, level(settings, family), own[m]["factor"] if m in own else settings.noise(m))
             for m in (metrics or settings.names())]  # fmt: skip
-    return [replace(r, note=r.note or mixed or _floor_note(own.get(r.metric)), base_n=base_n, new_n=new_n) for r in rows]
+    return [
+        replace(r, note=r.note or mixed or _floor_note(own.get(r.metric)), base_n=base_n, new_n=new_n) for r in rows
+    ]
 
 
 def _floor_note(floor: Mapping[str, float] | None) -> str:
-    return f"this test's own floor x{floor['factor']:.3g}, from {int(floor['sessions'])} baseline sessions" if floor else ""
+    return (
+        f"this test's own floor x{floor['factor']:.3g}, from {int(floor['sessions'])} baseline sessions"
+        if floor
+        else ""
+    )
 
 
-def compare_docs(base: Mapping[str, Any], new: Mapping[str, Any], settings: Settings, family: int | None = None) -> list[Row]:
+def compare_docs(
+    base: Mapping[str, Any], new: Mapping[str, Any], settings: Settings, family: int | None = None
+) -> list[Row]:
     """``family``: a larger family than the baseline's own (fan-in: every group's comparisons)."""
     b, n = samples_by_test(base), samples_by_test(new)
     family = family or family_size(b, settings)
@@ -324,7 +351,9 @@ def compare_docs(base: Mapping[str, Any], new: Mapping[str, Any], settings: Sett
     rows: list[Row] = []
     for test in sorted(n):
         rows += compare_test(test, find(test, b), n[test], settings, family, floors=find(test, floors))
-    rows += [Row(test, "-", None, None, None, None, "missing in new run") for test in sorted(b) if find(test, n) is None]
+    rows += [
+        Row(test, "-", None, None, None, None, "missing in new run") for test in sorted(b) if find(test, n) is None
+    ]
     return rows
 
 
@@ -458,7 +487,11 @@ def _change(r: Row) -> str:
 
 
 def header(settings: Settings, family: int) -> str:
-    floor = "noise floor for one command (the square root of its session floor)" if settings.one_command else "session noise floor"
+    floor = (
+        "noise floor for one command (the square root of its session floor)"
+        if settings.one_command
+        else "session noise floor"
+    )
     return (f"alpha {settings.alpha:g} over {family} comparisons (Bonferroni: p < {level(settings, family):.2g}); "
             f"a regression is worse than the baseline by more than the allowed change (tolerance {settings.tolerance:g} "
             f"or the metric's {floor}, whichever is larger)")  # fmt: skip
@@ -468,9 +501,13 @@ def table(rows: Sequence[Row], base_env: Mapping[str, Any] | None = None, new_en
           head: str = "") -> str:  # fmt: skip
     lines = [head] if head else []
     if base_env or new_env:
-        lines.append(f"baseline: kernel {(base_env or {}).get('kernel', '?')}   new: kernel {(new_env or {}).get('kernel', '?')}")
+        lines.append(
+            f"baseline: kernel {(base_env or {}).get('kernel', '?')}   new: kernel {(new_env or {}).get('kernel', '?')}"
+        )
     width = max([len(r.test) for r in rows] + [4])
-    lines.append(f"{'test':<{width}}  {'metric':<13} {'baseline':>10} {'new':>10} {'change':>14} {'allowed':>8} {'p':>8}  verdict")
+    lines.append(
+        f"{'test':<{width}}  {'metric':<13} {'baseline':>10} {'new':>10} {'change':>14} {'allowed':>8} {'p':>8}  verdict"
+    )
     for r in rows:
         p = "-" if r.p_value is None else f"{r.p_value:.2g}"
         allowed = "-" if r.allowed is None else f"{r.allowed:.0%}"
@@ -536,7 +573,9 @@ def judge(base: Mapping[str, Any], new: Mapping[str, Any], given: Mapping[str, A
     if shift := common_shift(rows):
         print(f"note: {shift}")
     why = refusal(rows, settings, family)
-    why = f"{len({r.test for r in rows if r.refused})} test(s) cannot be judged: {why}" if why else nothing_compared(rows)
+    why = (
+        f"{len({r.test for r in rows if r.refused})} test(s) cannot be judged: {why}" if why else nothing_compared(rows)
+    )
     if why:  # also beside a regression: what could not be judged is said, whatever the status
         print(f"udpsend compare: refused: {new_name} against the baseline {base_name}: {why}", file=sys.stderr)
     return 1 if bad else (2 if why else 0)

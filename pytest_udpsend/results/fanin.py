@@ -45,7 +45,12 @@ class Unit:
 
     def run(self) -> dict[str, Any]:
         """The unit as an entry of a merged document's ``runs``."""
-        run: dict[str, Any] = {**self.extra, "source": self.source, "environment": dict(self.environment), "tests": dict(self.tests)}
+        run: dict[str, Any] = {
+            **self.extra,
+            "source": self.source,
+            "environment": dict(self.environment),
+            "tests": dict(self.tests),
+        }
         if self.gate:
             run["gate"] = dict(self.gate)
         return run
@@ -277,7 +282,9 @@ def groups_for_report(units: Sequence[Unit]) -> dict[Key, list[Unit]]:
     return group(units, varying(units))
 
 
-def paired_groups(base: Sequence[Unit], new: Sequence[Unit]) -> tuple[list[str], list[tuple[Key, list[Unit], list[Unit]]]]:
+def paired_groups(
+    base: Sequence[Unit], new: Sequence[Unit]
+) -> tuple[list[str], list[tuple[Key, list[Unit], list[Unit]]]]:
     """The change-under-test fields and each group's (key, baseline units, new units), as compare_sides pairs them."""
     fields, change = split(base, new)
     b, n = group(base, fields), group(new, fields)

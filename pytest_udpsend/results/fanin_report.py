@@ -66,7 +66,10 @@ def group_section(key: fanin.Key, new: Sequence[fanin.Unit], base: Sequence[fani
         return Group(fanin.describe(key), names, base_names, table, str(why), 0, [])
     sysctls = doc.get("environment", {}).get("sysctls") or {}
     measured = [(nodeid, entry) for nodeid, entry in sorted(doc["tests"].items()) if entry.get("samples")]
-    sections = [report.section(nodeid, entry, None, [], sysctls, f"group-{index}-test-{i}") for i, (nodeid, entry) in enumerate(measured)]
+    sections = [
+        report.section(nodeid, entry, None, [], sysctls, f"group-{index}-test-{i}")
+        for i, (nodeid, entry) in enumerate(measured)
+    ]
     return Group(fanin.describe(key), names, base_names, table, None, len(doc["tests"]), sections)
 
 
@@ -74,7 +77,9 @@ def render_many(new: Sequence[fanin.Unit], base: Sequence[fanin.Unit], given: Ma
     if base:
         _, judged = fanin.pairs(base, new)
         size = fanin.family(judged, given)
-        groups = [group_section(p.key, p.new_units, p.base_units, comparison(p, given, size), i) for i, p in enumerate(judged)]
+        groups = [
+            group_section(p.key, p.new_units, p.base_units, comparison(p, given, size), i) for i, p in enumerate(judged)
+        ]
     else:
         groups = [group_section(k, us, [], None, i) for i, (k, us) in enumerate(fanin.groups_for_report(new).items())]
     kernels = sorted({str(u.environment.get("kernel")) for u in [*base, *new]})

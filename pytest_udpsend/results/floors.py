@@ -59,7 +59,9 @@ def _distinct(sessions: Sequence[Mapping[str, Mapping[str, Any]]]) -> list[Mappi
     return list(seen.values())
 
 
-def learned(sessions: Sequence[Mapping[str, Mapping[str, Any]]], names: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+def learned(
+    sessions: Sequence[Mapping[str, Mapping[str, Any]]], names: Sequence[str] | None = None
+) -> dict[str, dict[str, dict[str, float]]]:
     """``{test: {metric: {"factor": f, "sessions": k}}}`` from sessions' ``tests`` tables (nodeid -> entry with samples);
     only tests and metrics measured in at least ``MIN_SESSIONS`` sessions get one."""
     out: dict[str, dict[str, dict[str, float]]] = {}

@@ -253,9 +253,17 @@ def judge(test: str, rounds: Sequence[Mapping[str, Sequence[Mapping[str, Any]]]]
     p = p_worse(d, allowed)
     estimate, low, high = interval(d, level)
     worse = METRICS[metric].worse
-    moved = base is not None and cand is not None and (cand - base if worse == "higher" else base - cand) > METRICS[metric].floor
+    moved = (
+        base is not None
+        and cand is not None
+        and (cand - base if worse == "higher" else base - cand) > METRICS[metric].floor
+    )
     verdict = "regressed" if p < level and moved else "ok"
-    note = "" if moved or p >= level else f"beyond the allowed change but within the absolute floor {METRICS[metric].floor:g}"
+    note = (
+        ""
+        if moved or p >= level
+        else f"beyond the allowed change but within the absolute floor {METRICS[metric].floor:g}"
+    )
     return PairedRow(**common, estimate=_factor(estimate), low=_factor(low), high=_factor(high), p=p,
                      resolvable=_factor(resolvable(d, allowed, level)), verdict=verdict, note=note)  # fmt: skip
 
@@ -288,7 +296,9 @@ def table(rows: Sequence[PairedRow], level: float) -> str:
 
 def records(doc: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     """The interleaved tests of a results document: nodeid -> its ``interleave`` record."""
-    return {k: v["interleave"] for k, v in doc.get("tests", {}).items() if isinstance(v, Mapping) and v.get("interleave")}
+    return {
+        k: v["interleave"] for k, v in doc.get("tests", {}).items() if isinstance(v, Mapping) and v.get("interleave")
+    }
 
 
 def judge_document(doc: Mapping[str, Any], tolerance: float | None, alpha: float | None,

@@ -23,7 +23,9 @@ W, H, PAD = 440, 180, 52
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
-def _frame(title: str, body: Sequence[Shape], xlabel: str, ylabel: str, ymax: float, xmax: float | None = None) -> Figure:
+def _frame(
+    title: str, body: Sequence[Shape], xlabel: str, ylabel: str, ymax: float, xmax: float | None = None
+) -> Figure:
     """Axes, three y ticks, the last x tick and the labels around a plot's shapes (data: see templating.Figure)."""
     frame = [shape("text", title, x=W / 2, y=12, text_anchor="middle", font_size=11, font_weight="bold")]
     for f in (0, 0.5, 1):
@@ -55,7 +57,9 @@ def _xy(i: float, v: float, xmax: float, ymax: float) -> tuple[float, float]:
     return x, y
 
 
-def line_plot(title: str, series: Sequence[tuple[str, Sequence[float]]], step: float, xlabel: str, ylabel: str) -> Figure | None:
+def line_plot(
+    title: str, series: Sequence[tuple[str, Sequence[float]]], step: float, xlabel: str, ylabel: str
+) -> Figure | None:
     values = [v for _, s in series for v in s]
     if not values:
         return None
@@ -71,7 +75,9 @@ def line_plot(title: str, series: Sequence[tuple[str, Sequence[float]]], step: f
     return _frame(title, body + legend, xlabel, ylabel, ymax, xmax)
 
 
-def bar_plot(title: str, labels: Sequence[str], groups: Sequence[tuple[str, Sequence[float]]], xlabel: str, ylabel: str) -> Figure | None:
+def bar_plot(
+    title: str, labels: Sequence[str], groups: Sequence[tuple[str, Sequence[float]]], xlabel: str, ylabel: str
+) -> Figure | None:
     values = [v for _, g in groups for v in g]
     if not values:
         return None
@@ -87,7 +93,11 @@ def bar_plot(title: str, labels: Sequence[str], groups: Sequence[tuple[str, Sequ
                               width=f"{max(bar - 1, 1):.1f}", height=f"{H - PAD - y:.1f}", fill=COLORS[k % len(COLORS)]))  # fmt: skip
     for i, label in enumerate(labels):
         if len(labels) <= 10 or i % max(1, -(-len(labels) // 8)) == 0:
-            body.append(shape("text", label, x=f"{PAD + (i + 0.5) * slot:.1f}", y=H - PAD + 11, text_anchor="middle", font_size=8))
+            body.append(
+                shape(
+                    "text", label, x=f"{PAD + (i + 0.5) * slot:.1f}", y=H - PAD + 11, text_anchor="middle", font_size=8
+                )
+            )
     body += [shape("text", n, x=W - 10, y=28 + 11 * k, text_anchor="end", font_size=9, fill=COLORS[k % len(COLORS)])
              for k, (n, _) in enumerate(groups)]  # fmt: skip
     return _frame(title, body, xlabel, ylabel, ymax)
@@ -103,7 +113,17 @@ def strip_plot(title: str, base: Sequence[float], new: Sequence[float], verdict:
         cx = PAD + (W - 8 - PAD) * (0.3 + 0.4 * k)
         for j, v in enumerate(vs):
             _, y = _xy(0, v, 1, ymax)
-            body.append(shape("circle", title=f"{v:g}", cx=f"{cx + (j % 7 - 3) * 4:.1f}", cy=f"{y:.1f}", r=3, fill=COLORS[k], fill_opacity=0.7))
+            body.append(
+                shape(
+                    "circle",
+                    title=f"{v:g}",
+                    cx=f"{cx + (j % 7 - 3) * 4:.1f}",
+                    cy=f"{y:.1f}",
+                    r=3,
+                    fill=COLORS[k],
+                    fill_opacity=0.7,
+                )
+            )
         body.append(shape("text", name, x=f"{cx:.1f}", y=H - PAD + 12, text_anchor="middle", font_size=10))
     return _frame(f"{title}: {verdict}", body, "", title, ymax)
 
@@ -166,7 +186,9 @@ def paired_plots(record: Mapping[str, Any]) -> list[Figure | None]:
     plots: list[Figure | None] = []
     for row in record.get("paired", []):
         metric = str(row["metric"])
-        series = [(arm, [v for r in rounds if (v := paired.arm_median([r], arm, metric)) is not None]) for arm in paired.ARMS]
+        series = [
+            (arm, [v for r in rounds if (v := paired.arm_median([r], arm, metric)) is not None]) for arm in paired.ARMS
+        ]
         if any(v for _, vals in series for v in vals):  # an all-zero metric carries nothing to look at
             plots.append(line_plot(f"{metric} per round, both arms", series, 1.0, "round", metric))
     return plots
@@ -213,6 +235,7 @@ def findings(sample: Mapping[str, Any]) -> list[tuple[str, str]]:
 def ran_with(samples: Sequence[Mapping[str, Any]], session_sysctls: Mapping[str, Any]) -> RanWith:
     """The test's own conditions: topology, CPU pressure, sender parameters, and the sysctls in force during
     its runs (those that differ from the session's environment are marked)."""
+
     def distinct(key: str) -> str:
         seen = list(dict.fromkeys(str(s.get(key) or "") for s in samples))
         return " | ".join(v for v in seen if v) or "-"
@@ -250,7 +273,11 @@ def section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[str, A
         for i, s in enumerate(samples) if s.get("series")
     ]  # fmt: skip
     plots.append(line_plot("EAGAIN rate over the run", eagain, step, "time (s)", "EAGAIN / attempts"))
-    outq = [(f"run {i + 1}", s["series"].get("outq_max", [])) for i, s in enumerate(samples) if s.get("series", {}).get("outq_max")]
+    outq = [
+        (f"run {i + 1}", s["series"].get("outq_max", []))
+        for i, s in enumerate(samples)
+        if s.get("series", {}).get("outq_max")
+    ]
     plots.append(line_plot("SIOCOUTQ occupancy (max per bucket)", outq, step, "time (s)", "bytes"))
     wfree = last.get("wfree") or {}
     hist = wfree.get("histogram") or {}
@@ -271,7 +298,11 @@ def section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[str, A
                               [("time_squeeze", [softnet[c].get("time_squeeze", 0) for c in cpus])], "CPU", "increments"))  # fmt: skip
     if base is not None:
         for row in rows:
-            plots.append(strip_plot(row.metric, metrics.values(base, row.metric), metrics.values(samples, row.metric), row.verdict))
+            plots.append(
+                strip_plot(
+                    row.metric, metrics.values(base, row.metric), metrics.values(samples, row.metric), row.verdict
+                )
+            )
     record = entry.get("interleave")
     if record:
         plots += paired_plots(record)
@@ -279,8 +310,9 @@ def section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[str, A
                    findings(last), [p for p in plots if p is not None], paired_view(record) if record else None)  # fmt: skip
 
 
-def gate_rows(doc: Mapping[str, Any], baseline: Mapping[str, Any] | None,
-              given: Mapping[str, Any] | None = None) -> tuple[list[compare.Row], str, Mapping[str, Any]]:
+def gate_rows(
+    doc: Mapping[str, Any], baseline: Mapping[str, Any] | None, given: Mapping[str, Any] | None = None
+) -> tuple[list[compare.Row], str, Mapping[str, Any]]:
     """The comparison rows to show, a header saying where they come from, and the baseline's environment.
 
     The verdicts the gate recorded in ``doc`` win, unless gate flags are given or the baseline
@@ -306,7 +338,9 @@ def gate_rows(doc: Mapping[str, Any], baseline: Mapping[str, Any] | None,
     return compare.compare_docs(baseline, doc, settings), head, base_env
 
 
-def render(doc: Mapping[str, Any], baseline: Mapping[str, Any] | None = None, given: Mapping[str, Any] | None = None) -> str:
+def render(
+    doc: Mapping[str, Any], baseline: Mapping[str, Any] | None = None, given: Mapping[str, Any] | None = None
+) -> str:
     env = doc.get("environment", {})
     base_tests = compare.samples_by_test(baseline) if baseline else {}
     rows, head, base_env = gate_rows(doc, baseline, given)  # once: the summary and the plots share them
@@ -316,8 +350,14 @@ def render(doc: Mapping[str, Any], baseline: Mapping[str, Any] | None = None, gi
     session_sysctls = env.get("sysctls") or {}
     measured = [(nodeid, entry) for nodeid, entry in sorted(doc.get("tests", {}).items()) if entry.get("samples")]
     sections = [
-        section(nodeid, entry, compare.find(compare.base_key(nodeid), base_tests) if baseline else None,
-                rows_by_test.get(compare.base_key(nodeid), []), session_sysctls, f"test-{i}")  # fmt: skip
+        section(
+            nodeid,
+            entry,
+            compare.find(compare.base_key(nodeid), base_tests) if baseline else None,
+            rows_by_test.get(compare.base_key(nodeid), []),
+            session_sysctls,
+            f"test-{i}",
+        )  # fmt: skip
         for i, (nodeid, entry) in enumerate(measured)
     ]
     overviews = [overview(sec, entry["samples"], rows_by_test.get(compare.base_key(nodeid), []))

@@ -67,7 +67,10 @@ def cpu_model() -> str:
 def virtualized() -> bool:
     """Whether this kernel runs under a hypervisor (the CPU's ``hypervisor`` flag): a VM measures differently."""
     try:
-        return any(line.startswith("flags") and " hypervisor" in line for line in Path("/proc/cpuinfo").read_text().splitlines())
+        return any(
+            line.startswith("flags") and " hypervisor" in line
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+        )
     except OSError:
         return False
 
@@ -129,7 +132,9 @@ def validate(doc: Any, name: str | Path) -> dict[str, Any]:
     import jsonschema
 
     if not isinstance(doc, dict) or "format" not in doc:
-        raise ValueError(f"{name}: not a pytest-udpsend results file (no 'format' field; write one with --udpsend-json)")
+        raise ValueError(
+            f"{name}: not a pytest-udpsend results file (no 'format' field; write one with --udpsend-json)"
+        )
     version = schema_version(doc["format"])
     if version is None:
         raise ValueError(f"{name}: not a pytest-udpsend results file (field 'format' is {doc['format']!r})")
@@ -137,7 +142,9 @@ def validate(doc: Any, name: str | Path) -> dict[str, Any]:
         raise ValueError(f"{name}: field 'format' is {doc['format']!r}, a newer schema than this pytest-udpsend "
                          f"{__version__} reads ({', '.join(READABLE)}); upgrade pytest-udpsend to read it")  # fmt: skip
     if doc["format"] not in READABLE:
-        raise ValueError(f"{name}: field 'format' is {doc['format']!r}, not one this pytest-udpsend reads ({', '.join(READABLE)})")
+        raise ValueError(
+            f"{name}: field 'format' is {doc['format']!r}, not one this pytest-udpsend reads ({', '.join(READABLE)})"
+        )
     if (deep := too_deep(doc)) is not None:
         raise ValueError(f"{name}: field '{_field(deep)}...': nested more than {MAX_DEPTH} levels deep, which no results "
                          "file is; the file was edited or written by another tool")  # fmt: skip
@@ -163,7 +170,9 @@ def load(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a pytest-udpsend results file (not text)") from None
     except OSError as exc:  # a directory, no permission, an I/O error: the cause, not a traceback
-        raise ValueError(f"{path}: cannot be read: {exc.strerror or exc}; give a results file written with --udpsend-json") from None
+        raise ValueError(
+            f"{path}: cannot be read: {exc.strerror or exc}; give a results file written with --udpsend-json"
+        ) from None
     try:
         doc = json.loads(text)
     except RecursionError:
@@ -171,7 +180,13 @@ def load(path: str | Path) -> dict[str, Any]:
                          "not a pytest-udpsend results file") from None  # fmt: skip
     except json.JSONDecodeError as exc:
         stripped = text.rstrip()  # a JSON object cut short: it ends before its closing brace, or inside a string
-        cut = stripped.startswith("{") and (exc.pos >= len(stripped) or not stripped.endswith("}") or "Unterminated" in exc.msg)
-        what = "truncated (the JSON ends early: the run was killed while writing it, or the copy is incomplete)" if cut else "not JSON"
+        cut = stripped.startswith("{") and (
+            exc.pos >= len(stripped) or not stripped.endswith("}") or "Unterminated" in exc.msg
+        )
+        what = (
+            "truncated (the JSON ends early: the run was killed while writing it, or the copy is incomplete)"
+            if cut
+            else "not JSON"
+        )
         raise ValueError(f"{path}: {what}: {exc.msg} at line {exc.lineno}") from None
     return validate(doc, path)

@@ -82,13 +82,24 @@ def heatmap(title: str, summaries: Sequence[dict[str, Any]], target: float | Non
                      shape("text", f"{rate:.1%}", x=x + cw / 2 - 1, y=y + ch / 2 + 4, text_anchor="middle", font_size=11, fill=fg)]  # fmt: skip
     for i, col in enumerate(cols):
         cx = left + i * cw + cw / 2
-        body.append(shape("text", _col_label(col), x=cx, y=top + ch * len(rows) + 14, text_anchor="middle", font_size=10))
+        body.append(
+            shape("text", _col_label(col), x=cx, y=top + ch * len(rows) + 14, text_anchor="middle", font_size=10)
+        )
     mid = top + ch * len(rows) / 2
     body += [shape("text", "SO_SNDBUF requested", x=left + cw * len(cols) / 2, y=h - 22, text_anchor="middle", font_size=11),
              shape("text", "net.core.netdev_budget", x=12, y=mid, transform=f"rotate(-90 12 {mid})", text_anchor="middle", font_size=11),
              shape("text", title, x=w / 2, y=16, text_anchor="middle", font_size=12, font_weight="bold")]  # fmt: skip
     if target is not None:
-        body.append(shape("text", f"green border: EAGAIN at or under the target {target:.2%}", x=left, y=h - 6, font_size=10, fill="#1a7f37"))
+        body.append(
+            shape(
+                "text",
+                f"green border: EAGAIN at or under the target {target:.2%}",
+                x=left,
+                y=h - 6,
+                font_size=10,
+                fill="#1a7f37",
+            )
+        )
     return Figure(w, h, body)
 
 
@@ -161,7 +172,9 @@ def section(doc: Mapping[str, Any]) -> SweepSection | None:
              f"{(s.get('pps') or 0):,.0f}", f"{(s.get('time_squeeze') or 0):.0f}", _p99(s.get("wfree_p99_us")))
             for s in summaries]  # fmt: skip
     smallest = str(meta["smallest_change"]) if meta.get("smallest_change") else None
-    return SweepSection(len(summaries), smallest, bool(meta.get("interrupted")), [f for f in figs if f is not None], rows)
+    return SweepSection(
+        len(summaries), smallest, bool(meta.get("interrupted")), [f for f in figs if f is not None], rows
+    )
 
 
 def render(doc: Mapping[str, Any]) -> str:

@@ -48,7 +48,9 @@ class Shape:
 
 def shape(tag: str, text: object = "", title: object = "", **attrs: object) -> Shape:
     """``shape("text", "EAGAIN", x=10, text_anchor="end")``: keyword names with ``_`` become ``-``."""
-    return Shape(tag, tuple((name.replace("_", "-"), str(value)) for name, value in attrs.items()), str(text), str(title))
+    return Shape(
+        tag, tuple((name.replace("_", "-"), str(value)) for name, value in attrs.items()), str(text), str(title)
+    )
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,9 @@ def _median(samples: Sequence[Mapping[str, Any]], metric: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def verdicts(by_test: Cells, kernels: Sequence[str], settings: compare.Settings) -> dict[tuple[str, str], list[compare.Row]]:
+def verdicts(
+    by_test: Cells, kernels: Sequence[str], settings: compare.Settings
+) -> dict[tuple[str, str], list[compare.Row]]:
     """The gate's rows of each (test, later kernel) against the test on the oldest kernel."""
     first = kernels[0]
     base = {t: per[first] for t, per in by_test.items() if first in per}
@@ -144,7 +146,9 @@ def matrix(units: Sequence[fanin.Unit], settings: compare.Settings, title: str) 
     if len(kernels) < 2:
         return None
     rows = verdicts(by_test, kernels, settings)
-    body = [(test, [_cell(per.get(k), rows.get((test, k), [])) for k in kernels]) for test, per in sorted(by_test.items())]
+    body = [
+        (test, [_cell(per.get(k), rows.get((test, k), [])) for k in kernels]) for test, per in sorted(by_test.items())
+    ]
     bad = sorted({f"{t} on {k}" for (t, k), rs in rows.items() if any(r.regressed for r in rs)})
     verdict = f"{len(bad)} regression(s): {', '.join(bad)}" if bad else "no regression against the oldest kernel"
     return Matrix(title, verdict, bool(bad), kernels, body)
@@ -183,5 +187,7 @@ def render(units: Sequence[fanin.Unit], given: Mapping[str, Any] | None = None) 
 def doc_section(doc: Mapping[str, Any]) -> Upgrade | None:
     """The upgrade section of one document (merged, or run through several kernels: then by the rule its
     one-command gate recorded)."""
-    recorded: Mapping[str, Any] = next((run["gate"]["settings"] for run in doc.get("runs", []) if (run.get("gate") or {}).get("settings")), {})
+    recorded: Mapping[str, Any] = next(
+        (run["gate"]["settings"] for run in doc.get("runs", []) if (run.get("gate") or {}).get("settings")), {}
+    )
     return section(fanin.units_of(doc, "this document"), recorded)
