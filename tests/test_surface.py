@@ -39,7 +39,7 @@ def test_options_in_help(pytester):
         ("udpsend(payload='big')", "payload='big': must be an integer"),
         ("eagain_rate(maximum=0.1)", "@pytest.mark.eagain_rate: got an unexpected keyword argument 'maximum'"),
         ("eagain_rate(max=0.1, min=0.5)", "min=0.5 is above max=0.1"),
-        ("wfree_latency(p99_us=10, backend='ebpf')", "backend='ebpf': accepted: any, bpf, timestamp"),
+        ("wfree_latency(p99_us=10, backend='ebpf')", "backend='ebpf': accepted: any, bpf, tracepoint, timestamp"),
         ("cpu_pressure(cpus=[1], workers=0)", "workers=0: must be an integer from 1 to 64"),
     ],
 )

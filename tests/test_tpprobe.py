@@ -40,7 +40,18 @@ def _common(r, record_property) -> dict:
     assert w["backend"] == "tracepoint" and "net_dev_queue" in w["method"]
     assert r.sent > 500
     assert abs(w["count"] - r.sent) <= 0.01 * r.sent, (w["count"], r.sent, w["charges"])
-    assert sum(w["contexts"].values()) == w["count"] == sum(w["histogram"]["counts"])
+    assert sum(w["contexts"].values()) == w["count"]
+    assert isinstance(w["missed_events"], int), w["missed_events"]  # 6.18 counts them (bpf_prog_info.recursion_misses)
+    # latency is sampled: one datagram in time_every, at random; the method says so, with the sample's size
+    assert sum(w["histogram"]["counts"]) == w["timed"] and 0 < w["timed"] <= w["count"], (w["timed"], w["count"])
+    assert f"1 datagram in {w['time_every']}" in w["method"] and f"{w['timed']} timed in this run" in w["method"]
+    if (
+        w["count"] >= 100 * w["time_every"]
+    ):  # binomial: far more than 5 sd from count / time_every only if it is not 1 in N
+        assert abs(w["timed"] - w["count"] / w["time_every"]) <= 0.25 * w["count"] / w["time_every"], (
+            w["timed"],
+            w["count"],
+        )
     assert w["interval"]["from"].startswith("net:net_dev_queue") and w["interval"]["misses"]  # what the latency is
     assert w["p50_us"] is not None and w["p50_us"] <= w["p99_us"]
     assert _released_line(r).endswith(": ok") and f"sent {r.sent}" in _released_line(r), r.checks
@@ -139,3 +150,85 @@ def test_the_option_and_the_header_name_the_backend(pytester):
     )
     out.assert_outcomes(passed=1)
     out.stdout.fnmatch_lines(["*sock_wfree timing backend: tracepoint (chosen with --udpsend-backend tracepoint)*"])
+
+
+def _stack_names(w) -> list[str]:
+    return [f for s in w["stacks"] for f in s["frames"]]
+
+
+@pytest.mark.udpsend(duration=0.3, cpu=0)
+def test_release_stacks_are_sampled_and_symbolized(udpsend_result, wfree_probe):
+    """Where the release ran: kernel stacks at the release tracepoint, the bpf backend's shape.  On
+    plain veth the receiver's netif_receive_skb runs from the sender's own softirq (process_backlog)."""
+    w = udpsend_result.wfree
+    assert w["stack_every"] == wfree_probe.stack_every and w["stacks_sampled"] >= w["count"] // w["stack_every"]
+    top = w["stacks"][0]
+    assert top["context"] == "inline" and top["share"] >= 0.9, w["stacks"]
+    assert "process_backlog" in top["frames"] and not top["frames"][0].startswith(("bpf_", "__bpf_trace")), top
+    assert top["text"].startswith(f"{top['share'] * 100:.0f} % of releases: "), top
+
+
+@pytest.mark.topology(ipv6=True)
+@pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_fragmented_datagram_counts_once(udp_sender, wfree_probe, ipv6):
+    """A 3000-byte payload leaves in three fragments, each with sock_wfree as destructor; only the
+    first fragment's release counts (IPv4: fragment offset, IPv6: the fragment header's offset)."""
+    r = udp_sender.run(duration=0.3, cpu=0, payload=3000, ipv6=ipv6)
+    w = r.wfree
+    assert r.sent > 500 and w["charges"] == r.sent, (w["charges"], r.sent)
+    assert abs(w["count"] - r.sent) <= 0.01 * r.sent, (w["count"], w["calls"], r.sent)
+    assert w["calls"] == w["count"], (w["calls"], w["count"])
+
+
+def test_every_datagram_timed_when_asked():
+    """time_every=1 (the cost benchmark's arm): each released datagram has its latency."""
+    if (problem := tracepoint_unavailable()) is not None:
+        pytest.skip(f"the tracepoint backend cannot work here: {problem}")
+    from pytest_udpsend.frontend.session import standalone
+    from pytest_udpsend.host import topology
+    from pytest_udpsend.measure import sender
+    from pytest_udpsend.measure.params import make_params
+
+    probe = TracepointProbe("tests/test_tpprobe.py", time_every=1, stack_every=0)
+    try:
+        with standalone() as ctx:
+            plain = topology.build(topology.TopologySpec(), ctx.undo, ctx.session.subnets, "plain")
+            ctx.exclusive()
+            r = sender.run(plain, make_params(duration=0.3, cpu=0), ctx.sysctls, probe)
+    finally:
+        probe.close()
+    w = r.wfree
+    assert w["count"] == w["timed"] == sum(w["histogram"]["counts"]) and abs(w["count"] - r.sent) <= 0.01 * r.sent, w
+    assert "every datagram is timed" in w["method"] and "stacks" not in w
+
+
+DEMANDS_TRACEPOINT = """
+import pytest
+
+@pytest.mark.udpsend(duration=0.2, cpu=0)
+@pytest.mark.wfree_latency(backend="tracepoint")
+def test_demands(udpsend_result):
+    assert udpsend_result.wfree["backend"] == "tracepoint" and udpsend_result.wfree["count"] > 0
+"""
+
+
+def test_wfree_latency_can_demand_the_tracepoint_backend(pytester):
+    """wfree_latency(backend='tracepoint'): measured with it, skipped (with the reason) under another backend."""
+    if (problem := tracepoint_unavailable()) is not None:
+        pytest.skip(f"the tracepoint backend cannot work here: {problem}")
+    pytester.makepyfile(DEMANDS_TRACEPOINT)
+    out = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--udpsend-backend", "tracepoint", "-rs")
+    out.assert_outcomes(passed=1)
+    out = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--udpsend-backend", "timestamp", "-rs")
+    out.assert_outcomes(skipped=1)
+    out.stdout.fnmatch_lines(
+        ["*wfree_latency(backend='tracepoint') demands the tracepoint measurement*but the backend is timestamp*"]
+    )
+
+
+def test_wfree_latency_backend_is_validated(pytester):
+    pytester.makepyfile(
+        "import pytest\n@pytest.mark.wfree_latency(backend='kprobe')\ndef test_x(udpsend_result):\n    pass\n"
+    )
+    out = pytester.runpytest("-p", "no:cacheprovider")
+    out.stdout.fnmatch_lines(["*backend='kprobe': accepted: any, bpf, tracepoint, timestamp*"])

@@ -20,18 +20,34 @@ inside libbcc but the host has not as a program.  bcc is already what the bpf ba
 What it measures, per datagram of the sender's process (tgid, as its pid namespace numbers it):
 
 * **charge side**: ``net:net_dev_queue`` in the sender's task, for skbs whose destructor is
-  ``sock_wfree`` (charged to a socket); an IPv4 fragment other than the first is skipped, so a
-  fragmented datagram counts once (its first fragment's release, as with the bpf backend).
+  ``sock_wfree`` (charged to a socket).  A fragment other than the first (IPv4 fragment offset;
+  IPv6 a fragment header right after the fixed header, as ``ip6_fragment`` builds it for UDP, with
+  a non-zero offset) is skipped, so a fragmented datagram counts once, at its first fragment (as
+  with the bpf backend).  Here the program learns the sender's sockets and sending threads: the
+  first of each in the run state, others in small hashes; no per-datagram map insert.
 * **release side**, the first of: ``net:netif_receive_skb`` (veth: the receiver's
   ``ip_rcv_core()`` orphans the skb right after, in the same call chain), ``net:napi_gro_receive_entry``
   (GRO: a merged datagram's charge moves to the aggregate there; one event per datagram),
   ``skb:consume_skb`` / ``skb:kfree_skb`` (NIC TX completion, drops: both fire before
   ``skb_release_all()`` runs the destructor).  Each requires the skb's destructor still
-  ``sock_wfree`` and its ``sk`` the one it was queued with.  ``calls`` counts the skbs that reach
-  one of these with ``sock_wfree`` still set (the ``sock_wfree`` calls: one per GRO aggregate).
-* **context**: the task current at the release event, as the bpf backend classifies it.
-* **latency**: the interval from ``net:net_dev_queue`` to the release event, per datagram
-  (``wfree["interval"]`` says so in the result).  It includes qdisc waits, the veth crossing and
+  ``sock_wfree`` and its ``sk`` one of the sender's sockets.  An skb counted at its GRO entry and
+  not merged there (the aggregate head, GRO_NORMAL) is remembered by address until its own
+  release event, which then counts only as a call.  ``calls`` counts the skbs that reach one of
+  the three release events with ``sock_wfree`` still set (the ``sock_wfree`` calls: one per GRO
+  aggregate).  One program per event: the kernel skips a program that would run nested in itself
+  on a CPU (counted: ``wfree["missed_events"]``), and a softirq's ``netif_receive_skb`` may
+  interrupt a task's ``consume_skb``.  Not explained yet: under RPS to a busy CPU, while other
+  benchmarks ran on the host, 0.1-1 % of the datagrams that ``softnet_stat`` counts as processed
+  never reached any program on ``net:netif_receive_skb`` (a second, trivial program there saw the
+  same count; no recursion misses), with this program and the one before it alike.
+* **context**: the task current at the release event: ``inline`` a thread that queued the
+  sender's datagrams in this run (the bpf backend: the thread that queued this one; the same for
+  a single sending thread), else as the bpf backend classifies it by name.
+* **latency, sampled**: one datagram in ``TIME_EVERY`` (16), chosen at random per CPU (an LCG:
+  no aliasing with a periodic send pattern), is timed: its skb address and queue time go into a
+  hash, looked up at release only while a timed datagram is in flight.  ``wfree["timed"]`` is the
+  sample's size, the method line says both.  The interval runs from ``net:net_dev_queue`` to the
+  release event (``wfree["interval"]``).  It includes qdisc waits, the veth crossing and
   the backlog/NAPI wait; it misses the time from the charge (``skb_set_owner_w`` in
   ``ip_make_skb``/``__ip_append_data``) to ``__dev_queue_xmit`` (the IP and neighbour output
   path, a few microseconds) and the few instructions between the release tracepoint and
@@ -39,9 +55,14 @@ What it measures, per datagram of the sender's process (tgid, as its pid namespa
   counts and contexts across backends, not latencies.  (The send syscall's entry as a second,
   upper end was tried: the ``sys_enter`` tracepoint puts every syscall of every task on the
   traced slow path, too costly for a backend.)
+* **stacks**: one release in ``STACK_EVERY`` (1024) per context and CPU, the first included, takes
+  its kernel stack at the release tracepoint (``bpf_get_stackid``); ``end`` symbolizes the most
+  frequent from /proc/kallsyms into ``wfree["stacks"]``, as the bpf backend does (its
+  ``top_stacks``).  On plain veth: ``__netif_receive_skb_core <- ... <- process_backlog <- ...``.
 
-Counting and histograms happen in the kernel (per-CPU arrays, no atomics); only these summaries
-are read, at ``end``.  Attached only between ``begin`` and ``end`` of a run that measures.
+Counting and histograms happen in the kernel (per-CPU arrays); only these summaries are read, at
+``end``.  Attached only between ``begin`` and ``end`` of a run that measures.  The cost to the
+sender, and where it is: ``ci/bench_tpprobe.py``.
 
 Where it cannot see the release: netem with a delay, jitter or rate orphans each skb at enqueue
 (``skb_orphan_partial()``, no tracepoint): the result says so instead of giving figures.
@@ -50,16 +71,19 @@ Where it cannot see the release: netem with a delay, jitter or rate orphans each
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import itertools
 import os
+import platform
 import struct
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_udpsend.errors import PrivilegeError
 from pytest_udpsend.host.sysctl import Sysctls
-from pytest_udpsend.measure.bpfprobe import CONTEXTS, NBUCKETS
+from pytest_udpsend.measure.bpfprobe import CONTEXTS, NBUCKETS, top_stacks
 from pytest_udpsend.measure.histogram import HIST_EDGES_US, percentile_us, rebin
 from pytest_udpsend.measure.wfree import not_measured
 
@@ -70,22 +94,43 @@ BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 SKB_FIELDS = ("sk", "destructor", "head", "network_header", "protocol")
 NETEM_ORPHANS = ("delay", "jitter", "rate")  # netem_enqueue(): skb_orphan_partial() when any is set
 # slots of the C's stats array after the per-context pairs (count, max_ns)
-S_CHARGES, S_CALLS, S_GRO = (len(CONTEXTS) * 2 + i for i in range(3))
+S_CHARGES, S_CALLS, S_GRO, S_LOST = (len(CONTEXTS) * 2 + i for i in range(4))
 CHARGE_EVENT = ("net_dev_queue", "on_queue")
-RELEASE_EVENTS = (("netif_receive_skb", "on_release"), ("consume_skb", "on_release"), ("kfree_skb", "on_release"),
+RELEASE_EVENTS = (("netif_receive_skb", "on_rx"), ("consume_skb", "on_consume"), ("kfree_skb", "on_kfree"),
                   ("napi_gro_receive_entry", "on_gro_entry"), ("napi_gro_receive_exit", "on_gro_exit"))  # fmt: skip
 EVENTS = (CHARGE_EVENT, *RELEASE_EVENTS)
-
-METHOD = ("exact counts and contexts from raw tracepoints (bcc, header-free, skb offsets from kernel BTF): a datagram "
-          "is queued at net:net_dev_queue and released at the first of net:netif_receive_skb, "
-          "net:napi_gro_receive_entry, skb:consume_skb, skb:kfree_skb with skb->destructor still sock_wfree; latency "
-          "is the interval from net_dev_queue to that release event (see interval)")  # fmt: skip
+# One datagram in TIME_EVERY is timed (chosen at random per CPU): at 400k datagrams/s that is 25k
+# timed datagrams a second, enough for a p99; untimed ones cost no map insert (ci/bench_tpprobe.py).
+TIME_EVERY = 16
+# One release in STACK_EVERY per context and CPU (the first included) takes its kernel stack: an unwind
+# costs about 2 us here (1 in 128 added 16 ns per datagram), so far sparser than the bpf backend's 1 in 8;
+# at 400k datagrams/s that is still 400 stacks a second.
+STACK_EVERY = 1024
+STAGES = {
+    "attached": 0,
+    "filter": 1,
+    "full": 9,
+}  # how much of the program runs (ci/bench_tpprobe.py: where the cost is)
 
 INTERVAL = {"from": "net:net_dev_queue (the sender's __dev_queue_xmit, before any qdisc)",
             "to": "the release event (net:netif_receive_skb, net:napi_gro_receive_entry, skb:consume_skb, skb:kfree_skb)",
             "includes": "qdisc waits, the link crossing, backlog and NAPI waits, TX completion",
             "misses": "charge (skb_set_owner_w) -> __dev_queue_xmit: the IP and neighbour output path, a few us; "
                       "release event -> sock_wfree: a few instructions"}  # fmt: skip
+
+
+def method_text(time_every: int, timed: int) -> str:
+    """What the tracepoint backend measured: counts and contexts of every datagram, latency of a sample."""
+    sample = (
+        "every datagram is timed" if time_every == 1 else f"1 datagram in {time_every} is timed (at random, per CPU)"
+    )
+    return ("exact counts and contexts from raw tracepoints (bcc, header-free, skb offsets from kernel BTF): a datagram "
+            "is queued at net:net_dev_queue and released at the first of net:netif_receive_skb, "
+            "net:napi_gro_receive_entry, skb:consume_skb, skb:kfree_skb with skb->destructor still sock_wfree and "
+            "skb->sk a socket of the sender; inline is a release in a thread that queued the sender's datagrams; "
+            f"latency (percentiles, histograms, max) is sampled: {sample}, {timed} timed in this run, "
+            "from net_dev_queue to that release event (see interval)")  # fmt: skip
+
 
 # The stub "kernel tree" bcc compiles against: what its own helpers include, and nothing of a kernel's structs.
 STUB_HEADERS = {
@@ -121,19 +166,41 @@ PROGRAM = r"""
 #define NCTX 4
 #define SUB 3
 #define NB (64 << SUB)
-#define ETH_P_IP_BE 0x0008  /* htons(0x0800) read as a little-endian u16 */
+#define ETH_P_IP_BE 0x0008    /* htons(0x0800) read as a little-endian u16 */
+#define ETH_P_IPV6_BE 0xDD86  /* htons(0x86DD) */
+#define NEXTHDR_FRAGMENT 44
 
-struct charge { u64 ts; u64 sk; u32 tid; u32 released; };
-BPF_TABLE(CHARGED_MAP, u64, struct charge, charged, 262144);
-/* sender's tgid (0 = disarmed), dev and inode of its pid namespace, then its tgid in the initial
-   namespace, learned at its first queued skb (then no pid namespace lookup per skb) */
-BPF_ARRAY(cfg, u64, 4);
-BPF_PERCPU_ARRAY(hist, u64, NCTX * NB);  /* net_dev_queue -> release, per context */
+/* Run state, one array slot (one inlined lookup gives all of it).  Written by user space at begin
+   (tgid, dev, ino; the rest 0) and learned by the program: the sender's tgid in the initial pid
+   namespace, its sockets and sending threads (the first of each here, the others in a hash with a
+   count), whether a fragment or a GRO entry of ours was seen, and the timed skbs in flight. */
+struct conf { u64 tgid; u64 dev; u64 ino; u64 root; u64 sk0; u64 nsocks; u64 tid0; u64 ntids;
+              u64 frag_seen; u64 gro_seen; u64 inflight; };
+BPF_ARRAY(cfg, struct conf, 1);
+BPF_HASH(socks, u64, u64, 256);
+BPF_HASH(tids, u64, u64, 1024);
+/* the timed datagrams only (one in TIME_EVERY): charge time, by skb address */
+struct charge { u64 ts; };
+BPF_HASH(charged, u64, struct charge, 65536);
+/* skbs counted at their GRO entry and not merged there: their own release event comes later */
+BPF_HASH(gro_counted, u64, u64, 16384);
+BPF_PERCPU_ARRAY(hist, u64, NCTX * NB);  /* net_dev_queue -> release of the timed datagrams, per context */
+/* per ctx: datagrams released, max_ns (timed ones); then charges, sock_wfree calls, released at GRO entry, stacks lost */
 #define S_CHARGES (NCTX * 2)
 #define S_CALLS (NCTX * 2 + 1)
 #define S_GRO (NCTX * 2 + 2)
-BPF_PERCPU_ARRAY(stats, u64, NCTX * 2 + 3);
+#define S_LOST (NCTX * 2 + 3)
+BPF_PERCPU_ARRAY(stats, u64, NCTX * 2 + 4);
 BPF_PERCPU_ARRAY(gro_pending, u64, 1);
+BPF_PERCPU_ARRAY(rng, u64, 1);  /* the sampler's state (an LCG), per CPU */
+#if STACK_EVERY
+#define STACK_DEPTH 20
+struct stack_key { u32 cx; s32 id; };
+struct stack_ips { u64 ip[STACK_DEPTH]; };
+BPF_TABLE("stacktrace", int, struct stack_ips, stacks, 4096);
+BPF_PERCPU_HASH(stack_counts, struct stack_key, u64, 1024);
+BPF_PERCPU_ARRAY(stack_seen, u64, NCTX);  /* releases per context on this CPU since the run began */
+#endif
 
 static __always_inline u32 udps_log2(u64 v)
 {
@@ -163,13 +230,6 @@ static __always_inline void bump(u32 slot)
         (*n)++;
 }
 
-static __always_inline void keep_max(u32 slot, u64 v)
-{
-    u64 *m = stats.lookup(&slot);
-    if (m && v > *m)
-        *m = v;
-}
-
 static __always_inline u64 read_u64(u64 addr)
 {
     u64 v = 0;
@@ -184,55 +244,164 @@ static __always_inline u16 read_u16(u64 addr)
     return v;
 }
 
-/* the sender's own task?  Learns its initial-namespace tgid the first time */
-static __always_inline int is_sender(u64 id)
+static __always_inline struct conf *conf(void)
 {
-    u32 k_tgid = 0, k_dev = 1, k_ino = 2, k_root = 3;
-    u64 *want = cfg.lookup(&k_tgid), *root = cfg.lookup(&k_root);
-    if (!want || !root || *want == 0)
-        return 0;
-    if (*root)
-        return (id >> 32) == *root;
-    u64 *dev = cfg.lookup(&k_dev), *ino = cfg.lookup(&k_ino);
-    if (!dev || !ino)
-        return 0;
+    u32 zero = 0;
+    return cfg.lookup(&zero);
+}
+
+/* the sender's own task?  Learns its initial-namespace tgid the first time (then no pid namespace lookup) */
+static __always_inline int is_sender(struct conf *f, u64 id)
+{
+    if (f->root)
+        return (id >> 32) == f->root;
     struct bpf_pidns_info ns = {};
-    if (bpf_get_ns_current_pid_tgid(*dev, *ino, &ns, sizeof(ns)) || ns.tgid != *want)
+    if (bpf_get_ns_current_pid_tgid(f->dev, f->ino, &ns, sizeof(ns)) || ns.tgid != f->tgid)
         return 0;
-    *root = id >> 32;
+    f->root = id >> 32;
     return 1;
+}
+
+/* The skb fields read at the charge, in one bpf_probe_read_kernel (a read's fixed cost outweighs its
+   bytes, and the sender's skb is in its cache): sk .. head, 176 bytes on 6.18. */
+struct skb_all { u8 b[SKB_SPAN]; };
+#define AT64(w, base, off) (*(u64 *)&(w).b[(off) - (base)])
+#define AT16(w, base, off) (*(u16 *)&(w).b[(off) - (base)])
+
+/* A fragment other than the first (IPv4 offset, or an IPv6 fragment header right after the fixed
+   header with a non-zero offset): its datagram is counted at its first fragment.  Notes that a
+   fragment was seen, so the release side checks only then. */
+static __always_inline int later_fragment(struct skb_all *w, struct conf *f)
+{
+    u16 proto = AT16(*w, SKB_BASE, OFF_PROTOCOL);
+    if (proto != ETH_P_IP_BE && proto != ETH_P_IPV6_BE)
+        return 0;
+    u64 nh = AT64(*w, SKB_BASE, OFF_HEAD) + AT16(*w, SKB_BASE, OFF_NETWORK_HEADER);
+    u64 ip = read_u64(nh);  /* IPv4: frag_off in bytes 6-7; IPv6: nexthdr in byte 6 */
+    u16 frag;
+    if (proto == ETH_P_IP_BE) {
+        frag = (u16)(ip >> 48);
+        frag = (frag & 0xff) << 8 | frag >> 8;
+        if (!(frag & 0x3fff))
+            return 0;  /* neither more fragments nor an offset: not fragmented */
+        frag &= 0x1fff;
+    } else {
+        if (((ip >> 48) & 0xff) != NEXTHDR_FRAGMENT)
+            return 0;
+        frag = read_u16(nh + 40 + 2);
+        frag = ((frag & 0xff) << 8 | frag >> 8) & 0xfff8;
+    }
+    if (!f->frag_seen)
+        f->frag_seen = 1;
+    return frag != 0;
+}
+
+/* a socket / thread of the sender seen for the first time: remembered (the first also in the conf) */
+static __always_inline void learn_sock(struct conf *f, u64 sk)
+{
+    u64 one = 1;
+    if (socks.lookup(&sk) || socks.insert(&sk, &one))
+        return;
+    __sync_fetch_and_add(&f->nsocks, 1);
+    if (!f->sk0)
+        f->sk0 = sk;
+}
+
+static __always_inline void learn_tid(struct conf *f, u64 tid)
+{
+    u64 one = 1;
+    if (tids.lookup(&tid) || tids.insert(&tid, &one))
+        return;
+    __sync_fetch_and_add(&f->ntids, 1);
+    if (!f->tid0)
+        f->tid0 = tid;
+}
+
+/* one in TIME_EVERY, at random (an LCG per CPU: no aliasing with a periodic send pattern) */
+static __always_inline int sampled(void)
+{
+#if TIME_EVERY > 1
+    u32 zero = 0;
+    u64 *s = rng.lookup(&zero);
+    if (!s)
+        return 0;
+    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (*s >> 40) % TIME_EVERY == 0;
+#else
+    return 1;
+#endif
 }
 
 /* raw tracepoint net:net_dev_queue(struct sk_buff *skb): in the sending task, before any qdisc */
 int on_queue(struct bpf_raw_tracepoint_args *ctx)
 {
-    u64 skb = ctx->args[0];
-    u64 id = bpf_get_current_pid_tgid();
-    if (!is_sender(id))
+#if STAGE == 0
+    return 0;
+#endif
+    struct conf *f = conf();
+    if (!f || !f->tgid)
         return 0;
-    if (read_u64(skb + OFF_DESTRUCTOR) != SOCK_WFREE)
+    u64 id = bpf_get_current_pid_tgid();
+    if (!is_sender(f, id))
+        return 0;
+    u64 skb = ctx->args[0];
+    struct skb_all w;
+    bpf_probe_read_kernel(&w, sizeof(w), (void *)(skb + SKB_BASE));
+    if (AT64(w, SKB_BASE, OFF_DESTRUCTOR) != SOCK_WFREE)
         return 0;  /* not charged to a socket */
-    if (read_u16(skb + OFF_PROTOCOL) == ETH_P_IP_BE) {  /* a later IPv4 fragment: its datagram counts once */
-        u16 frag = read_u16(read_u64(skb + OFF_HEAD) + read_u16(skb + OFF_NETWORK_HEADER) + 6);
-        if (((frag & 0xff) << 8 | frag >> 8) & 0x1fff)
-            return 0;
-    }
+#if STAGE == 1
+    return 0;
+#endif
+    if (later_fragment(&w, f))
+        return 0;
+    u64 sk = AT64(w, SKB_BASE, OFF_SK);
+    if (sk != f->sk0)
+        learn_sock(f, sk);
+    if ((u32)id != f->tid0)
+        learn_tid(f, (u32)id);
+    bump(S_CHARGES);
+    if (!sampled())
+        return 0;
     struct charge c = {};
     c.ts = bpf_ktime_get_ns();
-    c.tid = (u32)id;
-    c.sk = read_u64(skb + OFF_SK);
-    charged.update(&skb, &c);
-    bump(S_CHARGES);
+    struct charge *old = charged.lookup(&skb);
+    if (old)
+        *old = c;  /* an entry left by an skb at this address that we never saw released */
+    else if (charged.insert(&skb, &c) == 0)
+        __sync_fetch_and_add(&f->inflight, 1);
     return 0;
 }
 
-/* one datagram released: its latency and context (the task current now against the queuing thread) */
-static __always_inline void release(struct charge *c)
+static __always_inline void count_stack(void *ctx, u32 cx)
 {
-    u64 d = bpf_ktime_get_ns() - c->ts;
-    u32 tid = (u32)bpf_get_current_pid_tgid();
+#if STACK_EVERY
+    u64 *seen = stack_seen.lookup(&cx);
+    if (!seen || (*seen)++ % STACK_EVERY)
+        return;
+    struct stack_key k = {};
+    k.cx = cx;
+    k.id = stacks.get_stackid(ctx, 0);
+    if (k.id >= 0) {
+        u64 *n = stack_counts.lookup(&k);
+        if (n) {
+            (*n)++;
+            return;
+        }
+        u64 one = 1;
+        if (stack_counts.update(&k, &one) == 0)
+            return;
+    }
+    bump(S_LOST);
+#endif
+}
+
+/* one datagram released: its context (the current task against the sender's threads), and its
+   latency if it was timed */
+static __always_inline void release(void *ctx, struct conf *f, u64 skb)
+{
+    u64 tid = (u32)bpf_get_current_pid_tgid();
     u32 cx = 0;
-    if (tid != c->tid) {
+    if (tid != f->tid0 && (f->ntids < 2 || !tids.lookup(&tid))) {  /* only then is the task's name needed */
         char comm[16] = {};
         bpf_get_current_comm(&comm, sizeof(comm));
         cx = 1;
@@ -242,61 +411,107 @@ static __always_inline void release(struct charge *c)
         else if (comm[0] == 'n' && comm[1] == 'a' && comm[2] == 'p' && comm[3] == 'i' && comm[4] == '/')
             cx = 3;
     }
-    u32 hidx = cx * NB + udps_bucket(d);
-    u64 *h = hist.lookup(&hidx);
-    if (h)
-        (*h)++;
     bump(cx * 2);
-    keep_max(cx * 2 + 1, d);
+    if (f->inflight) {  /* some timed datagram is in flight: is it this one? */
+        struct charge *c = charged.lookup(&skb);
+        u64 ts = c ? c->ts : 0;
+        if (c && charged.delete(&skb) == 0) {  /* the entry is ours to retire: inflight stays exact */
+            u64 d = bpf_ktime_get_ns() - ts;
+            __sync_fetch_and_add(&f->inflight, -1);
+            u32 hidx = cx * NB + udps_bucket(d);
+            u64 *h = hist.lookup(&hidx);
+            if (h)
+                (*h)++;
+            u32 sidx = cx * 2 + 1;
+            u64 *m = stats.lookup(&sidx);
+            if (m && d > *m)
+                *m = d;
+        }
+    }
+    count_stack(ctx, cx);
 }
 
-/* our skb, still charged (destructor sock_wfree, the sk it was queued with)? */
-static __always_inline struct charge *ours(u64 skb)
+/* the sender's skb, still charged (destructor sock_wfree, one of the sender's sockets), not a later fragment? */
+static __always_inline int ours(struct conf *f, u64 skb)
 {
     if (read_u64(skb + OFF_DESTRUCTOR) != SOCK_WFREE)
+        return 0;  /* most skbs: one 8-byte read (a wider one costs 65 ns more on a receiver's CPU: a cold line) */
+    u64 sk = read_u64(skb + OFF_SK);
+    if (sk != f->sk0 && (f->nsocks < 2 || !socks.lookup(&sk)))
         return 0;
-    struct charge *c = charged.lookup(&skb);
-    if (!c || read_u64(skb + OFF_SK) != c->sk)
-        return 0;
-    return c;
+    if (!f->frag_seen)
+        return 1;
+    struct skb_all w;
+    bpf_probe_read_kernel(&w, sizeof(w), (void *)(skb + SKB_BASE));
+    return !later_fragment(&w, f);
 }
 
 /* net:netif_receive_skb, skb:consume_skb, skb:kfree_skb: args[0] is the skb; sock_wfree follows */
-int on_release(struct bpf_raw_tracepoint_args *ctx)
+static __always_inline int do_release(struct bpf_raw_tracepoint_args *ctx)
 {
+#if STAGE == 0
+    return 0;
+#endif
+    struct conf *f = conf();
+    if (!f || !f->sk0)
+        return 0;  /* nothing of the sender's charged yet */
     u64 skb = ctx->args[0];
-    struct charge *c = ours(skb);
-    if (!c)
+#if STAGE == 1
+    return read_u64(skb + OFF_DESTRUCTOR) == 0;
+#endif
+    if (!ours(f, skb))
         return 0;
     bump(S_CALLS);
-    if (!c->released)
-        release(c);
-    charged.delete(&skb);
+    if (f->gro_seen) {  /* counted already at its GRO entry? */
+        u32 zero = 0;
+        u64 *pending = gro_pending.lookup(&zero);
+        if (pending && *pending == skb) {  /* released inside napi_gro_receive (GRO_NORMAL batch, consumed) */
+            *pending = 0;
+            return 0;
+        }
+        if (gro_counted.delete(&skb) == 0)
+            return 0;
+    }
+    release(ctx, f, skb);
     return 0;
 }
+
+/* One program per event: a tracing program does not run nested in itself on a CPU (the kernel skips
+   it and counts a miss), and a softirq's netif_receive_skb may interrupt a task's consume_skb. */
+int on_rx(struct bpf_raw_tracepoint_args *ctx) { return do_release(ctx); }
+int on_consume(struct bpf_raw_tracepoint_args *ctx) { return do_release(ctx); }
+int on_kfree(struct bpf_raw_tracepoint_args *ctx) { return do_release(ctx); }
 
 /* net:napi_gro_receive_entry(const struct sk_buff *skb): once per skb entering GRO */
 int on_gro_entry(struct bpf_raw_tracepoint_args *ctx)
 {
-    u64 skb = ctx->args[0];
+#if STAGE == 0
+    return 0;
+#endif
     u32 zero = 0;
     u64 *pending = gro_pending.lookup(&zero);
     if (!pending)
         return 0;
     *pending = 0;
-    struct charge *c = ours(skb);
-    if (!c)
+    struct conf *f = conf();
+    if (!f || !f->sk0)
         return 0;
-    if (!c->released) {
-        release(c);
-        c->released = 1;
-        bump(S_GRO);
-    }
+    u64 skb = ctx->args[0];
+#if STAGE == 1
+    return read_u64(skb + OFF_DESTRUCTOR) == 0;
+#endif
+    if (!ours(f, skb))
+        return 0;
+    if (!f->gro_seen)
+        f->gro_seen = 1;
+    release(ctx, f, skb);
+    bump(S_GRO);
     *pending = skb;
     return 0;
 }
 
-/* net:napi_gro_receive_exit(int ret): GRO_MERGED (0) / GRO_MERGED_FREE (1): the charge went to the aggregate */
+/* net:napi_gro_receive_exit(int ret): merged (GRO_MERGED 0, GRO_MERGED_FREE 1), the charge went to the
+   aggregate; otherwise the skb's own release event is still to come, and must not count it again */
 int on_gro_exit(struct bpf_raw_tracepoint_args *ctx)
 {
     u32 zero = 0;
@@ -306,8 +521,10 @@ int on_gro_exit(struct bpf_raw_tracepoint_args *ctx)
     u64 skb = *pending;
     *pending = 0;
     int ret = (int)ctx->args[0];
-    if (ret == 0 || ret == 1)
-        charged.delete(&skb);
+    if (ret != 0 && ret != 1) {
+        u64 one = 1;
+        gro_counted.update(&skb, &one);
+    }
     return 0;
 }
 """
@@ -401,6 +618,39 @@ def _stub_kernel_tree() -> Iterator[str]:
                 os.environ["BCC_KERNEL_SOURCE"] = saved
 
 
+SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
+BPF_OBJ_GET_INFO_BY_FD = 15
+
+
+def recursion_misses(fds: Sequence[int], offset: int) -> int | None:
+    """Events the kernel skipped for these programs (one ran nested in itself on a CPU):
+    ``bpf_prog_info.recursion_misses`` at ``offset`` (from BTF), summed; None if unreadable."""
+    if SYS_BPF is None:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    total = 0
+    for fd in fds:
+        info = ctypes.create_string_buffer(offset + 8)
+        attr = ctypes.create_string_buffer(struct.pack("<IIQ", fd, offset + 8, ctypes.addressof(info)), 16)
+        if libc.syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, attr, 16) != 0:
+            return None
+        if struct.unpack_from("<I", attr.raw, 4)[0] < offset + 8:  # an older kernel's shorter bpf_prog_info
+            return None
+        total += struct.unpack_from("<Q", info.raw, offset)[0]
+    return total
+
+
+def read_spans(offsets: Mapping[str, int]) -> list[str]:
+    """cflags for the charge's one read of the skb: the bytes from the first to the last field it
+    needs; ValueError if they lie too far apart."""
+    size = {"sk": 8, "destructor": 8, "head": 8, "protocol": 2, "network_header": 2}
+    base = min(offsets[f] for f in SKB_FIELDS)
+    length = max(offsets[f] + size[f] for f in SKB_FIELDS) - base
+    if length > 256:
+        raise ValueError(f"sk_buff's {', '.join(SKB_FIELDS)} span {length} bytes, more than the program reads at once")
+    return [f"-DSKB_BASE={base}", f"-DSKB_SPAN={length}"]
+
+
 def netem_orphans(path: TopologySpec | None) -> str | None:
     """None where a tracepoint sees the release, else the sentence why not (netem that orphans at enqueue)."""
     qdisc = None if path is None else path.qdisc
@@ -417,16 +667,25 @@ def netem_orphans(path: TopologySpec | None) -> str | None:
 class TracepointProbe:
     backend = "tracepoint"
     receiver_timestamps = False
-    method = METHOD
+    method = method_text(TIME_EVERY, 0)
 
-    def __init__(self, reason: str, charged_map: str = "hash") -> None:
+    def __init__(
+        self, reason: str, time_every: int = TIME_EVERY, stack_every: int = STACK_EVERY, stage: str = "full"
+    ) -> None:
         self.reason = reason
-        self.charged_map = charged_map  # the per-skb map's type ("lru_hash" to compare the cost: ci/bench_tpprobe.py)
+        self.time_every = (
+            time_every  # 1 times every datagram; others than the defaults measure the cost (ci/bench_tpprobe.py)
+        )
+        self.stack_every = stack_every  # 0: no stacks
+        self.stage = STAGES[stage]  # "attached"/"filter": a program that stops early, only to find where the cost is
         self.offsets: dict[str, int] = {}
         self.unavailable: str | None = None
         self._bpf: Any = None
         self._error: PrivilegeError | None = None  # a failed build, kept: never retried
         self._attached = False
+        self._fds: list[int] = []
+        self._misses_at_begin: int | None = None
+        self._misses_offset: int | None = None  # of recursion_misses in bpf_prog_info (kernel BTF)
 
     def build(self) -> None:
         """Locate the skb fields, compile and load once per session; PrivilegeError (the same one every time) if it cannot."""
@@ -452,6 +711,8 @@ class TracepointProbe:
         release = os.uname().release
         try:
             self.offsets = btf_offsets("sk_buff", SKB_FIELDS)
+            with contextlib.suppress(KeyError):  # before 5.12: not counted
+                self._misses_offset = btf_offsets("bpf_prog_info", ("recursion_misses",))["recursion_misses"]
         except (OSError, ValueError, KeyError) as exc:
             raise PrivilegeError(f"the skb's fields could not be located in {BTF_PATH} on {release} ({exc}); "
                                  "use --udpsend-backend timestamp") from None  # fmt: skip
@@ -460,14 +721,14 @@ class TracepointProbe:
             raise PrivilegeError("sock_wfree's address is hidden in /proc/kallsyms (kernel.kptr_restrict): run as root with "
                                  "kernel.kptr_restrict at 0 or 1, or use --udpsend-backend timestamp")  # fmt: skip
         cflags = [f"-DOFF_{name.upper()}={off}" for name, off in self.offsets.items()] + [
-            f"-DSOCK_WFREE={wfree}ULL",
-            f'-DCHARGED_MAP="{self.charged_map}"',
-        ]
+            f"-DSOCK_WFREE={wfree}ULL", f"-DTIME_EVERY={self.time_every}", f"-DSTACK_EVERY={self.stack_every}",
+            f"-DSTAGE={self.stage}", *read_spans(self.offsets)]  # fmt: skip
         with _stub_kernel_tree(), _stderr_to_file() as log:
             try:
                 bpf = BPF(text=PROGRAM.encode(), cflags=cflags)
-                for _, fn in EVENTS:  # load (and verify) now; attached only while a run measures
-                    bpf.load_func(fn.encode(), BPF.RAW_TRACEPOINT)
+                self._fds = [
+                    bpf.load_func(fn.encode(), BPF.RAW_TRACEPOINT).fd for _, fn in EVENTS
+                ]  # loaded now, attached per run
             except Exception as exc:
                 log.seek(0)
                 errors = [line for line in log.read().splitlines() if "error" in line][:3]
@@ -504,26 +765,33 @@ class TracepointProbe:
         """Arm for one run of ``tgid`` (as numbered in this process's pid namespace) and attach."""
         self.build()
         bpf = self._bpf
-        for table in (b"hist", b"stats", b"charged", b"gro_pending"):
-            bpf[table].clear()
+        tables = ("hist", "stats", "charged", "gro_pending", "gro_counted", "socks", "tids")
+        for table in tables + (("stack_counts", "stack_seen") if self.stack_every else ()):
+            bpf[table.encode()].clear()
+        if self.stack_every:  # bcc's StackTrace.clear() does nothing: delete the ids one by one
+            stacks = bpf[b"stacks"]
+            for key in list(stacks.keys()):
+                del stacks[key]
         pidns = os.stat("/proc/self/ns/pid")
         cfg = bpf[b"cfg"]
-        cfg[cfg.Key(3)] = cfg.Leaf(0)
-        cfg[cfg.Key(1)] = cfg.Leaf(pidns.st_dev)
-        cfg[cfg.Key(2)] = cfg.Leaf(pidns.st_ino)
-        cfg[cfg.Key(0)] = cfg.Leaf(tgid)
+        conf = cfg.Leaf()  # all zero: nothing learned yet
+        conf.dev, conf.ino, conf.tgid = pidns.st_dev, pidns.st_ino, tgid
+        cfg[cfg.Key(0)] = conf
+        self._misses_at_begin = self._misses()
         try:
             self._set_attached(True)
         except Exception as exc:
-            cfg[cfg.Key(0)] = cfg.Leaf(0)
+            cfg[cfg.Key(0)] = cfg.Leaf()
             raise PrivilegeError(f"the tracepoint probe could not be attached on {os.uname().release}: {exc}") from None
 
     def end(self, rx_latencies_ns: Sequence[int], lost_samples: int, sent: int) -> dict[str, Any]:
         self.build()
         bpf = self._bpf
         cfg = bpf[b"cfg"]
-        cfg[cfg.Key(0)] = cfg.Leaf(0)
+        cfg[cfg.Key(0)] = cfg.Leaf()  # disarmed: no tgid, no socket
         self._set_attached(False)
+        misses = self._misses()
+        missed = None if misses is None or self._misses_at_begin is None else misses - self._misses_at_begin
         if self.unavailable is not None:
             return not_measured(self.backend, self.unavailable)
         hist = [sum(v) for v in bpf[b"hist"].values()]  # per-CPU slots: add them up
@@ -535,9 +803,11 @@ class TracepointProbe:
         count = sum(contexts.values())
         max_ns = max(stats[i * 2 + 1] for i in range(len(CONTEXTS)))
         at_gro = stats[S_GRO]
+        timed = sum(total)
+        stacks = self._stacks(bpf, contexts, stats[S_LOST]) if self.stack_every else {}
         return {
             "backend": self.backend,
-            "method": self.method,
+            "method": method_text(self.time_every, timed),
             "count": count,
             "calls": stats[S_CALLS],
             "released_at": {"gro_entry": at_gro, "other": count - at_gro},
@@ -545,13 +815,38 @@ class TracepointProbe:
             "p50_us": percentile_us(total, 0.50),
             "p90_us": percentile_us(total, 0.90),
             "p99_us": percentile_us(total, 0.99),
-            "max_us": round(max_ns / 1000, 2) if count else None,
+            "max_us": round(max_ns / 1000, 2) if timed else None,
+            "timed": timed,
+            "time_every": self.time_every,
+            "missed_events": missed,
             "interval": INTERVAL,
             "contexts": contexts,
             "histogram": {"edges_us": HIST_EDGES_US, "counts": rebin(total)},
             "histograms": {n: {"edges_us": HIST_EDGES_US, "counts": rebin(c)} for n, c in per_ctx.items() if sum(c)},
             "context_p99_us": {n: percentile_us(c, 0.99) for n, c in per_ctx.items() if sum(c)},
+            **stacks,
         }
+
+    def _misses(self) -> int | None:
+        return None if self._misses_offset is None else recursion_misses(self._fds, self._misses_offset)
+
+    def _stacks(self, bpf: Any, contexts: Mapping[str, int], lost: int) -> dict[str, Any]:
+        """The most frequent release stacks per context, symbolized from /proc/kallsyms once, at the end
+        (the bpf backend's shape: ``stacks``, ``stacks_lost``, ``stacks_sampled``, ``stack_every``)."""
+        from bcc import BPF
+
+        counts = {(CONTEXTS[k.cx], int(k.id)): sum(v) for k, v in bpf[b"stack_counts"].items() if k.cx < len(CONTEXTS)}
+        table = bpf[b"stacks"]
+
+        def frames_of(stack_id: int) -> list[str]:
+            try:  # not bcc's walk(): it assumes 127 frames
+                ips = table[table.Key(stack_id)].ip
+            except KeyError:
+                return []
+            return [BPF.ksym(addr).decode(errors="replace") for addr in itertools.takewhile(bool, ips)]
+
+        return {"stacks": top_stacks(counts, frames_of, contexts), "stacks_lost": lost,
+                "stacks_sampled": sum(counts.values()) + lost, "stack_every": self.stack_every}  # fmt: skip
 
     def close(self) -> None:
         if self._bpf is not None:
