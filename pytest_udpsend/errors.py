@@ -16,6 +16,18 @@ class ConfigError(UdpsendError):
     """A marker, option or fixture argument is invalid."""
 
 
+class InputError(ConfigError, ValueError):
+    """A value given on the command line or in an option (labels, gate knobs, file names) cannot be used.
+
+    Also a ValueError, so a parser that caught ValueError for these before still does; what
+    reports errors to a person catches UdpsendError only, so a bug's ValueError keeps its traceback.
+    """
+
+
+class ResultsFileError(InputError):
+    """A results file cannot be read, is not one, or cannot be used as asked (merged, compared)."""
+
+
 class SysctlError(UdpsendError):
     """A sysctl could not be read or written (unknown, refused, read-only)."""
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from pytest_udpsend.errors import UdpsendError
-from pytest_udpsend.frontend import collect, interleave, markers, pcap, reporting, verdicts
+from pytest_udpsend.frontend import collect, interleave, markers, pcap, reference, reporting, verdicts
 from pytest_udpsend.frontend.keys import SESSION_KEY
 from pytest_udpsend.frontend.options import (
     INI_OPTIONS,
@@ -28,7 +28,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for line in markers.MARKERS.values():
+    for line in reference.registered_help():  # parameters from the validators, as the docs reference
         config.addinivalue_line("markers", line)
     session = UdpsendSession(session_options(config))
     configure_baseline(session, config)

@@ -128,3 +128,17 @@ def test_the_site_lists_every_generated_page(pages: dict[str, str]) -> None:
         assert path in nav, f"{path} is generated but not in mkdocs.yml's nav"
         assert not (ROOT / "docs" / path).exists(), f"docs/{path} is generated: do not keep a copy"
     assert set(pages) == set(reference.pages(cli.build_parser(), [fixtures]))
+
+
+def test_registered_marker_help_names_every_validator_parameter(pytester):
+    """`pytest --markers` takes each marker's parameters from its validator, as the reference does, so a
+    parameter added to a validator (udpsend's mode, batch, flows...) reaches the help with no edit."""
+    from pytest_udpsend.frontend import reference
+
+    out = pytester.runpytest("--markers").stdout.str()
+    for ref in reference.marker_refs():
+        line = next((ln for ln in out.splitlines() if ln.startswith(f"@pytest.mark.{ref.name}(")), None)
+        assert line is not None, f"marker {ref.name} is not registered"
+        for p in ref.params:
+            if p.default:  # keyword parameters: written as name=default
+                assert f"{p.name}=" in line, f"{ref.name}'s help omits {p.name}"

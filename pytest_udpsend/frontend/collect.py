@@ -18,7 +18,6 @@ from pytest_udpsend.frontend.kernel_gate import Kernels
 from pytest_udpsend.frontend.keys import COMPARE_KEY, RESULTS_KEY
 from pytest_udpsend.frontend.session import UdpsendSession
 from pytest_udpsend.host.outfile import OutputError, atomic_write, check_target
-from pytest_udpsend.lane.vm import write_guest_report
 from pytest_udpsend.results import compare, store
 
 COMPARE_PROPERTY = "udpsend_compare"
@@ -75,8 +74,7 @@ class Collector:
                 raise pytest.UsageError(str(exc)) from None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        gather(self.session, report)
-        write_guest_report(report)  # only inside a kernel-lane guest
+        gather(self.session, report)  # a lane's guest sends its reports back itself (lane/vm.py GuestSelection)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """With --udpsend-baseline: tests of ours measured, but not one comparison was made: never a pass."""

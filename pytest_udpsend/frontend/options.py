@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_udpsend.errors import ConfigError
+from pytest_udpsend.errors import ConfigError, InputError
 from pytest_udpsend.measure.params import accepted, number
 
 
@@ -122,23 +122,23 @@ PYTEST_OPTIONS = [BACKEND, REPEAT, JSON, BASELINE, KERNEL, KERNEL_TIMEOUT, GATE_
 
 
 def parse_labels(given: list[str], flag: str = "--udpsend-label", example: str = "runner=c5-metal") -> dict[str, str]:
-    """``["k=v", ...]`` as a dict; ValueError with one sentence on a malformed one."""
+    """``["k=v", ...]`` as a dict; InputError with one sentence on a malformed one."""
     labels: dict[str, str] = {}
     for text in given:
         key, sep, value = text.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise ValueError(f"{flag} {text!r}: use KEY=VALUE, e.g. {flag} {example}")
+            raise InputError(f"{flag} {text!r}: use KEY=VALUE, e.g. {flag} {example}")
         labels[key.strip()] = value.strip()
     return labels
 
 
 def candidate_sysctls(given: list[str], interleave: int) -> dict[str, str]:
-    """--udpsend-candidate-sysctl values, checked like the sysctl marker's; ValueError with one sentence."""
+    """--udpsend-candidate-sysctl values, checked like the sysctl marker's; InputError with one sentence."""
     from pytest_udpsend.frontend.markers import sysctl_values
 
     flag = "--udpsend-candidate-sysctl"
     if given and not interleave:
-        raise ValueError(
+        raise InputError(
             f"{flag} defines the candidate arm of --udpsend-interleave: add --udpsend-interleave N (e.g. 10)"
         )
     pairs = parse_labels(given, flag, "net.core.netdev_budget=8")  # NAME=VALUE, as labels are written
@@ -147,7 +147,7 @@ def candidate_sysctls(given: list[str], interleave: int) -> dict[str, str]:
     try:
         return sysctl_values(pairs)
     except ConfigError as exc:
-        raise ValueError(f"{flag}: {exc}") from None
+        raise InputError(f"{flag}: {exc}") from None
 
 
 def add_options(addoption: Callable[..., Any], opts: list[Opt], short: bool = False) -> None:
@@ -189,7 +189,7 @@ def add_gate_flags(p: Any) -> None:
 
 
 def gate_settings(tolerance: Any, alpha: Any, metrics: Any, allow_mixed: bool, where: str) -> Any:
-    """compare.Settings from raw knob values (ini text or flags); ValueError with one sentence if bad."""
+    """compare.Settings from raw knob values (ini text or flags); InputError with one sentence if bad."""
     from pytest_udpsend.results import compare
     from pytest_udpsend.results.metrics import METRICS
 
@@ -197,18 +197,18 @@ def gate_settings(tolerance: Any, alpha: Any, metrics: Any, allow_mixed: bool, w
         tol = float(tolerance) if tolerance not in (None, "") else compare.DEFAULT_TOLERANCE
         a = float(alpha) if alpha not in (None, "") else compare.DEFAULT_ALPHA
     except ValueError:
-        raise ValueError(f"{where}: tolerance and alpha must be numbers, got {tolerance!r} and {alpha!r}") from None
+        raise InputError(f"{where}: tolerance and alpha must be numbers, got {tolerance!r} and {alpha!r}") from None
     try:
         number("tolerance", tol)
         number("alpha", a, 0, 1)
     except ConfigError as exc:
-        raise ValueError(f"{where}: {exc}") from None
+        raise InputError(f"{where}: {exc}") from None
     if a in (0, 1):
-        raise ValueError(f"{where}: alpha={a:g}: must be above 0 and below 1 (a false-alarm rate, e.g. 0.05)")
+        raise InputError(f"{where}: alpha={a:g}: must be above 0 and below 1 (a false-alarm rate, e.g. 0.05)")
     names = tuple(metrics.split() if isinstance(metrics, str) else (metrics or ()))
     unknown = [m for m in names if m not in METRICS]
     if unknown:
-        raise ValueError(f"{where}: unknown metric(s) {', '.join(unknown)}; accepted: {', '.join(METRICS)}")
+        raise InputError(f"{where}: unknown metric(s) {', '.join(unknown)}; accepted: {', '.join(METRICS)}")
     return compare.Settings(tol, a, names or None, allow_mixed)
 
 
@@ -220,7 +220,7 @@ def gate_from_ini(config: Any) -> Any:
     try:
         tolerance, alpha, metrics = (config.getini(k.ini) for k in GATE_KNOBS)
         return gate_settings(tolerance, alpha, metrics, allow_mixed, where="udpsend ini options")
-    except ValueError as exc:
+    except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
 
 
@@ -239,7 +239,7 @@ def configure_baseline(session: Any, config: Any) -> None:
                                 "session, or baseline and candidate arms in this one): give one of them")  # fmt: skip
     try:
         doc = store.load(session.options.baseline_path)
-    except ValueError as exc:
+    except ConfigError as exc:
         raise pytest.UsageError(f"--udpsend-baseline {exc}") from None
     if doc.get("runs") and not doc.get("tests"):  # several sessions (udpsend merge): pooled, each test's floors learned
         from pytest_udpsend.results import fanin
@@ -336,7 +336,7 @@ def session_options(config: Any) -> Any:
         opts.candidate_sysctls.update(
             candidate_sysctls(config.getoption("udpsend_candidate_sysctl") or [], opts.interleave)
         )
-    except ValueError as exc:
+    except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     if opts.nic_pair is not None:
         from pytest_udpsend.host import nics

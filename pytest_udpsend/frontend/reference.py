@@ -86,6 +86,10 @@ EXIT_CODES: dict[str, dict[int, str]] = {
     "sweep": {0: "the grid measured (also what was measured before a Ctrl-C is written)"},
     "calibrate": {0: "every pytest run passed", 1: "some pytest run had failing tests (the fits are printed anyway)"},
     "report": {0: "the page written (the verdict is udpsend compare's)"},
+    "record": {
+        0: "the shape written (also when Ctrl-C or SIGTERM ends the recording)",
+        1: "the shape written, but events were lost (the ring buffer was full): it is incomplete",
+    },  # fmt: skip
 }
 # What ``cli.main`` returns for every subcommand.
 COMMON_EXIT_CODES: dict[int, str] = {
@@ -255,6 +259,18 @@ def marker_refs() -> list[MarkerRef]:
         params, source = found.get(name) or (help_params(args), "the registered help (no validator found)")
         refs.append(MarkerRef(name, params, what, source))
     return refs
+
+
+def registered_help() -> list[str]:
+    """The marker help lines pytest registers (``pytest --markers``): each marker's arguments from its
+    validator, where they are keywords, and what it does from ``markers.MARKERS``."""
+    lines = []
+    for ref in marker_refs():
+        written, what = split_help(ref.name, markers.MARKERS.get(ref.name, ""))
+        from_validator = ref.source.startswith("validator") and all(p.default for p in ref.params)
+        signature = ref.signature().removeprefix("@pytest.mark.") if from_validator else f"{ref.name}({written})"
+        lines.append(f"{signature}: {what}")
+    return lines
 
 
 # -- options, fixtures, SendResult, schema, commands ---------------------------------------------

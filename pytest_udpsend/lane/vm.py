@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pytest
 
@@ -232,7 +232,8 @@ def guest_args(args: Iterable[str], outdir: Path, plugins: Iterable[str] = ("cac
 
 
 class GuestSelection:
-    """In the guest: keep exactly the items the host collected (a pytest plugin object)."""
+    """In the guest: keep exactly the items the host collected, and send each phase's report back (a pytest
+    plugin object).  The guest side, like xdist's worker side (remote.py): it uses nothing of the Lane."""
 
     def __init__(self, path: Path) -> None:
         ids, why = read_node_ids(path)
@@ -241,6 +242,14 @@ class GuestSelection:
                                     "only: unset it to run pytest here")  # fmt: skip
         self.wanted = set(ids)
         self.collected = path.with_name("collected.json")
+        self.config: pytest.Config | None = None
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.config = session.config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.config is not None:
+            write_guest_report(report, self.config)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -273,14 +282,25 @@ def read_node_ids(path: Path) -> tuple[list[str], str]:
     return ids, ""
 
 
+Outcome = Literal["passed", "failed", "skipped"]
+When = Literal["setup", "call", "teardown"]
+
+
 @dataclass
 class GuestReport:
+    """One phase of a test as the lane's run reported it (or as the host made it up for a test that never came back).
+
+    ``longrepr`` is its text (a skip's reason), which the kernel gates read and extend; ``report`` is the
+    whole report as pytest serializes it (``pytest_report_to_serializable``, what xdist ships: traceback,
+    captured sections, xfail), None for a phase the host made up."""
+
     nodeid: str
-    when: str
-    outcome: str
+    when: When
+    outcome: Outcome
     longrepr: str
     duration: float
     user_properties: list[Any]
+    report: dict[str, Any] | None = None
 
 
 def read_guest_reports(path: Path) -> tuple[dict[str, list[GuestReport]], str]:
@@ -311,13 +331,24 @@ def _guest_report(line: str) -> GuestReport | None:
         return None
     fields: dict[str, type | tuple[type, ...]] = {"nodeid": str, "when": str, "outcome": str, "longrepr": str,
                                                   "duration": (int, float), "user_properties": list}  # fmt: skip
-    if not isinstance(data, dict) or set(data) != set(fields):
+    if not isinstance(data, dict) or set(data) - {"report"} != set(fields):
         return None
     if not all(isinstance(data[k], t) for k, t in fields.items()):
         return None
+    if data["when"] not in get_args(When) or data["outcome"] not in get_args(Outcome):
+        return None
     if not all(isinstance(p, list) and len(p) == 2 for p in data["user_properties"]):  # (name, value), as read back
         return None
+    report = data.get("report")
+    if report is not None and not _serialized_phase(report, data):
+        return None
     return GuestReport(**data)
+
+
+def _serialized_phase(report: object, line: dict[str, Any]) -> bool:
+    """Is ``report`` a TestReport as pytest_report_to_serializable writes it, of the phase its line names?"""
+    return (isinstance(report, dict) and report.get("$report_type") == "TestReport"
+            and all(report.get(k) == line[k] for k in ("nodeid", "when", "outcome")))  # fmt: skip
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -420,7 +451,7 @@ class Lane:
                 return
             whens = {g.when for g in phases}
             if "teardown" not in whens:
-                when = "teardown" if "call" in whens or phases[-1].outcome != "passed" else "call"
+                when: When = "teardown" if "call" in whens or phases[-1].outcome != "passed" else "call"
                 phases.append(GuestReport(item.nodeid, when, "failed", why, 0.0, []))
                 return
 
@@ -429,14 +460,7 @@ class Lane:
         nodeid = f"{item.nodeid}@{self.suffix}"
         item.ihook.pytest_runtest_logstart(nodeid=nodeid, location=item.location)
         for g in phases:
-            report = pytest.TestReport(
-                nodeid=nodeid, location=item.location, keywords=dict.fromkeys(item.keywords, 1),
-                outcome=g.outcome,  # type: ignore[arg-type]
-                longrepr=_longrepr(g, item), when=g.when,  # type: ignore[arg-type]
-                sections=[], duration=g.duration, start=0.0, stop=g.duration,
-                user_properties=[tuple(p) for p in g.user_properties],
-            )  # fmt: skip
-            item.ihook.pytest_runtest_logreport(report=report)
+            item.ihook.pytest_runtest_logreport(report=host_report(item, nodeid, g))
         item.ihook.pytest_runtest_logfinish(nodeid=nodeid, location=item.location)
 
 
@@ -565,6 +589,40 @@ def lane_for(value: str, timeout: float, backend: str = "auto") -> Lane:
     return HostLane(timeout) if value == HOST else KernelLane(value, timeout, backend)
 
 
+def host_report(item: pytest.Item, nodeid: str, g: GuestReport) -> pytest.TestReport:
+    """``g`` as a report of ``nodeid`` in this session: the guest's own report rebuilt by pytest's
+    ``pytest_report_from_serializable`` (traceback, captured sections, xfail survive), with the host's
+    outcome and text where the host changed them (a kernel gate failed it); from its text if it has none."""
+    config = item.config
+    report = None
+    if g.report is not None:
+        try:
+            report = config.hook.pytest_report_from_serializable(config=config, data=g.report)
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            AssertionError,
+        ):  # not rebuildable here: its text stays
+            report = None
+    if not isinstance(report, pytest.TestReport):
+        report = pytest.TestReport(nodeid=nodeid, location=item.location, keywords={}, outcome=g.outcome,
+                                   longrepr=None, when=g.when, sections=[], duration=g.duration, start=0.0,
+                                   stop=g.duration)  # fmt: skip
+        report.longrepr = _longrepr(g, item)
+    elif (report.outcome, longrepr_text(report)) != (g.outcome, g.longrepr):
+        report.outcome, report.longrepr = g.outcome, _longrepr(g, item)
+        if hasattr(report, "wasxfail"):  # failed by the host: a failure, not an unexpected pass
+            del report.wasxfail
+    elif isinstance(report.longrepr, list):  # a skip's (path, line, reason), a list after JSON
+        report.longrepr = tuple(report.longrepr)
+    report.sections = [(name, text) for name, text in report.sections]  # pairs again, as pytest makes them
+    report.nodeid, report.location, report.keywords = nodeid, item.location, dict.fromkeys(item.keywords, 1)
+    report.user_properties = [tuple(p) for p in g.user_properties]
+    return report
+
+
 def _longrepr(g: GuestReport, item: pytest.Item) -> Any:
     if g.outcome == "skipped" and g.longrepr:
         path, lineno, _ = item.location
@@ -578,16 +636,25 @@ def _not_collected(nodeid: str, collected: list[str]) -> str:
             "the guest to compare")  # fmt: skip
 
 
-def write_guest_report(report: pytest.TestReport) -> None:
-    """In the guest: append one phase's report for the outer session."""
+def longrepr_text(report: pytest.TestReport) -> str:
+    """A report's failure as text; a skip's reason."""
+    if report.outcome == "skipped" and isinstance(report.longrepr, tuple | list):
+        return str(report.longrepr[2])
+    return str(report.longrepr) if report.longrepr else ""
+
+
+def write_guest_report(report: pytest.TestReport, config: pytest.Config) -> None:
+    """In the guest: append one phase's report for the outer session, serialized by pytest's own hook
+    (``pytest_report_to_serializable``, as xdist's workers send theirs), beside the fields the host reads."""
     path = os.environ.get(LANE_REPORT_ENV)
     if not path:
         return
-    if report.outcome == "skipped" and isinstance(report.longrepr, tuple):
-        text = str(report.longrepr[2])
-    else:
-        text = str(report.longrepr) if report.longrepr else ""
-    data = {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome, "longrepr": text,
+    data = {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome, "longrepr": longrepr_text(report),
             "duration": report.duration, "user_properties": [list(p) for p in report.user_properties]}  # fmt: skip
+    serialized = config.hook.pytest_report_to_serializable(config=config, report=report)
+    try:
+        line = json.dumps({**data, "report": serialized})
+    except (TypeError, ValueError):  # a plugin put something JSON cannot hold on the report: its text still goes
+        line = json.dumps(data)
     with open(path, "a") as fh:
-        fh.write(json.dumps(data) + "\n")
+        fh.write(line + "\n")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_udpsend.errors import InputError, ResultsFileError
 from pytest_udpsend.results import compare, floors, store
 
 FIELDS = ("kernel", "cpu_model", "hostname")  # and every label key, as "label:KEY"
@@ -73,7 +74,7 @@ def expand(patterns: Sequence[str]) -> list[str]:
         if glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern))
             if not matches:
-                raise ValueError(f"{pattern}: no file matches (quote a glob so the shell leaves it to udpsend)")
+                raise InputError(f"{pattern}: no file matches (quote a glob so the shell leaves it to udpsend)")
             paths += matches
         else:
             paths.append(pattern)
@@ -112,8 +113,8 @@ def merge(paths: Sequence[str]) -> dict[str, Any]:
         for path, doc in docs:
             first.setdefault(doc["format"], path)
         named = " and ".join(f"{path} is {fmt}" for fmt, path in sorted(first.items()))
-        raise ValueError(f"refused: {named}: the schema versions differ; re-save the older files with this "
-                         f"pytest-udpsend (run their suites again) so all are {store.FORMAT}")  # fmt: skip
+        raise ResultsFileError(f"refused: {named}: the schema versions differ; re-save the older files with this "
+                               f"pytest-udpsend (run their suites again) so all are {store.FORMAT}")  # fmt: skip
     units = [u for path, doc in docs for u in units_of(doc, path)]
     runs = [u.run() for u in units]
     envs = [u.environment for u in units]
@@ -127,8 +128,8 @@ def write_merged(out: str, inputs: Sequence[str]) -> int:
     paths = expand(inputs)
     doc = store.validate(merge(paths), out)
     if not any(run.get("tests") for run in doc["runs"]):  # an empty document would pass for results (issue 24)
-        raise ValueError(f"refused: {listed(paths)} hold no test (written by runs that measured nothing), so {out} "
-                         "would hold none; merge files of runs that measured")  # fmt: skip
+        raise ResultsFileError(f"refused: {listed(paths)} hold no test (written by runs that measured nothing), so {out} "
+                               "would hold none; merge files of runs that measured")  # fmt: skip
     store.write(out, doc)
     print(f"merged {len(doc['runs'])} run(s) from {len(paths)} file(s) into {out}")
     return 0

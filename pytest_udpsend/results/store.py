@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_udpsend import __version__
+from pytest_udpsend.errors import ResultsFileError
 from pytest_udpsend.host.outfile import atomic_write
 from pytest_udpsend.measure.sender import knobs_in_force
 
@@ -106,7 +107,9 @@ def write(path: str | Path, doc: dict[str, Any]) -> None:
 def schema_version(fmt: object) -> int | None:
     """2 for "pytest-udpsend/2"; None for anything that is not a pytest-udpsend format string."""
     prefix, _, number = str(fmt).partition("/")
-    return int(number) if prefix == "pytest-udpsend" and number.isdigit() else None
+    return (
+        int(number) if prefix == "pytest-udpsend" and number.isascii() and number.isdigit() else None
+    )  # "²" is a digit
 
 
 def _field(path: Any) -> str:
@@ -128,30 +131,30 @@ def too_deep(doc: Any, limit: int = MAX_DEPTH) -> list[Any] | None:
 
 
 def validate(doc: Any, name: str | Path) -> dict[str, Any]:
-    """``doc`` if it is a results document this version reads; else ValueError, one sentence naming the field."""
+    """``doc`` if it is a results document this version reads; else ResultsFileError (a ValueError), one sentence naming the field."""
     import jsonschema
 
     if not isinstance(doc, dict) or "format" not in doc:
-        raise ValueError(
+        raise ResultsFileError(
             f"{name}: not a pytest-udpsend results file (no 'format' field; write one with --udpsend-json)"
         )
     version = schema_version(doc["format"])
     if version is None:
-        raise ValueError(f"{name}: not a pytest-udpsend results file (field 'format' is {doc['format']!r})")
+        raise ResultsFileError(f"{name}: not a pytest-udpsend results file (field 'format' is {doc['format']!r})")
     if version > SCHEMA_VERSION:
-        raise ValueError(f"{name}: field 'format' is {doc['format']!r}, a newer schema than this pytest-udpsend "
-                         f"{__version__} reads ({', '.join(READABLE)}); upgrade pytest-udpsend to read it")  # fmt: skip
+        raise ResultsFileError(f"{name}: field 'format' is {doc['format']!r}, a newer schema than this pytest-udpsend "
+                               f"{__version__} reads ({', '.join(READABLE)}); upgrade pytest-udpsend to read it")  # fmt: skip
     if doc["format"] not in READABLE:
-        raise ValueError(
+        raise ResultsFileError(
             f"{name}: field 'format' is {doc['format']!r}, not one this pytest-udpsend reads ({', '.join(READABLE)})"
         )
     if (deep := too_deep(doc)) is not None:
-        raise ValueError(f"{name}: field '{_field(deep)}...': nested more than {MAX_DEPTH} levels deep, which no results "
-                         "file is; the file was edited or written by another tool")  # fmt: skip
+        raise ResultsFileError(f"{name}: field '{_field(deep)}...': nested more than {MAX_DEPTH} levels deep, which no results "
+                               "file is; the file was edited or written by another tool")  # fmt: skip
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(doc))
     if error is not None:
-        raise ValueError(f"{name}: field '{_field(error.absolute_path)}': {error.message} "
-                         f"(schema {SCHEMA.name}); the file was edited or written by another tool")  # fmt: skip
+        raise ResultsFileError(f"{name}: field '{_field(error.absolute_path)}': {error.message} "
+                               f"(schema {SCHEMA.name}); the file was edited or written by another tool")  # fmt: skip
     return doc
 
 
@@ -162,22 +165,22 @@ def _schema() -> dict[str, Any]:
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    """Read and validate a saved document; ValueError with one sentence if it is not one."""
+    """Read and validate a saved document; ResultsFileError (a ValueError) with one sentence if it is not one."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
+        raise ResultsFileError(f"{path}: no such file") from None
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a pytest-udpsend results file (not text)") from None
+        raise ResultsFileError(f"{path}: not a pytest-udpsend results file (not text)") from None
     except OSError as exc:  # a directory, no permission, an I/O error: the cause, not a traceback
-        raise ValueError(
+        raise ResultsFileError(
             f"{path}: cannot be read: {exc.strerror or exc}; give a results file written with --udpsend-json"
         ) from None
     try:
         doc = json.loads(text)
     except RecursionError:
-        raise ValueError(f"{path}: nested too deeply to read (arrays or objects hundreds of levels deep): "
-                         "not a pytest-udpsend results file") from None  # fmt: skip
+        raise ResultsFileError(f"{path}: nested too deeply to read (arrays or objects hundreds of levels deep): "
+                               "not a pytest-udpsend results file") from None  # fmt: skip
     except json.JSONDecodeError as exc:
         stripped = text.rstrip()  # a JSON object cut short: it ends before its closing brace, or inside a string
         cut = stripped.startswith("{") and (
@@ -188,5 +191,7 @@ def load(path: str | Path) -> dict[str, Any]:
             if cut
             else "not JSON"
         )
-        raise ValueError(f"{path}: {what}: {exc.msg} at line {exc.lineno}") from None
+        raise ResultsFileError(f"{path}: {what}: {exc.msg} at line {exc.lineno}") from None
+    except ValueError as exc:  # JSON that Python will not convert, e.g. a number of more digits than int() takes
+        raise ResultsFileError(f"{path}: not a pytest-udpsend results file ({exc})") from None
     return validate(doc, path)
