@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in python3 python3-venv python3-dev gcc libc6-dev iproute2 util-linux procps; do
+# sockperf and iperf3: real senders that examples/test_real_programs.py measures
+for pkg in python3 python3-venv python3-dev gcc libc6-dev iproute2 util-linux procps sockperf iperf3; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -16,4 +17,4 @@ fi
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test,examples]'

@@ -1,4 +1,4 @@
-"""The ``udpsend`` command: doctor, run, compare, merge, report.
+"""The ``udpsend`` command: doctor, run, compare, merge, report, record.
 
 Options that also exist for pytest (--backend, --json, --repeat, ...) come from
 ``options.py``, so both share one definition and one help text.
@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "the gate recorded in RESULTS, recomputed only where gate flags are given or RESULTS has none")  # fmt: skip
     options.add_gate_flags(rep)
     rep.add_argument("-o", "--output", required=True, metavar="report.html")
+    rec = sub.add_parser("record", help="a live process's UDP sends (sizes, times, failures; no payload) as a pcapng that "
+                         "--replay reads; exit 1 if events were lost")  # fmt: skip
+    rec.add_argument("--pid", type=int, required=True, help="the process to record (all its threads)")
+    rec.add_argument("--duration", type=float, metavar="S", help="seconds (default: until the process exits or Ctrl-C)")
+    rec.add_argument("-o", "--output", required=True, metavar="SHAPE.pcapng", help="the file to write (pcapng)")
     return parser
 
 
@@ -264,8 +269,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return _compare_arms(base[0], args)
     if not new:  # the two-file form: udpsend compare BASELINE.json NEW.json
         if len(base) != 2:
-            raise ValueError(f"{len(base)} file(s) given without --new: write udpsend compare BASELINE.json NEW.json, "
-                             "or udpsend compare BASE... --new NEW...")  # fmt: skip
+            raise ConfigError(f"{len(base)} file(s) given without --new: write udpsend compare BASELINE.json NEW.json, "
+                              "or udpsend compare BASE... --new NEW...")  # fmt: skip
         base, new = base[:1], base[1:]
     return fanin.compare_sides(base, new, _gate_flags(args))
 
@@ -276,8 +281,8 @@ def _compare_arms(path: str, args: argparse.Namespace) -> int:
 
     doc = store.load(path)
     if not paired.records(doc):
-        raise ValueError(f"{path} has no interleaved tests (--udpsend-interleave): to compare two runs, write "
-                         "udpsend compare BASELINE.json NEW.json")  # fmt: skip
+        raise ConfigError(f"{path} has no interleaved tests (--udpsend-interleave): to compare two runs, write "
+                          "udpsend compare BASELINE.json NEW.json")  # fmt: skip
     flags = _gate_flags(args)
     rows, level, refused = paired.judge_document(doc, flags["tolerance"], flags["alpha"], flags["metrics"])
     if refused:
@@ -328,6 +333,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    from pytest_udpsend.measure import record
+
+    if args.duration is not None and not args.duration > 0:
+        raise ConfigError(
+            f"--duration {args.duration}: give a number of seconds above 0, or leave it out to record until the process exits"
+        )
+    rec = record.record(args.pid, args.output, args.duration)
+    print(rec.summary())
+    return 1 if rec.lost else 0
+
+
 def check_outputs(args: argparse.Namespace) -> None:
     """Before any work: every file the command will write can be written (one sentence if not)."""
     out = getattr(args, "output", None)
@@ -359,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         args.exec_argv = program
     commands = {"run": cmd_run, "doctor": cmd_doctor, "compare": cmd_compare, "report": cmd_report, "merge": cmd_merge,
                 "prepare-kernel": cmd_prepare_kernel, "sweep": sweep.run_command,
-                "calibrate": calibrate.run_command}  # fmt: skip
+                "calibrate": calibrate.run_command, "record": cmd_record}  # fmt: skip
     if args.command not in commands:
         parser.print_help()
         return 2
@@ -367,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_outputs(args)
         return commands[args.command](args)
-    except (UdpsendError, UndoFailed, ValueError) as exc:
+    except (UdpsendError, UndoFailed) as exc:  # user mistakes only: a bug's ValueError keeps its traceback
         print(f"udpsend {args.command}: {exc}", file=sys.stderr)
         return 2
     except PermissionError as exc:

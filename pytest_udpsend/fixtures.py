@@ -257,8 +257,8 @@ def udp_sender(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, _udpse
     scen = scenario(request)
     demand = scen.bounds.backend_for(os.uname().release)
     probe = _probe_for(request, ctx)
-    if demand == "bpf":
-        probe = _demand_bpf(request, probe)
+    if demand in EXACT:
+        probe = _demand_backend(request, probe, demand)
     topo = _udpsend_topology
     sender = UdpSender(topo, ctx.sysctls, ctx.exclusive, probe, scen.pressure, capture_for(request, ctx, topo))
     sender.results = request.node.stash.setdefault(RESULTS_KEY, sender.results)  # shared with sender_process
@@ -269,10 +269,13 @@ def udp_sender(request: pytest.FixtureRequest, _udpsend_ctx: TestContext, _udpse
 def sender_process(
     request: pytest.FixtureRequest, _udpsend_ctx: TestContext, _udpsend_topology: Topology
 ) -> SenderProcess:
-    """Function scope, bound to ``veth`` (or ``nic_pair`` for a NIC link).  ``sender_process.run(argv, duration=None, cpu=None, env=None)
-    -> SendResult``: your own program sends from the sender namespace (destination in ``UDPSEND_DST``,
-    ``UDPSEND_DST6``, ``UDPSEND_PORT``), pinned to ``cpu``, under the ``cpu_pressure`` marker, for
-    ``duration`` seconds or until it exits; measured from outside (kernel counters of that netns).
+    """Function scope, bound to ``veth`` (or ``nic_pair`` for a NIC link).  ``sender_process.run(argv, duration=None, cpu=None, env=None,
+    time_blocked=False) -> SendResult``: your own program sends from the sender namespace (destination in
+    ``UDPSEND_DST``, ``UDPSEND_DST6``, ``UDPSEND_PORT``), pinned to ``cpu``, under the ``cpu_pressure`` marker,
+    for ``duration`` seconds or until it exits; measured from outside (kernel counters of that netns, and
+    its send calls traced by errno where the kernel allows tracepoint eBPF: ``result.errno``).
+    ``time_blocked=True`` also times how long its send calls waited for buffer space (``result.blocked``;
+    it traces every syscall of the program, about 15 % of a full-speed sender's rate).
     Its output is in ``result.process`` and shown when the test fails; it is killed at teardown.
 
     Example::
@@ -284,21 +287,24 @@ def sender_process(
     ctx = _udpsend_ctx
     scen = scenario(request)
     probe = _probe_for(request, ctx)
-    if scen.bounds.backend_for(os.uname().release) == "bpf":
-        probe = _demand_bpf(request, probe)
+    if (demand := scen.bounds.backend_for(os.uname().release)) in EXACT:
+        probe = _demand_backend(request, probe, demand)
     results = request.node.stash.setdefault(RESULTS_KEY, [])  # shared with udp_sender
     proc = SenderProcess(_udpsend_topology, ctx.sysctls, ctx.exclusive, probe, scen.pressure, results)
     ctx.undo.push("kill the sender process", proc.close)
     return proc
 
 
-def _demand_bpf(
-    request: pytest.FixtureRequest, probe: Callable[[], WfreeProbe | None]
+EXACT = {"bpf": "the exact eBPF measurement", "tracepoint": "the tracepoint measurement (--udpsend-backend tracepoint)"}
+
+
+def _demand_backend(
+    request: pytest.FixtureRequest, probe: Callable[[], WfreeProbe | None], demand: str
 ) -> Callable[[], WfreeProbe | None]:
     chosen = probe()
-    if chosen is not None and chosen.backend != "bpf":
+    if chosen is not None and chosen.backend != demand:
         session = udpsend_session(request.config)
-        _skip_or_fail(session, f"wfree_latency(backend='bpf') demands the exact eBPF measurement, but the backend is "
+        _skip_or_fail(session, f"wfree_latency(backend='{demand}') demands {EXACT[demand]}, but the backend is "
                                f"{chosen.backend} ({chosen.reason})")  # fmt: skip
     return lambda: chosen
 

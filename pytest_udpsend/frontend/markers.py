@@ -19,32 +19,40 @@ from pytest_udpsend.measure import load, params
 from pytest_udpsend.results import bounds as bounds_mod
 from pytest_udpsend.results.metrics import METRICS
 
+# What each marker does.  Its parameters are not written here: the registered help and the docs
+# reference both take them from the marker's validator (frontend/reference.py: registered_help), so a
+# new parameter reaches both.  Only markers whose validator takes a positional value (sysctl) or has
+# none (candidate) spell their arguments here.
 MARKERS = {
-    "topology": "topology(rps_cpus=None, qdisc=None, gro=False, threaded_napi=False, napi_cpus=None, mtu=1500, "
-    "ipv6=False, link='veth', irq_cpus=None, tx_checksum=True): shape the pair of the `veth` fixture, or with link='vmxnet3' | 'virtio' | "
-    "'e1000e' | 'nic' the NIC ports of the `nic_pair` fixture (the kernel lane's emulated pair, or --udpsend-nic-pair; "
-    "irq_cpus pins their interrupts) (gro=True puts UDP on the receiver's NAPI path; "
-    "napi_cpus pins its threaded-NAPI kthread; tx_checksum=False turns checksum offload off on the sender's link, "
-    "so UDP GSO sends fail with EIO before 6.11; CPU sets: [1], a CPU list string '1-3,5' (has - or ,) or a sysfs hex "
-    "mask string '2' = '0x2' = CPU 1, '1,00000000' = CPU 32)",
+    "topology": "shape the pair of the `veth` fixture, or with link='vmxnet3' | 'virtio' | 'e1000e' | 'nic' the NIC ports"
+    " of the `nic_pair` fixture (the kernel lane's emulated pair, or --udpsend-nic-pair; irq_cpus pins their "
+    "interrupts) (gro=True puts UDP on the receiver's NAPI path; napi_cpus pins its threaded-NAPI kthread; "
+    "tx_checksum=False turns checksum offload off on the sender's link, so UDP GSO sends fail with EIO before"
+    " 6.11; CPU sets: [1], a CPU list string '1-3,5' (has - or ,) or a sysfs hex mask string '2' = '0x2' = "
+    "CPU 1, '1,00000000' = CPU 32)",
     "sysctl": 'sysctl({"net.core.netdev_budget": 8, ...}): sysctls set for the test and restored after it '
     "(global knobs in the initial netns, per-netns knobs in both veth namespaces)",
-    "cpu_pressure": "cpu_pressure(cpus=[1], workers=2, nice=0, policy='other', cpu_max=None): CPU hogs during the run "
-    "(cpus as for topology's rps_cpus: [1], '1-3,5' or the hex mask '2')",
-    "udpsend": "udpsend(duration=2.0, payload=1400, sndbuf=None, force_sndbuf=False, rate=None, cpu=None, ipv6=False, "
-    "receiver_cpu=None): the send run that `udpsend_result` performs (receiver_cpu pins the draining receiver); "
-    "replay=PATH, speed=1.0 send a pcap/pcapng's UDP datagrams with their sizes and gaps instead (speed=0: as fast as possible)",
-    "eagain_rate": "eagain_rate(max=None, min=None, kernel=None): bound on the fraction of send attempts that got "
-    "EAGAIN (0 to 1); kernel='<6.5' limits it to those kernel versions (markers stack, one per kernel range)",
-    "time_squeeze": "time_squeeze(max=None, min=None, kernel=None): bound on time_squeeze increments during the run, "
-    "all CPUs; kernel= as for eagain_rate",
-    "wfree_latency": "wfree_latency(p50_us=None, p99_us=None, max_us=None, backend='any', kernel=None): bounds on "
-    "charge-to-sock_wfree latency (at least one, or a backend); backend='bpf' demands the exact eBPF measurement; "
-    "kernel= as for eagain_rate",
-    "busy_wait": "busy_wait(max=None, min=None, kernel=None): bound on the fraction of one CPU the sender used while "
-    "its send buffer was full (about 1 for a sender that retries at once on EAGAIN, about 0 for one that waits for "
-    "POLLOUT; 'not measured' if the buffer never filled); kernel= as for eagain_rate",
-    "udpsend_baseline": "udpsend_baseline(tolerance=None, metrics=None): per-test baseline comparison settings",
+    "cpu_pressure": "CPU hogs during the run (cpus as for topology's rps_cpus: [1], '1-3,5' or the hex mask '2'); on_s/off_s "
+    "cycle them: running on_s, stopped (SIGSTOP) off_s, repeated, and SendResult.recovery says per release "
+    "how long the send rate took to come back to resume_fraction of the unpressured rate, read in window_ms "
+    "windows",
+    "udpsend": "the send run that `udpsend_result` performs (receiver_cpu pins the draining receiver); replay=PATH, "
+    "speed=1.0 send a pcap/pcapng's UDP datagrams with their sizes and gaps instead (speed=0: as fast as "
+    "possible)",
+    "eagain_rate": "bound on the fraction of send attempts that got EAGAIN (0 to 1); kernel='<6.5' limits it to those kernel"
+    " versions (markers stack, one per kernel range); per='burst' bounds every burst of a replay (udpsend "
+    "replay=) instead of the whole run: the worst burst decides",
+    "time_squeeze": "bound on time_squeeze increments during the run, all CPUs; kernel= as for eagain_rate",
+    "wfree_latency": "bounds on charge-to-sock_wfree latency (at least one, or a backend); backend='bpf' demands the exact "
+    "eBPF measurement, backend='tracepoint' the tracepoint one (exact counts and contexts, sampled latency: "
+    "measure/tpprobe.py); kernel= as for eagain_rate",
+    "busy_wait": "bound on the fraction of one CPU the sender used while its send buffer was full (about 1 for a sender "
+    "that retries at once on EAGAIN, about 0 for one that waits for POLLOUT; 'not measured' if the buffer "
+    "never filled); kernel= as for eagain_rate",
+    "resume_ms": "bound on the worst release's recovery time in ms (SendResult.recovery.resume_ms: from a release of "
+    "cpu_pressure(on_s=, off_s=) until the send rate was back to resume_fraction of the unpressured rate; "
+    "'not measured' if a release never came back); kernel= as for eagain_rate",
+    "udpsend_baseline": "per-test baseline comparison settings",
     "candidate": "candidate(topology={...}, sysctl={...}, udpsend={...}, cpu_pressure={...}): with --udpsend-interleave N, "
     "the candidate arm's overrides of those scenario markers (each dict takes that marker's arguments); "
     "candidate() with nothing to override makes the test a control (an in-run A/A check)",
@@ -199,6 +207,9 @@ def scenario_for(item: pytest.Item, overrides: dict[str, dict[str, Any]] | None 
     if m := item.get_closest_marker("udpsend_baseline"):
         kw["baseline"] = _call("udpsend_baseline", _baseline, m.args, m.kwargs)
     kw["bounds"] = _bounds(item)
+    if any(b.marker == "resume_ms" for b in kw["bounds"].bounds) and getattr(kw.get("pressure"), "on_s", None) is None:
+        raise ConfigError("@pytest.mark.resume_ms: bounds the recovery after each release of a pressure schedule, and "
+                          "this test has none: add @pytest.mark.cpu_pressure(..., on_s=0.2, off_s=0.2)")  # fmt: skip
     return Scenario(**kw)
 
 
@@ -206,10 +217,14 @@ def _bounds(item: pytest.Item) -> bounds_mod.Bounds:
     """Every assertion marker on the item: markers of one kind stack, each for its kernel= versions."""
     found: list[bounds_mod.Bound] = []
     backends: list[tuple[str, str | None]] = []
-    for name in ("eagain_rate", "time_squeeze", "busy_wait"):
+    for m in item.iter_markers("eagain_rate"):  # per="burst": every burst of a replay
+        found.append(_call("eagain_rate", bounds_mod.eagain_bound, m.args, m.kwargs))
+    for name in ("time_squeeze", "busy_wait"):
         for m in item.iter_markers(name):
             found.append(_call(name, lambda max=None, min=None, kernel=None, _n=name: bounds_mod.min_max(_n, _n, max, min, kernel),
                                m.args, m.kwargs))  # fmt: skip
+    for m in item.iter_markers("resume_ms"):  # the worst release of a cpu_pressure schedule
+        found.append(_call("resume_ms", bounds_mod.resume_bound, m.args, m.kwargs))
     for m in item.iter_markers("wfree_latency"):
         wb, demand = _call("wfree_latency", bounds_mod.wfree_bounds, m.args, m.kwargs)
         found.extend(wb)

@@ -31,7 +31,7 @@ def _bounds_failure(scenario: Scenario, samples: list[dict[str, Any]]) -> str | 
         return None
     if not samples:
         return (
-            "assertion markers (eagain_rate, time_squeeze, wfree_latency, busy_wait) need a measurement: "
+            "assertion markers (eagain_rate, time_squeeze, wfree_latency, busy_wait, resume_ms) need a measurement: "
             "use the udpsend_result fixture or call udp_sender.run() in the test"
         )
     merged = aggregate(samples)

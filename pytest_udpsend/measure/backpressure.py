@@ -3,8 +3,10 @@
 ``SendResult.errno``: the sender's failed send calls by errno name (``{"EAGAIN": n, "EIO": n}``).
 The plugin's C loop counts each failed call by its errno itself (``_engine.c``; a sendmmsg batch
 that stopped part-way counts under EAGAIN, as everywhere in the plugin: the kernel returns the
-count, not the error).  For a ``sender_process`` program only the netns's SNMP counters are seen
-from outside, and ``UdpSndbufErrors`` counts EAGAIN and ENOBUFS alike (also the ENOBUFS that a
+count, not the error).  A ``sender_process`` program's send calls are traced in the kernel for the
+run (``measure/sendtrace.py``: sock:sock_send_length, or sys_exit where the kernel lacks it), filtered
+to its processes.  Where that cannot load (not root, no kernel BTF, no bcc) only the netns's SNMP
+counters are seen, and ``UdpSndbufErrors`` counts EAGAIN and ENOBUFS alike (also the ENOBUFS that a
 socket without IP_RECVERR never sees), so ``errno`` is None there and ``errno_method`` says why.
 
 ``SendResult.busy_wait``: the fraction of one CPU the sender used while its send buffer was full,
@@ -54,9 +56,9 @@ ERRNO_SLOTS = 256  # as in _engine.c: errnos at or above it are counted together
 LOOP_ERRNO_METHOD = ("counted by the send loop: each failed send call by its errno (a sendmmsg batch that stopped "
                      "part-way counts under EAGAIN: the kernel returns the count, not the error)")  # fmt: skip
 PROGRAM_ERRNO_REASON = (
-    "not measured: from outside only the sender netns's UdpSndbufErrors is seen, and it counts EAGAIN and ENOBUFS "
-    "alike (also ENOBUFS a socket without IP_RECVERR never sees), so no errno can be told apart; the program's "
-    "failed sends are in 'eagain' as that upper bound"
+    "not measured: without tracing the program's send calls only the sender netns's UdpSndbufErrors is seen, and it "
+    "counts EAGAIN and ENOBUFS alike (also ENOBUFS a socket without IP_RECVERR never sees), so no errno can be told "
+    "apart; the program's failed sends are in 'eagain' as that upper bound"
 )
 LOOP_BUSY_METHOD = ("CPU time / (CPU time + time asleep) of the loop thread (its CPU clock and schedstat run delay) "
                     "over the intervals after each SIOCOUTQ sample (at most every 100 us) that found "

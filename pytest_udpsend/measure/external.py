@@ -14,7 +14,9 @@ read from the kernel:
 * occupancy: ``sk_wmem_alloc`` of every UDP socket in that netns, sampled every ``SAMPLE_S`` by
   a thread of ours: from sock_diag with ``sk_sndbuf`` beside it, or where the kernel has no UDP
   sock_diag, the ``tx_queue`` column of ``/proc/net/udp{,6}`` (the same figure, without the size).
-* errno: None, with the reason in ``errno_method`` (UdpSndbufErrors cannot tell EAGAIN from ENOBUFS);
+* errno: the program's send calls by errno, traced in the kernel for the run (measure/sendtrace.py),
+  cross-checked against UdpSndbufErrors; where tracing cannot load, None with the reason in
+  ``errno_method``; ``blocked``: how long its send calls waited (asked with ``time_blocked=True``);
   busy_wait: the program's CPU time while the buffer was full (measure/backpressure.py).
 * softnet deltas, received at the plugin's C drain, RcvbufErrors at the receiver.
 * sock_wfree timing: the bpf probe filtered by the program's tgid; the timestamp
@@ -56,7 +58,7 @@ from pytest_udpsend.errors import ConfigError, UdpsendError
 from pytest_udpsend.host import cgroup, netns
 from pytest_udpsend.host.sysctl import Sysctls
 from pytest_udpsend.host.topology import Topology
-from pytest_udpsend.measure import _engine, backpressure, counters, load  # type: ignore[attr-defined]
+from pytest_udpsend.measure import _engine, backpressure, counters, load, recovery, sendtrace
 from pytest_udpsend.measure.diagnosis import diagnose
 from pytest_udpsend.measure.probes import WfreeProbe
 from pytest_udpsend.measure.result import SendResult
@@ -389,10 +391,14 @@ class ProcessRunner:
         self.receiver_cpu = receiver_cpu
         self.proc: subprocess.Popen[bytes] | None = None
         self.confine: Confinement | None = None
+        self.trace: sendtrace.SendTrace | None = None
+        self.time_blocked = False
+        self._traced: sendtrace.Traced | str = ""  # what tracing counted, or why it could not
+        self.watch: recovery.ProgramWatch | None = None  # a cpu_pressure schedule: started with the program
 
-    def run(
-        self, argv: list[str], duration: float | None, cpu: int | None, env: Mapping[str, str] | None
-    ) -> SendResult:
+    def run(self, argv: list[str], duration: float | None, cpu: int | None, env: Mapping[str, str] | None,
+            time_blocked: bool = False) -> SendResult:  # fmt: skip
+        self.time_blocked = time_blocked
         if self.probe is not None and self.probe.backend == "bpf":
             self.probe.prepare(self.sysctls)  # compile outside the measured interval
         rx = _receiver_socket(self.topo, False, False)
@@ -402,11 +408,17 @@ class ProcessRunner:
         self.confine = Confinement(self.topo.sender.ns)
         try:
             with tempfile.TemporaryDirectory(prefix="udpsend-proc-") as tmp, contextlib.ExitStack() as stack:
-                if self.pressure is not None:
-                    stack.enter_context(load.pressure(self.pressure))
+                self.watch = None
+                if self.pressure is not None:  # with a schedule: the hogs cycled, the program's sends sampled
+                    cycle = stack.enter_context(
+                        load.cycled(self.pressure, stack.enter_context(load.pressure(self.pressure)))
+                    )
+                    self.watch = stack.enter_context(recovery.watching(cycle, self.topo.sender.ns))
                 result = self._measure(
                     argv, duration, cpu, env, Path(tmp), [rx] + ([rx6] if rx6 else []), snd, rcv, txq
                 )
+                if self.watch is not None:
+                    self.watch.finish(result, txq.samples[0][0] if txq.samples else 0.0)
         except BaseException:
             with contextlib.suppress(Exception):  # the error that ended the run is the one to report
                 self._release()
@@ -422,7 +434,10 @@ class ProcessRunner:
         return result
 
     def _release(self) -> None:
-        """Nothing of the program left: its cgroup emptied and removed."""
+        """Nothing of the program left: its cgroup emptied and removed (and the send tracing detached)."""
+        trace, self.trace = self.trace, None
+        if trace is not None:
+            trace.close()
         confine, self.confine = self.confine, None
         if confine is not None:
             confine.close()
@@ -430,6 +445,8 @@ class ProcessRunner:
     def _measure(self, argv: list[str], duration: float | None, cpu: int | None, env: Mapping[str, str] | None, tmp: Path,
                  rxs: list[socket.socket], snd: counters.SnmpReader, rcv: counters.SnmpReader,
                  txq: TxQueueSampler) -> SendResult:  # fmt: skip
+        assert self.confine is not None
+        self._start_trace(self.confine.path)  # compiled and attached before anything is timed
         drains = [_Drain(rx, self.receiver_cpu) for rx in rxs]
         for d in drains:
             d.thread.start()
@@ -439,6 +456,8 @@ class ProcessRunner:
         soft0, snd0, rcv0 = counters.read_softnet(), snd.read(), rcv.read()
         txq.start()
         wall0, mono0 = time.time(), time.monotonic()
+        if self.watch is not None:
+            self.watch.start()  # the schedule keeps time with the program, not with the set-up before it
         exited = False
         assert self.confine is not None
         try:
@@ -448,7 +467,11 @@ class ProcessRunner:
                                              start_new_session=True)  # fmt: skip
             if self.probe is not None and self.probe.backend == "bpf":
                 self.probe.begin(-1, self.proc.pid)  # armed right after exec starts: the wrappers take milliseconds
+            if self.trace is not None and self.confine.path is None:
+                self.trace.follow(self.proc.pid)
             self.confine.started()
+            if self.trace is not None and self.confine.path is not None and not self.confine.confined:
+                self.trace.follow(self.proc.pid)  # it runs outside its cgroup: counted from now
             if self.confine.confined and self.confine.path is not None:
                 txq.cpu, txq.method = backpressure.cgroup_cpu(self.confine.path), backpressure.CGROUP_BUSY_METHOD
             else:
@@ -456,6 +479,8 @@ class ProcessRunner:
             exited = _end(self.proc, duration, mono0)
             elapsed = time.monotonic() - mono0
             self.confine.stop()  # what it left running (setsid, double forks) ends with it
+            if self.trace is not None:
+                self._traced = self.trace.stop()
             txq.stop()
             for d in drains:
                 d.finish()
@@ -530,8 +555,11 @@ class ProcessRunner:
             finished=wall[1],
             segments=sent,
             process=process,
-            errno=None,
-            errno_method=backpressure.PROGRAM_ERRNO_REASON,
+            errno=self._traced.errno if isinstance(self._traced, sendtrace.Traced) else None,
+            errno_method=self._traced.method if isinstance(self._traced, sendtrace.Traced) else self._traced,
+            blocked=self._traced.blocked
+            if isinstance(self._traced, sendtrace.Traced)
+            else {"unavailable": self._untraced()},
             busy_wait=busy,
             busy_wait_detail=busy_detail,
         )
@@ -541,10 +569,29 @@ class ProcessRunner:
             f"received {received} + RcvbufErrors {result.rcvbuf_errors} <= sent {sent}: "
             f"{'ok' if received + result.rcvbuf_errors <= sent else 'MISMATCH'}",
         ]
+        if isinstance(self._traced, sendtrace.Traced):
+            result.checks += sendtrace.cross_checks(self._traced, eagain, sent)
         result.sysctls = knobs_in_force({k: v for k, v in self.sysctls.in_force.items() if ":" in k})
         result.pressure = self.pressure.describe() if self.pressure else ""
         result.diagnosis = diagnose(result)
         return result
+
+    def _untraced(self) -> str:
+        """Why time blocked was not measured, where tracing could not load."""
+        return "not measured: " + str(self._traced).rpartition("; ")[2]
+
+    def _start_trace(self, cgroup_path: Path | None) -> None:
+        """Attach the send tracing for this run, filtered to the program's cgroup; where it cannot
+        load (not root, no BTF, no bcc), the run goes on and the result says why."""
+        self.trace = sendtrace.SendTrace(self.time_blocked)
+        try:
+            self.trace.start(cgroup_path)
+        except Exception as exc:  # PrivilegeError says why; anything else is named: the run goes on either way
+            self.trace.close()
+            self.trace = None
+            self._traced = (
+                f"{backpressure.PROGRAM_ERRNO_REASON}; tracing the program's send calls could not load: {exc}"
+            )
 
     def _wfree(self, sent: int) -> dict[str, Any]:
         if self.probe is None:
@@ -577,7 +624,7 @@ def _series(samples: Sequence[tuple[float, int]]) -> dict[str, Any]:
 
 
 class SenderProcess:
-    """The ``sender_process`` fixture's value: ``run(argv, duration=None, cpu=None, env=None) -> SendResult``.
+    """The ``sender_process`` fixture's value: ``run(argv, duration=None, cpu=None, env=None, time_blocked=False) -> SendResult``.
 
     Each run takes the host lock, applies the ``cpu_pressure`` marker, and is recorded
     like ``udp_sender``'s runs (assertion markers, ``--udpsend-json``, the baseline).
@@ -591,12 +638,15 @@ class SenderProcess:
         self._runner: ProcessRunner | None = None
 
     def run(self, argv: Sequence[str], duration: float | None = None, cpu: int | None = None,
-            env: Mapping[str, str] | None = None) -> SendResult:  # fmt: skip
+            env: Mapping[str, str] | None = None, time_blocked: bool = False) -> SendResult:  # fmt: skip
+        """Run and measure ``argv``; ``time_blocked=True`` also times each send call (``SendResult.blocked``)."""
         args, seconds = check_args(argv, duration, cpu, env)
+        if not isinstance(time_blocked, bool):
+            raise ConfigError(f"time_blocked={time_blocked!r}: must be True or False")
         self._lock()
         self._runner = ProcessRunner(self.topology, self._sysctls, self._probe(), self._pressure)
         try:
-            result = self._runner.run(args, seconds, cpu, env)
+            result = self._runner.run(args, seconds, cpu, env, time_blocked)
         except ProgramError as exc:
             _show_output(exc.output)
             raise

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pytest_udpsend.measure.recovery import Recovery, no_schedule
+
 
 @dataclass
 class SendResult:
@@ -37,10 +39,16 @@ class SendResult:
     errno: dict[str, int] | None = field(default_factory=dict)
     # fraction of one CPU the sender used while its send buffer was full; None if it never was (or not measured)
     busy_wait: float | None = None
+    # sender_process(time_blocked=True): how long its send calls waited (calls, slept, total_s, p50_us, p99_us, max_us,
+    # histogram, method; measure/sendtrace.py), or "unavailable": why not; empty for the plugin's own loop
+    blocked: dict[str, Any] = field(default_factory=dict)
     # replay=: the schedule (source, datagrams, bytes, span_s, burst_rule, notes), its timing (expected_s,
     # timing_error, late_mean_us, late_max_us) and bursts (per burst and loop: datagrams, bytes, attempts, sent,
     # sent_bytes, eagain, eagain_rate, outq_max), worst_burst (its index by EAGAIN rate); empty otherwise
     replay: dict[str, Any] = field(default_factory=dict)
+    # cpu_pressure(on_s=, off_s=): per release, how long the send rate took to come back to resume_fraction x the
+    # unpressured rate in window_ms windows (measure/recovery.py); resume_ms: the worst release's, None with a reason
+    recovery: Recovery = field(default_factory=no_schedule)
     # beyond SPEC: context and raw series
     other_errors: int = 0
     calls: int = 0  # send system calls (sendmmsg: one per batch)
@@ -77,7 +85,11 @@ class SendResult:
         )
         busy = (self.busy_wait_detail.get("unavailable") or "send buffer never full" if self.busy_wait is None
                 else f"{self.busy_wait:.2f} of a CPU while the send buffer was full ({self.busy_wait_detail.get('full_s')} s)")  # fmt: skip
-        return f"failed sends by errno: {errnos}  busy_wait: {busy}"
+        line = f"failed sends by errno: {errnos}  busy_wait: {busy}"
+        if self.blocked.get("calls") is not None:
+            b = self.blocked
+            line += f"  blocked: {b['slept']} of {b['calls']} send calls slept, {b['total_s']} s in all, p99 {b['p99_us']} us"
+        return line
 
     def _replay_line(self) -> str:
         r = self.replay
@@ -90,6 +102,17 @@ class SendResult:
             line += (f"; worst burst #{r['worst_burst']} (at {w['start_s']:.3f} s): EAGAIN {w['eagain']}/{w['attempts']} "
                      f"({w['eagain_rate']:.1%}), SIOCOUTQ peak {w['outq_max']} B")  # fmt: skip
         return line
+
+    def _recovery_line(self) -> str:
+        r = self.recovery
+        back = ", ".join(
+            f"{x['at_ms']:.0f}:{'-' if x['resume_ms'] is None else format(x['resume_ms'], '.0f')}"
+            for x in r["releases"]
+        )
+        return (f"recovery (to {r['resume_fraction']:.0%} of {r['reference_pps']} pps, {r['window_ms']} ms windows; "
+                f"pressured {r['pressured_pps']} pps): worst {r.get('resume_ms')} ms, median {r.get('resume_ms_median')} ms; "
+                f"release ms:resume ms {back or '-'}" + (f"; {r['note']}" if r.get("note") else "")
+                + (f"; {r['unavailable']}" if r.get("unavailable") else ""))  # fmt: skip
 
     def summary(self) -> str:
         w = self.wfree or {}
@@ -113,6 +136,8 @@ class SendResult:
                          + ", ".join(f"{f['sport']} {f['sent']}/{f['eagain']}" for f in self.flows))  # fmt: skip
         if self.replay:
             lines.append(self._replay_line())
+        if self.recovery.get("releases") is not None:
+            lines.append(self._recovery_line())
         if self.process:
             lines.append(f"program {' '.join(self.process.get('argv', []))}: "
                          + ("exited with code {}".format(self.process.get("returncode")) if self.process.get("exited")

@@ -40,7 +40,7 @@ from typing import Any
 from pytest_udpsend.errors import ConfigError
 from pytest_udpsend.host.sysctl import Sysctls, normalize
 from pytest_udpsend.host.topology import Topology
-from pytest_udpsend.measure import _engine, backpressure, counters, load, replay  # type: ignore[attr-defined]
+from pytest_udpsend.measure import _engine, backpressure, counters, load, recovery, replay
 from pytest_udpsend.measure.diagnosis import diagnose
 from pytest_udpsend.measure.params import SendParams, make_params
 from pytest_udpsend.measure.probes import WfreeProbe
@@ -179,6 +179,25 @@ class _Thread(threading.Thread):
         return self.value
 
 
+RECOVERY_RATE_FROM = "attempts - EAGAIN per 10 ms bucket of the C send loop"
+RELEASE_LEAD_NS = 2_000_000  # more than a toggle's lateness (0.1 to 0.3 ms here)
+
+
+def _stamped(
+    starts: list[int], fn: Callable[[], dict[str, Any]], cycle: load.Cycle | None
+) -> Callable[[], dict[str, Any]]:
+    """``fn`` noting when it began (the C loop's series starts microseconds later); the first sender thread
+    starts the pressure schedule there, so the schedule keeps time with the series, however late the thread ran."""
+
+    def body() -> dict[str, Any]:
+        starts.append(time.monotonic_ns())
+        if cycle is not None:  # releases land just before a bucket edge: a sender back at once reads ~2 ms, not ~10
+            cycle.start(RELEASE_LEAD_NS)
+        return fn()
+
+    return body
+
+
 def _pinned(cpu: int | None, fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
     def body() -> dict[str, Any]:
         if cpu is not None:
@@ -214,11 +233,12 @@ def run(
     latencies = memoryview(bytearray(4 * SAMPLE_CAP)).cast("I") if stamp else None
     try:
         with contextlib.ExitStack() as stack:
+            cycle = None
             if pressure is not None:
-                stack.enter_context(load.pressure(pressure))
+                cycle = stack.enter_context(load.cycled(pressure, stack.enter_context(load.pressure(pressure))))
             if capture is not None:
                 stack.enter_context(capture())
-            result = _measure(topo, p, tx, rx, snd_snmp, rcv_snmp, probe, latencies, stamp, schedule)
+            result = _measure(topo, p, tx, rx, snd_snmp, rcv_snmp, probe, latencies, stamp, schedule, cycle)
     finally:
         for sock in (s for group in tx for s in group):
             sock.close()
@@ -242,6 +262,7 @@ def _measure(
     latencies: memoryview | None,
     stamp: bool,
     schedule: replay.Schedule | None = None,
+    cycle: load.Cycle | None = None,
 ) -> SendResult:
     all_irqs = [irq for irqs in topo.irqs.values() for irq in irqs]
     irq0 = counters.read_interrupts(all_irqs)
@@ -257,13 +278,16 @@ def _measure(
     receiver = _Thread(
         "udpsend-rx", _pinned(p.receiver_cpu, lambda: _engine.recv_loop(rx.fileno(), until, 100, buf, stamp, stop))
     )
-    senders = [_Thread(f"udpsend-tx{i}", _pinned(cpu, _send_body(p, [s.fileno() for s in socks], stamp, stop, dst, schedule)))
+    starts: list[int] = []  # CLOCK_MONOTONIC at each send loop's start: the series' time base for the schedule
+    senders = [_Thread(f"udpsend-tx{i}", _pinned(cpu, _stamped(starts, _send_body(p, [s.fileno() for s in socks], stamp, stop, dst, schedule), cycle if i == 0 else None)))
                for i, (cpu, socks) in enumerate(zip(p.thread_cpus(), tx))]  # fmt: skip
     try:
         receiver.start()
         for thread in senders:
             thread.start()
         outs = [thread.result() for thread in senders]
+        if cycle is not None:
+            cycle.stop()  # no toggle after the series ended
         rx_out = receiver.result()
     except BaseException:
         stop_loops(stop, (*senders, receiver))
@@ -334,6 +358,8 @@ def _measure(
     result.busy_wait, result.busy_wait_detail = backpressure.loop_busy_wait(tx_out["full_ns"], tx_out["full_cpu_ns"],
                                                                             tx_out["full_wait_ns"])  # fmt: skip
     result.checks = cross_checks(result, p.ipv6, gso_segmenter(topo))
+    if cycle is not None:
+        result.recovery = recovery.measure(cycle, result.series, min(starts), elapsed, RECOVERY_RATE_FROM)
     if schedule is not None:
         result.replay = replay_result(schedule, p, tx_out)
     return result

@@ -12,6 +12,7 @@ one whose kernel does not match is not checked, and the table says so.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pytest_udpsend.errors import ConfigError
 from pytest_udpsend.measure.params import number
 from pytest_udpsend.results.metrics import lookup, most
 
-BACKENDS = ("any", "bpf", "timestamp")
+BACKENDS = ("any", "bpf", "tracepoint", "timestamp")
 _RELEASE_PREFIX = re.compile(r"^\d+(?:\.\d+){0,2}")
 
 
@@ -59,13 +60,22 @@ class Bound:
     low: float | None = None
     high: float | None = None
     kernel: str | None = None  # version specifier; None: every kernel
+    per: str | None = None  # "burst": the bound holds for every burst of a replay (the worst one decides)
+
+    @property
+    def name(self) -> str:
+        return self.metric + (" (worst burst)" if self.per == "burst" else "")
 
     def describe(self) -> str:
         if self.low is not None and self.high is not None:
             text = f"{self.low:g} .. {self.high:g}"
         else:
             text = f"<= {self.high:g}" if self.high is not None else f">= {self.low:g}"
-        return text + (f" (kernel {self.kernel})" if self.kernel else "")
+        return (
+            text
+            + (" in every burst" if self.per == "burst" else "")
+            + (f" (kernel {self.kernel})" if self.kernel else "")
+        )
 
     def holds(self, value: float) -> bool:
         return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
@@ -83,7 +93,7 @@ class Bounds:
     def backend_for(self, release: str) -> str:
         """The strictest backend a wfree_latency marker for this kernel demands ("any" if none)."""
         wanted = {backend for backend, spec in self.backends if kernel_matches(spec, release)}
-        return next((b for b in ("bpf", "timestamp") if b in wanted), "any")
+        return next((b for b in ("bpf", "tracepoint", "timestamp") if b in wanted), "any")
 
     def split(self, release: str) -> tuple[list[Bound], list[Bound]]:
         """(bounds checked on this kernel, bounds meant for other kernels)."""
@@ -105,6 +115,39 @@ def min_max(marker: str, metric: str, max: Any = None, min: Any = None, kernel: 
     return Bound(marker, metric, low, high, kernel_spec(kernel))
 
 
+def resume_bound(max: Any = None, min: Any = None, kernel: Any = None) -> Bound:  # noqa: A002
+    """resume_ms: the worst release's recovery time (ms) of a cpu_pressure schedule (measure/recovery.py)."""
+    return min_max("resume_ms", "recovery.resume_ms", max, min, kernel)
+
+
+PER = (None, "run", "burst")
+
+
+def eagain_bound(max: Any = None, min: Any = None, kernel: Any = None, per: Any = None) -> Bound:  # noqa: A002
+    """eagain_rate: of the whole run, or with ``per="burst"`` of every burst of a replay (the worst decides)."""
+    if per not in PER:
+        raise ConfigError(
+            f"per={per!r}: accepted: 'burst' (every burst of a replay) or 'run' (the whole run, the default)"
+        )
+    bound = min_max("eagain_rate", "eagain_rate", max, min, kernel)
+    return Bound(bound.marker, bound.metric, bound.low, bound.high, bound.kernel, "burst" if per == "burst" else None)
+
+
+def worst_burst(bound: Bound, result: Mapping[str, Any]) -> tuple[int, Mapping[str, Any]] | None:
+    """(index, burst) of a replay's burst that decides a per-burst bound: the highest value against a max
+    (the lowest against a min only), the one outside the range for both; bursts without a send attempt
+    have no rate and are left out.  None: the result has no bursts (not a replay)."""
+    found = [(i, b) for i, b in enumerate(lookup(result, "replay.bursts") or [])
+             if isinstance(b, Mapping) and b.get("attempts") and isinstance(b.get(bound.metric), (int, float))]  # fmt: skip
+    if not found:
+        return None
+    high = max(found, key=lambda ib: float(ib[1][bound.metric]))
+    low = min(found, key=lambda ib: float(ib[1][bound.metric]))
+    if bound.high is None:
+        return low
+    return high if bound.low is None or not bound.holds(float(high[1][bound.metric])) else low
+
+
 def wfree_bounds(
     p50_us: Any = None, p99_us: Any = None, max_us: Any = None, backend: Any = "any", kernel: Any = None
 ) -> tuple[list[Bound], tuple[str, str | None]]:
@@ -118,7 +161,7 @@ def wfree_bounds(
     ]
     if not bounds and backend == "any":
         raise ConfigError("no bound given, so nothing would be checked: give p50_us=, p99_us= and/or max_us= "
-                          "(microseconds), or backend='bpf' to demand the exact measurement "
+                          "(microseconds), or backend='bpf' (or 'tracepoint') to demand that exact measurement "
                           "(the wfree_probe fixture measures without a bound)")  # fmt: skip
     # A bound-less wfree_latency that names a backend still demands a measurement with samples.
     bounds.append(Bound("wfree_latency", "wfree.count", 1, None, spec))
@@ -128,7 +171,11 @@ def wfree_bounds(
 def check(bounds: Sequence[Bound], result: Mapping[str, Any]) -> list[tuple[Bound, Any, bool]]:
     rows = []
     for bound in bounds:
-        value = lookup(result, bound.metric)
+        if bound.per == "burst":
+            worst = worst_burst(bound, result)
+            value = None if worst is None else worst[1].get(bound.metric)
+        else:
+            value = lookup(result, bound.metric)
         ok = isinstance(value, (int, float)) and bound.holds(float(value))
         rows.append((bound, value, ok))
     return rows
@@ -149,7 +196,21 @@ def aggregate(samples: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     merged["wfree"] = dict(samples[-1].get("wfree") or {})
     for key in ("p50_us", "p90_us", "p99_us", "max_us", "count"):
         merged["wfree"][key] = median_at(f"wfree.{key}")
+    recoveries = sorted((s.get("recovery") or {} for s in samples), key=_resume_key)  # a release never back ranks worst
+    merged["recovery"] = recoveries[len(recoveries) // 2]  # the median sample's, with its releases
+    replays = sorted((s for s in samples if (s.get("replay") or {}).get("bursts")), key=_worst_rate)
+    if replays:  # per-burst bounds: the bursts of the replay whose worst burst is the median one
+        merged["replay"] = replays[len(replays) // 2]["replay"]
     return merged
+
+
+def _resume_key(recovery: Mapping[str, Any]) -> float:
+    value = recovery.get("resume_ms")
+    return float(value) if isinstance(value, (int, float)) else math.inf
+
+
+def _worst_rate(sample: Mapping[str, Any]) -> float:
+    return max(float(b.get("eagain_rate") or 0.0) for b in sample["replay"]["bursts"])
 
 
 def _fmt(value: Any) -> str:
@@ -162,11 +223,15 @@ def failure_table(
     rows: list[tuple[Bound, Any, bool]], result: Mapping[str, Any], label: str = "", skipped: Sequence[Bound] = ()
 ) -> str:
     """The text a failing assertion marker shows: the bounds that applied on this kernel, then the others."""
-    width = max(len(r[0].metric) for r in rows) + 2
+    if any(b.per == "burst" and worst_burst(b, result) is None for b, _, _ in rows):
+        return (f"@pytest.mark.{next(b.marker for b, _, _ in rows if b.per == 'burst')}(per='burst') bounds each burst "
+                "of a replay, but this test's result has no bursts (it was not a replay): send with replay= (a capture "
+                "or a built-in shape such as replay='shape:telemetry') or drop per='burst'")  # fmt: skip
+    width = max(len(r[0].name) for r in rows) + 2
     bwidth = max([len(r[0].describe()) for r in rows] + [16]) + 2
     lines = [f"udpsend bounds violated{label}:", f"  {'metric':<{width}}{'measured':>14}  {'bound':<{bwidth}}ok"]
     for bound, value, ok in rows:
-        lines.append(f"  {bound.metric:<{width}}{_fmt(value):>14}  {bound.describe():<{bwidth}}{'yes' if ok else 'NO'}")
+        lines.append(f"  {bound.name:<{width}}{_fmt(value):>14}  {bound.describe():<{bwidth}}{'yes' if ok else 'NO'}")
     for bound in skipped:
         lines.append(f"  not checked on {result.get('kernel')}: {bound.metric} {bound.describe()}")
     wfree = result.get("wfree") or {}
@@ -180,6 +245,21 @@ def failure_table(
         f"sndbuf {result.get('sndbuf_effective')} effective",
         "    sysctls  " + (", ".join(f"{k}={v}" for k, v in sorted(sysctls.items())) or "-"),
     ]
+    for bound, _, _ in rows:  # a per-burst bound: which burst decided, where it sits in the capture
+        if bound.per == "burst" and (worst := worst_burst(bound, result)) is not None:
+            i, b = worst
+            lines.append(f"    burst    #{b.get('burst', i)}" + (f" of loop {b['loop']}" if b.get("loop") else "")
+                         + f" at {b.get('start_s', 0):.3f} s: {b.get('datagrams')} datagrams, {b.get('eagain')} EAGAIN "
+                         f"of {b.get('attempts')} attempts, SIOCOUTQ peak {b.get('outq_max')} B "
+                         f"(worst of {len((result.get('replay') or {}).get('bursts') or [])} bursts)")  # fmt: skip
+    if any(bound.marker == "resume_ms" for bound, _, _ in rows):  # each release, the rates it was read against
+        rec = result.get("recovery") or {}
+        back = ", ".join(f"{r['at_ms']:.0f} ms: {'never' if r['resume_ms'] is None else format(r['resume_ms'], 'g') + ' ms'}"
+                         for r in rec.get("releases") or [])  # fmt: skip
+        lines.append(f"    recovery to {rec.get('resume_fraction', 0.9):.0%} of {rec.get('reference_pps')} pps "
+                     f"({rec.get('reference', 'not measured')}), {rec.get('window_ms', 10)} ms windows, pressured "
+                     f"{rec.get('pressured_pps')} pps; per release {back or '-'}"
+                     + "".join(f"; {rec[k]}" for k in ("unavailable", "note") if rec.get(k)))  # fmt: skip
     if any(bound.metric == "busy_wait" for bound, _, _ in rows):  # what the figure was read from, or why it is none
         busy = result.get("busy_wait_detail") or {}
         lines.append(f"    busy-wait send buffer full {busy.get('full_s', 0)} s: sender CPU {busy.get('cpu_s', 0)} s, asleep "
