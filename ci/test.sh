@@ -3,6 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup-debian.sh
+# The tests render the docs and a report in a real browser (tests/test_browser_render.py): there, a
+# missing chromium is a failure, not a skip.
+if ! command -v chromium >/dev/null; then
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+fi
+export UDPSEND_NEED_CHROMIUM=1
 .venv/bin/ruff check pytest_udpsend tests ci examples
 .venv/bin/ruff format --check pytest_udpsend tests ci examples docs/hooks
 .venv/bin/mypy pytest_udpsend
