@@ -81,6 +81,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_udpsend.errors import PrivilegeError
 from pytest_udpsend.host.sysctl import Sysctls
+from pytest_udpsend.measure import bpfc
 from pytest_udpsend.measure.histogram import HIST_EDGES_US, SUB, percentile_us, rebin
 
 if TYPE_CHECKING:
@@ -127,7 +128,8 @@ ROOT_FRAMES = (
 )
 TEXT_FRAMES = 10
 
-PROGRAM = r"""
+PROGRAM = (
+    r"""
 #include <uapi/linux/ptrace.h>
 
 #define NCTX 4
@@ -152,37 +154,13 @@ BPF_PERCPU_ARRAY(stats, u64, NCTX * 2 + 4);
 /* the charged skb between napi_gro_receive_entry and _exit on this CPU (GRO does not nest on a CPU) */
 BPF_PERCPU_ARRAY(gro_pending, u64, 1);
 #if STACK_EVERY
-/* where each release ran: kernel stacks by id, and sampled releases per (context, stack id);
-   per-CPU counts again, so no atomics.  A failed stack id (hash collision, map full) is counted
-   as lost.  The stack's value size bounds the unwinding: STACK_DEPTH frames, not perf's 127. */
-#define STACK_DEPTH 20
-struct stack_key { u32 cx; s32 id; };
-struct stack_ips { u64 ip[STACK_DEPTH]; };
-BPF_TABLE("stacktrace", int, struct stack_ips, stacks, 4096);
-BPF_PERCPU_HASH(stack_counts, struct stack_key, u64, 1024);
-BPF_PERCPU_ARRAY(stack_seen, u64, NCTX);  /* releases per context since the run began */
-#endif
+"""
+    + bpfc.STACK_MAPS
+    + r"""#endif
 
-static __always_inline u32 udps_log2(u64 v)
-{
-    u32 r = 0;
-    if (v >> 32) { v >>= 32; r += 32; }
-    if (v >> 16) { v >>= 16; r += 16; }
-    if (v >> 8) { v >>= 8; r += 8; }
-    if (v >> 4) { v >>= 4; r += 4; }
-    if (v >> 2) { v >>= 2; r += 2; }
-    if (v >> 1) { r += 1; }
-    return r;
-}
-
-static __always_inline u32 udps_bucket(u64 v)
-{
-    if (v < (1 << SUB))
-        return (u32)v;
-    u32 l = udps_log2(v);
-    return ((l - SUB + 1) << SUB) + (u32)((v >> (l - SUB)) & ((1 << SUB) - 1));
-}
-
+"""
+    + bpfc.LOG2_BUCKET
+    + r"""
 static __always_inline void bump(u32 slot)
 {
     u64 *n = stats.lookup(&slot);
@@ -208,29 +186,9 @@ static __always_inline int do_charge(u64 skb)
     return 0;
 }
 
-static __always_inline void count_stack(void *ctx, u32 cx)
-{
-#if STACK_EVERY
-    u64 *seen = stack_seen.lookup(&cx);
-    if (!seen || (*seen)++ % STACK_EVERY)
-        return;
-    struct stack_key k = {};
-    k.cx = cx;
-    k.id = stacks.get_stackid(ctx, 0);
-    if (k.id >= 0) {
-        u64 *n = stack_counts.lookup(&k);
-        if (n) {
-            (*n)++;
-            return;
-        }
-        u64 one = 1;
-        if (stack_counts.update(&k, &one) == 0)
-            return;
-    }
-    bump(S_LOST);
-#endif
-}
-
+"""
+    + bpfc.COUNT_STACK
+    + r"""
 /* one datagram released: its latency and context (the task current now against the charging thread) */
 static __always_inline void release(void *ctx, struct charge *c)
 {
@@ -247,10 +205,7 @@ static __always_inline void release(void *ctx, struct charge *c)
         else if (comm[0] == 'n' && comm[1] == 'a' && comm[2] == 'p' && comm[3] == 'i' && comm[4] == '/')
             cx = 3;
     }
-    u32 b = udps_bucket(d);
-    if (b >= NB)
-        b = NB - 1;
-    u32 hidx = cx * NB + b;
+    u32 hidx = cx * NB + udps_bucket(d);
     u64 *h = hist.lookup(&hidx);
     if (h)
         (*h)++;
@@ -311,6 +266,7 @@ int on_gro_exit(struct bpf_raw_tracepoint_args *ctx)
     return 0;
 }
 """
+)
 
 # fentry (BPF trampolines) where the kernel has BTF: a direct call instead of a
 # breakpoint trap per event.  Opaque struct declarations keep the C header-light.

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_udpsend.errors import PrivilegeError
+from pytest_udpsend.measure import bpfc
 from pytest_udpsend.measure.histogram import HIST_EDGES_US, SUB, percentile_us, rebin
 from pytest_udpsend.measure.tpprobe import BTF_PATH, _stub_kernel_tree, btf_offsets, tracepoint_unavailable
 
@@ -54,7 +55,8 @@ SYSCALLS = {"x86_64": (44, 46, 307, 1), "aarch64": (206, 211, 269, 64)}
 S_SENT, S_TIMED, S_SLEPT, S_TOTAL_NS, S_MAX_NS = range(5)
 RETURN_EVENT = "sock_send_length"  # from 6.3 (commit 6e6eda44b939)
 
-PROGRAM = r"""
+PROGRAM = (
+    r"""
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
 #endif
@@ -110,27 +112,9 @@ static __always_inline void add(u32 slot, u64 n)
         *v += n;
 }
 
-static __always_inline u32 udps_log2(u64 v)
-{
-    u32 r = 0;
-    if (v >> 32) { v >>= 32; r += 32; }
-    if (v >> 16) { v >>= 16; r += 16; }
-    if (v >> 8) { v >>= 8; r += 8; }
-    if (v >> 4) { v >>= 4; r += 4; }
-    if (v >> 2) { v >>= 2; r += 2; }
-    if (v >> 1) { r += 1; }
-    return r;
-}
-
-static __always_inline u32 udps_bucket(u64 v)
-{
-    if (v < (1 << SUB))
-        return (u32)v;
-    u32 l = udps_log2(v);
-    u32 b = ((l - SUB + 1) << SUB) + (u32)((v >> (l - SUB)) & ((1 << SUB) - 1));
-    return b < NB ? b : NB - 1;
-}
-
+"""
+    + bpfc.LOG2_BUCKET
+    + r"""
 static __always_inline u64 nvcsw(void)
 {
     u64 v = 0;
@@ -235,6 +219,7 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
     return 0;
 }
 """
+)
 
 MSG_METHOD = ("raw tracepoint sock:sock_send_length (bcc, header-free; socket fields from kernel BTF) on {kernel}: "
               "every message's return on a UDP socket of the program's {who}, inside sendmmsg too and for write(2) "

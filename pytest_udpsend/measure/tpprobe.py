@@ -83,6 +83,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_udpsend.errors import PrivilegeError
 from pytest_udpsend.host.sysctl import Sysctls
+from pytest_udpsend.measure import bpfc
 from pytest_udpsend.measure.bpfprobe import CONTEXTS, NBUCKETS, top_stacks
 from pytest_udpsend.measure.histogram import HIST_EDGES_US, percentile_us, rebin
 from pytest_udpsend.measure.wfree import not_measured
@@ -159,7 +160,8 @@ typedef unsigned long uintptr_t; typedef long intptr_t; typedef unsigned long si
     "arch/x86/include/asm/page.h": "#define PAGE_SIZE 4096\n",
 }
 
-PROGRAM = r"""
+PROGRAM = (
+    r"""
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
 #endif
@@ -194,35 +196,13 @@ BPF_PERCPU_ARRAY(stats, u64, NCTX * 2 + 4);
 BPF_PERCPU_ARRAY(gro_pending, u64, 1);
 BPF_PERCPU_ARRAY(rng, u64, 1);  /* the sampler's state (an LCG), per CPU */
 #if STACK_EVERY
-#define STACK_DEPTH 20
-struct stack_key { u32 cx; s32 id; };
-struct stack_ips { u64 ip[STACK_DEPTH]; };
-BPF_TABLE("stacktrace", int, struct stack_ips, stacks, 4096);
-BPF_PERCPU_HASH(stack_counts, struct stack_key, u64, 1024);
-BPF_PERCPU_ARRAY(stack_seen, u64, NCTX);  /* releases per context on this CPU since the run began */
-#endif
+"""
+    + bpfc.STACK_MAPS
+    + r"""#endif
 
-static __always_inline u32 udps_log2(u64 v)
-{
-    u32 r = 0;
-    if (v >> 32) { v >>= 32; r += 32; }
-    if (v >> 16) { v >>= 16; r += 16; }
-    if (v >> 8) { v >>= 8; r += 8; }
-    if (v >> 4) { v >>= 4; r += 4; }
-    if (v >> 2) { v >>= 2; r += 2; }
-    if (v >> 1) { r += 1; }
-    return r;
-}
-
-static __always_inline u32 udps_bucket(u64 v)
-{
-    if (v < (1 << SUB))
-        return (u32)v;
-    u32 l = udps_log2(v);
-    u32 b = ((l - SUB + 1) << SUB) + (u32)((v >> (l - SUB)) & ((1 << SUB) - 1));
-    return b < NB ? b : NB - 1;
-}
-
+"""
+    + bpfc.LOG2_BUCKET
+    + r"""
 static __always_inline void bump(u32 slot)
 {
     u64 *n = stats.lookup(&slot);
@@ -372,29 +352,9 @@ int on_queue(struct bpf_raw_tracepoint_args *ctx)
     return 0;
 }
 
-static __always_inline void count_stack(void *ctx, u32 cx)
-{
-#if STACK_EVERY
-    u64 *seen = stack_seen.lookup(&cx);
-    if (!seen || (*seen)++ % STACK_EVERY)
-        return;
-    struct stack_key k = {};
-    k.cx = cx;
-    k.id = stacks.get_stackid(ctx, 0);
-    if (k.id >= 0) {
-        u64 *n = stack_counts.lookup(&k);
-        if (n) {
-            (*n)++;
-            return;
-        }
-        u64 one = 1;
-        if (stack_counts.update(&k, &one) == 0)
-            return;
-    }
-    bump(S_LOST);
-#endif
-}
-
+"""
+    + bpfc.COUNT_STACK
+    + r"""
 /* one datagram released: its context (the current task against the sender's threads), and its
    latency if it was timed */
 static __always_inline void release(void *ctx, struct conf *f, u64 skb)
@@ -528,6 +488,7 @@ int on_gro_exit(struct bpf_raw_tracepoint_args *ctx)
     return 0;
 }
 """
+)
 
 
 def btf_offsets(struct_name: str, fields: Sequence[str], path: Path = BTF_PATH) -> dict[str, int]:
