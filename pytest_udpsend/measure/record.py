@@ -146,6 +146,22 @@ static inline __attribute__((always_inline)) u64 rec_user_u64(u64 addr)
 }
 
 /* iovec lengths, a UDP_SEGMENT cmsg and msg_name of the struct msghdr at addr */
+/* the destination a send call named (msg_name / sendto's address): family, port, then the IPv4
+   address at 4 or the IPv6 one at 8 */
+static inline __attribute__((always_inline)) void rec_sockaddr(struct rec_msg *m, u64 addr, u32 len)
+{
+    if (!addr || len < 8)
+        return;
+    u8 sa[24] = {};
+    bpf_probe_read_user(sa, len >= 24 ? 24 : 16, (void *)addr);
+    m->family = sa[0] | sa[1] << 8;
+    m->dport = sa[2] | sa[3] << 8;
+    if (m->family == REC_AF_INET)
+        __builtin_memcpy(m->daddr, sa + 4, 4);
+    else if (m->family == REC_AF_INET6)
+        __builtin_memcpy(m->daddr, sa + 8, 16);
+}
+
 static inline __attribute__((always_inline)) void rec_parse_msghdr(u64 addr, struct rec_msg *m)
 {
     u64 hdr[7] = {};  /* name, namelen, iov, iovlen, control, controllen, flags */
@@ -176,16 +192,7 @@ static inline __attribute__((always_inline)) void rec_parse_msghdr(u64 addr, str
             break;
         pos += step;
     }
-    if (hdr[0] && (u32)hdr[1] >= 8) {
-        u8 sa[24] = {};  /* family, port, then the IPv4 address at 4 or the IPv6 one at 8 */
-        bpf_probe_read_user(sa, (u32)hdr[1] >= 24 ? 24 : 16, (void *)hdr[0]);
-        m->family = sa[0] | sa[1] << 8;
-        m->dport = sa[2] | sa[3] << 8;
-        if (m->family == REC_AF_INET)
-            __builtin_memcpy(m->daddr, sa + 4, 4);
-        else if (m->family == REC_AF_INET6)
-            __builtin_memcpy(m->daddr, sa + 8, 16);
-    }
+    rec_sockaddr(m, hdr[0], (u32)hdr[1]);
 }
 
 /* message `index` of the pending call */
@@ -195,16 +202,7 @@ static inline __attribute__((always_inline)) void rec_parse(struct rec_pending *
         m->size = (u32)p->args[2];
     } else if (p->nr == NR_SENDTO) {
         m->size = (u32)p->args[2];
-        if (p->args[4] && (u32)p->args[5] >= 8) {
-            u8 sa[24] = {};
-            bpf_probe_read_user(sa, (u32)p->args[5] >= 24 ? 24 : 16, (void *)p->args[4]);
-            m->family = sa[0] | sa[1] << 8;
-            m->dport = sa[2] | sa[3] << 8;
-            if (m->family == REC_AF_INET)
-                __builtin_memcpy(m->daddr, sa + 4, 4);
-            else if (m->family == REC_AF_INET6)
-                __builtin_memcpy(m->daddr, sa + 8, 16);
-        }
+        rec_sockaddr(m, p->args[4], (u32)p->args[5]);
     } else if (p->nr == NR_WRITEV) {
         u64 size = 0;
         for (int i = 0; i < REC_MAX_IOV; i++) {
