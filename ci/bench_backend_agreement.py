@@ -49,13 +49,19 @@ HOGS_ON_1 = {"cpus": [1], "workers": 2}
 SCENARIOS: dict[str, dict[str, Any]] = {
     "plain veth": {"topology": {}, "params": {}, "pressure": None},
     "RPS to a busy CPU": {"topology": {"rps_cpus": [1]}, "params": {"receiver_cpu": 1}, "pressure": HOGS_ON_1},
-    "starved NAPI thread": {"topology": {"gro": True, "threaded_napi": True, "napi_cpus": [1]},
-                            "params": {"receiver_cpu": 1, "sndbuf": 65536}, "pressure": HOGS_ON_1},
+    "starved NAPI thread": {
+        "topology": {"gro": True, "threaded_napi": True, "napi_cpus": [1]},
+        "params": {"receiver_cpu": 1, "sndbuf": 65536},
+        "pressure": HOGS_ON_1,
+    },
     "tbf 20mbit": {"topology": {"qdisc": "tbf rate 20mbit burst 32kb latency 50ms"}, "params": {}, "pressure": None},
-    "GRO threaded NAPI": {"topology": {"gro": True, "threaded_napi": True, "napi_cpus": [1]},
-                          "params": {"receiver_cpu": 1}, "pressure": None},
+    "GRO threaded NAPI": {
+        "topology": {"gro": True, "threaded_napi": True, "napi_cpus": [1]},
+        "params": {"receiver_cpu": 1},
+        "pressure": None,
+    },
     "vmxnet3 TX completion": {"topology": {"link": "vmxnet3", "irq_cpus": [1]}, "params": {}, "pressure": HOGS_ON_1},
-}  # fmt: skip
+}
 CONTEXT_ORDER = (
     "inline",
     "softirq",
@@ -104,8 +110,9 @@ def _figures(w: dict[str, Any]) -> dict[str, Any]:
     return {k: w.get(k) for k in KEPT if k in w}
 
 
-def _run_scenario(ctx: Any, name: str, sc: dict[str, Any], duration: float, bpf: Any, tp: Any,
-                  both_ok: list[bool]) -> dict[str, Any]:  # fmt: skip
+def _run_scenario(
+    ctx: Any, name: str, sc: dict[str, Any], duration: float, bpf: Any, tp: Any, both_ok: list[bool]
+) -> dict[str, Any]:
     from pytest_udpsend.errors import PrivilegeError
     from pytest_udpsend.host import topology
     from pytest_udpsend.measure import load, sender
@@ -132,13 +139,28 @@ def _run_scenario(ctx: Any, name: str, sc: dict[str, Any], duration: float, bpf:
             both_ok[0] = False
             row["why_not_same_run"] = str(exc)
         else:
-            row.update(mode="same run", sent=r.sent, eagain_rate=r.eagain_rate, pps=r.pps, checks=r.checks,
-                       bpf=_figures(r.wfree), tracepoint=_figures(r.wfree["tracepoint"]))  # fmt: skip
+            row.update(
+                mode="same run",
+                sent=r.sent,
+                eagain_rate=r.eagain_rate,
+                pps=r.pps,
+                checks=r.checks,
+                bpf=_figures(r.wfree),
+                tracepoint=_figures(r.wfree["tracepoint"]),
+            )
             return row
     rb = sender.run(topo, params, ctx.sysctls, bpf, pressure)
     rt = sender.run(topo, params, ctx.sysctls, tp, pressure)
-    row.update(mode="back-to-back", sent=rb.sent, sent_tracepoint=rt.sent, eagain_rate=rb.eagain_rate, pps=rb.pps,
-               checks=rb.checks + rt.checks, bpf=_figures(rb.wfree), tracepoint=_figures(rt.wfree))  # fmt: skip
+    row.update(
+        mode="back-to-back",
+        sent=rb.sent,
+        sent_tracepoint=rt.sent,
+        eagain_rate=rb.eagain_rate,
+        pps=rb.pps,
+        checks=rb.checks + rt.checks,
+        bpf=_figures(rb.wfree),
+        tracepoint=_figures(rt.wfree),
+    )
     return row
 
 
@@ -217,10 +239,16 @@ def agreement(row: dict[str, Any]) -> dict[str, Any]:
         "calls_diff": calls,
         "share_diff_points": share_diff,
         "latency_diff_us": lat,  # tracepoint - bpf
-        "released_vs_sent": {"bpf": _rel(b.get("count"), sent), "tracepoint": _rel(t.get("count"), row.get("sent_tracepoint", sent))},
-        "counts_agree": released is not None and calls is not None and abs(released) <= COUNT_TOLERANCE and abs(calls) <= COUNT_TOLERANCE,
+        "released_vs_sent": {
+            "bpf": _rel(b.get("count"), sent),
+            "tracepoint": _rel(t.get("count"), row.get("sent_tracepoint", sent)),
+        },
+        "counts_agree": released is not None
+        and calls is not None
+        and abs(released) <= COUNT_TOLERANCE
+        and abs(calls) <= COUNT_TOLERANCE,
         "shares_agree": bool(contexts) and all(abs(d) <= SHARE_TOLERANCE for d in share_diff.values()),
-    }  # fmt: skip
+    }
     out["agree"] = out["counts_agree"] and out["shares_agree"]
     return out
 
@@ -246,22 +274,30 @@ def table(kernel: str, rows: list[dict[str, Any]]) -> list[str]:
         )
         lines.append(f"{head} [{row['mode']}]: {sent}, EAGAIN {row['eagain_rate']:.1%}, {row['pressure'] or 'no hogs'}")
         contexts = list(a["share_diff_points"])
-        lines.append(f"  {'backend':<11}{'released':>10}{'vs sent':>10}{'calls':>9}{'p50 us':>9}{'p99 us':>10}  shares %: "
-                     + " ".join(f"{c:>11}" for c in contexts))  # fmt: skip
+        lines.append(
+            f"  {'backend':<11}{'released':>10}{'vs sent':>10}{'calls':>9}{'p50 us':>9}{'p99 us':>10}  shares %: "
+            + " ".join(f"{c:>11}" for c in contexts)
+        )
         for backend in ("bpf", "tracepoint"):
             w = row[backend]
             if w.get("unavailable"):
                 lines.append(f"  {backend:<11}not measured: {w['unavailable']}")
                 continue
-            lines.append(f"  {backend:<11}{_num(w.get('count')):>10}{_pct(a['released_vs_sent'][backend]):>10}"
-                         f"{_num(w.get('calls')):>9}{_num(w.get('p50_us')):>9}{_num(w.get('p99_us')):>10}            "
-                         + " ".join(f"{_share(w, c):>11.2f}" for c in contexts))  # fmt: skip
+            lines.append(
+                f"  {backend:<11}{_num(w.get('count')):>10}{_pct(a['released_vs_sent'][backend]):>10}"
+                f"{_num(w.get('calls')):>9}{_num(w.get('p50_us')):>9}{_num(w.get('p99_us')):>10}            "
+                + " ".join(f"{_share(w, c):>11.2f}" for c in contexts)
+            )
         lat = a["latency_diff_us"]
-        lines.append(f"  tracepoint - bpf: released {_pct(a['released_diff'])}, calls {_pct(a['calls_diff'])}, shares "
-                     + ", ".join(f"{c} {d:+.2f} pt" for c, d in a["share_diff_points"].items())
-                     + f"; latency p50 {_num(lat['p50_us'])} us, p99 {_num(lat['p99_us'])} us")  # fmt: skip
-        lines.append(f"  counts within {COUNT_TOLERANCE:.0%}: {'yes' if a['counts_agree'] else 'NO'}; shares within "
-                     f"{SHARE_TOLERANCE:g} points: {'yes' if a['shares_agree'] else 'NO'}")  # fmt: skip
+        lines.append(
+            f"  tracepoint - bpf: released {_pct(a['released_diff'])}, calls {_pct(a['calls_diff'])}, shares "
+            + ", ".join(f"{c} {d:+.2f} pt" for c, d in a["share_diff_points"].items())
+            + f"; latency p50 {_num(lat['p50_us'])} us, p99 {_num(lat['p99_us'])} us"
+        )
+        lines.append(
+            f"  counts within {COUNT_TOLERANCE:.0%}: {'yes' if a['counts_agree'] else 'NO'}; shares within "
+            f"{SHARE_TOLERANCE:g} points: {'yes' if a['shares_agree'] else 'NO'}"
+        )
         lines.append("")
     return lines
 
@@ -283,8 +319,15 @@ def boot(image: Path, duration: float, timeout: float, only: Sequence[str]) -> t
     outdir = Path(tempfile.mkdtemp(prefix="udpsend-bench-agree-", dir=str(state_dir("lanes"))))
     try:
         q = shlex.quote
-        argv = [sys.executable, str(Path(__file__).resolve()), "--guest", str(outdir / "rows.json"), "--duration", str(duration),
-                *(f"--only={name}" for name in only)]  # fmt: skip
+        argv = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--guest",
+            str(outdir / "rows.json"),
+            "--duration",
+            str(duration),
+            *(f"--only={name}" for name in only),
+        ]
         (outdir / "run.sh").write_text(
             f"modprobe {q(nics.MODELS['vmxnet3'].driver)}\n"
             "udevadm settle -t 10 2>/dev/null || sleep 2\n"
@@ -295,13 +338,22 @@ def boot(image: Path, duration: float, timeout: float, only: Sequence[str]) -> t
         )
         kvm, note = vm.kvm_works(image)
         started = time.monotonic()
-        rc, trouble = vm._boot(image, f"sh {q(str(outdir / 'run.sh'))}", outdir, kvm, timeout, outdir / "console.log",
-                               qemu_extra=vm.nic_qemu_args(["vmxnet3"]))  # fmt: skip
+        rc, trouble = vm._boot(
+            image,
+            f"sh {q(str(outdir / 'run.sh'))}",
+            outdir,
+            kvm,
+            timeout,
+            outdir / "console.log",
+            qemu_extra=vm.nic_qemu_args(["vmxnet3"]),
+        )
         wall = time.monotonic() - started
         rows = outdir / "rows.json"
         if not rows.exists():
-            return None, (f"{release}: the guest wrote no rows (exit {rc}{f', it {trouble}' if trouble else ''}); guest log:\n"
-                          f"{vm.tail(outdir / 'guest.log')}\nconsole:\n{vm.tail(outdir / 'console.log', 20)}")  # fmt: skip
+            return None, (
+                f"{release}: the guest wrote no rows (exit {rc}{f', it {trouble}' if trouble else ''}); guest log:\n"
+                f"{vm.tail(outdir / 'guest.log')}\nconsole:\n{vm.tail(outdir / 'console.log', 20)}"
+            )
         doc: dict[str, Any] = json.loads(rows.read_text())
         doc.update(image=str(image), wall_s=round(wall, 1), accel=note, guest_exit=rc, trouble=trouble)
         if rc != 0 or trouble:
@@ -312,8 +364,11 @@ def boot(image: Path, duration: float, timeout: float, only: Sequence[str]) -> t
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__)  # fmt: skip
+    ap = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     ap.add_argument("images", nargs="*", type=Path, help="kernel images (vmlinuz) to boot, one guest each")
     ap.add_argument("--duration", type=float, default=1.0, help="seconds per scenario (default 1.0)")
     ap.add_argument("--timeout", type=float, default=1500.0, help="deadline per guest boot, seconds")
@@ -338,8 +393,10 @@ def main() -> int:
             print(f"== {doc['kernel']}: the probes could not be built: {doc['error']}", file=sys.stderr)
             failed = True
             continue
-        print(f"== {doc['kernel']}: probes compiled in {doc.get('compile_s')} s, bpf attached with {doc.get('bpf_attach')}, "
-              f"{doc['accel']}, boot and run {doc['wall_s']:.0f} s, guest exit {doc['guest_exit']}{' ' + doc['trouble'] if doc['trouble'] else ''}")  # fmt: skip
+        print(
+            f"== {doc['kernel']}: probes compiled in {doc.get('compile_s')} s, bpf attached with {doc.get('bpf_attach')}, "
+            f"{doc['accel']}, boot and run {doc['wall_s']:.0f} s, guest exit {doc['guest_exit']}{' ' + doc['trouble'] if doc['trouble'] else ''}"
+        )
         print("\n".join(table(doc["kernel"], doc["rows"])))
         if doc.get("guest_log_tail"):
             print(doc["guest_log_tail"])
@@ -347,8 +404,10 @@ def main() -> int:
         if args.json:  # after every kernel: a later boot that fails loses nothing
             args.json.write_text(json.dumps({"kernels": docs}, indent=1))
     verdicts = [r["agreement"]["agree"] for d in docs for r in d["rows"] if "agreement" in r]
-    print(f"agreement: {sum(verdicts)} of {len(verdicts)} scenario x kernel rows within {COUNT_TOLERANCE:.0%} (counts) and "
-          f"{SHARE_TOLERANCE:g} points (context shares)")  # fmt: skip
+    print(
+        f"agreement: {sum(verdicts)} of {len(verdicts)} scenario x kernel rows within {COUNT_TOLERANCE:.0%} (counts) and "
+        f"{SHARE_TOLERANCE:g} points (context shares)"
+    )
     return 1 if failed else 0
 
 

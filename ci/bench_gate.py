@@ -64,8 +64,20 @@ def session(
     workdir: Path, repeat: int, rate: float, out: Path, baseline: Path | None
 ) -> tuple[float, set[str], int, str]:
     """One pytest session of the suite; (wall time, tests the gate flagged, exit code, problem)."""
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_suite.py",
-            "--udpsend-require-privileges", "--udpsend-repeat", str(repeat), "--udpsend-json", str(out)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "test_suite.py",
+        "--udpsend-require-privileges",
+        "--udpsend-repeat",
+        str(repeat),
+        "--udpsend-json",
+        str(out),
+    ]
     if baseline is not None:
         argv += ["--udpsend-baseline", str(baseline)]
     out.unlink(missing_ok=True)  # never read the previous session's document
@@ -85,8 +97,11 @@ def session(
     flagged = {r["test"] for r in rows if r["verdict"] == "regression"}
     for r in rows:
         if r["verdict"] == "regression":
-            print(f"    flagged {r['test'].split('::')[-1]} {r['metric']} {r['base_median']:.4g} -> {r['new_median']:.4g} "
-                  f"p {r['p_value']:.2g}", flush=True)  # fmt: skip
+            print(
+                f"    flagged {r['test'].split('::')[-1]} {r['metric']} {r['base_median']:.4g} -> {r['new_median']:.4g} "
+                f"p {r['p_value']:.2g}",
+                flush=True,
+            )
     unjudged = {r["test"] for r in rows if r["verdict"] in ("too few samples", "measured differently", "no baseline")}
     if unjudged:
         problem = f"not judged: {sorted(unjudged)}"
@@ -119,9 +134,12 @@ def experiment(workdir: Path, name: str, rate: float, reps: int, repeat: int, pe
             f"  {name} {rep + 1}/{reps}: {wall:.0f} s, flagged {sorted(t.split('::')[-1] for t in flagged) or 'none'}",
             flush=True,
         )
-    print(f"{name:<14} tbf {rate:g} mbit: runs with any test flagged {runs_flagged:>2}/{reps}; shaped test flagged "
-          f"{shaped:>2}/{reps}; other tests flagged {others} time(s) in all; {statistics.median(walls):.0f} s per "
-          f"candidate session (median), {repeat} samples per test", flush=True)  # fmt: skip
+    print(
+        f"{name:<14} tbf {rate:g} mbit: runs with any test flagged {runs_flagged:>2}/{reps}; shaped test flagged "
+        f"{shaped:>2}/{reps}; other tests flagged {others} time(s) in all; {statistics.median(walls):.0f} s per "
+        f"candidate session (median), {repeat} samples per test",
+        flush=True,
+    )
     for line in detail:
         print(f"    {line}")
 
@@ -133,15 +151,21 @@ def main() -> None:
     parser.add_argument(
         "--per-baseline", type=int, default=5, help="candidate sessions per baseline session (default 5)"
     )
-    parser.add_argument("--cuts", default="0,50,25,10",
-                        help="tbf rate cuts in percent, one experiment each; 0 is the A/A (default 0,50,25,10)")  # fmt: skip
+    parser.add_argument(
+        "--cuts",
+        default="0,50,25,10",
+        help="tbf rate cuts in percent, one experiment each; 0 is the A/A (default 0,50,25,10)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="udpsend-gate-") as tmp:
         workdir = Path(tmp)
         (workdir / "pytest.ini").write_text("[pytest]\n")
         (workdir / "test_suite.py").write_text(SUITE.format(rate=RATE_MBIT))
-        print(f"suite: 10 tests, {args.samples} samples each per session, {args.reps} candidate sessions per "
-              f"experiment, a new baseline session every {args.per_baseline}", flush=True)  # fmt: skip
+        print(
+            f"suite: 10 tests, {args.samples} samples each per session, {args.reps} candidate sessions per "
+            f"experiment, a new baseline session every {args.per_baseline}",
+            flush=True,
+        )
         for cut in (float(c) for c in args.cuts.split(",")):
             name = "A/A" if cut == 0 else f"A/B -{cut:g}%"
             experiment(workdir, name, RATE_MBIT * (1 - cut / 100), args.reps, args.samples, args.per_baseline)

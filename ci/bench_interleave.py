@@ -87,9 +87,24 @@ CANDIDATES = ("test_shaped", "test_cpu_bound", "test_eagain")
 
 def run_once(suite: Path, mode: str, rounds: int, out: Path) -> tuple[dict[str, dict[str, object]], float]:
     started = time.monotonic()
-    cmd = [sys.executable, "-m", "pytest", str(suite), "-q", "-p", "no:cacheprovider", "--udpsend-require-privileges",
-           "--udpsend-interleave", str(rounds), "-o", "udpsend_compare_metrics=pps eagain_rate",
-           "-o", "udpsend_tolerance=0.05", "--udpsend-json", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(suite),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--udpsend-require-privileges",
+        "--udpsend-interleave",
+        str(rounds),
+        "-o",
+        "udpsend_compare_metrics=pps eagain_rate",
+        "-o",
+        "udpsend_tolerance=0.05",
+        "--udpsend-json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "IL_MODE": mode})
     wall = time.monotonic() - started
     if proc.returncode not in (0, 1) or not out.exists():
@@ -153,8 +168,13 @@ def main() -> int:
                 if a
                 else ""
             )
-            print(f"  {test:<34} {role:<9} flagged {flagged[name]:2d}/{args.runs}  "
-                  f"80 % finds x{statistics.median(f):.3f} worse" if f else f"  {test:<34} {role:<9} flagged {flagged[name]:2d}/{args.runs}  (no resolution)", med)  # fmt: skip
+            print(
+                f"  {test:<34} {role:<9} flagged {flagged[name]:2d}/{args.runs}  "
+                f"80 % finds x{statistics.median(f):.3f} worse"
+                if f
+                else f"  {test:<34} {role:<9} flagged {flagged[name]:2d}/{args.runs}  (no resolution)",
+                med,
+            )
     return 0
 
 

@@ -46,11 +46,29 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="udpsend-bench-kil-"))
     (work / "test_upgrade.py").write_text(SUITE)
     out = Path(args.json) if args.json else work / "run.json"
-    cmd = [sys.executable, "-m", "pytest", str(work / "test_upgrade.py"), "-p", "no:cacheprovider", "-q", "-rA",
-           "--udpsend-require-privileges", "--udpsend-backend", "timestamp",
-           f"--udpsend-kernel={args.old}", f"--udpsend-kernel={args.new}", f"--udpsend-gate-against={args.old}",
-           "--udpsend-interleave", str(args.rounds), "-o", "udpsend_compare_metrics=eagain_rate pps",
-           "-o", "udpsend_tolerance=0.05", f"--udpsend-json={out}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(work / "test_upgrade.py"),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rA",
+        "--udpsend-require-privileges",
+        "--udpsend-backend",
+        "timestamp",
+        f"--udpsend-kernel={args.old}",
+        f"--udpsend-kernel={args.new}",
+        f"--udpsend-gate-against={args.old}",
+        "--udpsend-interleave",
+        str(args.rounds),
+        "-o",
+        "udpsend_compare_metrics=eagain_rate pps",
+        "-o",
+        "udpsend_tolerance=0.05",
+        f"--udpsend-json={out}",
+    ]
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.monotonic() - started
@@ -63,16 +81,20 @@ def main() -> int:
     record = next(iter(other["tests"].values()))["interleave"]
     boots = 2 * len(record["rounds"])
     print(f"kernels: {ref['environment'].get('kernel')} (reference) and {other['environment'].get('kernel')}")
-    print(f"rounds {len(record['rounds'])} ({' '.join(r['order'] for r in record['rounds'])}), {boots} boots, "
-          f"wall {wall:.0f} s ({wall / boots:.0f} s per boot)")  # fmt: skip
+    print(
+        f"rounds {len(record['rounds'])} ({' '.join(r['order'] for r in record['rounds'])}), {boots} boots, "
+        f"wall {wall:.0f} s ({wall / boots:.0f} s per boot)"
+    )
 
     def num(v: object, digits: int = 3) -> str:
         return "-" if not isinstance(v, (int, float)) else f"{v:.{digits}g}"
 
     for row in record["paired"]:
-        print(f"  {row['metric']:<12} baseline {num(row['baseline'], 4)} candidate {num(row['candidate'], 4)} "
-              f"factor x{num(row['estimate'])} [{num(row['low'])}, {num(row['high'])}] p {num(row['p'], 2)} "
-              f"80 % finds x{num(row['resolvable'])}: {row['verdict']}")  # fmt: skip
+        print(
+            f"  {row['metric']:<12} baseline {num(row['baseline'], 4)} candidate {num(row['candidate'], 4)} "
+            f"factor x{num(row['estimate'])} [{num(row['low'])}, {num(row['high'])}] p {num(row['p'], 2)} "
+            f"80 % finds x{num(row['resolvable'])}: {row['verdict']}"
+        )
     return proc.returncode
 
 

@@ -63,8 +63,19 @@ def c_loop(binary: Path, topo: topology.Topology, seconds: float, mode: str) -> 
 
     thread = threading.Thread(target=drain)
     thread.start()
-    argv = ["ip", "netns", "exec", topo.sender.name, str(binary), topo.receiver.addr, str(sender.PORT), str(seconds),
-            str(payload), "0", mode] + ([n] if n else [])  # fmt: skip
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        topo.sender.name,
+        str(binary),
+        topo.receiver.addr,
+        str(sender.PORT),
+        str(seconds),
+        str(payload),
+        "0",
+        mode,
+    ] + ([n] if n else [])
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()
     thread.join()
     rx.close()
@@ -113,24 +124,33 @@ def main() -> None:
                 for mode in MODES:
                     order = ("plugin", "c") if r % 2 == 0 else ("c", "plugin")  # balanced AB / BA
                     for who in order:
-                        run = plugin_loop(topo, sysctls, args.duration, mode) if who == "plugin" else \
-                            c_loop(binary, topo, args.duration, mode)  # fmt: skip
+                        run = (
+                            plugin_loop(topo, sysctls, args.duration, mode)
+                            if who == "plugin"
+                            else c_loop(binary, topo, args.duration, mode)
+                        )
                         pps[(mode, who)].append(run)
         finally:
             undo.flush()
-    print(f"{'mode':<9} {'plugin pps':>12} {'C pps':>12} {'plugin/C':>9} {'paired':>7} {'paired IQR':>11}   "
-          f"(median of {args.rounds} rounds of {args.duration:g} s)")  # fmt: skip
+    print(
+        f"{'mode':<9} {'plugin pps':>12} {'C pps':>12} {'plugin/C':>9} {'paired':>7} {'paired IQR':>11}   "
+        f"(median of {args.rounds} rounds of {args.duration:g} s)"
+    )
     for mode in MODES:
         plugin, c = pps[(mode, "plugin")], pps[(mode, "c")]
         ratios = [a / b for a, b in zip(plugin, c)]  # each round's pair ran back to back
         q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
-        print(f"{mode:<9} {statistics.median(plugin):>12,.0f} {statistics.median(c):>12,.0f} "
-              f"{statistics.median(plugin) / statistics.median(c):>9.2f} {statistics.median(ratios):>7.2f} "
-              f"{q1:>5.2f}-{q3:.2f}")  # fmt: skip
+        print(
+            f"{mode:<9} {statistics.median(plugin):>12,.0f} {statistics.median(c):>12,.0f} "
+            f"{statistics.median(plugin) / statistics.median(c):>9.2f} {statistics.median(ratios):>7.2f} "
+            f"{q1:>5.2f}-{q3:.2f}"
+        )
     for (mode, who), values in pps.items():
         print(f"  {mode:<9} {who:<6} " + " ".join(f"{v / 1000:.0f}k" for v in values))
-    print(f"sender on CPU 0, receiver {'drained on CPU 1' if DRAIN else 'bound, never read'}; gso: 14000-byte "
-          "super-datagrams (10 segments), pps of super-datagrams")  # fmt: skip
+    print(
+        f"sender on CPU 0, receiver {'drained on CPU 1' if DRAIN else 'bound, never read'}; gso: 14000-byte "
+        "super-datagrams (10 segments), pps of super-datagrams"
+    )
 
 
 if __name__ == "__main__":

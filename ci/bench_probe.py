@@ -82,18 +82,24 @@ def main() -> None:
             print(f"{k:>14}: median {med[k]:>9,.0f} pps  ({', '.join(f'{x:,.0f}' for x in v)})")
         print(f"probe attached with {bpf.attach}; kernel {r.kernel}")
         cost = {k: f"{1 - med[k] / med['without probe']:.1%}" for k in med}
-        print(f"probe overhead: {cost['with probe']} lower throughput (goal < 10 %) with a stack every {STACK_EVERY} "
-              f"releases, {cost['every stack']} with one every release, {cost['no stack map']} without the stack map; "
-              f"sock_wfree count vs sent: {counts}")  # fmt: skip
+        print(
+            f"probe overhead: {cost['with probe']} lower throughput (goal < 10 %) with a stack every {STACK_EVERY} "
+            f"releases, {cost['every stack']} with one every release, {cost['no stack map']} without the stack map; "
+            f"sock_wfree count vs sent: {counts}"
+        )
         print(f"release stacks (lost {stacks['stacks_lost']}):", *(s["text"] for s in stacks["stacks"]), sep="\n  ")
         rps = topology.build(topology.make_spec(rps_cpus=[1]), ctx.undo, ctx.session.subnets, "rps")
         r = sender.run(rps, make_params(duration=args.duration, cpu=0, sndbuf=16384), ctx.sysctls, BothProbes(bpf))  # type: ignore[arg-type]
         w, t = r.wfree, r.wfree["timestamp"]
         print(f"RPS to CPU1, sndbuf 16384, kernel {r.kernel}: sent {r.sent}, EAGAIN {r.eagain_rate:.1%}")
-        print(f"  exact (bpf):          n={w['count']} p50 {w['p50_us']} us  p90 {w['p90_us']} us  p99 {w['p99_us']} us  "
-              f"max {w['max_us']} us  contexts {w['contexts']}")  # fmt: skip
-        print(f"  estimate (timestamp): n={t['count']} p50 {t['p50_us']} us  p90 {t['p90_us']} us  p99 {t['p99_us']} us  "
-              f"max {t['max_us']} us")  # fmt: skip
+        print(
+            f"  exact (bpf):          n={w['count']} p50 {w['p50_us']} us  p90 {w['p90_us']} us  p99 {w['p99_us']} us  "
+            f"max {w['max_us']} us  contexts {w['contexts']}"
+        )
+        print(
+            f"  estimate (timestamp): n={t['count']} p50 {t['p50_us']} us  p90 {t['p90_us']} us  p99 {t['p99_us']} us  "
+            f"max {t['max_us']} us"
+        )
         print(
             f"  release stacks (lost {w['stacks_lost']}):",
             *(f"{s['context']}: {s['text']}" for s in w["stacks"]),

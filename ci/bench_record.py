@@ -50,8 +50,12 @@ int main(int argc, char **argv) {
 
 def run_sender(binary: Path, duration: float, recorded: str, out: Path) -> tuple[float, int]:
     """packets/s of one sender run, and the events lost; ``recorded``: none, other, sender."""
-    proc = subprocess.Popen(["unshare", "-n", "sh", "-c", f"ip link set lo up && exec taskset -c 0 {binary} {duration}"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        ["unshare", "-n", "sh", "-c", f"ip link set lo up && exec taskset -c 0 {binary} {duration}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdin is not None
 
     def go() -> None:
@@ -103,9 +107,11 @@ def main() -> None:
     for k, v in pps.items():
         print(f"{k:>16}: median {med[k]:>9,.0f} pps  ({', '.join(f'{x:,.0f}' for x in v)})")
     base = med["not recorded"]
-    print(f"overhead (kernel {os.uname().release}): {1 - med['other recorded'] / base:.1%} fewer packets/s for a task "
-          f"that is not recorded (sys_enter attached), {1 - med['sender recorded'] / base:.1%} for the recorded sender; "
-          f"events lost per recorded round: {', '.join(map(str, lost))}")  # fmt: skip
+    print(
+        f"overhead (kernel {os.uname().release}): {1 - med['other recorded'] / base:.1%} fewer packets/s for a task "
+        f"that is not recorded (sys_enter attached), {1 - med['sender recorded'] / base:.1%} for the recorded sender; "
+        f"events lost per recorded round: {', '.join(map(str, lost))}"
+    )
 
 
 if __name__ == "__main__":

@@ -77,8 +77,10 @@ def main() -> None:
         print(f"{name:>7}: median {med[name]:>10,.0f} pps  (rounds: {', '.join(f'{v:,.0f}' for v in values)})")
     print(f"receiver drained on CPU 1; sender on CPU 0; 1400-byte datagrams; replay looped over {CAPTURE} datagrams")
     print(f"ratio replay(speed=0)/plain: {med['replay'] / med['plain']:.2f} (goal >= 0.9)")
-    print(f"speed=1 timing error over the capture's {(CAPTURE - 1) / 1000:.3f} s span: "
-          f"{', '.join(f'{e:+.2%}' for e in late)}")  # fmt: skip
+    print(
+        f"speed=1 timing error over the capture's {(CAPTURE - 1) / 1000:.3f} s span: "
+        f"{', '.join(f'{e:+.2%}' for e in late)}"
+    )
 
 
 if __name__ == "__main__":

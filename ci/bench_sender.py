@@ -58,9 +58,22 @@ def drain(topo: topology.Topology, seconds: float) -> tuple[threading.Thread, so
 def c_loop(binary: Path, topo: topology.Topology, seconds: float) -> float:
     thread, rx = drain(topo, seconds)
     out = subprocess.run(
-        ["ip", "netns", "exec", topo.sender.name, str(binary), topo.receiver.addr, str(sender.PORT), str(seconds), "1400", "0"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
+        [
+            "ip",
+            "netns",
+            "exec",
+            topo.sender.name,
+            str(binary),
+            topo.receiver.addr,
+            str(sender.PORT),
+            str(seconds),
+            "1400",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     thread.join()
     rx.close()
     return int(out[1]) / seconds

@@ -50,9 +50,11 @@ def profiled(program: str, fns: tuple[str, ...]) -> str:
         head = f"int {fn}(struct bpf_raw_tracepoint_args *ctx)"
         assert head in text, fn
         text = text.replace(head, f"static __always_inline int {fn}_body(struct bpf_raw_tracepoint_args *ctx)", 1)
-        text += (f"{head} {{ u64 t0 = bpf_ktime_get_ns(); {fn}_body(ctx); u64 d = bpf_ktime_get_ns() - t0; "
-                 f"u32 k = {2 * i}; u64 *v = prof.lookup(&k); if (v) *v += d; k = {2 * i + 1}; v = prof.lookup(&k); "
-                 "if (v) (*v)++; return 0; }\n")  # fmt: skip
+        text += (
+            f"{head} {{ u64 t0 = bpf_ktime_get_ns(); {fn}_body(ctx); u64 d = bpf_ktime_get_ns() - t0; "
+            f"u32 k = {2 * i}; u64 *v = prof.lookup(&k); if (v) *v += d; k = {2 * i + 1}; v = prof.lookup(&k); "
+            "if (v) (*v)++; return 0; }\n"
+        )
     return text
 
 
@@ -67,8 +69,12 @@ def profile_line(probe: Any, fns: tuple[str, ...], sent: int) -> str:
 def probe_at(rev: str) -> Any:
     """The TracepointProbe of git revision ``rev`` (read with git show, loaded under another name)."""
     root = Path(__file__).resolve().parent.parent
-    text = subprocess.run(["git", "-C", str(root), "show", f"{rev}:pytest_udpsend/measure/tpprobe.py"],
-                          check=True, capture_output=True, text=True).stdout  # fmt: skip
+    text = subprocess.run(
+        ["git", "-C", str(root), "show", f"{rev}:pytest_udpsend/measure/tpprobe.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     with tempfile.TemporaryDirectory(prefix="udpsend-bench-") as tmp:  # executed at once: not needed after
         path = Path(tmp, "tpprobe_before.py")
         path.write_text(text)
@@ -91,11 +97,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.profile:
         tpprobe.PROGRAM = profiled(tpprobe.PROGRAM, PROFILED)
-    arms: list[tuple[str, Any]] = [("without probe", None), ("attached", TracepointProbe("benchmark", stage="attached")),
-                                   ("filter", TracepointProbe("benchmark", stage="filter")),
-                                   ("no stacks", TracepointProbe("benchmark", stack_every=0)),
-                                   ("tracepoint", TracepointProbe("benchmark")),
-                                   ("time all", TracepointProbe("benchmark", time_every=1, stack_every=0))]  # fmt: skip
+    arms: list[tuple[str, Any]] = [
+        ("without probe", None),
+        ("attached", TracepointProbe("benchmark", stage="attached")),
+        ("filter", TracepointProbe("benchmark", stage="filter")),
+        ("no stacks", TracepointProbe("benchmark", stack_every=0)),
+        ("tracepoint", TracepointProbe("benchmark")),
+        ("time all", TracepointProbe("benchmark", time_every=1, stack_every=0)),
+    ]
     if args.before:
         before = probe_at(args.before)
         if args.profile:
@@ -127,8 +136,10 @@ def main() -> None:
         base = statistics.median(pps["without probe"])
         for name, values in pps.items():
             med = statistics.median(values)
-            print(f"{name:>16}: median {med:>9,.0f} pps, {1 - med / base:6.1%} fewer than without  "
-                  f"({', '.join(f'{x:,.0f}' for x in values)})")  # fmt: skip
+            print(
+                f"{name:>16}: median {med:>9,.0f} pps, {1 - med / base:6.1%} fewer than without  "
+                f"({', '.join(f'{x:,.0f}' for x in values)})"
+            )
         print(f"kernel {kernel}; released/sent per round:")
         for name, rows in counts.items():
             if rows:

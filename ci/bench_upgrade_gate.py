@@ -99,8 +99,18 @@ def gate_run(workdir: Path, args: list[str], out: Path, lock: bool = False) -> t
     """One pytest command (``lock``: holding the team's VM lock, so no VM runs beside it); (wall time, its
     --udpsend-json document, what went wrong or "")."""
     out.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--udpsend-require-privileges",
-            "--udpsend-json", str(out), *args]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--udpsend-require-privileges",
+        "--udpsend-json",
+        str(out),
+        *args,
+    ]
     with open(VM_LOCK if lock and os.path.exists(VM_LOCK) else os.devnull) as held:
         if lock:
             fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes
@@ -137,8 +147,15 @@ def aa(kernel: str, reps: int, budget_s: float, repeat: int, tag: str) -> None:
         workdir = Path(tmp)
         (workdir / "test_suite.py").write_text(SUITE)
         release = OLD if kernel != "host" else os.uname().release
-        args = ["test_suite.py", f"--udpsend-kernel={kernel}", f"--udpsend-kernel={kernel}", "--udpsend-gate-against", release,
-                "--udpsend-repeat", str(repeat)]  # fmt: skip
+        args = [
+            "test_suite.py",
+            f"--udpsend-kernel={kernel}",
+            f"--udpsend-kernel={kernel}",
+            "--udpsend-gate-against",
+            release,
+            "--udpsend-repeat",
+            str(repeat),
+        ]
         walls: list[float] = []
         flagged = judged = 0
         started = time.monotonic()
@@ -156,12 +173,21 @@ def aa(kernel: str, reps: int, budget_s: float, repeat: int, tag: str) -> None:
             judged += 1
             bad = regressions(doc)
             flagged += bool(bad)
-            what = ", ".join(f"{r['test'].split('::')[-1]} {r['metric']} {r['base_median']:.4g} -> {r['new_median']:.4g} "
-                             f"p {r['p_value']:.2g}" for r in bad) or "none"  # fmt: skip
+            what = (
+                ", ".join(
+                    f"{r['test'].split('::')[-1]} {r['metric']} {r['base_median']:.4g} -> {r['new_median']:.4g} "
+                    f"p {r['p_value']:.2g}"
+                    for r in bad
+                )
+                or "none"
+            )
             print(f"  {tag} {rep + 1}: {wall:.0f} s, flagged {what}", flush=True)
-        print(f"{tag}: runs with any test flagged {flagged}/{judged} (3 tests x 6 metrics, {repeat} samples a side, "
-              f"{len(walls) - judged} spoiled); wall time per repetition: median {statistics.median(walls):.0f} s, "
-              f"min {min(walls):.0f} s, max {max(walls):.0f} s", flush=True)  # fmt: skip
+        print(
+            f"{tag}: runs with any test flagged {flagged}/{judged} (3 tests x 6 metrics, {repeat} samples a side, "
+            f"{len(walls) - judged} spoiled); wall time per repetition: median {statistics.median(walls):.0f} s, "
+            f"min {min(walls):.0f} s, max {max(walls):.0f} s",
+            flush=True,
+        )
 
 
 def contexts(samples: list[dict[str, Any]]) -> str:
@@ -199,8 +225,10 @@ def pairs(doc: dict[str, Any]) -> None:
             med = {m: statistics.median([float(x[m]) for x in s]) for m in ("eagain_rate", "pps")} if s else {}
             p99 = [float(x["wfree"]["p99_us"]) for x in s if (x.get("wfree") or {}).get("p99_us") is not None]
             name, _, suffix = test.split("::")[-1].partition("@")
-            print(f"{suffix:<24} {name:<32} {med.get('eagain_rate', 0):>7.1%} {med.get('pps', 0):>7.0f} "
-                  f"{statistics.median(p99) if p99 else 0:>9.0f}  {contexts(s)}")  # fmt: skip
+            print(
+                f"{suffix:<24} {name:<32} {med.get('eagain_rate', 0):>7.1%} {med.get('pps', 0):>7.0f} "
+                f"{statistics.median(p99) if p99 else 0:>9.0f}  {contexts(s)}"
+            )
     kernel = [run["environment"]["kernel"] for run in runs]
     tally: dict[str, list[int]] = {"A/A": [0, 0], "held-out": [0, 0]}
     for i, base in enumerate(runs):
@@ -211,8 +239,13 @@ def pairs(doc: dict[str, Any]) -> None:
             bad = judge_pair(base, new)
             tally[kind][0] += bool(bad)
             tally[kind][1] += 1
-            what = "; ".join(f"{r.test.split('::')[-1]} {r.metric} {r.base_median:.3g} -> {r.new_median:.3g} p {r.p_value:.2g}"
-                             for r in bad) or "none"  # fmt: skip
+            what = (
+                "; ".join(
+                    f"{r.test.split('::')[-1]} {r.metric} {r.base_median:.3g} -> {r.new_median:.3g} p {r.p_value:.2g}"
+                    for r in bad
+                )
+                or "none"
+            )
             print(f"  {kind:<8} boot {i + 1} ({kernel[i]}) -> boot {j + 1} ({kernel[j]}): flagged {what}")
     for kind, (flagged, judged) in tally.items():
         print(f"{kind}: {flagged} of {judged} ordered pairs of boots flagged")
@@ -229,13 +262,23 @@ def held_out(repeat: int, old_boots: int, new_boots: int, stored: str | None) ->
         workdir = Path(tmp)
         (workdir / "test_held_out.py").write_text(HELD_OUT)
         out = Path(os.environ.get("BENCH_HELD_OUT_JSON", workdir / "out.json"))
-        args = ["test_held_out.py", *(f"--udpsend-kernel={k}" for k in order), "--udpsend-gate-against", OLD,
-                "--udpsend-backend", "bpf", "--udpsend-repeat", str(repeat)]  # fmt: skip
+        args = [
+            "test_held_out.py",
+            *(f"--udpsend-kernel={k}" for k in order),
+            "--udpsend-gate-against",
+            OLD,
+            "--udpsend-backend",
+            "bpf",
+            "--udpsend-repeat",
+            str(repeat),
+        ]
         wall, doc, problem = gate_run(workdir, args, out, lock=True)
         if problem:
             sys.exit(f"held-out run failed: {problem}")
-        print(f"held-out: {old_boots} boots of {OLD} and {new_boots} of {NEW}, interleaved, in one command; {repeat} "
-              f"samples per test and boot, bpf backend; {wall:.0f} s wall ({wall / len(order):.0f} s per boot)")  # fmt: skip
+        print(
+            f"held-out: {old_boots} boots of {OLD} and {new_boots} of {NEW}, interleaved, in one command; {repeat} "
+            f"samples per test and boot, bpf backend; {wall:.0f} s wall ({wall / len(order):.0f} s per boot)"
+        )
         pairs(doc)
 
 

@@ -63,9 +63,24 @@ def test_sockperf_counts_its_skipped_messages_as_the_kernel_does(sender_process)
     need("sockperf")
     # The destination comes from the environment sender_process sets: a fixed shell text expands it,
     # the program's own arguments pass through as positional parameters.
-    r = sender_process.run(["sh", "-c", 'exec sockperf "$@" -i "$UDPSEND_DST" -p "$UDPSEND_PORT"', "sockperf",
-                            "tp", "--nonblocked", "--buffer-size", "4096", "-m", "1400", "-t", "1", "--dontwarmup"],
-                           cpu=0)  # fmt: skip
+    r = sender_process.run(
+        [
+            "sh",
+            "-c",
+            'exec sockperf "$@" -i "$UDPSEND_DST" -p "$UDPSEND_PORT"',
+            "sockperf",
+            "tp",
+            "--nonblocked",
+            "--buffer-size",
+            "4096",
+            "-m",
+            "1400",
+            "-t",
+            "1",
+            "--dontwarmup",
+        ],
+        cpu=0,
+    )
     found = re.search(
         r"Total of (\d+) messages sent in [\d.]+ sec(?: \((\d+) messages skipped\))?", r.process["stdout"]
     )
@@ -86,10 +101,25 @@ def iperf3_server(sender_process) -> Iterator[subprocess.Popen[bytes]]:
     --pdeathsig KILL`` ends it should this test's process die first."""
     need("iperf3")
     ns = sender_process.topology.receiver.ns.path
-    server = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--", "nsenter", f"--net={ns}", "--",
-                               "iperf3", "--server", "--one-off", "--forceflush"],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              start_new_session=True)  # fmt: skip
+    server = subprocess.Popen(
+        [
+            "setpriv",
+            "--pdeathsig",
+            "KILL",
+            "--",
+            "nsenter",
+            f"--net={ns}",
+            "--",
+            "iperf3",
+            "--server",
+            "--one-off",
+            "--forceflush",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         assert server.stdout is not None
         said, deadline = b"", time.monotonic() + 10
@@ -109,9 +139,25 @@ def iperf3_server(sender_process) -> Iterator[subprocess.Popen[bytes]]:
 
 @pytest.mark.topology(qdisc=SHAPED)
 def test_iperf3_blocks_instead_of_failing(sender_process, iperf3_server):
-    r = sender_process.run(["sh", "-c", 'exec iperf3 "$@" --client "$UDPSEND_DST"', "iperf3",
-                            "--udp", "--bitrate", "0", "--length", "1400", "--blockcount", "1000", "--window", "8K",
-                            "--json"], cpu=0)  # fmt: skip
+    r = sender_process.run(
+        [
+            "sh",
+            "-c",
+            'exec iperf3 "$@" --client "$UDPSEND_DST"',
+            "iperf3",
+            "--udp",
+            "--bitrate",
+            "0",
+            "--length",
+            "1400",
+            "--blockcount",
+            "1000",
+            "--window",
+            "8K",
+            "--json",
+        ],
+        cpu=0,
+    )
     end = json.loads(r.process["stdout"])["end"]
     packets = end.get("sum_sent", end["sum"])["packets"]  # what the client says it sent
     assert packets == 1000  # --blockcount

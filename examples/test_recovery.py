@@ -32,7 +32,9 @@ def test_the_sender_is_back_soon_after_each_release(udpsend_result):
     """Releases at 0.3, 0.9 and 1.5 s; each one's resume is read against the rate the sender
     settles at in the second half of the off periods (``recovery["reference_pps"]``)."""
     rec = udpsend_result.recovery
-    print(f"resume_ms per release: {[x['resume_ms'] for x in rec['releases']]}, reference {rec['reference_pps']} pps, "
-          f"pressured {rec['pressured_pps']} pps")  # fmt: skip
+    print(
+        f"resume_ms per release: {[x['resume_ms'] for x in rec['releases']]}, reference {rec['reference_pps']} pps, "
+        f"pressured {rec['pressured_pps']} pps"
+    )
     # the schedule kept time with the series (the last release is left out if the run ended before it came back)
     assert [round(x["at_ms"] / 100) for x in rec["releases"]] in ([3, 9, 15], [3, 9])

@@ -41,10 +41,25 @@ def even_capture(path: Path, schedule: replay.Schedule) -> Path:
     out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 42, 1)]  # pcap, microseconds, Ethernet
     for i, size in enumerate(schedule.sizes):
         t_us = 1_700_000_000_000_000 + i * gap_ns // 1000
-        frame = (b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00"
-                 + struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + size, i & 0xFFFF, 0, 64, 17, 0,
-                               bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
-                 + struct.pack("!HHHH", 40000, 8125, 8 + size, 0))  # fmt: skip
+        frame = (
+            b"\x02" * 6
+            + b"\x04" * 6
+            + b"\x08\x00"
+            + struct.pack(
+                "!BBHHHBBH4s4s",
+                0x45,
+                0,
+                28 + size,
+                i & 0xFFFF,
+                0,
+                64,
+                17,
+                0,
+                bytes([10, 0, 0, 1]),
+                bytes([10, 0, 0, 2]),
+            )
+            + struct.pack("!HHHH", 40000, 8125, 8 + size, 0)
+        )
         out.append(struct.pack("<IIII", t_us // 1_000_000, t_us % 1_000_000, len(frame), len(frame) + size) + frame)
     path.write_bytes(b"".join(out))
     return path

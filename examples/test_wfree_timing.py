@@ -20,8 +20,10 @@ def released_where(result):
     against the sender: every datagram sent is released once, so the counts agree within 1 %."""
     w = result.wfree
     if w["backend"] not in EXACT:
-        pytest.skip(f"where sock_wfree ran needs the tracepoint or bpf backend; this run used {w['backend']} "
-                    f"({w.get('reason')})")  # fmt: skip
+        pytest.skip(
+            f"where sock_wfree ran needs the tracepoint or bpf backend; this run used {w['backend']} "
+            f"({w.get('reason')})"
+        )
     assert abs(w["count"] - result.sent) <= 0.01 * result.sent, (w["count"], result.sent)
     return w
 

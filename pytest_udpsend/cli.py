@@ -52,9 +52,13 @@ def _pressure(text: str) -> tuple[list[int], int]:
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """The scenario, as the markers would describe it."""
     g = p.add_argument_group("topology (the topology marker)")
-    g.add_argument("--rps-cpus", type=_cpu_list, metavar="CPUS",
-                   help="RPS CPUs of the receiver veth: a hex mask as sysfs takes it (2 = CPU 1, 1,00000000 = CPU 32) "
-                        "or a CPU list as taskset -c takes it (1-3,5; 1-1 = CPU 1)")  # fmt: skip
+    g.add_argument(
+        "--rps-cpus",
+        type=_cpu_list,
+        metavar="CPUS",
+        help="RPS CPUs of the receiver veth: a hex mask as sysfs takes it (2 = CPU 1, 1,00000000 = CPU 32) "
+        "or a CPU list as taskset -c takes it (1-3,5; 1-1 = CPU 1)",
+    )
     g.add_argument("--qdisc", help='root qdisc of the sender veth, e.g. "tbf rate 200mbit burst 32kb latency 50ms"')
     g.add_argument("--gro", action="store_true", help="GRO on the receiver veth, with UDP on its NAPI path")
     g.add_argument("--threaded-napi", action="store_true", help="threaded NAPI on the receiver veth (needs --gro)")
@@ -63,8 +67,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--mtu", type=int, default=1500)
     g = p.add_argument_group("host (the sysctl and cpu_pressure markers)")
-    g.add_argument("--sysctl", type=_sysctl_pair, action="append", default=[], metavar="NAME=VALUE",
-                   help="a sysctl for the run (repeatable); restored afterwards")  # fmt: skip
+    g.add_argument(
+        "--sysctl",
+        type=_sysctl_pair,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a sysctl for the run (repeatable); restored afterwards",
+    )
     g.add_argument(
         "--cpu-pressure",
         type=_pressure,
@@ -91,8 +101,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "replay (the udpsend marker's replay=): a capture's UDP datagrams, sizes and gaps, sent once"
     )
-    g.add_argument("--replay", metavar="PATH", help="a pcap or pcapng capture, or a built-in shape (shape:telemetry, "
-                   "shape:media, shape:dns); the capture sets what --duration and --payload would")  # fmt: skip
+    g.add_argument(
+        "--replay",
+        metavar="PATH",
+        help="a pcap or pcapng capture, or a built-in shape (shape:telemetry, "
+        "shape:media, shape:dns); the capture sets what --duration and --payload would",
+    )
     g.add_argument(
         "--speed", type=float, default=1.0, help="scale the capture's clock (2: twice as fast; 0: as fast as possible)"
     )
@@ -108,9 +122,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         default=1500,
         help="the capture link's MTU: a larger unfragmented UDP record is a GSO/GRO super-packet (default 1500)",
     )
-    g.add_argument("--exec", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", dest="exec_argv",
-                   help="run your own program as the sender instead (last option; destination in UDPSEND_DST, "
-                        "UDPSEND_DST6, UDPSEND_PORT), for --duration or until it exits")  # fmt: skip
+    g.add_argument(
+        "--exec",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD ARGS",
+        dest="exec_argv",
+        help="run your own program as the sender instead (last option; destination in UDPSEND_DST, "
+        "UDPSEND_DST6, UDPSEND_PORT), for --duration or until it exits",
+    )
     options.add_options(p.add_argument, [options.BACKEND, options.JSON, options.REPEAT], short=True)
 
 
@@ -120,12 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("doctor", help="what this host can do, each line with the fix")
     run = sub.add_parser("run", help="run one scenario and print the result table")
     add_run_options(run)
-    cmp = sub.add_parser("compare", help="the regression table of NEW against BASELINE; exit 1 on regression",
-                         description="udpsend compare BASELINE.json NEW.json, or many files (paths or quoted globs) per "
-                                     "side: udpsend compare BASE... --new NEW... (--new last), or one file written with "
-                                     "--udpsend-interleave: its candidate arms against its baseline arms by the paired rule.  Results are grouped by "
-                                     "what made them differ (kernel, CPU model, hostname, --udpsend-label), one table "
-                                     "per group; exit 1 if any group regressed, 2 if any was refused, else 0")  # fmt: skip
+    cmp = sub.add_parser(
+        "compare",
+        help="the regression table of NEW against BASELINE; exit 1 on regression",
+        description="udpsend compare BASELINE.json NEW.json, or many files (paths or quoted globs) per "
+        "side: udpsend compare BASE... --new NEW... (--new last), or one file written with "
+        "--udpsend-interleave: its candidate arms against its baseline arms by the paired rule.  Results are grouped by "
+        "what made them differ (kernel, CPU model, hostname, --udpsend-label), one table "
+        "per group; exit 1 if any group regressed, 2 if any was refused, else 0",
+    )
     cmp.add_argument("baseline", nargs="+", metavar="BASELINE.json")
     cmp.add_argument("--new", nargs="+", action="extend", metavar="NEW.json", help="the new side (paths or globs)")
     options.add_gate_flags(cmp)
@@ -137,8 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prep.add_argument("version", help="e.g. 6.1.0-56-amd64 or 6.12.95+deb12-amd64 (bookworm-backports)")
     prep.add_argument("dest", nargs="?", help="where to unpack (default .kernels/VERSION here)")
-    swp = sub.add_parser("sweep", help="one scenario across a grid of the remedies' knobs; names the smallest change that "
-                         "brings EAGAIN under --target", conflict_handler="resolve")  # fmt: skip
+    swp = sub.add_parser(
+        "sweep",
+        help="one scenario across a grid of the remedies' knobs; names the smallest change that "
+        "brings EAGAIN under --target",
+        conflict_handler="resolve",
+    )
     add_run_options(swp)
     sweep.add_sweep_options(swp)  # its --sndbuf LIST replaces the run options' --sndbuf
     cal = sub.add_parser(
@@ -146,15 +172,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_calibrate_options(cal)
     rep = sub.add_parser("report", help="a self-contained HTML report with plots")
-    rep.add_argument("results", nargs="+", metavar="RESULTS.json",
-                     help="one or many result files (paths or quoted globs); many are grouped as udpsend compare groups them")  # fmt: skip
-    rep.add_argument("--baseline", metavar="BASELINE.json", nargs="+", action="extend", default=[],
-                     help="add baseline-versus-new plots (one or many files, paths or quoted globs; after RESULTS); the verdicts are those "
-                          "the gate recorded in RESULTS, recomputed only where gate flags are given or RESULTS has none")  # fmt: skip
+    rep.add_argument(
+        "results",
+        nargs="+",
+        metavar="RESULTS.json",
+        help="one or many result files (paths or quoted globs); many are grouped as udpsend compare groups them",
+    )
+    rep.add_argument(
+        "--baseline",
+        metavar="BASELINE.json",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="add baseline-versus-new plots (one or many files, paths or quoted globs; after RESULTS); the verdicts are those "
+        "the gate recorded in RESULTS, recomputed only where gate flags are given or RESULTS has none",
+    )
     options.add_gate_flags(rep)
     rep.add_argument("-o", "--output", required=True, metavar="report.html")
-    rec = sub.add_parser("record", help="a live process's UDP sends (sizes, times, failures; no payload) as a pcapng that "
-                         "--replay reads; exit 1 if events were lost")  # fmt: skip
+    rec = sub.add_parser(
+        "record",
+        help="a live process's UDP sends (sizes, times, failures; no payload) as a pcapng that "
+        "--replay reads; exit 1 if events were lost",
+    )
     rec.add_argument("--pid", type=int, required=True, help="the process to record (all its threads)")
     rec.add_argument("--duration", type=float, metavar="S", help="seconds (default: until the process exits or Ctrl-C)")
     rec.add_argument("-o", "--output", required=True, metavar="SHAPE.pcapng", help="the file to write (pcapng)")
@@ -197,13 +236,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pytest_udpsend.measure.sender import UdpSender
     from pytest_udpsend.results import store
 
-    spec = topology.make_spec(rps_cpus=args.rps_cpus, qdisc=args.qdisc, gro=args.gro, threaded_napi=args.threaded_napi,
-                              napi_cpus=args.napi_cpus, mtu=args.mtu, ipv6=args.ipv6)  # fmt: skip
+    spec = topology.make_spec(
+        rps_cpus=args.rps_cpus,
+        qdisc=args.qdisc,
+        gro=args.gro,
+        threaded_napi=args.threaded_napi,
+        napi_cpus=args.napi_cpus,
+        mtu=args.mtu,
+        ipv6=args.ipv6,
+    )
     pressure = load.make_spec(*args.cpu_pressure) if args.cpu_pressure else None
-    params = make_params(duration=args.duration, payload=args.payload, sndbuf=args.sndbuf, force_sndbuf=args.force_sndbuf,
-                         rate=args.rate, cpu=args.cpu, ipv6=args.ipv6, receiver_cpu=args.receiver_cpu, mode=args.mode,
-                         batch=args.batch, gso_size=args.gso_size, flows=args.flows, threads=args.threads,
-                         **replay_args(args))  # fmt: skip
+    params = make_params(
+        duration=args.duration,
+        payload=args.payload,
+        sndbuf=args.sndbuf,
+        force_sndbuf=args.force_sndbuf,
+        rate=args.rate,
+        cpu=args.cpu,
+        ipv6=args.ipv6,
+        receiver_cpu=args.receiver_cpu,
+        mode=args.mode,
+        batch=args.batch,
+        gso_size=args.gso_size,
+        flows=args.flows,
+        threads=args.threads,
+        **replay_args(args),
+    )
     options = SessionOptions(backend=args.udpsend_backend, repeat=args.udpsend_repeat)
     with standalone(options, {k: format_value(v) for k, v in args.sysctl}) as ctx:
         session = ctx.session
@@ -235,12 +293,18 @@ def replay_args(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(
             "--replay sends a capture with the plugin's sender, --exec runs your program as the sender: use one of them"
         )
-    return {"replay": args.replay, "speed": args.speed, "loop": args.loop, "replay_filter": args.replay_filter,
-            "replay_mtu": args.replay_mtu}  # fmt: skip
+    return {
+        "replay": args.replay,
+        "speed": args.speed,
+        "loop": args.loop,
+        "replay_filter": args.replay_filter,
+        "replay_mtu": args.replay_mtu,
+    }
 
 
-def _program(args: argparse.Namespace, topo: Any, ctx: Any, probe: Callable[[], Any], pressure: Any,
-             results: list[Any]) -> Callable[[], Any] | None:  # fmt: skip
+def _program(
+    args: argparse.Namespace, topo: Any, ctx: Any, probe: Callable[[], Any], pressure: Any, results: list[Any]
+) -> Callable[[], Any] | None:
     """``--exec -- CMD ARGS``: one run of the user's program, killed on exit of the command."""
     if args.exec_argv is None:
         return None
@@ -269,8 +333,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return _compare_arms(base[0], args)
     if not new:  # the two-file form: udpsend compare BASELINE.json NEW.json
         if len(base) != 2:
-            raise ConfigError(f"{len(base)} file(s) given without --new: write udpsend compare BASELINE.json NEW.json, "
-                              "or udpsend compare BASE... --new NEW...")  # fmt: skip
+            raise ConfigError(
+                f"{len(base)} file(s) given without --new: write udpsend compare BASELINE.json NEW.json, "
+                "or udpsend compare BASE... --new NEW..."
+            )
         base, new = base[:1], base[1:]
     return fanin.compare_sides(base, new, _gate_flags(args))
 
@@ -281,8 +347,10 @@ def _compare_arms(path: str, args: argparse.Namespace) -> int:
 
     doc = store.load(path)
     if not paired.records(doc):
-        raise ConfigError(f"{path} has no interleaved tests (--udpsend-interleave): to compare two runs, write "
-                          "udpsend compare BASELINE.json NEW.json")  # fmt: skip
+        raise ConfigError(
+            f"{path} has no interleaved tests (--udpsend-interleave): to compare two runs, write "
+            "udpsend compare BASELINE.json NEW.json"
+        )
     flags = _gate_flags(args)
     rows, level, refused = paired.judge_document(doc, flags["tolerance"], flags["alpha"], flags["metrics"])
     if refused:
@@ -294,8 +362,11 @@ def _compare_arms(path: str, args: argparse.Namespace) -> int:
         print(paired.table(mine, level))
     bad = sorted({r.test for r in rows if r.regressed and not r.control})
     moved = sorted({r.test for r in rows if r.regressed and r.control})
-    print(f"{len(bad)} candidate(s) regressed" + (f": {', '.join(bad)}" if bad else "")
-          + (f"; {len(moved)} control(s) moved (the host was noisy): {', '.join(moved)}" if moved else ""))  # fmt: skip
+    print(
+        f"{len(bad)} candidate(s) regressed"
+        + (f": {', '.join(bad)}" if bad else "")
+        + (f"; {len(moved)} control(s) moved (the host was noisy): {', '.join(moved)}" if moved else "")
+    )
     return 1 if bad else 0
 
 
@@ -369,14 +440,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if program is not None and "exec_argv" not in vars(args):  # it would be silently ignored
         where = f"udpsend {args.command}" if args.command else "udpsend"
-        print(f"{where}: --exec runs your program as the sender, an option of udpsend run and udpsend sweep only; "
-              "drop it here", file=sys.stderr)  # fmt: skip
+        print(
+            f"{where}: --exec runs your program as the sender, an option of udpsend run and udpsend sweep only; "
+            "drop it here",
+            file=sys.stderr,
+        )
         return 2
     if program is not None:
         args.exec_argv = program
-    commands = {"run": cmd_run, "doctor": cmd_doctor, "compare": cmd_compare, "report": cmd_report, "merge": cmd_merge,
-                "prepare-kernel": cmd_prepare_kernel, "sweep": sweep.run_command,
-                "calibrate": calibrate.run_command, "record": cmd_record}  # fmt: skip
+    commands = {
+        "run": cmd_run,
+        "doctor": cmd_doctor,
+        "compare": cmd_compare,
+        "report": cmd_report,
+        "merge": cmd_merge,
+        "prepare-kernel": cmd_prepare_kernel,
+        "sweep": sweep.run_command,
+        "calibrate": calibrate.run_command,
+        "record": cmd_record,
+    }
     if args.command not in commands:
         parser.print_help()
         return 2

@@ -102,8 +102,11 @@ def _build(request: pytest.FixtureRequest, ctx: TestContext, fixture: str) -> To
     spec = scenario(request).topology
     if spec.is_nic != (fixture == "nic_pair"):
         wanted = "nic_pair" if spec.is_nic else "veth"
-        pytest.fail(f"the topology marker asks for link={spec.link!r}, which the {fixture} fixture does not build: "
-                    f"request {wanted} (or udp_sender, which takes either)", pytrace=False)  # fmt: skip
+        pytest.fail(
+            f"the topology marker asks for link={spec.link!r}, which the {fixture} fixture does not build: "
+            f"request {wanted} (or udp_sender, which takes either)",
+            pytrace=False,
+        )
     problem = None
     try:
         if spec.is_nic:
@@ -304,8 +307,11 @@ def _demand_backend(
     chosen = probe()
     if chosen is not None and chosen.backend != demand:
         session = udpsend_session(request.config)
-        _skip_or_fail(session, f"wfree_latency(backend='{demand}') demands {EXACT[demand]}, but the backend is "
-                               f"{chosen.backend} ({chosen.reason})")  # fmt: skip
+        _skip_or_fail(
+            session,
+            f"wfree_latency(backend='{demand}') demands {EXACT[demand]}, but the backend is "
+            f"{chosen.backend} ({chosen.reason})",
+        )
     return lambda: chosen
 
 
@@ -352,8 +358,14 @@ def udpsend_sweep(
     def run(repeat: int | None = None, **knobs: Any) -> Sweep:
         grid = make_grid(**knobs)
         # every cell reports wfree p99 (the remedy table), so the session's probe is used
-        sweep = Sweep(_udpsend_topology, _udpsend_ctx.sysctls, _udpsend_ctx.exclusive, request.getfixturevalue("wfree_probe"),
-                      scen.params, pressure=pressure)  # fmt: skip
+        sweep = Sweep(
+            _udpsend_topology,
+            _udpsend_ctx.sysctls,
+            _udpsend_ctx.exclusive,
+            request.getfixturevalue("wfree_probe"),
+            scen.params,
+            pressure=pressure,
+        )
         return sweep.run(grid, repeat or udpsend_session(request.config).options.repeat)
 
     return run

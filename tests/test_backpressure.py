@@ -152,8 +152,12 @@ def test_busy_wait_counts_cpu_only_while_the_buffer_was_full():
     # asleep at the first sample and running 1 ms in its interval, then 3 ms of CPU in the next (the
     # rest of it waiting for a CPU: neither); then not full for 10 ms using 10 ms of CPU (sending flat
     # out is not busy-waiting)
-    samples = [(0, True, 0, True), (10 * ms, True, 1 * ms, False), (20 * ms, False, 4 * ms, False),
-               (30 * ms, False, 14 * ms, False)]  # fmt: skip
+    samples = [
+        (0, True, 0, True),
+        (10 * ms, True, 1 * ms, False),
+        (20 * ms, False, 4 * ms, False),
+        (30 * ms, False, 14 * ms, False),
+    ]
     assert backpressure.full_time(samples) == (20 * ms, 4 * ms, 10 * ms)
     assert backpressure.busy_wait(samples) == round(4 / 14, 4)
     assert backpressure.fraction(10 * ms, 0, 0) == 1.0  # waited for a CPU throughout: it never slept

@@ -75,8 +75,21 @@ def test_probe_counts_a_sender_in_its_own_pid_namespace(pytester):
     pytester.makepyfile(PIDNS_INNER)
     # a session of its own: not the lane's (whose report file and selection it would otherwise use)
     env = {k: v for k, v in os.environ.items() if k not in ("UDPSEND_LANE_REPORT", "UDPSEND_LANE_SELECTION")}
-    argv = ["unshare", "-p", "-f", "--mount-proc", sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-            "--udpsend-backend", "bpf", "--udpsend-require-privileges", str(pytester.path)]  # fmt: skip
+    argv = [
+        "unshare",
+        "-p",
+        "-f",
+        "--mount-proc",
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "--udpsend-backend",
+        "bpf",
+        "--udpsend-require-privileges",
+        str(pytester.path),
+    ]
     out = subprocess.run(argv, cwd=pytester.path, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-3000:] + out.stderr[-1000:]
 
@@ -165,8 +178,10 @@ def test_gso_segmented_by_a_qdisc_is_not_compared(udpsend_result, record_propert
     segment sock_wfree, skbs the probe never saw charged: the count is meaningless there and the
     cross-check says so instead of reporting a mismatch."""
     r, w = udpsend_result, udpsend_result.wfree
-    record_property("gso_counts", {"sent": r.sent, "enobufs": r.enobufs, "segments": r.segments,
-                                   "charges": w["charges"], "count": w["count"]})  # fmt: skip
+    record_property(
+        "gso_counts",
+        {"sent": r.sent, "enobufs": r.enobufs, "segments": r.segments, "charges": w["charges"], "count": w["count"]},
+    )
     assert r.sent > 0
     assert abs(w["charges"] - (r.sent + r.enobufs)) <= 0.05 * r.sent, (w["charges"], r.sent, r.enobufs)
     assert "not compared" in _gso_line(r) and "tbf" in _gso_line(r), r.checks
@@ -183,8 +198,16 @@ def test_gro_counts_datagrams_not_aggregates(udpsend_result, record_property):
     own sock_wfree, whichever comes first, and keeps the sock_wfree calls as a figure of their own.
     Measured in the 6.1 lane before: 6698 sent, 237 sock_wfree counted as releases."""
     r, w = udpsend_result, udpsend_result.wfree
-    record_property("gro_counts", {"sent": r.sent, "count": w["count"], "calls": w.get("calls"),
-                                   "released_at": w.get("released_at"), "p50_us": w["p50_us"]})  # fmt: skip
+    record_property(
+        "gro_counts",
+        {
+            "sent": r.sent,
+            "count": w["count"],
+            "calls": w.get("calls"),
+            "released_at": w.get("released_at"),
+            "p50_us": w["p50_us"],
+        },
+    )
     assert r.sent > 500
     assert abs(w["count"] - r.sent) <= 0.01 * r.sent, (w["count"], r.sent, w.get("calls"))
     assert w["calls"] < 0.5 * w["count"], (w["calls"], w["count"])  # GRO really merged: fewer calls than datagrams

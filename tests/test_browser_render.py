@@ -20,8 +20,16 @@ from pytest_udpsend.results import report, store
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -35,8 +43,12 @@ def chromium() -> str:
 
 def dom(browser: str, page: Path, profile: Path) -> str:
     """The page's DOM after Chromium loaded and laid it out."""
-    done = subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
-                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    done = subprocess.run(
+        [browser, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -44,17 +56,26 @@ def dom(browser: str, page: Path, profile: Path) -> str:
 def sample(rate: float) -> dict[str, object]:
     series = {"bucket_ms": 10, "attempts": [100] * 50, "eagain": [int(rate * 100)] * 50, "outq_max": [8192] * 50}
     hist = {"edges_us": [1, 10, 100], "counts": [0, 5, 3, 1]}
-    return {"eagain_rate": rate, "pps": 1e5, "kernel": "6.1", "topology": "veth", "series": series,
-            "softnet": {"0": {"time_squeeze": 1}, "1": {"time_squeeze": 9}},
-            "wfree": {"backend": "bpf", "histograms": {"inline": hist, "softirq": hist}}}  # fmt: skip
+    return {
+        "eagain_rate": rate,
+        "pps": 1e5,
+        "kernel": "6.1",
+        "topology": "veth",
+        "series": series,
+        "softnet": {"0": {"time_squeeze": 1}, "1": {"time_squeeze": 9}},
+        "wfree": {"backend": "bpf", "histograms": {"inline": hist, "softirq": hist}},
+    }
 
 
 def test_a_report_opens_with_its_overview_table_and_draws_plots(chromium, tmp_path):
     """The overview (one row per test, linked to its section) comes before everything else."""
-    doc = store.document({"kernel": "6.1.0-56-amd64"}, {
-        "t.py::test_rps": {"outcome": "passed", "samples": [sample(0.1 + i / 1000) for i in range(5)]},
-        "t.py::test_plain": {"outcome": "failed", "samples": [sample(0.0) for _ in range(3)]},
-    })  # fmt: skip
+    doc = store.document(
+        {"kernel": "6.1.0-56-amd64"},
+        {
+            "t.py::test_rps": {"outcome": "passed", "samples": [sample(0.1 + i / 1000) for i in range(5)]},
+            "t.py::test_plain": {"outcome": "failed", "samples": [sample(0.0) for _ in range(3)]},
+        },
+    )
     page = tmp_path / "report.html"
     page.write_text(report.render(doc))
     text = dom(chromium, page, tmp_path / "profile")
@@ -70,8 +91,14 @@ def test_the_docs_index_renders_with_its_navigation(chromium, tmp_path):
     pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -e '.[docs]'")
     site = tmp_path / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    built = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(site)],
-                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     text = dom(chromium, site / "index.html", tmp_path / "profile")
     words = re.sub(r"<[^>]+>", "", text)  # the highlighted example is split into spans
@@ -87,11 +114,18 @@ def test_a_two_run_test_shows_named_series_readable_ticks_and_no_empty_plot(chro
     EAGAIN axis reads 0 to 40%, and the all-zero time_squeeze is a line of text, not an empty frame."""
 
     def run(rate: float, effective: int, force: bool) -> dict[str, object]:
-        return {**sample(rate), "softnet": {"0": {"time_squeeze": 0}, "1": {"time_squeeze": 0}},
-                "sndbuf_requested": 8 << 20, "sndbuf_effective": effective, "params": {"sndbuf": 8 << 20, "force_sndbuf": force}}  # fmt: skip
+        return {
+            **sample(rate),
+            "softnet": {"0": {"time_squeeze": 0}, "1": {"time_squeeze": 0}},
+            "sndbuf_requested": 8 << 20,
+            "sndbuf_effective": effective,
+            "params": {"sndbuf": 8 << 20, "force_sndbuf": force},
+        }
 
-    doc = store.document({"kernel": "6.18"}, {"t.py::test_remedy": {"outcome": "passed",
-                                                                    "samples": [run(0.36, 9216, False), run(0.0, 16 << 20, True)]}})  # fmt: skip
+    doc = store.document(
+        {"kernel": "6.18"},
+        {"t.py::test_remedy": {"outcome": "passed", "samples": [run(0.36, 9216, False), run(0.0, 16 << 20, True)]}},
+    )
     page = tmp_path / "report.html"
     page.write_text(report.render(doc))
     text = dom(chromium, page, tmp_path / "profile")

@@ -20,11 +20,17 @@ def test_tolerance_factor_matches_the_published_table():
 
 def _doc(values: list[float], kernel: str = "6.18.0") -> list[dict]:
     return [
-        {"environment": {"kernel": kernel},
-         "tests": {"t.py::test_a": {"outcome": "passed", "samples": [{"eagain_rate": v, "pps": 1e5, "kernel": kernel,
-                                                                       "params": {"sndbuf": 4096}}]}}}
+        {
+            "environment": {"kernel": kernel},
+            "tests": {
+                "t.py::test_a": {
+                    "outcome": "passed",
+                    "samples": [{"eagain_rate": v, "pps": 1e5, "kernel": kernel, "params": {"sndbuf": 4096}}],
+                }
+            },
+        }
         for v in values
-    ]  # fmt: skip
+    ]
 
 
 def test_a_lognormal_rate_gets_a_bound_outside_every_run_seen():
@@ -62,8 +68,9 @@ def test_calibrate_from_files_prints_per_kernel(tmp_path: Path, capsys: pytest.C
     assert json.loads(out_json.read_text())["fits"][0]["kernel"] == "6.1.0"
 
 
-@pytest.mark.parametrize("argv", [["calibrate", "-n", "0", "--", "x"], ["calibrate", "--content", "1.5", "--", "x"],
-                                  ["calibrate"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv", [["calibrate", "-n", "0", "--", "x"], ["calibrate", "--content", "1.5", "--", "x"], ["calibrate"]]
+)
 def test_calibrate_refuses_bad_arguments_in_one_sentence(argv: list[str], capsys: pytest.CaptureFixture[str]):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -84,8 +91,14 @@ def test_the_run_ends_with_what_each_test_measured(pytester: pytest.Pytester):
     )
     result = pytester.runpytest("-p", "no:cacheprovider", "--udpsend-require-privileges")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*udpsend: what each test measured*", "test * EAGAIN * pps * sock_wfree",
-                                 "test_shaped * *% * not measured", "*the send buffer was full*"])  # fmt: skip
+    result.stdout.fnmatch_lines(
+        [
+            "*udpsend: what each test measured*",
+            "test * EAGAIN * pps * sock_wfree",
+            "test_shaped * *% * not measured",
+            "*the send buffer was full*",
+        ]
+    )
 
 
 def test_a_stopped_calibrate_lets_its_pytest_run_clean_up(tmp_path: Path) -> None:

@@ -47,8 +47,14 @@ def test_p_values_come_from_scipy_and_handle_ties_exactly():
 
 
 def test_a_shift_beyond_the_noise_floor_is_a_regression():
-    row = compare.compare_metric("t", "eagain_rate", samples([0.02, 0.021, 0.019, 0.02, 0.022]),
-                                 samples([0.11, 0.12, 0.10, 0.13, 0.11]), 0.25, 0.01)  # fmt: skip
+    row = compare.compare_metric(
+        "t",
+        "eagain_rate",
+        samples([0.02, 0.021, 0.019, 0.02, 0.022]),
+        samples([0.11, 0.12, 0.10, 0.13, 0.11]),
+        0.25,
+        0.01,
+    )
     assert row.verdict == "regression" and row.p_value < 0.01 and row.change == pytest.approx(4.5)
     assert row.direction == "worse"
 
@@ -139,12 +145,20 @@ def _session(rng: random.Random, shift: float = 1.0) -> dict:
     for t in range(10):
         shaped = t == 3
         pps_drift, pps_noise = (0.02, 0.01) if shaped else (0.14, 0.09)
-        level = {"pps": rng.lognormvariate(0, pps_drift), "eagain_rate": rng.lognormvariate(0, 0.48),
-                 "time_squeeze": rng.lognormvariate(0, 0.37)}  # fmt: skip
-        tests[f"t{t}"] = [{"pps": 2.5e5 * (shift if shaped else 1.0) * level["pps"] * rng.lognormvariate(0, pps_noise),
-                           "eagain_rate": min(1.0, 0.2 * level["eagain_rate"] * rng.lognormvariate(0, 0.8)),
-                           "time_squeeze": round(200 * level["time_squeeze"] * rng.lognormvariate(0, 0.5)),
-                           "enobufs": 0} for _ in range(6)]  # fmt: skip
+        level = {
+            "pps": rng.lognormvariate(0, pps_drift),
+            "eagain_rate": rng.lognormvariate(0, 0.48),
+            "time_squeeze": rng.lognormvariate(0, 0.37),
+        }
+        tests[f"t{t}"] = [
+            {
+                "pps": 2.5e5 * (shift if shaped else 1.0) * level["pps"] * rng.lognormvariate(0, pps_noise),
+                "eagain_rate": min(1.0, 0.2 * level["eagain_rate"] * rng.lognormvariate(0, 0.8)),
+                "time_squeeze": round(200 * level["time_squeeze"] * rng.lognormvariate(0, 0.5)),
+                "enobufs": 0,
+            }
+            for _ in range(6)
+        ]
     return doc(tests)
 
 
@@ -221,8 +235,13 @@ def test_compare_refuses_a_mixed_comparison_unless_allowed(tmp_path):
     store.write(
         base, store.document({"kernel": "6.1", "backend": "timestamp"}, {"t::x": {"samples": samples([0.02] * 5)}})
     )
-    store.write(lane, store.document({"kernel": "6.12", "backend": "bpf", "lane": {"accel": "tcg (single-threaded)"}},
-                                     {"t::x": {"samples": samples([0.02] * 5)}}))  # fmt: skip
+    store.write(
+        lane,
+        store.document(
+            {"kernel": "6.12", "backend": "bpf", "lane": {"accel": "tcg (single-threaded)"}},
+            {"t::x": {"samples": samples([0.02] * 5)}},
+        ),
+    )
     refused = _cli("compare", str(base), str(lane))
     assert refused.returncode == 2 and refused.stdout == ""
     (sentence,) = refused.stderr.strip().splitlines()
@@ -256,8 +275,13 @@ def test_report_shows_the_verdicts_the_gate_recorded(tmp_path):
 
 
 def test_report_shows_each_test_s_own_sysctls_topology_and_pressure():
-    sample = {**_synthetic_sample(0.1), "topology": "veth rps_cpus=[1]", "pressure": "2 hogs on CPUs [1]",
-              "sysctls": {"net.core.netdev_budget": "8"}, "params": {"payload": 1400, "duration": 0.3}}  # fmt: skip
+    sample = {
+        **_synthetic_sample(0.1),
+        "topology": "veth rps_cpus=[1]",
+        "pressure": "2 hogs on CPUs [1]",
+        "sysctls": {"net.core.netdev_budget": "8"},
+        "params": {"payload": 1400, "duration": 0.3},
+    }
     d = store.document(
         {"kernel": "6.18", "sysctls": {"net.core.netdev_budget": "300"}}, {"t::x": {"samples": [sample]}}
     )
@@ -285,8 +309,9 @@ def test_baseline_gate_fails_a_regressed_test(pytester, tmp_path):
     for rate, sample in zip((0.01, 0.02, 0.015, 0.012, 0.018), saved["tests"][nodeid]["samples"]):
         sample["eagain_rate"] = rate  # as if the old kernel had hardly any EAGAIN on this link
     base.write_text(json.dumps(saved))
-    result = pytester.runpytest_subprocess("--udpsend-baseline", str(base), "--udpsend-repeat", "5",
-                                           "--udpsend-json", str(tmp_path / "new.json"))  # fmt: skip
+    result = pytester.runpytest_subprocess(
+        "--udpsend-baseline", str(base), "--udpsend-repeat", "5", "--udpsend-json", str(tmp_path / "new.json")
+    )
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
     assert "udpsend baseline regression" in out and re.search(r"eagain_rate .* regression", out)
@@ -307,9 +332,15 @@ def test_bad_baseline_file_is_a_usage_error(pytester, tmp_path):
 def _synthetic_sample(rate: float) -> dict:
     series = {"bucket_ms": 10, "attempts": [100] * 50, "eagain": [int(rate * 100)] * 50, "outq_max": [8192] * 50}
     hist = {"edges_us": [1, 10, 100], "counts": [0, 5, 3, 1]}
-    return {"eagain_rate": rate, "pps": 1e5, "kernel": "6.1", "topology": "veth", "series": series,
-            "softnet": {"0": {"time_squeeze": 1}, "1": {"time_squeeze": 9}},
-            "wfree": {"backend": "bpf", "histograms": {"inline": hist, "softirq": hist}}}  # fmt: skip
+    return {
+        "eagain_rate": rate,
+        "pps": 1e5,
+        "kernel": "6.1",
+        "topology": "veth",
+        "series": series,
+        "softnet": {"0": {"time_squeeze": 1}, "1": {"time_squeeze": 9}},
+        "wfree": {"backend": "bpf", "histograms": {"inline": hist, "softirq": hist}},
+    }
 
 
 def test_report_is_self_contained_with_plots(tmp_path):
@@ -317,8 +348,14 @@ def test_report_is_self_contained_with_plots(tmp_path):
     base = doc({"t::x": [_synthetic_sample(0.05 + i / 1000) for i in range(5)]})
     html = report.render(new, base)
     assert html.count("<svg") >= 5
-    for title in ("EAGAIN rate over the run", "SIOCOUTQ occupancy", "sock_wfree latency histogram by context",
-                  "time_squeeze per CPU", "eagain_rate: regression", "Baseline comparison"):  # fmt: skip
+    for title in (
+        "EAGAIN rate over the run",
+        "SIOCOUTQ occupancy",
+        "sock_wfree latency histogram by context",
+        "time_squeeze per CPU",
+        "eagain_rate: regression",
+        "Baseline comparison",
+    ):
         assert title in html
     assert not re.search(r"(src|href)=[\"']?https?:", html) and "<script" not in html
     res, out = tmp_path / "r.json", tmp_path / "r.html"
@@ -336,15 +373,30 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_report_renders_in_headless_chromium(tmp_path):
     """The report opens in a real browser: the DOM it builds has every plot as an SVG element."""
     html = tmp_path / "r.html"
-    html.write_text(report.render(doc({"t::x": [_synthetic_sample(0.1 + i / 1000) for i in range(5)]}),
-                                  doc({"t::x": [_synthetic_sample(0.05 + i / 1000) for i in range(5)]})))  # fmt: skip
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    html.write_text(
+        report.render(
+            doc({"t::x": [_synthetic_sample(0.1 + i / 1000) for i in range(5)]}),
+            doc({"t::x": [_synthetic_sample(0.05 + i / 1000) for i in range(5)]}),
+        )
+    )
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert dom.stdout.count("<svg") >= 6 and "sock_wfree latency histogram by context" in dom.stdout
     shot = tmp_path / "r.png"
-    subprocess.run([CHROMIUM, *flags, "--window-size=1200,1600", f"--screenshot={shot}", html.as_uri()],
-                   capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [CHROMIUM, *flags, "--window-size=1200,1600", f"--screenshot={shot}", html.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.exists() and shot.stat().st_size > 20_000  # a page with plots, not a blank one

@@ -11,9 +11,15 @@ from pytest_udpsend.results.bounds import Bound, failure_table
 
 def kinds(r: SendResult) -> list[str]:
     """A short name per finding, from its opening words."""
-    names = {"SO_SNDBUF clamped": "clamp", "sock_wfree deferred": "deferral", "NET_RX budget": "budget",
-             "the send buffer was full": "full", "ENOBUFS": "enobufs", "the receiver dropped": "rcvbuf",
-             "the input backlog dropped": "backlog"}  # fmt: skip
+    names = {
+        "SO_SNDBUF clamped": "clamp",
+        "sock_wfree deferred": "deferral",
+        "NET_RX budget": "budget",
+        "the send buffer was full": "full",
+        "ENOBUFS": "enobufs",
+        "the receiver dropped": "rcvbuf",
+        "the input backlog dropped": "backlog",
+    }
     return [next(v for k, v in names.items() if k in d["finding"]) for d in r.diagnosis]
 
 
@@ -79,8 +85,14 @@ def test_backlog_drops_are_named(udp_sender):
 
 def test_bpf_contexts_are_reported_as_shares():
     """The wording of the exact backend (no kprobes on this host: its figures are given here)."""
-    r = SendResult(wfree={"backend": "bpf", "count": 100, "p99_us": 3800.0,
-                          "contexts": {"inline": 30, "softirq": 8, "ksoftirqd": 62, "napi_thread": 0}})  # fmt: skip
+    r = SendResult(
+        wfree={
+            "backend": "bpf",
+            "count": 100,
+            "p99_us": 3800.0,
+            "contexts": {"inline": 30, "softirq": 8, "ksoftirqd": 62, "napi_thread": 0},
+        }
+    )
     (finding,) = diagnose(r)
     assert "62% of releases ran in ksoftirqd, 8% of releases ran in softirq, p99 3.8 ms" in finding["finding"]
     assert (

@@ -52,9 +52,12 @@ def test_every_marker_and_each_accepted_argument(pytester: pytest.Pytester, page
     ours -= set(re.findall(r"^@pytest\.mark\.(\w+)", without_plugin(pytester, "--markers"), re.M))
     assert ours >= {"topology", "udpsend", "eagain_rate"}
     # An unknown argument makes each marker's validator say what it accepts.
-    pytester.makepyfile("\n".join(
-        f"import pytest\n@pytest.mark.{name}(zz_not_an_argument=1)\ndef test_{name}(): pass\n" for name in sorted(ours)
-    ))  # fmt: skip
+    pytester.makepyfile(
+        "\n".join(
+            f"import pytest\n@pytest.mark.{name}(zz_not_an_argument=1)\ndef test_{name}(): pass\n"
+            for name in sorted(ours)
+        )
+    )
     out = pytester.runpytest("--collect-only", "-q").stdout.str()
     page = pages["reference/markers.md"]
     checked = 0

@@ -12,8 +12,17 @@ import pytest
 from pytest_udpsend.frontend import doctor
 
 # The lines the doctor must print, one per mechanism, whatever this kernel allows.
-MECHANISMS = ("kernel lockdown", "kprobes", "fentry/fexit", "tracepoints via perf", "raw_tracepoint / tp_btf",
-              "tracefs", "tracefs event filters", "kernel BTF", "perf_event_open")  # fmt: skip
+MECHANISMS = (
+    "kernel lockdown",
+    "kprobes",
+    "fentry/fexit",
+    "tracepoints via perf",
+    "raw_tracepoint / tp_btf",
+    "tracefs",
+    "tracefs event filters",
+    "kernel BTF",
+    "perf_event_open",
+)
 MOUNT = "mount -t tracefs nodev /sys/kernel/tracing"
 
 

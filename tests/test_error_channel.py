@@ -52,8 +52,10 @@ def test_a_bad_metric_is_one_sentence_and_exit_2(tmp_path):
 def test_one_file_that_is_not_interleaved_is_one_sentence_and_exit_2(tmp_path):
     a = results_file(tmp_path / "a.json")
     line = one_sentence(udpsend("compare", str(a)), "compare")
-    assert line.endswith("has no interleaved tests (--udpsend-interleave): to compare two runs, write udpsend compare "
-                         "BASELINE.json NEW.json")  # fmt: skip
+    assert line.endswith(
+        "has no interleaved tests (--udpsend-interleave): to compare two runs, write udpsend compare "
+        "BASELINE.json NEW.json"
+    )
 
 
 def test_a_missing_results_file_is_one_sentence_and_exit_2(tmp_path):
@@ -66,9 +68,11 @@ def test_a_missing_results_file_is_one_sentence_and_exit_2(tmp_path):
 
 def test_an_internal_value_error_keeps_its_traceback(tmp_path):
     """A bug is not a user mistake: before, cli.main printed any ValueError as one line and exited 2."""
-    prelude = ("from pytest_udpsend.results import fanin\n"
-               "def broken(paths):\n    raise ValueError('an internal bug')\n"
-               "fanin.merge = broken\n")  # fmt: skip
+    prelude = (
+        "from pytest_udpsend.results import fanin\n"
+        "def broken(paths):\n    raise ValueError('an internal bug')\n"
+        "fanin.merge = broken\n"
+    )
     a = results_file(tmp_path / "a.json")
     run = udpsend("merge", str(tmp_path / "out.json"), str(a), prelude=prelude)
     assert run.returncode == 1, run.stderr

@@ -25,15 +25,33 @@ WORSE_RATES = [0.30, 0.31, 0.32, 0.33, 0.34, 0.35]
 
 
 def sample(kernel: str, rate: float, contexts: dict[str, int] | None = None) -> dict[str, Any]:
-    return {"kernel": kernel, "eagain_rate": rate, "pps": 100000.0, "attempts": 1000,
-            "params": {"payload": 1400, "duration": 1.0},
-            "wfree": {"backend": "bpf", "p99_us": 40.0, "contexts": contexts or {"inline": 90, "softirq": 10}}}  # fmt: skip
+    return {
+        "kernel": kernel,
+        "eagain_rate": rate,
+        "pps": 100000.0,
+        "attempts": 1000,
+        "params": {"payload": 1400, "duration": 1.0},
+        "wfree": {"backend": "bpf", "p99_us": 40.0, "contexts": contexts or {"inline": 90, "softirq": 10}},
+    }
 
 
-def doc(kernel: str, runner: str, host: str, rates: dict[str, list[float]], fmt: str = store.FORMAT,
-        contexts: dict[str, int] | None = None) -> dict[str, Any]:  # fmt: skip
-    env = {"kernel": kernel, "hostname": host, "cpu_model": "Xeon", "cpu_count": 2, "backend": "bpf",
-           "virtualized": False, "labels": {"runner": runner}}  # fmt: skip
+def doc(
+    kernel: str,
+    runner: str,
+    host: str,
+    rates: dict[str, list[float]],
+    fmt: str = store.FORMAT,
+    contexts: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    env = {
+        "kernel": kernel,
+        "hostname": host,
+        "cpu_model": "Xeon",
+        "cpu_count": 2,
+        "backend": "bpf",
+        "virtualized": False,
+        "labels": {"runner": runner},
+    }
     if fmt != store.FORMAT:  # schema 1 had neither hostname nor labels
         env = {k: v for k, v in env.items() if k not in ("hostname", "labels")}
     tests = {t: {"outcome": "passed", "samples": [sample(kernel, r, contexts) for r in rs]} for t, rs in rates.items()}

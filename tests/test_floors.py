@@ -48,11 +48,22 @@ def _write(path: Path, tests: dict[str, object]) -> str:
     return str(path)
 
 
-def test_a_merged_baseline_of_stable_sessions_finds_a_drop_the_global_floor_lets_through(tmp_path: Path,
-                                                                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_a_merged_baseline_of_stable_sessions_finds_a_drop_the_global_floor_lets_through(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rng = random.Random(2)
-    sessions = [_write(tmp_path / f"s{i}.json", {"t.py::stable": {"outcome": "passed",
-                "samples": [{"pps": 1000 * rng.uniform(0.99, 1.01)} for _ in range(6)]}}) for i in range(6)]  # fmt: skip
+    sessions = [
+        _write(
+            tmp_path / f"s{i}.json",
+            {
+                "t.py::stable": {
+                    "outcome": "passed",
+                    "samples": [{"pps": 1000 * rng.uniform(0.99, 1.01)} for _ in range(6)],
+                }
+            },
+        )
+        for i in range(6)
+    ]
     new = _write(
         tmp_path / "new.json",
         {"t.py::stable": {"outcome": "passed", "samples": [{"pps": 850.0 + i} for i in range(6)]}},
@@ -69,8 +80,15 @@ def test_the_pytest_gate_uses_the_floors_of_a_merged_baseline(pytester: pytest.P
     rng = random.Random(3)
     paths = []
     for i in range(6):
-        doc = store.document(env, {"test_paced.py::test_paced": {"outcome": "passed",
-                             "samples": [{"pps": 24000 * rng.uniform(0.995, 1.005)} for _ in range(5)]}})  # fmt: skip
+        doc = store.document(
+            env,
+            {
+                "test_paced.py::test_paced": {
+                    "outcome": "passed",
+                    "samples": [{"pps": 24000 * rng.uniform(0.995, 1.005)} for _ in range(5)],
+                }
+            },
+        )
         store.write(tmp_path / f"s{i}.json", doc)
         paths.append(str(tmp_path / f"s{i}.json"))
     assert main(["merge", str(tmp_path / "base.json"), *paths]) == 0
@@ -83,8 +101,19 @@ def test_the_pytest_gate_uses_the_floors_of_a_merged_baseline(pytester: pytest.P
             pass
     """
     )
-    args = ["-p", "no:cacheprovider", "--udpsend-backend", "timestamp", "--udpsend-require-privileges", "--udpsend-repeat", "3",
-            "-o", "udpsend_tolerance=0.05", "-o", "udpsend_compare_metrics=pps"]  # fmt: skip
+    args = [
+        "-p",
+        "no:cacheprovider",
+        "--udpsend-backend",
+        "timestamp",
+        "--udpsend-require-privileges",
+        "--udpsend-repeat",
+        "3",
+        "-o",
+        "udpsend_tolerance=0.05",
+        "-o",
+        "udpsend_compare_metrics=pps",
+    ]
     one = pytester.runpytest(*args, "--udpsend-baseline", paths[0])
     one.assert_outcomes(passed=1)  # 24000 -> 20000 pps is within the global floor (a factor 1.6)
     merged = pytester.runpytest(*args, "--udpsend-baseline", str(tmp_path / "base.json"))

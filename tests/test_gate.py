@@ -52,8 +52,16 @@ def test_gate_compare_and_report_give_the_same_verdicts(pytester):
     base.write_text(json.dumps(saved))
     pytester.makefile(".ini", pytest="[pytest]\nudpsend_tolerance = 0.5\nudpsend_compare_metrics = eagain_rate pps\n")
     new, page = pytester.path / "new.json", pytester.path / "r.html"
-    result = pytester.runpytest_subprocess("--udpsend-baseline", str(base), "--udpsend-repeat", "5",
-                                           "--udpsend-json", str(new), "--udpsend-html", str(page))  # fmt: skip
+    result = pytester.runpytest_subprocess(
+        "--udpsend-baseline",
+        str(base),
+        "--udpsend-repeat",
+        "5",
+        "--udpsend-json",
+        str(new),
+        "--udpsend-html",
+        str(page),
+    )
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
     assert "udpsend baseline regression" in out and "alpha 0.05 over 2 comparisons" in out
@@ -62,8 +70,11 @@ def test_gate_compare_and_report_give_the_same_verdicts(pytester):
 
     cli = [sys.executable, "-m", "pytest_udpsend.cli"]
     recorded = subprocess.run([*cli, "compare", str(base), str(new)], capture_output=True, text=True)
-    flags = subprocess.run([*cli, "compare", str(base), str(new), "--tolerance", "0.5", "--metrics", "eagain_rate", "pps"],
-                           capture_output=True, text=True)  # fmt: skip
+    flags = subprocess.run(
+        [*cli, "compare", str(base), str(new), "--tolerance", "0.5", "--metrics", "eagain_rate", "pps"],
+        capture_output=True,
+        text=True,
+    )
     assert recorded.returncode == flags.returncode == 1, recorded.stderr
     assert _rows(recorded.stdout) == _rows(flags.stdout) == gate
     assert _rows(page.read_text()) == gate and "the verdicts the gate gave" in page.read_text()
@@ -99,8 +110,12 @@ def test_a_test_sent_differently_fails_with_one_sentence(pytester):
     base.write_text(json.dumps(saved))
     result = pytester.runpytest_subprocess("--udpsend-baseline", str(base), "--udpsend-repeat", "5")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*udpsend baseline: the baseline and this run were measured differently "
-                                 "(payload 200 -> 1400)*--udpsend-allow-mixed if intended*"])  # fmt: skip
+    result.stdout.fnmatch_lines(
+        [
+            "*udpsend baseline: the baseline and this run were measured differently "
+            "(payload 200 -> 1400)*--udpsend-allow-mixed if intended*"
+        ]
+    )
 
 
 def test_too_few_samples_are_refused_up_front(pytester):

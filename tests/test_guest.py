@@ -48,8 +48,9 @@ def lock_held_elsewhere(state: Path) -> Iterator[subprocess.Popen[bytes]]:
         "from pytest_udpsend.host.state import FileLock\n"
         "FileLock('host').acquire(); print('held', flush=True); time.sleep(120)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "UDPSEND_STATE_DIR": str(state)},
-                            stdout=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env={**os.environ, "UDPSEND_STATE_DIR": str(state)}, stdout=subprocess.PIPE
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"held\n"
         yield proc
@@ -75,8 +76,14 @@ def test_non_root_suite_runs_untouched_and_ours_is_skipped(open_dir):
     assert run.returncode == 0, run.stdout
     assert "1 passed, 1 skipped" in run.stdout
     assert "needs CAP_NET_ADMIN and CAP_SYS_ADMIN" in run.stdout and "uid 65534" in run.stdout
-    strict = subprocess.run(nobody + PYTEST + ["--udpsend-require-privileges", str(open_dir)], cwd=open_dir, env=env,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    strict = subprocess.run(
+        nobody + PYTEST + ["--udpsend-require-privileges", str(open_dir)],
+        cwd=open_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "INTERNALERROR" not in strict.stdout + strict.stderr
     assert "1 passed, 1 error" in strict.stdout and "run pytest as root" in strict.stdout
     assert not state.exists()
@@ -87,8 +94,14 @@ def test_non_root_udpsend_command_is_one_sentence(open_dir):
     nobody = [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups"]
     env = {**os.environ, "UDPSEND_STATE_DIR": str(open_dir / "state")}
     for command in (["run", "--duration", "0.2"], ["doctor"]):
-        out = subprocess.run(nobody + [sys.executable, "-m", "pytest_udpsend.cli", *command], cwd=open_dir, env=env,
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        out = subprocess.run(
+            nobody + [sys.executable, "-m", "pytest_udpsend.cli", *command],
+            cwd=open_dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert "Traceback" not in out.stderr + out.stdout
         assert out.returncode != 0
         assert "run pytest as root (sudo)" in out.stderr + out.stdout
@@ -293,8 +306,14 @@ def test_container_with_own_namespaces(pytester, tmp_path, host_unchanged):
         """
     )
     env = {**os.environ, "UDPSEND_STATE_DIR": str(tmp_path / "state")}
-    run = subprocess.run([UNSHARE, "-n", "-p", "-f", "--mount-proc", *PYTEST, str(pytester.path)], cwd=pytester.path,
-                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    run = subprocess.run(
+        [UNSHARE, "-n", "-p", "-f", "--mount-proc", *PYTEST, str(pytester.path)],
+        cwd=pytester.path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = run.stdout
     assert "1 failed, 2 passed, 1 skipped" in out, out
     sentence = "global knobs need the host's network namespace (run the container with --network host / on the host)"

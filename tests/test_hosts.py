@@ -264,8 +264,10 @@ def _umask() -> int:
 # --- the kernel lane: module and boot-argument forms ---------------------------------------
 
 LANE_IMAGE = os.environ.get("UDPSEND_LANE_IMAGE")
-needs_lane = pytest.mark.skipif(not LANE_IMAGE or not shutil.which("qemu-system-x86_64"),
-                                reason="needs UDPSEND_LANE_IMAGE and qemu (ci/lane.sh sets both up)")  # fmt: skip
+needs_lane = pytest.mark.skipif(
+    not LANE_IMAGE or not shutil.which("qemu-system-x86_64"),
+    reason="needs UDPSEND_LANE_IMAGE and qemu (ci/lane.sh sets both up)",
+)
 
 TUNNELS_INNER = """
 import socket
@@ -289,8 +291,9 @@ def test_veth_beside_them(udp_sender):
 def test_lane_tunnel_modules_loaded_veth_tests_pass(pytester, monkeypatch):
     monkeypatch.setenv("UDPSEND_LANE_MODULES", "ipip sit ip_gre")
     pytester.makepyfile(TUNNELS_INNER)
-    result = pytester.runpytest_subprocess("--udpsend-kernel", str(LANE_IMAGE), "--udpsend-require-privileges",
-                                           "--udpsend-kernel-timeout", "400")  # fmt: skip
+    result = pytester.runpytest_subprocess(
+        "--udpsend-kernel", str(LANE_IMAGE), "--udpsend-require-privileges", "--udpsend-kernel-timeout", "400"
+    )
     result.assert_outcomes(passed=2)
 
 

@@ -163,8 +163,9 @@ def test_a_journal_owned_by_another_user_is_warned_and_not_replayed(state: Path)
 
 
 @pytest.mark.parametrize("layout", ["the state dir", "a folder above it", "a link a link of ours points at"])
-def test_a_state_dir_reached_through_another_users_symlink_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                      layout: str) -> None:  # fmt: skip
+def test_a_state_dir_reached_through_another_users_symlink_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
     """review 2: a symlink in the chain is a level of its own: whoever owns it decides where root's files go."""
     real = tmp_path / "real"
     real.mkdir(mode=0o700)
@@ -223,8 +224,9 @@ def test_a_journal_write_stays_in_the_folder_that_was_checked(tmp_path: Path, mo
     assert (other / "journal" / journal.path.name).read_text() == "[]"
 
 
-def test_the_user_sees_one_sentence_for_an_unsafe_state_dir(pytester: pytest.Pytester, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_the_user_sees_one_sentence_for_an_unsafe_state_dir(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     state = tmp_path / "shared"
     state.mkdir()
     state.chmod(0o777)
@@ -244,9 +246,26 @@ def test_a_user_without_privileges_is_not_disturbed() -> None:
         work.chmod(0o777)
         (work / "test_one.py").write_text("def test_one():\n    assert True\n")
         env = {"PATH": os.environ.get("PATH", ""), "UDPSEND_STATE_DIR": str(work / "state"), "HOME": str(work)}
-        proc = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable,
-                               "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_one.py"],
-                              cwd=work, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        proc = subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={NOBODY}",
+                f"--regid={NOBODY}",
+                "--clear-groups",
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "test_one.py",
+            ],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -294,9 +313,27 @@ def test_a_user_without_privileges_gets_a_skip_from_every_fixture_of_ours(state:
         elif state == "a file":
             folder.write_text("")
         env = {"PATH": os.environ.get("PATH", ""), "UDPSEND_STATE_DIR": str(folder), "HOME": str(work)}
-        proc = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable,
-                               "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "test_ours.py"],
-                              cwd=work, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        proc = subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={NOBODY}",
+                f"--regid={NOBODY}",
+                "--clear-groups",
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-rs",
+                "-p",
+                "no:cacheprovider",
+                "test_ours.py",
+            ],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         left = sorted(str(p.relative_to(work)) for p in folder.rglob("*")) if folder.is_dir() else []
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -307,8 +344,11 @@ def test_a_user_without_privileges_gets_a_skip_from_every_fixture_of_ours(state:
     assert (
         proc.stdout.count(f"needs CAP_NET_ADMIN and CAP_SYS_ADMIN to build namespaces (uid {NOBODY} lacks them)") >= 7
     )
-    expected = {"missing": [], "a root run's": ["state/journal", f"state/journal/{OLDER}.json", "state/locks",
-                                                "state/locks/host"], "a file": []}[state]  # fmt: skip
+    expected = {
+        "missing": [],
+        "a root run's": ["state/journal", f"state/journal/{OLDER}.json", "state/locks", "state/locks/host"],
+        "a file": [],
+    }[state]
     assert left == expected  # nothing made, nothing replayed
 
 

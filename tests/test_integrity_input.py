@@ -141,9 +141,21 @@ def test_the_shared_number_check_refuses_bools_non_finite_and_out_of_range(bad):
     assert number("x", 3, 0, 10) == 3 and number("x", 2.5, 0, 10) == 2.5
 
 
-@pytest.mark.parametrize(("name", "valid"), [("ens1f0", True), ("a" * 15, True), ("a" * 16, False), ("", False), (".", False),
-                                             ("..", False), ("../etc", False), ("eth0:1", False), ("eth\t0", False),
-                                             ("ä" * 8, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("ens1f0", True),
+        ("a" * 15, True),
+        ("a" * 16, False),
+        ("", False),
+        (".", False),
+        ("..", False),
+        ("../etc", False),
+        ("eth0:1", False),
+        ("eth\t0", False),
+        ("ä" * 8, False),
+    ],
+)
 def test_interface_names_as_the_kernel_takes_them(name, valid):
     from pytest_udpsend.host.nics import valid_ifname
 

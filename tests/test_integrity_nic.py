@@ -83,33 +83,78 @@ def test_an_mq_root_with_the_kernels_per_queue_qdiscs_is_no_use(netns):
     assert "p0 has the qdisc pfifo 7: under 5:1, which a move into a test namespace deletes" in sentence, sentence
 
 
-@pytest.mark.parametrize(("setup", "said"), [
-    (["route", "add", "default", "via", "10.77.0.2", "dev", "p0"],
-     "p0 carries this host's route 'default via 10.77.0.2' (table main, proto boot)"),
-    (["route", "add", "10.78.0.0/16", "via", "10.77.0.2", "dev", "p0", "proto", "static"],
-     "p0 carries this host's route '10.78.0.0/16 via 10.77.0.2' (table main, proto static)"),
-    (["route", "add", "10.78.0.0/16", "via", "10.77.0.2", "dev", "p0", "table", "100"],
-     "p0 carries this host's route '10.78.0.0/16 via 10.77.0.2' (table 100, proto boot)"),
-    (["route", "add", "default", "via", "10.77.0.2", "dev", "p0", "table", "4000000"],
-     "p0 carries this host's route 'default via 10.77.0.2' (table 4000000, proto boot)"),
-    (["-6", "route", "add", "2001:db8:5::/64", "dev", "p0", "table", "200"],
-     "p0 carries this host's route '2001:db8:5::/64' (table 200, proto boot)"),
-    (["route", "add", "10.78.0.0/16", "dev", "p0", "metric", "5", "table", "local"],
-     "p0 carries this host's route '10.78.0.0/16' (table local, proto boot)"),
-    (["rule", "add", "oif", "p0", "table", "100"], "p0 is named by this host's routing rule 'oif p0 lookup 100'"),
-    (["-6", "rule", "add", "iif", "p0", "table", "main"], "p0 is named by this host's routing rule 'iif p0 lookup main'"),
-    (["link", "add", "vx0", "type", "vxlan", "id", "5", "dstport", "4789", "dev", "p0"],
-     "p0 is the underlay of this host's vxlan device vx0 (its link)"),
-    (["link", "add", "vx0", "type", "vxlan", "id", "5", "dstport", "4789", "local", "10.77.0.1", "remote", "10.99.0.9"],
-     "p0 is the underlay of this host's vxlan device vx0 (its local address 10.77.0.1)"),
-    (["link", "add", "vx0", "type", "vxlan", "id", "5", "dstport", "4789", "remote", "10.77.0.9"],
-     "p0 is the underlay of this host's vxlan device vx0 (its remote 10.77.0.9 is reached through p0)"),
-    (["-6", "link", "add", "vx0", "type", "vxlan", "id", "5", "dstport", "4789", "remote", "fd77::9"],
-     "p0 is the underlay of this host's vxlan device vx0 (its remote fd77::9 is reached through p0)"),
-    (["link", "add", "mv0", "link", "p0", "type", "macvlan"], "p0 is the lower device of this host's macvlan device mv0 (its link)"),
-    (["addr", "add", "10.79.0.1/24", "dev", "p0", "valid_lft", "300", "preferred_lft", "300"],
-     "p0 has the dynamic address 10.79.0.1/24 (a lease that expires: the host's DHCP or SLAAC renews it)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("setup", "said"),
+    [
+        (
+            ["route", "add", "default", "via", "10.77.0.2", "dev", "p0"],
+            "p0 carries this host's route 'default via 10.77.0.2' (table main, proto boot)",
+        ),
+        (
+            ["route", "add", "10.78.0.0/16", "via", "10.77.0.2", "dev", "p0", "proto", "static"],
+            "p0 carries this host's route '10.78.0.0/16 via 10.77.0.2' (table main, proto static)",
+        ),
+        (
+            ["route", "add", "10.78.0.0/16", "via", "10.77.0.2", "dev", "p0", "table", "100"],
+            "p0 carries this host's route '10.78.0.0/16 via 10.77.0.2' (table 100, proto boot)",
+        ),
+        (
+            ["route", "add", "default", "via", "10.77.0.2", "dev", "p0", "table", "4000000"],
+            "p0 carries this host's route 'default via 10.77.0.2' (table 4000000, proto boot)",
+        ),
+        (
+            ["-6", "route", "add", "2001:db8:5::/64", "dev", "p0", "table", "200"],
+            "p0 carries this host's route '2001:db8:5::/64' (table 200, proto boot)",
+        ),
+        (
+            ["route", "add", "10.78.0.0/16", "dev", "p0", "metric", "5", "table", "local"],
+            "p0 carries this host's route '10.78.0.0/16' (table local, proto boot)",
+        ),
+        (["rule", "add", "oif", "p0", "table", "100"], "p0 is named by this host's routing rule 'oif p0 lookup 100'"),
+        (
+            ["-6", "rule", "add", "iif", "p0", "table", "main"],
+            "p0 is named by this host's routing rule 'iif p0 lookup main'",
+        ),
+        (
+            ["link", "add", "vx0", "type", "vxlan", "id", "5", "dstport", "4789", "dev", "p0"],
+            "p0 is the underlay of this host's vxlan device vx0 (its link)",
+        ),
+        (
+            [
+                "link",
+                "add",
+                "vx0",
+                "type",
+                "vxlan",
+                "id",
+                "5",
+                "dstport",
+                "4789",
+                "local",
+                "10.77.0.1",
+                "remote",
+                "10.99.0.9",
+            ],
+            "p0 is the underlay of this host's vxlan device vx0 (its local address 10.77.0.1)",
+        ),
+        (
+            ["link", "add", "vx0", "type", "vxlan", "id", "5", "dstport", "4789", "remote", "10.77.0.9"],
+            "p0 is the underlay of this host's vxlan device vx0 (its remote 10.77.0.9 is reached through p0)",
+        ),
+        (
+            ["-6", "link", "add", "vx0", "type", "vxlan", "id", "5", "dstport", "4789", "remote", "fd77::9"],
+            "p0 is the underlay of this host's vxlan device vx0 (its remote fd77::9 is reached through p0)",
+        ),
+        (
+            ["link", "add", "mv0", "link", "p0", "type", "macvlan"],
+            "p0 is the lower device of this host's macvlan device mv0 (its link)",
+        ),
+        (
+            ["addr", "add", "10.79.0.1/24", "dev", "p0", "valid_lft", "300", "preferred_lft", "300"],
+            "p0 has the dynamic address 10.79.0.1/24 (a lease that expires: the host's DHCP or SLAAC renews it)",
+        ),
+    ],
+)
 def test_a_route_rule_tunnel_upper_or_lease_through_the_port_is_refused(port, setup, said):
     ip(port, *setup)
     sentence = refusal(port)
@@ -141,14 +186,20 @@ def test_a_packet_socket_on_the_port_is_refused_naming_its_process(port):
     assert VIRTUAL in refusal(port, bound(""))
 
 
-@pytest.mark.parametrize(("setup", "said"), [
-    ([["qdisc", "replace", "dev", "p0", "root", "pfifo", "limit", "33"]],
-     "with non-default parameters (limit 33)"),
-    ([["qdisc", "replace", "dev", "p0", "root", "handle", "1:", "htb"],
-      ["class", "add", "dev", "p0", "parent", "1:", "classid", "1:1", "htb", "rate", "1mbit"]],
-     "p0 has the qdisc htb 1: with classes"),
-    ([["qdisc", "add", "dev", "p0", "clsact"]], "p0 has the qdisc clsact ffff: on ingress or egress"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("setup", "said"),
+    [
+        ([["qdisc", "replace", "dev", "p0", "root", "pfifo", "limit", "33"]], "with non-default parameters (limit 33)"),
+        (
+            [
+                ["qdisc", "replace", "dev", "p0", "root", "handle", "1:", "htb"],
+                ["class", "add", "dev", "p0", "parent", "1:", "classid", "1:1", "htb", "rate", "1mbit"],
+            ],
+            "p0 has the qdisc htb 1: with classes",
+        ),
+        ([["qdisc", "add", "dev", "p0", "clsact"]], "p0 has the qdisc clsact ffff: on ingress or egress"),
+    ],
+)
 def test_a_qdisc_tree_that_cannot_come_back_exactly_is_refused_up_front(port, setup, said):
     for args in setup:
         tc(port, *args)
@@ -170,12 +221,12 @@ def _routes_and_addresses(ns: Namespace) -> dict[str, object]:
             json.dumps(r, sort_keys=True)
             for fam in ("-4", "-6")
             for r in show(fam, "route", "show", "table", "all", "dev", "p0")
-        ),  # fmt: skip
+        ),
         "addrs": sorted(
             json.dumps({k: a.get(k) for k in ("local", "prefixlen", "noprefixroute", "metric", "dynamic")})
             for a in show("addr", "show", "dev", "p0")[0]["addr_info"]
             if a.get("scope") != "link"
-        ),  # fmt: skip
+        ),
     }
 
 
@@ -189,8 +240,9 @@ def test_the_routes_through_a_port_are_journaled_and_come_back_exactly(port, mon
 
     text = port.run_with_sysfs(journal)
     state = nicport.PortState.from_json(text)
-    assert ["10.75.0.0", 24, socket.AF_INET, 254, 77] in [[r["dst"], r["dst_len"], r["family"], r["table"], r["priority"]]
-                                                          for r in json.loads(text)["routes"]], text  # fmt: skip
+    assert ["10.75.0.0", 24, socket.AF_INET, 254, 77] in [
+        [r["dst"], r["dst_len"], r["family"], r["table"], r["priority"]] for r in json.loads(text)["routes"]
+    ], text
     ip(port, "addr", "flush", "dev", "p0", "scope", "global")  # what the move into a test namespace and back does
     assert _routes_and_addresses(port) != before
     monkeypatch.setattr(nicport, "find_by_mac", lambda mac, wait_s=0.0: "p0")  # a veth has no device to find
@@ -201,7 +253,17 @@ def test_the_routes_through_a_port_are_journaled_and_come_back_exactly(port, mon
 
 def test_a_journal_written_before_routes_were_kept_still_reads():
     """An older session's journal: 3-field addresses, no routes (give-back then leaves the routes to the addresses)."""
-    old = {"name": "p0", "mac": "02:00:00:00:00:01", "mtu": 1500, "up": True, "addresses": [["10.77.0.1", 24, 2]],
-           "qdisc": "", "rps": {}, "irqs": {}, "conf": {}, "device": ""}  # fmt: skip
+    old = {
+        "name": "p0",
+        "mac": "02:00:00:00:00:01",
+        "mtu": 1500,
+        "up": True,
+        "addresses": [["10.77.0.1", 24, 2]],
+        "qdisc": "",
+        "rps": {},
+        "irqs": {},
+        "conf": {},
+        "device": "",
+    }
     state = nicport.PortState.from_json(json.dumps(old))
     assert state.addresses == [("10.77.0.1", 24, 2, 0, 0)] and state.routes is None

@@ -172,8 +172,11 @@ def test_without_cgroup_v2_the_namespace_sweep_kills_them_and_says_so(
 
 def forker_in(group: Path, out: Path) -> None:
     """The forker started inside ``group`` (it moves itself in before exec); returns once it exited."""
-    subprocess.run(["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh", sys.executable, "-c", FORKER, str(out)],
-                   check=True, timeout=30)  # fmt: skip
+    subprocess.run(
+        ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh", sys.executable, "-c", FORKER, str(out)],
+        check=True,
+        timeout=30,
+    )
 
 
 @pytest.mark.parametrize("kill_file", [True, False], ids=["cgroup.kill", "sigkill-loop"])
@@ -238,8 +241,24 @@ def test_a_session_in_another_pid_namespace_is_never_reaped(no_survivors):
     netns._prepare_rundir()  # /run/netns shared, so that the container's names show here
     # its own /proc (made private first, so that the mount stays in its mount namespace)
     boot = 'mount --make-private /proc && mount -t proc proc /proc && exec "$0" -c "$1"'
-    container = subprocess.Popen(["unshare", "--pid", "--fork", "--mount", "--propagation", "unchanged", "sh", "-c", boot,
-                                  sys.executable, CONTAINER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    container = subprocess.Popen(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount",
+            "--propagation",
+            "unchanged",
+            "sh",
+            "-c",
+            boot,
+            sys.executable,
+            CONTAINER,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert container.stdout is not None and container.stdin is not None
     name, group_s = container.stdout.readline().split()
     group = Path(group_s)

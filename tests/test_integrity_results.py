@@ -22,12 +22,17 @@ HIST = {"edges_us": [1.0, 10.0, 100.0], "counts": [0, 5, 3, 1]}
 
 def sample(rate: float, **extra: Any) -> dict[str, Any]:
     s: dict[str, Any] = {
-        "kernel": "6.1", "eagain_rate": rate, "pps": 100000.0, "attempts": 1000, "time_squeeze": 3, "enobufs": 0,
+        "kernel": "6.1",
+        "eagain_rate": rate,
+        "pps": 100000.0,
+        "attempts": 1000,
+        "time_squeeze": 3,
+        "enobufs": 0,
         "params": {"payload": 1400, "duration": 1.0},
         "series": {"bucket_ms": 10, "attempts": [100] * 5, "eagain": [1] * 5, "outq_max": [8192] * 5},
         "softnet": {"0": {"processed": 5, "dropped": 0, "time_squeeze": 1}},
         "wfree": {"backend": "bpf", "p50_us": 10.0, "p99_us": 40.0, "histogram": HIST, "histograms": {"inline": HIST}},
-    }  # fmt: skip
+    }
     s.update(extra)
     return s
 
@@ -96,16 +101,27 @@ def test_nan_in_the_baseline_is_refused_too(tmp_path):
 def test_a_nan_p_is_never_ok():
     assert math.isnan(compare.p_greater([1.0, math.nan, 2.0], [1.0, 2.0, 3.0]))
     assert compare.p_greater([2.0] * 4, [2.0] * 4) == 1.0  # all tied: exactly 1, not a forced fallback
-    row = compare.compare_metric("t", "pps", [{"pps": v} for v in (1.0, 2.0, 3.0, 4.0)],
-                                 [{"pps": v} for v in (math.nan, 2.0, 3.0, 4.0)], 0.25, 0.5)  # fmt: skip
+    row = compare.compare_metric(
+        "t",
+        "pps",
+        [{"pps": v} for v in (1.0, 2.0, 3.0, 4.0)],
+        [{"pps": v} for v in (math.nan, 2.0, 3.0, 4.0)],
+        0.25,
+        0.5,
+    )
     assert row.verdict == "not a number" and row.refused and not row.compared
 
 
 def test_tests_not_selected_are_listed_as_not_compared(tmp_path):
     """A -k run or a shard: the baseline's other tests are listed, the selected ones are judged."""
     base = write(tmp_path / "base.json", doc(BOTH))
-    done = udpsend("compare", base, write(tmp_path / "new.json", doc({"t.py::a": [sample(r) for r in RATES]}, "6.12")),
-                   "--metrics", "eagain_rate")  # fmt: skip
+    done = udpsend(
+        "compare",
+        base,
+        write(tmp_path / "new.json", doc({"t.py::a": [sample(r) for r in RATES]}, "6.12")),
+        "--metrics",
+        "eagain_rate",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (
         "not compared: 1 test(s) of the baseline not in the new results (not selected: a -k run, a shard): t.py::b"
@@ -130,8 +146,14 @@ def test_fan_in_groups_refuse_a_group_that_measured_nothing(tmp_path):
         write(tmp_path / f"old-{r}.json", {**doc(BOTH), "environment": {"kernel": "6.1", "labels": {"runner": r}}})
         for r in "ab"
     ]
-    new = [write(tmp_path / "new-a.json", {**doc(BOTH, "6.12"), "environment": {"kernel": "6.12", "labels": {"runner": "a"}}}),
-           write(tmp_path / "new-b.json", {**doc({}, "6.12"), "environment": {"kernel": "6.12", "labels": {"runner": "b"}}})]  # fmt: skip
+    new = [
+        write(
+            tmp_path / "new-a.json", {**doc(BOTH, "6.12"), "environment": {"kernel": "6.12", "labels": {"runner": "a"}}}
+        ),
+        write(
+            tmp_path / "new-b.json", {**doc({}, "6.12"), "environment": {"kernel": "6.12", "labels": {"runner": "b"}}}
+        ),
+    ]
     done = udpsend("compare", *base, "--new", *new, "--metrics", "eagain_rate")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "new-b.json has no tests" in done.stderr and "runner=b: refused" in done.stdout
@@ -200,9 +222,16 @@ def test_collect_only_and_unmeasured_runs_leave_results_files_alone(pytester):
 
 
 def _sweep_doc(knobs: bool = True) -> dict[str, Any]:
-    cell = {"cell": "sndbuf=4096,force=no", "knobs": {"sndbuf": "4096", "force": False, "budget": None, "budget_usecs": None,
-            "workers": None}, "eagain_rate": 0.1, "enobufs_rate": 0.0, "pps": 1.0, "time_squeeze": 0, "wfree_p99_us": None,
-            "wall_s": 1.0}  # fmt: skip
+    cell = {
+        "cell": "sndbuf=4096,force=no",
+        "knobs": {"sndbuf": "4096", "force": False, "budget": None, "budget_usecs": None, "workers": None},
+        "eagain_rate": 0.1,
+        "enobufs_rate": 0.0,
+        "pps": 1.0,
+        "time_squeeze": 0,
+        "wfree_p99_us": None,
+        "wall_s": 1.0,
+    }
     if not knobs:
         del cell["knobs"]
     d = doc({})
@@ -240,7 +269,7 @@ def _malformed() -> list[tuple[str, Any, str]]:
                         for i, r in enumerate(RATES)
                     ]
                 }
-            ),  # fmt: skip
+            ),
             "field 'tests.t.py::a.samples.0.wfree.histogram': 'edges_us' is a required property",
         ),
         (
@@ -284,22 +313,69 @@ def test_today_s_documents_still_load():
     from pytest_udpsend.measure.histogram import latency_stats
     from pytest_udpsend.measure.result import SendResult
 
-    full = SendResult(attempts=10, sent=9, eagain=1, eagain_rate=0.1, pps=9.0, duration_s=1.0, payload=1400,
-                      sndbuf_requested=None, sndbuf_effective=4608, softnet={"0": {"processed": 1, "dropped": 0, "time_squeeze": 0}},
-                      irqs={"eth0": {"24 eth0-tx": [1, 2]}}, snmp={"UdpOutDatagrams": 9}, wmem={"max_bytes": 4608, "mean_bytes": 10.5},
-                      wfree={"backend": "timestamp", **latency_stats([1000, 2000]), "contexts": {}, "coverage": 0.5,
-                             "lost_samples": 0, "reason": "r", "samples": {"cap": 1, "kept": 1, "seen": 1, "method": "m"}},
-                      kernel="6.1", sysctls={"net.core.wmem_max": "4096"}, diagnosis=[{"finding": "f", "evidence": "e"}],
-                      flows=[{"thread": 0, "cpu": None, "sport": 1, "attempts": 10, "sent": 9, "eagain": 1, "stops": 0}],
-                      process={"argv": ["x"], "returncode": None, "exited": False, "stdout": "", "stderr": ""},
-                      series={"bucket_ms": 10, "outq_max": []}, topology="veth",
-                      params={"payload": 1400, "duration": None, "cpu": [0, 1], "sndbuf": None, "rate": None, "argv": ["x"],
-                              "external": True}, checks=["ok"]).to_dict()  # fmt: skip
+    full = SendResult(
+        attempts=10,
+        sent=9,
+        eagain=1,
+        eagain_rate=0.1,
+        pps=9.0,
+        duration_s=1.0,
+        payload=1400,
+        sndbuf_requested=None,
+        sndbuf_effective=4608,
+        softnet={"0": {"processed": 1, "dropped": 0, "time_squeeze": 0}},
+        irqs={"eth0": {"24 eth0-tx": [1, 2]}},
+        snmp={"UdpOutDatagrams": 9},
+        wmem={"max_bytes": 4608, "mean_bytes": 10.5},
+        wfree={
+            "backend": "timestamp",
+            **latency_stats([1000, 2000]),
+            "contexts": {},
+            "coverage": 0.5,
+            "lost_samples": 0,
+            "reason": "r",
+            "samples": {"cap": 1, "kept": 1, "seen": 1, "method": "m"},
+        },
+        kernel="6.1",
+        sysctls={"net.core.wmem_max": "4096"},
+        diagnosis=[{"finding": "f", "evidence": "e"}],
+        flows=[{"thread": 0, "cpu": None, "sport": 1, "attempts": 10, "sent": 9, "eagain": 1, "stops": 0}],
+        process={"argv": ["x"], "returncode": None, "exited": False, "stdout": "", "stderr": ""},
+        series={"bucket_ms": 10, "outq_max": []},
+        topology="veth",
+        params={
+            "payload": 1400,
+            "duration": None,
+            "cpu": [0, 1],
+            "sndbuf": None,
+            "rate": None,
+            "argv": ["x"],
+            "external": True,
+        },
+        checks=["ok"],
+    ).to_dict()
     empty = SendResult(wfree={"backend": "timestamp", **latency_stats([])}).to_dict()
-    bpf = sample(0.1, wfree={"backend": "bpf", "method": "kprobe", "count": 3, "charges": 3, "p50_us": None, "p90_us": 1.0,
-                             "p99_us": 2.0, "max_us": 3.0, "contexts": {"inline": 3}, "histogram": HIST, "histograms": {"inline": HIST},
-                             "context_p99_us": {"inline": 2.0}, "stacks": [{"context": "inline", "count": 3, "samples": 1,
-                             "share": 1.0, "frames": ["a"], "text": "a"}], "stacks_lost": 0, "stacks_sampled": 1, "stack_every": 8})  # fmt: skip
+    bpf = sample(
+        0.1,
+        wfree={
+            "backend": "bpf",
+            "method": "kprobe",
+            "count": 3,
+            "charges": 3,
+            "p50_us": None,
+            "p90_us": 1.0,
+            "p99_us": 2.0,
+            "max_us": 3.0,
+            "contexts": {"inline": 3},
+            "histogram": HIST,
+            "histograms": {"inline": HIST},
+            "context_p99_us": {"inline": 2.0},
+            "stacks": [{"context": "inline", "count": 3, "samples": 1, "share": 1.0, "frames": ["a"], "text": "a"}],
+            "stacks_lost": 0,
+            "stacks_sampled": 1,
+            "stack_every": 8,
+        },
+    )
     d = doc({"t::full": [json.loads(json.dumps(full))], "t::empty": [json.loads(json.dumps(empty))], "t::bpf": [bpf]})
     d["environment"] = {
         **store.environment("timestamp"),
@@ -311,13 +387,26 @@ def test_today_s_documents_still_load():
     store.validate(json.loads(json.dumps(d)), "today")  # Infinity/NaN survive as JSON numbers
     sweep = _sweep_doc()
     sweep["tests"]["sndbuf=4096,force=no"]["sweep"]["knobs"]["sndbuf"] = 4096
-    sweep["sweep"] = {"grid": {"sndbuf": [4096], "force": [False], "budget": None, "budget_usecs": None, "workers": None},
-                      "baseline": {"sndbuf": 4096, "force": False, "budget": None, "budget_usecs": None, "workers": None},
-                      "target": 0.01, "interrupted": False, "cells": 1, "planned": 1, "smallest_change": "x", "wall_s": 2.0}  # fmt: skip
+    sweep["sweep"] = {
+        "grid": {"sndbuf": [4096], "force": [False], "budget": None, "budget_usecs": None, "workers": None},
+        "baseline": {"sndbuf": 4096, "force": False, "budget": None, "budget_usecs": None, "workers": None},
+        "target": 0.01,
+        "interrupted": False,
+        "cells": 1,
+        "planned": 1,
+        "smallest_change": "x",
+        "wall_s": 2.0,
+    }
     store.validate(sweep, "sweep")
-    merged = {"format": store.FORMAT, "environment": {"merged": 2, "kernels": ["6.1"]}, "tests": {},
-              "runs": [{"source": "a", "environment": {"kernel": "6.1", "sources": ["x"]}, "tests": d["tests"], "gate": d["gate"]},
-                       {**sweep, "source": "b"}]}  # fmt: skip
+    merged = {
+        "format": store.FORMAT,
+        "environment": {"merged": 2, "kernels": ["6.1"]},
+        "tests": {},
+        "runs": [
+            {"source": "a", "environment": {"kernel": "6.1", "sources": ["x"]}, "tests": d["tests"], "gate": d["gate"]},
+            {**sweep, "source": "b"},
+        ],
+    }
     del merged["runs"][1]["format"]
     store.validate(merged, "merged")
     store.validate({**d, "format": "pytest-udpsend/1"}, "v1")
@@ -330,8 +419,11 @@ def test_schema_metric_names_follow_the_code():
     assert schema["$defs"]["metric"]["enum"] == list(METRICS)
 
 
-@pytest.mark.parametrize("target", ["adir", "base.json/r.html", "base.json/deeper/r.html"],
-                         ids=["directory", "parent-is-a-file", "ancestor-is-a-file"])  # fmt: skip
+@pytest.mark.parametrize(
+    "target",
+    ["adir", "base.json/r.html", "base.json/deeper/r.html"],
+    ids=["directory", "parent-is-a-file", "ancestor-is-a-file"],
+)
 def test_output_paths_are_checked_up_front(tmp_path, target):
     (tmp_path / "adir").mkdir()
     base = write(tmp_path / "base.json", doc(BOTH))

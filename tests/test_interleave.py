@@ -53,8 +53,13 @@ def test_the_same_numbers_drifting_together_are_not_a_change() -> None:
 
 
 def test_zero_eagain_in_both_arms_is_no_change_whatever_the_send_counts() -> None:
-    rounds = [{"baseline": [{"eagain_rate": 0.0, "eagain": 0, "attempts": 100000}],
-               "candidate": [{"eagain_rate": 0.0, "eagain": 0, "attempts": 50000}]} for _ in range(10)]  # fmt: skip
+    rounds = [
+        {
+            "baseline": [{"eagain_rate": 0.0, "eagain": 0, "attempts": 100000}],
+            "candidate": [{"eagain_rate": 0.0, "eagain": 0, "attempts": 50000}],
+        }
+        for _ in range(10)
+    ]
     assert paired.shifts(rounds, "eagain_rate") == [0.0] * 10
     assert paired.judge("t", rounds, "eagain_rate", 0.05, 0.01).verdict == "ok"
 
@@ -68,8 +73,13 @@ def test_eagain_from_zero_has_a_logit_and_doubled_odds_are_found() -> None:
 
 
 def test_a_change_within_the_absolute_floor_is_not_news() -> None:
-    rounds = [{"baseline": [{"eagain_rate": 0.001, "eagain": 10, "attempts": 10000}],
-               "candidate": [{"eagain_rate": 0.004, "eagain": 40, "attempts": 10000}]} for _ in range(10)]  # fmt: skip
+    rounds = [
+        {
+            "baseline": [{"eagain_rate": 0.001, "eagain": 10, "attempts": 10000}],
+            "candidate": [{"eagain_rate": 0.004, "eagain": 40, "attempts": 10000}],
+        }
+        for _ in range(10)
+    ]
     row = paired.judge("t", rounds, "eagain_rate", 0.05, 0.01)
     assert row.p is not None and row.p < 0.01
     assert row.verdict == "ok" and "absolute floor" in row.note
@@ -110,17 +120,25 @@ def test_not_ours():
 """
 
 
-def test_a_slower_candidate_fails_with_the_paired_table_and_a_control_passes(pytester: pytest.Pytester,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_slower_candidate_fails_with_the_paired_table_and_a_control_passes(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makepyfile(MEASURING)
     arms = pytester.path / "arms.txt"
     monkeypatch.setenv("ARMS_SEEN", str(arms))
-    result = pytester.runpytest("--udpsend-interleave", "8", "--udpsend-require-privileges",
-                                "--udpsend-json", "out.json", *TOL)  # fmt: skip
+    result = pytester.runpytest(
+        "--udpsend-interleave", "8", "--udpsend-require-privileges", "--udpsend-json", "out.json", *TOL
+    )
     result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines(["*_ test_slower _*", "udpsend interleaved A/B: the candidate regressed", "pps * 8 *regressed",
-                                 "candidates that regressed: *test_slower pps*",
-                                 "controls that moved (the host was noisy; in-run A/A): none"])  # fmt: skip
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_slower _*",
+            "udpsend interleaved A/B: the candidate regressed",
+            "pps * 8 *regressed",
+            "candidates that regressed: *test_slower pps*",
+            "controls that moved (the host was noisy; in-run A/A): none",
+        ]
+    )
     # the udpsend_arm fixture sees both arms, 8 rounds each: here it changes nothing, so the test is not a control
     assert sorted(arms.read_text().split()) == ["baseline"] * 8 + ["candidate"] * 8
     from pytest_udpsend.results import store
@@ -163,10 +181,12 @@ def test_a_misspelled_candidate_argument_is_one_sentence_at_collection(pytester:
             pass
     """)
     result = pytester.runpytest("--udpsend-interleave", "8", *TOL)
-    result.stdout.fnmatch_lines([
-        "*test_typo: @pytest.mark.candidate: unknown argument 'udpsnd'; accepted arguments: topology, sysctl, udpsend, cpu_pressure",
-        "*test_typo_inside: @pytest.mark.candidate(udpsend={...}): unknown argument 'rat'*",
-    ])  # fmt: skip
+    result.stdout.fnmatch_lines(
+        [
+            "*test_typo: @pytest.mark.candidate: unknown argument 'udpsnd'; accepted arguments: topology, sysctl, udpsend, cpu_pressure",
+            "*test_typo_inside: @pytest.mark.candidate(udpsend={...}): unknown argument 'rat'*",
+        ]
+    )
     assert "Traceback" not in result.stdout.str()
 
 
@@ -179,13 +199,28 @@ def test_rounds_that_cannot_reach_the_level_are_refused_before_measuring(pyteste
     )
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["--udpsend-candidate-sysctl", "net.core.netdev_budget=8"], "*defines the candidate arm of --udpsend-interleave*"),
-    (["--udpsend-interleave", "8", "--udpsend-candidate-sysctl", "net.core.no_such_knob=8"], "*unknown sysctl net.core.no_such_knob*"),
-    (["--udpsend-interleave", "8", "--udpsend-candidate-sysctl", "net.core.netdev_budget"], "*use KEY=VALUE, e.g. --udpsend-candidate-sysctl net.core.netdev_budget=8*"),
-    (["--udpsend-interleave", "1"], "*--udpsend-interleave 1: one round is one pair*"),
-    (["--udpsend-interleave", "8", "--udpsend-kernel", "host", "--udpsend-kernel", "host"], "*alternates the boots of two*"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--udpsend-candidate-sysctl", "net.core.netdev_budget=8"],
+            "*defines the candidate arm of --udpsend-interleave*",
+        ),
+        (
+            ["--udpsend-interleave", "8", "--udpsend-candidate-sysctl", "net.core.no_such_knob=8"],
+            "*unknown sysctl net.core.no_such_knob*",
+        ),
+        (
+            ["--udpsend-interleave", "8", "--udpsend-candidate-sysctl", "net.core.netdev_budget"],
+            "*use KEY=VALUE, e.g. --udpsend-candidate-sysctl net.core.netdev_budget=8*",
+        ),
+        (["--udpsend-interleave", "1"], "*--udpsend-interleave 1: one round is one pair*"),
+        (
+            ["--udpsend-interleave", "8", "--udpsend-kernel", "host", "--udpsend-kernel", "host"],
+            "*alternates the boots of two*",
+        ),
+    ],
+)
 def test_bad_interleave_options_are_usage_errors(pytester: pytest.Pytester, args: list[str], expected: str) -> None:
     pytester.makepyfile("def test_x():\n    pass\n")
     result = pytester.runpytest(*args, "-p", "no:cacheprovider")
@@ -206,8 +241,14 @@ def test_a_candidate_sysctl_is_set_in_the_candidate_arm_only_and_restored(pytest
             with open("seen.txt", "a") as f:
                 f.write(f"{{udpsend_arm}} {{Path('{knob}').read_text().strip()}}\\n")
     """)
-    result = pytester.runpytest("--udpsend-interleave", "8", "--udpsend-candidate-sysctl", "net.core.netdev_budget=17",
-                                "--udpsend-require-privileges", *TOL)  # fmt: skip
+    result = pytester.runpytest(
+        "--udpsend-interleave",
+        "8",
+        "--udpsend-candidate-sysctl",
+        "net.core.netdev_budget=17",
+        "--udpsend-require-privileges",
+        *TOL,
+    )
     result.assert_outcomes(passed=1)
     seen = (pytester.path / "seen.txt").read_text().split("\n")
     assert sorted(x for x in seen if x) == [f"baseline {before}"] * 8 + ["candidate 17"] * 8
@@ -217,20 +258,31 @@ def test_a_candidate_sysctl_is_set_in_the_candidate_arm_only_and_restored(pytest
 def _doc(tmp_path: Path, cand_pps: float, control: bool = False) -> Path:
     from pytest_udpsend.results import store
 
-    rounds = [{"order": "BC" if i % 2 else "CB", "baseline": [{"pps": 1000.0 + i}], "candidate": [{"pps": cand_pps + i}]}
-              for i in range(10)]  # fmt: skip
-    record = {"control": control, "rounds": rounds, "level": 0.05, "family": 1, "tolerance": 0.05,
-              "paired": [paired.judge("t.py::t", rounds, "pps", 0.05, 0.05, control).to_dict()]}  # fmt: skip
-    doc = store.document({"kernel": "6.18", "backend": "timestamp"}, {"t.py::t": {"outcome": "passed",
-                         "samples": [s for r in rounds for s in r["baseline"]], "interleave": record}})  # fmt: skip
+    rounds = [
+        {"order": "BC" if i % 2 else "CB", "baseline": [{"pps": 1000.0 + i}], "candidate": [{"pps": cand_pps + i}]}
+        for i in range(10)
+    ]
+    record = {
+        "control": control,
+        "rounds": rounds,
+        "level": 0.05,
+        "family": 1,
+        "tolerance": 0.05,
+        "paired": [paired.judge("t.py::t", rounds, "pps", 0.05, 0.05, control).to_dict()],
+    }
+    doc = store.document(
+        {"kernel": "6.18", "backend": "timestamp"},
+        {"t.py::t": {"outcome": "passed", "samples": [s for r in rounds for s in r["baseline"]], "interleave": record}},
+    )
     path = tmp_path / "run.json"
     store.write(path, doc)
     store.load(path)  # the schema takes it
     return path
 
 
-def test_udpsend_compare_judges_one_interleaved_document_by_the_same_rule(tmp_path: Path,
-                                                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_udpsend_compare_judges_one_interleaved_document_by_the_same_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pytest_udpsend.cli import main
 
     slow = _doc(tmp_path, 800.0)
@@ -264,9 +316,25 @@ def test_two_kernels_boot_alternately_and_the_other_is_judged_on_the_pairs(pytes
             pass
     """
     )
-    result = pytester.runpytest("--udpsend-kernel", "host", "--udpsend-kernel", "host", "--udpsend-gate-against", "host",
-                                "--udpsend-interleave", "6", "--udpsend-require-privileges", "--udpsend-json", "k.json",
-                                "-o", "udpsend_compare_metrics=pps", "-o", "udpsend_tolerance=0.05", "-p", "no:cacheprovider")  # fmt: skip
+    result = pytester.runpytest(
+        "--udpsend-kernel",
+        "host",
+        "--udpsend-kernel",
+        "host",
+        "--udpsend-gate-against",
+        "host",
+        "--udpsend-interleave",
+        "6",
+        "--udpsend-require-privileges",
+        "--udpsend-json",
+        "k.json",
+        "-o",
+        "udpsend_compare_metrics=pps",
+        "-o",
+        "udpsend_tolerance=0.05",
+        "-p",
+        "no:cacheprovider",
+    )
     result.assert_outcomes(passed=2)
     from pytest_udpsend.results import store
 
@@ -307,8 +375,11 @@ def test_what_n_buys_is_found_four_times_in_five_by_the_test_itself() -> None:
 def test_a_summary_lists_a_control_that_moved_apart_from_candidates() -> None:
     from pytest_udpsend.frontend.reporting import interleave_summary
 
-    moved = {"control": True, "rounds": [], "paired": [{"metric": "pps", "verdict": "regressed", "pairs": 10,
-                                                        "estimate": 1.3, "resolvable": 1.1}]}  # fmt: skip
+    moved = {
+        "control": True,
+        "rounds": [],
+        "paired": [{"metric": "pps", "verdict": "regressed", "pairs": 10, "estimate": 1.3, "resolvable": 1.1}],
+    }
     lines = interleave_summary({"a.py::t": {"samples": [], "interleave": moved}})
     assert lines[0] == "candidates that regressed: none"
     assert lines[1] == "controls that moved (the host was noisy; in-run A/A): a.py::t pps"

@@ -61,12 +61,27 @@ def test_a_release_names_a_kernel_whole_or_by_a_prefix_ending_at_a_separator():
 
 
 def test_bare_host_against_a_vm_is_refused_unless_allowed(pytester):
-    err = _usage_error(pytester, "--udpsend-kernel", "host", "--udpsend-kernel", "/nonexistent/vmlinuz",
-                       "--udpsend-gate-against", "host")  # fmt: skip
+    err = _usage_error(
+        pytester,
+        "--udpsend-kernel",
+        "host",
+        "--udpsend-kernel",
+        "/nonexistent/vmlinuz",
+        "--udpsend-gate-against",
+        "host",
+    )
     assert "run on the bare host and in a VM" in err and "--udpsend-allow-mixed" in err
     # allowed, the image itself is checked next (before anything runs)
-    err = _usage_error(pytester, "--udpsend-kernel", "host", "--udpsend-kernel", "/nonexistent/vmlinuz",
-                       "--udpsend-gate-against", "host", "--udpsend-allow-mixed")  # fmt: skip
+    err = _usage_error(
+        pytester,
+        "--udpsend-kernel",
+        "host",
+        "--udpsend-kernel",
+        "/nonexistent/vmlinuz",
+        "--udpsend-gate-against",
+        "host",
+        "--udpsend-allow-mixed",
+    )
     assert "--udpsend-kernel /nonexistent/vmlinuz: no such kernel image" in err
 
 
@@ -76,11 +91,23 @@ def test_several_kernels_refuse_xdist(pytester):
 
 def test_too_few_samples_are_refused_before_any_kernel_runs(pytester):
     pytester.makepyfile(test_x=TINY.replace("pass", "open('ran', 'w').close()"))
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--udpsend-kernel", "host", "--udpsend-kernel", "host",
-                                           "--udpsend-gate-against", "host", "--udpsend-repeat", "2")  # fmt: skip
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "--udpsend-kernel",
+        "host",
+        "--udpsend-kernel",
+        "host",
+        "--udpsend-gate-against",
+        "host",
+        "--udpsend-repeat",
+        "2",
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert re.search(r"--udpsend-gate-against: 2 baseline and 2 new samples per test cannot reach .* --udpsend-repeat \d+ or more",
-                     result.stderr.str())  # fmt: skip
+    assert re.search(
+        r"--udpsend-gate-against: 2 baseline and 2 new samples per test cannot reach .* --udpsend-repeat \d+ or more",
+        result.stderr.str(),
+    )
     assert not (pytester.path / "ran").exists()
 
 
@@ -107,13 +134,29 @@ def test_the_same_kernel_twice_reports_each_and_the_gate_fails_the_regressed_one
     pytester.makepyfile(test_x=CHANGED)
     out, page = pytester.path / "out.json", pytester.path / "r.html"
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-rA", "--udpsend-require-privileges", "--udpsend-kernel", "host", "--udpsend-kernel",
-        "host", "--udpsend-gate-against", RELEASE, "--udpsend-repeat", "6", "--udpsend-json", str(out),
-    )  # fmt: skip
+        "-p",
+        "no:cacheprovider",
+        "-rA",
+        "--udpsend-require-privileges",
+        "--udpsend-kernel",
+        "host",
+        "--udpsend-kernel",
+        "host",
+        "--udpsend-gate-against",
+        RELEASE,
+        "--udpsend-repeat",
+        "6",
+        "--udpsend-json",
+        str(out),
+    )
     text = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, text
-    for line in (f"PASSED test_x.py::test_plain@{RELEASE}", f"PASSED test_x.py::test_rate@{RELEASE}",
-                 f"PASSED test_x.py::test_plain@{RELEASE}#2", f"FAILED test_x.py::test_rate@{RELEASE}#2"):  # fmt: skip
+    for line in (
+        f"PASSED test_x.py::test_plain@{RELEASE}",
+        f"PASSED test_x.py::test_rate@{RELEASE}",
+        f"PASSED test_x.py::test_plain@{RELEASE}#2",
+        f"FAILED test_x.py::test_rate@{RELEASE}#2",
+    ):
         assert line in text
     assert f"udpsend kernel gate (against {RELEASE}): regression" in text
     assert re.search(r"test_x.py::test_rate\s+pps .* -9\d% worse .* regression", text)
@@ -128,8 +171,11 @@ def test_the_same_kernel_twice_reports_each_and_the_gate_fails_the_regressed_one
         verdicts["pps"] == "regression" and second["tests"][f"test_x.py::test_rate@{RELEASE}#2"]["outcome"] == "failed"
     )
     assert second["gate"]["settings"]["one_command"] and "noise floor for one command" in text
-    report = subprocess.run([sys.executable, "-m", "pytest_udpsend.cli", "report", str(out), "-o", str(page)],
-                            capture_output=True, text=True)  # fmt: skip
+    report = subprocess.run(
+        [sys.executable, "-m", "pytest_udpsend.cli", "report", str(out), "-o", str(page)],
+        capture_output=True,
+        text=True,
+    )
     assert report.returncode == 0, report.stderr
     assert f"--udpsend-kernel host ({RELEASE}#2)" in page.read_text()  # one section per kernel's run
 
@@ -138,8 +184,10 @@ LANE_IMAGE = os.environ.get("UDPSEND_LANE_IMAGE", "")
 
 
 @pytest.mark.lane
-@pytest.mark.skipif(not LANE_IMAGE or not shutil.which("qemu-system-x86_64"),
-                    reason="needs UDPSEND_LANE_IMAGE and qemu (ci/lane.sh sets both up)")  # fmt: skip
+@pytest.mark.skipif(
+    not LANE_IMAGE or not shutil.which("qemu-system-x86_64"),
+    reason="needs UDPSEND_LANE_IMAGE and qemu (ci/lane.sh sets both up)",
+)
 def test_this_host_against_a_kernel_image_in_one_command(pytester):
     """host, then the image in a VM (one boot): both ids reported, the gate's verdict on the image's."""
     from pytest_udpsend.lane import vm
@@ -148,14 +196,32 @@ def test_this_host_against_a_kernel_image_in_one_command(pytester):
     pytester.makepyfile(test_x=TINY)
     out = pytester.path / "out.json"
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-rA", "--udpsend-require-privileges", "--udpsend-kernel", "host",
-        f"--udpsend-kernel={LANE_IMAGE}", "--udpsend-gate-against", "host", "--udpsend-allow-mixed",
-        "--udpsend-backend", "timestamp", "--udpsend-repeat", "5", "--udpsend-json", str(out),
-        "--udpsend-kernel-timeout", "900",
-    )  # fmt: skip
+        "-p",
+        "no:cacheprovider",
+        "-rA",
+        "--udpsend-require-privileges",
+        "--udpsend-kernel",
+        "host",
+        f"--udpsend-kernel={LANE_IMAGE}",
+        "--udpsend-gate-against",
+        "host",
+        "--udpsend-allow-mixed",
+        "--udpsend-backend",
+        "timestamp",
+        "--udpsend-repeat",
+        "5",
+        "--udpsend-json",
+        str(out),
+        "--udpsend-kernel-timeout",
+        "900",
+    )
     text = result.stdout.str()
-    for nodeid in (f"test_x.py::test_plain@{RELEASE}", f"test_x.py::test_measure@{RELEASE}",
-                   f"test_x.py::test_plain@{guest}", f"test_x.py::test_measure@{guest}"):  # fmt: skip
+    for nodeid in (
+        f"test_x.py::test_plain@{RELEASE}",
+        f"test_x.py::test_measure@{RELEASE}",
+        f"test_x.py::test_plain@{guest}",
+        f"test_x.py::test_measure@{guest}",
+    ):
         assert re.search(rf"^(PASSED|FAILED) {re.escape(nodeid)}( - .*)?$", text, re.M), text[-3000:]
     assert f"udpsend kernel gate: each kernel against {RELEASE}" in text
     assert re.search(rf"{re.escape(guest)}: [01] of 1 compared test\(s\) regressed", text)

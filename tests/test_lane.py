@@ -33,11 +33,21 @@ def test_guest_args_keep_the_hosts_own_and_override_in_option_form():
     then overrides in --opt=value form, which pytest never reads as a path."""
     args = ["--udpsend-kernel", "/k/boot/vmlinuz", "tests/test_bpf.py", "-k", "plain", "--junitxml", "out.xml"]
     out = vm.guest_args(args, Path("/x"), ["cacheprovider", "junitxml"])
-    assert out == [*args, "--udpsend-json=/x/results.json", "--udpsend-html=", "--udpsend-pcap=", "--override-ini=cache_dir=/x/cache",
-                   "--junitxml="]  # fmt: skip
-    assert vm.guest_args(["-p", "no:cacheprovider"], Path("/x"), []) == ["-p", "no:cacheprovider",
-                                                                         "--udpsend-json=/x/results.json", "--udpsend-html=",
-                                                                         "--udpsend-pcap="]  # fmt: skip
+    assert out == [
+        *args,
+        "--udpsend-json=/x/results.json",
+        "--udpsend-html=",
+        "--udpsend-pcap=",
+        "--override-ini=cache_dir=/x/cache",
+        "--junitxml=",
+    ]
+    assert vm.guest_args(["-p", "no:cacheprovider"], Path("/x"), []) == [
+        "-p",
+        "no:cacheprovider",
+        "--udpsend-json=/x/results.json",
+        "--udpsend-html=",
+        "--udpsend-pcap=",
+    ]
 
 
 def test_a_file_that_is_no_kernel_is_a_usage_error(pytester, tmp_path):
@@ -52,8 +62,10 @@ def test_a_file_that_is_no_kernel_is_a_usage_error(pytester, tmp_path):
 LANE_IMAGE = os.environ.get("UDPSEND_LANE_IMAGE")
 
 
-@pytest.mark.skipif(not LANE_IMAGE or not shutil.which("qemu-system-x86_64"),
-                    reason="needs UDPSEND_LANE_IMAGE and qemu (ci/lane.sh sets both up)")  # fmt: skip
+@pytest.mark.skipif(
+    not LANE_IMAGE or not shutil.which("qemu-system-x86_64"),
+    reason="needs UDPSEND_LANE_IMAGE and qemu (ci/lane.sh sets both up)",
+)
 def test_a_guest_that_does_not_finish_fails_with_the_console_tail(pytester):
     pytester.makepyfile("def test_x():\n    pass\n")
     started = time.monotonic()

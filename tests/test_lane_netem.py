@@ -22,7 +22,7 @@ pytestmark = [
     pytest.mark.skipif(
         not os.environ.get("UDPSEND_LANE_IMAGE") or not shutil.which("qemu-system-x86_64"),
         reason="needs UDPSEND_LANE_IMAGE and qemu (ci/lane.sh sets both up)",
-    ),  # fmt: skip
+    ),
 ]
 
 GUEST_TESTS = """
@@ -64,9 +64,15 @@ def test_loss(udp_sender):
 def _guest(pytester, tests: str, backend: str):
     pytester.makepyfile(test_netem=tests)
     return pytester.runpytest_subprocess(
-        "--udpsend-kernel", os.environ["UDPSEND_LANE_IMAGE"], "--udpsend-backend", backend,
-        "--udpsend-require-privileges", "-p", "no:cacheprovider", "-rA",
-    )  # fmt: skip
+        "--udpsend-kernel",
+        os.environ["UDPSEND_LANE_IMAGE"],
+        "--udpsend-backend",
+        backend,
+        "--udpsend-require-privileges",
+        "-p",
+        "no:cacheprovider",
+        "-rA",
+    )
 
 
 def test_netem_delay_and_loss_act_in_the_guest(pytester):

@@ -35,8 +35,9 @@ def run_without(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *arg
     return pytester.run("/usr/bin/python3", "-m", "pytest", "-p", "no:cacheprovider", *args)
 
 
-@pytest.mark.skipif(not Path("/usr/bin/python3").exists() or Path("/usr/bin/vng").exists(),
-                    reason="needs a system python beside no vng")  # fmt: skip
+@pytest.mark.skipif(
+    not Path("/usr/bin/python3").exists() or Path("/usr/bin/vng").exists(), reason="needs a system python beside no vng"
+)
 def test_no_virtme_ng_no_modules_no_headers_is_one_usage_error(pytester, monkeypatch, tmp_path):
     image = fake_image(tmp_path / "root")
     result = run_without(pytester, monkeypatch, "--udpsend-kernel", str(image), "--udpsend-backend", "bpf")
@@ -54,8 +55,10 @@ def test_missing_headers_for_bcc_are_named_under_the_bpf_backend(tmp_path):
     moddir.mkdir(parents=True)
     (moddir / "modules.dep").write_text("")
     bpf = vm.preconditions(image, "9.9.9-fake", "bpf")
-    assert any(f"needs the kernel headers linked at {moddir}/build for bcc: apt-get install linux-headers-9.9.9-fake" in p
-               for p in bpf)  # fmt: skip
+    assert any(
+        f"needs the kernel headers linked at {moddir}/build for bcc: apt-get install linux-headers-9.9.9-fake" in p
+        for p in bpf
+    )
     assert not any("headers" in p for p in vm.preconditions(image, "9.9.9-fake", "timestamp"))
 
 

@@ -45,8 +45,11 @@ def shipped(
 ) -> dict[str, list[tuple[pytest.TestReport, pytest.TestReport]]]:
     """Each phase pytester reported, beside the report the host rebuilds after the lane's round trip."""
     pytester.makepyfile(test_guest_side=GUEST_TESTS)
-    reports = [r for r in pytester.inline_run("-p", "no:cacheprovider").getreports("pytest_runtest_logreport")
-               if isinstance(r, pytest.TestReport)]  # fmt: skip
+    reports = [
+        r
+        for r in pytester.inline_run("-p", "no:cacheprovider").getreports("pytest_runtest_logreport")
+        if isinstance(r, pytest.TestReport)
+    ]
     path = pytester.path / "reports.jsonl"
     monkeypatch.setenv(vm.LANE_REPORT_ENV, str(path))
     for report in reports:
@@ -98,8 +101,11 @@ def test_xfail_xpass_skip_and_user_properties_survive(pytester, request, monkeyp
 def test_a_phase_the_host_failed_carries_the_hosts_text(pytester, request, monkeypatch):
     """A kernel gate fails a passed phase (and ends an xpass as a failure): its text wins."""
     pytester.makepyfile(test_guest_side=GUEST_TESTS)
-    reports = [r for r in pytester.inline_run("-p", "no:cacheprovider", "-k", "xpasses").getreports("pytest_runtest_logreport")
-               if isinstance(r, pytest.TestReport) and r.when == "call"]  # fmt: skip
+    reports = [
+        r
+        for r in pytester.inline_run("-p", "no:cacheprovider", "-k", "xpasses").getreports("pytest_runtest_logreport")
+        if isinstance(r, pytest.TestReport) and r.when == "call"
+    ]
     monkeypatch.setenv(vm.LANE_REPORT_ENV, str(pytester.path / "reports.jsonl"))
     vm.write_guest_report(reports[0], request.config)
     (g,) = [g for gs in vm.read_guest_reports(pytester.path / "reports.jsonl")[0].values() for g in gs]

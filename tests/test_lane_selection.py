@@ -17,7 +17,7 @@ pytestmark = [
     pytest.mark.skipif(
         not os.environ.get("UDPSEND_LANE_IMAGE") or not shutil.which("qemu-system-x86_64"),
         reason="needs UDPSEND_LANE_IMAGE and qemu (ci/lane.sh sets both up)",
-    ),  # fmt: skip
+    ),
 ]
 IMAGE = os.environ.get("UDPSEND_LANE_IMAGE", "")
 IN_GUEST = f"""
@@ -55,9 +55,20 @@ def test_no_ini_file_absolute_paths_from_elsewhere_k_m_odd_ids_and_a_conftest_ab
     elsewhere = pytester.mkdir("elsewhere")
     monkeypatch.chdir(elsewhere)
     result = pytester.runpytest_subprocess(
-        "--udpsend-kernel", IMAGE, str(suite), str(other / "test_y.py"), "-k", "not excluded",
-        "-m", "not slow", "-p", "no:cacheprovider", "-rA", "-W", "ignore::pytest.PytestUnknownMarkWarning",
-    )  # fmt: skip
+        "--udpsend-kernel",
+        IMAGE,
+        str(suite),
+        str(other / "test_y.py"),
+        "-k",
+        "not excluded",
+        "-m",
+        "not slow",
+        "-p",
+        "no:cacheprovider",
+        "-rA",
+        "-W",
+        "ignore::pytest.PytestUnknownMarkWarning",
+    )
     assert result.ret == 0, result.stdout.str()[-3000:]
     result.assert_outcomes(passed=5, deselected=2)
     names = {nodeid.rsplit("::", 1)[1] for nodeid in ran(result)}
@@ -88,9 +99,18 @@ def test_pyargs_inifile_and_rootdir_given(pytester, monkeypatch):
     root = pytester.mkdir("root")
     monkeypatch.chdir(pkg.parent)  # lanepkg importable from the invocation directory
     result = pytester.runpytest_subprocess(
-        "--pyargs", "lanepkg.tests", "-c", str(cfg), "--rootdir", str(root), "--udpsend-kernel", IMAGE,
-        "-p", "no:cacheprovider", "-rA",
-    )  # fmt: skip
+        "--pyargs",
+        "lanepkg.tests",
+        "-c",
+        str(cfg),
+        "--rootdir",
+        str(root),
+        "--udpsend-kernel",
+        IMAGE,
+        "-p",
+        "no:cacheprovider",
+        "-rA",
+    )
     assert result.ret == 0, result.stdout.str()[-3000:]
     result.assert_outcomes(passed=2)
     names = {nodeid.rsplit("::", 1)[1] for nodeid in ran(result)}

@@ -200,10 +200,24 @@ def test_bound_without_measurement_is_explained(pytester):
 
 def test_cli_run_prints_the_table_and_cleans_up(tmp_path, host_unchanged):
     out = subprocess.run(
-        [sys.executable, "-m", "pytest_udpsend.cli", "run", "--qdisc", "tbf rate 100mbit burst 32kb latency 20ms",
-         "--sysctl", "net.core.netdev_budget=9", "--duration", "0.3", "--json", str(tmp_path / "r.json")],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest_udpsend.cli",
+            "run",
+            "--qdisc",
+            "tbf rate 100mbit burst 32kb latency 20ms",
+            "--sysctl",
+            "net.core.netdev_budget=9",
+            "--duration",
+            "0.3",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "EAGAIN" in out.stdout and "net.core.netdev_budget=9" in out.stdout
     assert "udpsend: measuring" in out.stderr
@@ -212,7 +226,11 @@ def test_cli_run_prints_the_table_and_cleans_up(tmp_path, host_unchanged):
 
 
 def test_cli_run_bad_input_is_one_sentence():
-    out = subprocess.run([sys.executable, "-m", "pytest_udpsend.cli", "run", "--qdisc", "tbf rate 1mbit"],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest_udpsend.cli", "run", "--qdisc", "tbf rate 1mbit"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert out.stderr.strip() == "udpsend run: qdisc 'tbf rate 1mbit': tbf needs burst"

@@ -34,8 +34,9 @@ def _per_cpu(r, port):
     return [sum(col) for col in zip(*r.irqs[port].values())]
 
 
-@pytest.mark.parametrize("link", [pytest.param(link, marks=pytest.mark.topology(link=link, irq_cpus=[1]))
-                                  for link in ("vmxnet3", "virtio")])  # fmt: skip
+@pytest.mark.parametrize(
+    "link", [pytest.param(link, marks=pytest.mark.topology(link=link, irq_cpus=[1])) for link in ("vmxnet3", "virtio")]
+)
 @pytest.mark.udpsend(duration=1.0, cpu=0, payload=1000)
 @pytest.mark.wfree_latency(backend="bpf")
 def test_tx_completion_frees_every_datagram_in_the_driver(udpsend_result, link):
@@ -79,8 +80,20 @@ def _inner(tmp_path: Path, pair: tuple[str, str], *args: str, popen: bool = Fals
     (tmp_path / "test_inner.py").write_text(INNER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("UDPSEND_LANE_")}  # not a lane guest itself
     env["HANG_FLAG"] = str(tmp_path / "hanging")
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--udpsend-require-privileges",
-            "--udpsend-backend", "timestamp", f"--udpsend-nic-pair={pair[0]},{pair[1]}", str(tmp_path), *args]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--udpsend-require-privileges",
+        "--udpsend-backend",
+        "timestamp",
+        f"--udpsend-nic-pair={pair[0]},{pair[1]}",
+        str(tmp_path),
+        *args,
+    ]
     if popen:
         return subprocess.Popen(
             argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -102,19 +115,31 @@ def _snapshot(port: str) -> dict:
         return json.loads(subprocess.run(["ip", "-j", *args], check=True, capture_output=True, text=True).stdout)
 
     link = ip_json("-d", "link", "show", "dev", port)[0]
-    addrs = [{k: a.get(k) for k in ("family", "local", "prefixlen", "broadcast", "scope", "noprefixroute", "metric")}
-             for a in ip_json("addr", "show", "dev", port)[0]["addr_info"] if a.get("scope") != "link"]  # fmt: skip
+    addrs = [
+        {k: a.get(k) for k in ("family", "local", "prefixlen", "broadcast", "scope", "noprefixroute", "metric")}
+        for a in ip_json("addr", "show", "dev", port)[0]["addr_info"]
+        if a.get("scope") != "link"
+    ]
     # IPv6's link-local and multicast routes are the kernel's: addrconf adds them once the port has
     # carrier, a moment after it comes up, and the give-back leaves them to it (nicport.py); a
     # snapshot taken before carrier lacks them, so they are not part of what must come back.
-    routes = sorted(json.dumps({k: v for k, v in r.items() if k != "flags"}, sort_keys=True)  # flags: carrier
-                    for fam in ("-4", "-6") for r in ip_json(fam, "route", "show", "table", "all", "dev", port)
-                    if not str(r.get("dst", "")).startswith(("fe80:", "ff00:")))  # fmt: skip
-    qdisc = json.loads(subprocess.run(["tc", "-j", "qdisc", "show", "dev", port, "root"], check=True,
-                                      capture_output=True, text=True).stdout)  # fmt: skip
+    routes = sorted(
+        json.dumps({k: v for k, v in r.items() if k != "flags"}, sort_keys=True)  # flags: carrier
+        for fam in ("-4", "-6")
+        for r in ip_json(fam, "route", "show", "table", "all", "dev", port)
+        if not str(r.get("dst", "")).startswith(("fe80:", "ff00:"))
+    )
+    qdisc = json.loads(
+        subprocess.run(
+            ["tc", "-j", "qdisc", "show", "dev", port, "root"], check=True, capture_output=True, text=True
+        ).stdout
+    )
     base = Path("/sys/class/net") / port
-    irqs = {irq: Path(f"/proc/irq/{irq}/smp_affinity").read_text().strip() for irq in nicport.irq_numbers(port)
-            if Path(f"/proc/irq/{irq}/smp_affinity").exists()}  # fmt: skip
+    irqs = {
+        irq: Path(f"/proc/irq/{irq}/smp_affinity").read_text().strip()
+        for irq in nicport.irq_numbers(port)
+        if Path(f"/proc/irq/{irq}/smp_affinity").exists()
+    }
     default = Path("/proc/irq/default_smp_affinity").read_text().strip()
     conf = {}
     for fam in ("ipv4", "ipv6"):
@@ -212,34 +237,88 @@ def test_a_port_the_host_uses_is_refused(tmp_path, host_ports):
 
 # Each use as a command run on the guest, its undo, and what the refusal names ({a}: the port).
 USES = [
-    (["ip route add 10.9.0.0/16 via 10.251.0.2 dev {a} table 100"], ["ip route flush table 100"],
-     "{a} carries this host's route '10.9.0.0/16 via 10.251.0.2' (table 100, proto boot)"),
-    (["ip -6 route add 2001:db8:9::/64 dev {a} proto static"], ["ip -6 route del 2001:db8:9::/64 dev {a}"],
-     "{a} carries this host's route '2001:db8:9::/64' (table main, proto static)"),
-    (["ip rule add iif {a} table 100"], ["ip rule del iif {a} table 100"],
-     "{a} is named by this host's routing rule 'iif {a} lookup 100'"),
-    (["ip link add link {a} name vl9 type vlan id 9"], ["ip link del vl9"],
-     "{a} is the lower device of this host's vlan device vl9 (its link)"),
-    (["ip link add gre9 type gre local 10.251.0.1 remote 10.251.0.9"], ["ip link del gre9"],
-     "{a} is the underlay of this host's gre device gre9 (its local address 10.251.0.1)"),
-    (["ip link add gnv9 type geneve id 9 remote 10.251.0.9"], ["ip link del gnv9"],
-     "{a} is the underlay of this host's geneve device gnv9 (its remote 10.251.0.9 is reached through {a})"),
-    (["ip link add bond9 type bond", "ip link set {a} down", "ip link set {a} master bond9"], ["ip link del bond9"],
-     "{a} is part of bond9"),
+    (
+        ["ip route add 10.9.0.0/16 via 10.251.0.2 dev {a} table 100"],
+        ["ip route flush table 100"],
+        "{a} carries this host's route '10.9.0.0/16 via 10.251.0.2' (table 100, proto boot)",
+    ),
+    (
+        ["ip -6 route add 2001:db8:9::/64 dev {a} proto static"],
+        ["ip -6 route del 2001:db8:9::/64 dev {a}"],
+        "{a} carries this host's route '2001:db8:9::/64' (table main, proto static)",
+    ),
+    (
+        ["ip rule add iif {a} table 100"],
+        ["ip rule del iif {a} table 100"],
+        "{a} is named by this host's routing rule 'iif {a} lookup 100'",
+    ),
+    (
+        ["ip link add link {a} name vl9 type vlan id 9"],
+        ["ip link del vl9"],
+        "{a} is the lower device of this host's vlan device vl9 (its link)",
+    ),
+    (
+        ["ip link add gre9 type gre local 10.251.0.1 remote 10.251.0.9"],
+        ["ip link del gre9"],
+        "{a} is the underlay of this host's gre device gre9 (its local address 10.251.0.1)",
+    ),
+    (
+        ["ip link add gnv9 type geneve id 9 remote 10.251.0.9"],
+        ["ip link del gnv9"],
+        "{a} is the underlay of this host's geneve device gnv9 (its remote 10.251.0.9 is reached through {a})",
+    ),
+    (
+        ["ip link add bond9 type bond", "ip link set {a} down", "ip link set {a} master bond9"],
+        ["ip link del bond9"],
+        "{a} is part of bond9",
+    ),
     (["tc qdisc replace dev {a} root handle 1: prio"], [], "{a} has the qdisc prio 1: with classes"),
-    (["tc qdisc add dev {a} ingress"], ["tc qdisc del dev {a} ingress"], "{a} has the qdisc ingress ffff: on ingress or egress"),
-    (["tc qdisc replace dev {a} root handle 9: fq_codel", "tc filter add dev {a} parent 9: protocol all matchall action pass"],
-     [], "{a} has filters on its root qdisc fq_codel 9:"),
+    (
+        ["tc qdisc add dev {a} ingress"],
+        ["tc qdisc del dev {a} ingress"],
+        "{a} has the qdisc ingress ffff: on ingress or egress",
+    ),
+    (
+        [
+            "tc qdisc replace dev {a} root handle 9: fq_codel",
+            "tc filter add dev {a} parent 9: protocol all matchall action pass",
+        ],
+        [],
+        "{a} has filters on its root qdisc fq_codel 9:",
+    ),
     # the kernel's own fq_codel (handle 0:, which tc cannot change) is borrowed; so is one tc made with
     # the defaults for the port's MTU; one made with other parameters is refused
-    (["sysctl -qw net.core.default_qdisc=fq_codel", "tc qdisc replace dev {a} root pfifo", "tc qdisc del dev {a} root"],
-     [], None),
+    (
+        [
+            "sysctl -qw net.core.default_qdisc=fq_codel",
+            "tc qdisc replace dev {a} root pfifo",
+            "tc qdisc del dev {a} root",
+        ],
+        [],
+        None,
+    ),
     (["tc qdisc replace dev {a} root handle 9: fq_codel"], [], None),
-    (["tc qdisc replace dev {a} root handle 9: fq_codel limit 100"], [],
-     "{a} has the root qdisc fq_codel 9: with non-default parameters (limit 100)"),
-]  # fmt: skip
-USE_IDS = ["route-table-100", "route-v6-static", "rule-iif", "vlan", "gre-local", "geneve-remote", "bond", "prio-classes",
-           "ingress", "filter", "kernel-fq_codel", "tc-fq_codel-defaults", "tc-fq_codel-limit"]  # fmt: skip
+    (
+        ["tc qdisc replace dev {a} root handle 9: fq_codel limit 100"],
+        [],
+        "{a} has the root qdisc fq_codel 9: with non-default parameters (limit 100)",
+    ),
+]
+USE_IDS = [
+    "route-table-100",
+    "route-v6-static",
+    "rule-iif",
+    "vlan",
+    "gre-local",
+    "geneve-remote",
+    "bond",
+    "prio-classes",
+    "ingress",
+    "filter",
+    "kernel-fq_codel",
+    "tc-fq_codel-defaults",
+    "tc-fq_codel-limit",
+]
 
 
 @pytest.mark.topology(link="e1000e")

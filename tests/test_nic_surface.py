@@ -17,8 +17,12 @@ def test_a_nic_link_outside_the_lane_skips_saying_how_to_run_it(pytester):
     pytester.makepyfile(NIC_TEST)
     result = pytester.runpytest_subprocess("-rs")
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*link='vmxnet3' needs a pair of emulated vmxnet3 NICs: run it in the kernel lane "
-                                 "with --udpsend-kernel IMAGE*"])  # fmt: skip
+    result.stdout.fnmatch_lines(
+        [
+            "*link='vmxnet3' needs a pair of emulated vmxnet3 NICs: run it in the kernel lane "
+            "with --udpsend-kernel IMAGE*"
+        ]
+    )
 
 
 def test_a_nic_link_fails_under_require_privileges(pytester):
@@ -29,11 +33,14 @@ def test_a_nic_link_fails_under_require_privileges(pytester):
     result.stdout.no_fnmatch_line("*Traceback*")
 
 
-@pytest.mark.parametrize(("marker", "sentence"), [
-    ("link='foo'", "link='foo': must be one of 'veth', 'nic', 'vmxnet3', 'virtio', 'e1000e'"),
-    ("irq_cpus=[1]", "irq_cpus= needs a NIC link"),
-    ("link='virtio', gro=True", "gro, threaded_napi and napi_cpus shape a veth; on link='virtio'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("marker", "sentence"),
+    [
+        ("link='foo'", "link='foo': must be one of 'veth', 'nic', 'vmxnet3', 'virtio', 'e1000e'"),
+        ("irq_cpus=[1]", "irq_cpus= needs a NIC link"),
+        ("link='virtio', gro=True", "gro, threaded_napi and napi_cpus shape a veth; on link='virtio'"),
+    ],
+)
 def test_bad_nic_marker_arguments_are_one_sentence_at_collection(pytester, marker, sentence):
     pytester.makepyfile(f"import pytest\n\n@pytest.mark.topology({marker})\ndef test_x(udp_sender):\n    pass\n")
     result = pytester.runpytest_subprocess()

@@ -19,14 +19,19 @@ from pytest_udpsend.host import qdisc
     ("text", "params"),
     [
         ("netem delay 10ms 2ms loss 1%", {"delay": 10_000, "jitter": 2000, "loss": 1.0}),
-        ("netem delay 100ms 10ms 25% loss random 0.5 25%",
-         {"delay": 100_000, "jitter": 10_000, "delay_corr": 25.0, "loss": 0.5, "loss_corr": 25.0}),
-        ("netem delay 5ms reorder 25% 50% gap 5", {"delay": 5000, "prob_reorder": 25.0, "corr_reorder": 50.0, "gap": 5}),
+        (
+            "netem delay 100ms 10ms 25% loss random 0.5 25%",
+            {"delay": 100_000, "jitter": 10_000, "delay_corr": 25.0, "loss": 0.5, "loss_corr": 25.0},
+        ),
+        (
+            "netem delay 5ms reorder 25% 50% gap 5",
+            {"delay": 5000, "prob_reorder": 25.0, "corr_reorder": 50.0, "gap": 5},
+        ),
         ("netem duplicate 1% corrupt 0.1%", {"duplicate": 1.0, "prob_corrupt": 0.1}),
         ("netem rate 10mbit limit 3000", {"rate": 1_250_000, "limit": 3000}),
         ("netem delay 1s", {"delay": 1_000_000}),
     ],
-)  # fmt: skip
+)
 def test_netem_parses_as_tc_netem_reads_it(text, params):
     spec = qdisc.parse(text)
     assert spec.kind == "netem" and spec.params == params
@@ -87,7 +92,7 @@ def _root(
         (None, None, "", "sch_netem 40960 0 - Live 0x0\n", None),
         (None, None, "", "", None),  # nothing to tell by: the kernel is asked
     ],
-)  # fmt: skip
+)
 def test_missing_module_reads_modules_builtin_dep_and_config(tmp_path, config, dep, builtin, loaded, why):
     root = _root(tmp_path, config, dep, builtin, loaded)
     found = qdisc.missing_module("netem", "6.1.0-x", root)
@@ -98,9 +103,11 @@ def test_missing_module_reads_modules_builtin_dep_and_config(tmp_path, config, d
 def test_the_sentence_names_the_module_and_the_fix(tmp_path):
     root = _root(tmp_path, "# CONFIG_NET_SCH_NETEM is not set\n")
     text = qdisc.unavailable(qdisc.parse("netem delay 10ms"), "6.1.0-x", root)
-    assert text == ("qdisc 'netem delay 10ms': kernel 6.1.0-x has no sch_netem (CONFIG_NET_SCH_NETEM is not set): "
-                    "modprobe sch_netem where it is a module, or run on a kernel built with CONFIG_NET_SCH_NETEM "
-                    "(e.g. a Debian kernel through --udpsend-kernel)")  # fmt: skip
+    assert text == (
+        "qdisc 'netem delay 10ms': kernel 6.1.0-x has no sch_netem (CONFIG_NET_SCH_NETEM is not set): "
+        "modprobe sch_netem where it is a module, or run on a kernel built with CONFIG_NET_SCH_NETEM "
+        "(e.g. a Debian kernel through --udpsend-kernel)"
+    )
 
 
 class RefusingIpr:
@@ -149,6 +156,10 @@ def test_netem_on_a_kernel_without_sch_netem_is_one_sentence_not_a_traceback(pyt
 @pytest.mark.topology(qdisc="mq")
 def test_mq_on_the_sender_veth(veth):
     """mq, with no clsact: the veth has more than one TX queue, so the kernel takes it."""
-    out = subprocess.run(["tc", "-n", veth.sender.name, "qdisc", "show", "dev", veth.sender.ifname],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["tc", "-n", veth.sender.name, "qdisc", "show", "dev", veth.sender.ifname],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "qdisc mq 1: root" in out

@@ -151,8 +151,12 @@ def sender_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def record_program(script: str, out: Path, duration: float = 30.0) -> tuple[record.Recording, str]:
     """Run ``sh -c script`` in a network namespace of its own (loopback up); it must wait for a byte on
     stdin before sending; record it from the first syscall after the probe is attached until it exits."""
-    proc = subprocess.Popen(["unshare", "-n", "sh", "-c", "ip link set lo up && " + script],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        ["unshare", "-n", "sh", "-c", "ip link set lo up && " + script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdin is not None
 
     def go() -> None:
@@ -236,8 +240,10 @@ def test_iperf3_recorded_and_replayed(tmp_path, udp_sender):
     if shutil.which("iperf3") is None:
         pytest.skip("iperf3 is not installed: apt-get install iperf3")
     path = tmp_path / "iperf3.pcapng"
-    script = ("iperf3 -s -1 -p 5201 >/dev/null 2>&1 & sleep 0.5; read go; "
-              "exec iperf3 -c 127.0.0.1 -p 5201 -u -b 8M -l 1200 -t 1 -J")  # fmt: skip
+    script = (
+        "iperf3 -s -1 -p 5201 >/dev/null 2>&1 & sleep 0.5; read go; "
+        "exec iperf3 -c 127.0.0.1 -p 5201 -u -b 8M -l 1200 -t 1 -J"
+    )
     rec, out = record_program(script, path)
     report: dict[str, Any] = json.loads(out)
     packets, seconds = report["end"]["sum"]["packets"], report["end"]["sum"]["seconds"]
@@ -323,8 +329,11 @@ def test_refusals_are_one_sentence(tmp_path, capsys, monkeypatch):
 
 
 def test_the_command_writes_the_file_and_says_what_it_saw(sender_bin, tmp_path, capsys):
-    proc = subprocess.Popen(["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {sender_bin} shape"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        ["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {sender_bin} shape"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
 
     def go_once_attached() -> None:  # the output's temporary file exists once the probe is attached
         deadline = time.monotonic() + 30
@@ -354,15 +363,21 @@ def test_sigterm_ends_a_recording_and_keeps_the_file(tmp_path):
     import signal
     import sys
 
-    forever = "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nwhile True:\n" \
-              "    s.sendto(bytes(321), ('127.0.0.1', 9))\n    time.sleep(0.005)\n"  # fmt: skip
+    forever = (
+        "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nwhile True:\n"
+        "    s.sendto(bytes(321), ('127.0.0.1', 9))\n    time.sleep(0.005)\n"
+    )
     (tmp_path / "forever.py").write_text(forever)
     app = subprocess.Popen(
         ["unshare", "-n", "sh", "-c", f"ip link set lo up && exec python3 {tmp_path / 'forever.py'}"]
     )
     out = tmp_path / "f.pcapng"
-    cmd = subprocess.Popen([sys.executable, "-m", "pytest_udpsend.cli", "record", "--pid", str(app.pid), "-o", str(out)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    cmd = subprocess.Popen(
+        [sys.executable, "-m", "pytest_udpsend.cli", "record", "--pid", str(app.pid), "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not list(tmp_path.glob(".f.pcapng.*")) and time.monotonic() < deadline:  # attached

@@ -204,8 +204,10 @@ def test_resume_ms_marker_arguments(pytester):
     out = pytester.runpytest_subprocess("--collect-only").stdout.str()
     print(out)
     assert "@pytest.mark.resume_ms: max=-1: " in out
-    assert "@pytest.mark.resume_ms: bounds the recovery after each release of a pressure schedule, and this test has " \
-           "none: add @pytest.mark.cpu_pressure(..., on_s=0.2, off_s=0.2)" in out  # fmt: skip
+    assert (
+        "@pytest.mark.resume_ms: bounds the recovery after each release of a pressure schedule, and this test has "
+        "none: add @pytest.mark.cpu_pressure(..., on_s=0.2, off_s=0.2)" in out
+    )
     assert "@pytest.mark.cpu_pressure: on_s=0.2, off_s=None: a schedule needs both" in out
     assert "Traceback" not in out
 

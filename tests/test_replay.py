@@ -53,8 +53,14 @@ def write(path: Path, records: list[tuple[int, Any]], wirelen: dict[int, int] | 
     return path
 
 
-def bursts_capture(path: Path, gap_ns: int = 20_000, bursts: int = 3, per: int = 200, apart_ns: int = 200_000_000,
-                   sizes: tuple[int, ...] = SIZES) -> tuple[Path, list[int], list[int]]:  # fmt: skip
+def bursts_capture(
+    path: Path,
+    gap_ns: int = 20_000,
+    bursts: int = 3,
+    per: int = 200,
+    apart_ns: int = 200_000_000,
+    sizes: tuple[int, ...] = SIZES,
+) -> tuple[Path, list[int], list[int]]:
     """``bursts`` x ``per`` datagrams of mixed sizes, ``gap_ns`` apart inside a burst, bursts ``apart_ns`` apart."""
     rng = random.Random(28)
     times = [b * apart_ns + i * gap_ns for b in range(bursts) for i in range(per)]

@@ -21,20 +21,52 @@ pytest_plugins = ["pytester"]
 
 
 def burst(i: int, eagain: int, attempts: int = 200, loop: int = 0) -> dict[str, Any]:
-    return {"loop": loop, "burst": i, "start_s": 0.2 * i, "span_s": 0.004, "datagrams": attempts, "bytes": attempts * 700,
-            "attempts": attempts, "sent": attempts - eagain, "sent_bytes": (attempts - eagain) * 700, "eagain": eagain,
-            "eagain_rate": round(eagain / attempts, 6) if attempts else 0.0, "outq_max": 8192}  # fmt: skip
+    return {
+        "loop": loop,
+        "burst": i,
+        "start_s": 0.2 * i,
+        "span_s": 0.004,
+        "datagrams": attempts,
+        "bytes": attempts * 700,
+        "attempts": attempts,
+        "sent": attempts - eagain,
+        "sent_bytes": (attempts - eagain) * 700,
+        "eagain": eagain,
+        "eagain_rate": round(eagain / attempts, 6) if attempts else 0.0,
+        "outq_max": 8192,
+    }
 
 
 def replay_sample(eagains: list[int], source: str = "b.pcap") -> dict[str, Any]:
     bursts = [burst(i, e) for i, e in enumerate(eagains)]
     attempts, eagain = sum(b["attempts"] for b in bursts), sum(eagains)
-    return {"kernel": "6.18.0", "attempts": attempts, "eagain": eagain, "eagain_rate": eagain / attempts, "pps": 1e4,
-            "sndbuf_effective": 8192, "topology": "veth", "wfree": {}, "sysctls": {},
-            "replay": {"source": source, "speed": 1.0, "loop": 1, "datagrams": attempts, "bytes": attempts * 700,
-                       "span_s": 0.2 * len(bursts), "bursts": bursts, "burst_rule": "a gap", "notes": {},
-                       "expected_s": 0.2 * len(bursts), "timing_error": 0.01, "late_mean_us": 3.0, "late_max_us": 40.0,
-                       "worst_burst": max(range(len(bursts)), key=lambda i: bursts[i]["eagain_rate"])}}  # fmt: skip
+    return {
+        "kernel": "6.18.0",
+        "attempts": attempts,
+        "eagain": eagain,
+        "eagain_rate": eagain / attempts,
+        "pps": 1e4,
+        "sndbuf_effective": 8192,
+        "topology": "veth",
+        "wfree": {},
+        "sysctls": {},
+        "replay": {
+            "source": source,
+            "speed": 1.0,
+            "loop": 1,
+            "datagrams": attempts,
+            "bytes": attempts * 700,
+            "span_s": 0.2 * len(bursts),
+            "bursts": bursts,
+            "burst_rule": "a gap",
+            "notes": {},
+            "expected_s": 0.2 * len(bursts),
+            "timing_error": 0.01,
+            "late_mean_us": 3.0,
+            "late_max_us": 40.0,
+            "worst_burst": max(range(len(bursts)), key=lambda i: bursts[i]["eagain_rate"]),
+        },
+    }
 
 
 # ------------------------------------------------------------------------------------------ the bound

@@ -22,9 +22,44 @@ EVIL = SCRIPT + IMG + ATTR
 OLD, NEW = "6.1.0-56-amd64" + EVIL, "6.12.95" + EVIL
 
 # the only elements our pages are made of; anything else came from the data
-OURS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "table", "caption", "tr", "th", "td",
-        "em", "strong", "small", "br", "ul", "li", "div", "section", "span", "pre", "details", "summary", "figure",
-        "svg", "line", "text", "polyline", "rect", "circle", "a", "tbody"}  # fmt: skip
+OURS = {
+    "html",
+    "head",
+    "meta",
+    "title",
+    "style",
+    "body",
+    "h1",
+    "h2",
+    "h3",
+    "p",
+    "table",
+    "caption",
+    "tr",
+    "th",
+    "td",
+    "em",
+    "strong",
+    "small",
+    "br",
+    "ul",
+    "li",
+    "div",
+    "section",
+    "span",
+    "pre",
+    "details",
+    "summary",
+    "figure",
+    "svg",
+    "line",
+    "text",
+    "polyline",
+    "rect",
+    "circle",
+    "a",
+    "tbody",
+}
 
 
 class Elements(HTMLParser):
@@ -51,20 +86,37 @@ def assert_inert(page: str, what: str, raws: tuple[str, ...] = (SCRIPT, "<script
 def sample(kernel: str, rate: float) -> dict[str, Any]:
     hist = {"edges_us": [1, 10, 100], "counts": [0, 5, 3, 1]}
     return {
-        "eagain_rate": rate, "pps": 1e5, "kernel": kernel, "sndbuf_effective": EVIL, "topology": "veth " + EVIL,
-        "pressure": "hogs " + EVIL, "sysctls": {"net.core." + EVIL: EVIL}, "params": {"payload" + EVIL: EVIL},
+        "eagain_rate": rate,
+        "pps": 1e5,
+        "kernel": kernel,
+        "sndbuf_effective": EVIL,
+        "topology": "veth " + EVIL,
+        "pressure": "hogs " + EVIL,
+        "sysctls": {"net.core." + EVIL: EVIL},
+        "params": {"payload" + EVIL: EVIL},
         "series": {"bucket_ms": 10, "attempts": [100] * 20, "eagain": [int(rate * 100)] * 20, "outq_max": [4096] * 20},
         "softnet": {"0": {"time_squeeze": 3}},
-        "wfree": {"backend": "bpf" + EVIL, "p99_us": 12.0, "contexts": {"inline": 5, EVIL: 3},
-                  "histograms": {"inline": hist, EVIL: hist},
-                  "stacks": [{"context": EVIL, "text": "f <- " + EVIL, "share": 0.5}]},
+        "wfree": {
+            "backend": "bpf" + EVIL,
+            "p99_us": 12.0,
+            "contexts": {"inline": 5, EVIL: 3},
+            "histograms": {"inline": hist, EVIL: hist},
+            "stacks": [{"context": EVIL, "text": "f <- " + EVIL, "share": 0.5}],
+        },
         "diagnosis": [{"finding": "finding " + EVIL, "evidence": "evidence " + EVIL}],
-    }  # fmt: skip
+    }
 
 
 def document(kernel: str, rates: list[float]) -> dict[str, Any]:
-    env = {"kernel": kernel, "backend": "bpf", "hostname": "host" + EVIL, "cpu_model": "cpu" + EVIL,
-           "labels": {"runner" + EVIL: EVIL}, "note" + EVIL: EVIL, "sysctls": {"net.core." + EVIL: EVIL}}  # fmt: skip
+    env = {
+        "kernel": kernel,
+        "backend": "bpf",
+        "hostname": "host" + EVIL,
+        "cpu_model": "cpu" + EVIL,
+        "labels": {"runner" + EVIL: EVIL},
+        "note" + EVIL: EVIL,
+        "sysctls": {"net.core." + EVIL: EVIL},
+    }
     tests = {
         f"t.py::test_{EVIL}[{i}]": {"outcome": "passed" + EVIL, "samples": [sample(kernel, r) for r in rates]}
         for i in range(2)
@@ -75,8 +127,14 @@ def document(kernel: str, rates: list[float]) -> dict[str, Any]:
 def sweep_document() -> dict[str, Any]:
     doc = document(OLD, [0.1])
     for i, (nodeid, entry) in enumerate(sorted(doc["tests"].items())):
-        entry["sweep"] = {"cell": nodeid, "knobs": {"sndbuf": 4096 << i, "force": bool(i), "budget": 8, "budget_usecs": 2000},
-                          "eagain_rate": 0.1 * i, "pps": 1e5, "time_squeeze": 2, "wfree_p99_us": 9.0}  # fmt: skip
+        entry["sweep"] = {
+            "cell": nodeid,
+            "knobs": {"sndbuf": 4096 << i, "force": bool(i), "budget": 8, "budget_usecs": 2000},
+            "eagain_rate": 0.1 * i,
+            "pps": 1e5,
+            "time_squeeze": 2,
+            "wfree_p99_us": 9.0,
+        }
     doc["sweep"] = {"target": 0.05, "smallest_change": EVIL, "interrupted": True}
     return doc
 
@@ -143,9 +201,17 @@ def test_in_a_browser_the_hostile_report_has_no_element_from_the_data(tmp_path):
 
     page = tmp_path / "r.html"
     page.write_text(report.render(document(NEW, WORSE), document(OLD, BASE)))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert_inert(

@@ -64,12 +64,19 @@ def run(
     """A sample as the plugin saves it: the sender asked for 8 MB in both runs; what differs is SO_SNDBUFFORCE."""
     series = {"bucket_ms": 10, "attempts": [100] * 37, "eagain": [round(rate * 100)] * 37, "outq_max": [outq] * 37}
     hist = {"edges_us": [1, 10, 100], "counts": [0, 5, 3, 1]}
-    return {"eagain_rate": rate, "pps": 1e5, "kernel": "6.18", "topology": "veth rps_cpus=[1]", "series": series,
-            "sndbuf_requested": 8 << 20, "sndbuf_effective": effective,
-            "params": {"sndbuf": 8 << 20, "force_sndbuf": force, "cpu": 0, "receiver_cpu": 1, "duration": 1.0},
-            "sysctls": {"net.core.wmem_max": "4608"},
-            "softnet": {"0": {"time_squeeze": squeeze[0]}, "1": {"time_squeeze": squeeze[1]}},
-            "wfree": {"backend": "bpf", "p99_us": 12.0, "histograms": {"inline": hist}}}  # fmt: skip
+    return {
+        "eagain_rate": rate,
+        "pps": 1e5,
+        "kernel": "6.18",
+        "topology": "veth rps_cpus=[1]",
+        "series": series,
+        "sndbuf_requested": 8 << 20,
+        "sndbuf_effective": effective,
+        "params": {"sndbuf": 8 << 20, "force_sndbuf": force, "cpu": 0, "receiver_cpu": 1, "duration": 1.0},
+        "sysctls": {"net.core.wmem_max": "4608"},
+        "softnet": {"0": {"time_squeeze": squeeze[0]}, "1": {"time_squeeze": squeeze[1]}},
+        "wfree": {"backend": "bpf", "p99_us": 12.0, "histograms": {"inline": hist}},
+    }
 
 
 STORY = "examples/test_eagain_story.py::test_a_forced_send_buffer_absorbs_the_deferral"
@@ -78,10 +85,16 @@ STORY = "examples/test_eagain_story.py::test_a_forced_send_buffer_absorbs_the_de
 def story_page() -> Plots:
     """The story's remedy test (the clamped, then the forced buffer, no time_squeeze anywhere) and a test
     repeated three times with no EAGAIN and no SIOCOUTQ at all."""
-    doc = store.document({"kernel": "6.18"}, {
-        STORY: {"outcome": "passed", "samples": [run(0.36, 9216, False), run(0.0, 16 << 20, True, outq=2300)]},
-        "t.py::test_repeated": {"outcome": "passed", "samples": [run(0.0, 9216, False, (1, 9), outq=0) for _ in range(3)]},
-    })  # fmt: skip
+    doc = store.document(
+        {"kernel": "6.18"},
+        {
+            STORY: {"outcome": "passed", "samples": [run(0.36, 9216, False), run(0.0, 16 << 20, True, outq=2300)]},
+            "t.py::test_repeated": {
+                "outcome": "passed",
+                "samples": [run(0.0, 9216, False, (1, 9), outq=0) for _ in range(3)],
+            },
+        },
+    )
     return parse(report.render(doc))
 
 
@@ -103,7 +116,11 @@ def test_run_labels_name_what_differs_and_number_only_repeats():
     assert report.run_labels([clamped, forced]) == ["sndbuf 9 KB clamped", "sndbuf 16 MB forced"]
     assert report.run_labels([clamped, clamped, clamped]) == ["run 1", "run 2", "run 3"]  # repeats: nothing differs
     assert report.run_labels([clamped, forced, clamped, forced]) == [
-        "sndbuf 9 KB clamped (1)", "sndbuf 16 MB forced (1)", "sndbuf 9 KB clamped (2)", "sndbuf 16 MB forced (2)"]  # fmt: skip
+        "sndbuf 9 KB clamped (1)",
+        "sndbuf 16 MB forced (1)",
+        "sndbuf 9 KB clamped (2)",
+        "sndbuf 16 MB forced (2)",
+    ]
     budget = {**clamped, "sysctls": {"net.core.wmem_max": "4608", "net.core.netdev_budget": "8"}}
     assert report.run_labels([clamped, budget]) == ["run 1", "netdev_budget=8"]  # a sysctl only one run recorded
     rps = {**clamped, "params": {**clamped["params"], "receiver_cpu": 0}, "pressure": "2 hogs on CPUs [1]"}
@@ -115,11 +132,23 @@ def test_run_labels_name_what_differs_and_number_only_repeats():
 
 def test_interleaved_runs_are_named_by_their_arm_and_round():
     base, cand = run(0.1, 9216, False), run(0.3, 9216, False)
-    entry = {"outcome": "passed", "samples": [base, base],
-             "interleave": {"rounds": [{"order": "BC", "baseline": [base], "candidate": [cand]},
-                                       {"order": "CB", "baseline": [base], "candidate": [cand]}], "paired": []}}  # fmt: skip
+    entry = {
+        "outcome": "passed",
+        "samples": [base, base],
+        "interleave": {
+            "rounds": [
+                {"order": "BC", "baseline": [base], "candidate": [cand]},
+                {"order": "CB", "baseline": [base], "candidate": [cand]},
+            ],
+            "paired": [],
+        },
+    }
     assert [name for name, _ in report.runs(entry)] == [
-        "baseline, round 1", "candidate, round 1", "baseline, round 2", "candidate, round 2"]  # fmt: skip
+        "baseline, round 1",
+        "candidate, round 1",
+        "baseline, round 2",
+        "candidate, round 2",
+    ]
     texts = parse(report.render(store.document({"kernel": "6.18"}, {"t.py::test_ab": entry}))).plot(
         "EAGAIN rate over the run"
     )["texts"]

@@ -86,10 +86,12 @@ def test_sender_process_bad_input_is_one_sentence(pytester):
     )
     result = pytester.runpytest("-p", "no:cacheprovider", "--udpsend-require-privileges")
     result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines([
-        "*argv='echo hi; rm -rf /': must be a non-empty list of strings*never a shell string*",
-        "*the sender command '/nonexistent/udp-sender' was not found*",
-    ])  # fmt: skip
+    result.stdout.fnmatch_lines(
+        [
+            "*argv='echo hi; rm -rf /': must be a non-empty list of strings*never a shell string*",
+            "*the sender command '/nonexistent/udp-sender' was not found*",
+        ]
+    )
     assert "Traceback" not in result.stdout.str()
 
 
@@ -127,8 +129,20 @@ def test_sendmmsg_partial_batches_count_every_message(udp_sender):
 
 def test_gso_counts_super_datagrams_and_segments(udp_sender):
     if shutil.which("ethtool"):  # UDP GSO needs TX checksum offload (else EIO): veth has it
-        feats = subprocess.run(["ip", "netns", "exec", udp_sender.topology.sender.name, "ethtool", "-k",
-                                udp_sender.topology.sender.ifname], capture_output=True, text=True, check=True).stdout  # fmt: skip
+        feats = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                udp_sender.topology.sender.name,
+                "ethtool",
+                "-k",
+                udp_sender.topology.sender.ifname,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert "tx-checksumming: on" in feats
     r = udp_sender.run(duration=0.5, cpu=0, mode="gso", payload=14000, gso_size=1400)
     _totals_hold(r)

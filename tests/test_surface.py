@@ -16,8 +16,16 @@ def test_markers_are_registered(pytester):
 
 def test_options_in_help(pytester):
     out = pytester.runpytest("--help").stdout.str()
-    for opt in ("--udpsend-json", "--udpsend-baseline", "--udpsend-repeat", "--udpsend-backend",
-                "--udpsend-kernel", "--udpsend-html", "--udpsend-pcap", "--udpsend-require-privileges"):  # fmt: skip
+    for opt in (
+        "--udpsend-json",
+        "--udpsend-baseline",
+        "--udpsend-repeat",
+        "--udpsend-backend",
+        "--udpsend-kernel",
+        "--udpsend-html",
+        "--udpsend-pcap",
+        "--udpsend-require-privileges",
+    ):
         assert opt in out
 
 

@@ -25,8 +25,10 @@ UDPSEND = [sys.executable, "-m", "pytest_udpsend.cli"]
 def test_a_4x3_sweep_finishes_and_restores_the_knobs(host_unchanged, udpsend_sweep):
     sweep = udpsend_sweep(sndbuf=[16 << 10, 64 << 10, 256 << 10, 8 << 20], force="yes", budget=[8, 64, 300], repeat=1)
     wall = sum(c.wall_s for c in sweep.cells)  # the cells' own time: not a wait for another worker's lock
-    assert [c.cell.id() for c in sweep.cells][:2] == ["sweep[sndbuf=16384,force=yes,budget=8]",
-                                                      "sweep[sndbuf=16384,force=yes,budget=64]"]  # fmt: skip
+    assert [c.cell.id() for c in sweep.cells][:2] == [
+        "sweep[sndbuf=16384,force=yes,budget=8]",
+        "sweep[sndbuf=16384,force=yes,budget=64]",
+    ]
     assert len(sweep.cells) == 12 and not sweep.interrupted
     for c in sweep.cells:
         (s,) = c.samples
@@ -53,9 +55,13 @@ def _cell(rate: float, **knobs) -> CellResult:
 def test_the_smallest_change_is_the_fewest_and_smallest_steps():
     grid = Grid(sndbuf=(8 << 20, 256 << 10), force=(False, True), budget=(300, 600))
     base = baseline(grid, {"net.core.netdev_budget": 300, "net.core.netdev_budget_usecs": 8000}, 0)
-    cells = [_cell(0.2, sndbuf=8 << 20, budget=300), _cell(0.002, sndbuf=256 << 10, force=True, budget=300),
-             _cell(0.004, sndbuf=8 << 20, force=True, budget=300), _cell(0.001, sndbuf=8 << 20, force=True, budget=600),
-             _cell(0.1, sndbuf=8 << 20, budget=600)]  # fmt: skip
+    cells = [
+        _cell(0.2, sndbuf=8 << 20, budget=300),
+        _cell(0.002, sndbuf=256 << 10, force=True, budget=300),
+        _cell(0.004, sndbuf=8 << 20, force=True, budget=300),
+        _cell(0.001, sndbuf=8 << 20, force=True, budget=600),
+        _cell(0.1, sndbuf=8 << 20, budget=600),
+    ]
     assert smallest_change(cells, base, 0.01) == "sndbuf 8 MB forced, budget unchanged: 0.40% (target 1.00%)"
     assert smallest_change(cells[:1], base, 0.5).startswith("no change needed")
     assert smallest_change([cells[0], cells[4]], base, 0.01).startswith("no cell brings EAGAIN under 1.00%")
@@ -76,8 +82,28 @@ def _hogs_of(pid: int) -> list[str]:
 
 def test_ctrl_c_mid_sweep_restores_the_host_and_keeps_the_cells(tmp_path, host_unchanged):
     out = tmp_path / "sweep.json"
-    argv = [*UDPSEND, "sweep", "--rps-cpus", "1-1", "--cpu", "0", "--receiver-cpu", "1", "--cpu-pressure", "1-1:2",
-            "--duration", "0.3", "--sndbuf", "8M,64K", "--force", "both", "--budget", "8,32,64,300", "--json", str(out)]  # fmt: skip
+    argv = [
+        *UDPSEND,
+        "sweep",
+        "--rps-cpus",
+        "1-1",
+        "--cpu",
+        "0",
+        "--receiver-cpu",
+        "1",
+        "--cpu-pressure",
+        "1-1:2",
+        "--duration",
+        "0.3",
+        "--sndbuf",
+        "8M,64K",
+        "--force",
+        "both",
+        "--budget",
+        "8,32,64,300",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     lines = []
@@ -102,8 +128,13 @@ def test_udpsend_report_shows_the_heatmap(tmp_path):
         for s, r0 in ((16 << 10, 0.3), (8 << 20, 0.0))
         for b, r in ((8, r0), (300, r0 / 2))
     ]
-    doc = store.document({"kernel": os.uname().release}, {c.cell.id(): {"outcome": "passed", "samples": [s.to_dict() for s in c.samples],
-                                                                       "sweep": c.summary()} for c in cells})  # fmt: skip
+    doc = store.document(
+        {"kernel": os.uname().release},
+        {
+            c.cell.id(): {"outcome": "passed", "samples": [s.to_dict() for s in c.samples], "sweep": c.summary()}
+            for c in cells
+        },
+    )
     doc["sweep"] = {"target": 0.01, "smallest_change": "sndbuf 8 MB forced, budget unchanged: 0.00%"}
     path = tmp_path / "s.json"
     store.write(path, doc)
@@ -119,8 +150,28 @@ def test_a_sweep_runs_your_own_program_at_every_cell(tmp_path, host_unchanged):
     measured from outside; each sample's EAGAIN is exactly the program's own count."""
     sender = own_sender(tmp_path)
     out = tmp_path / "sweep.json"
-    argv = [*UDPSEND, "sweep", "--rps-cpus", "1-1", "--cpu", "0", "--receiver-cpu", "1", "--duration", "5",
-            "--budget", "8,300", "--repeat", "2", "--json", str(out), "--exec", "--", str(sender), "0.3"]  # fmt: skip
+    argv = [
+        *UDPSEND,
+        "sweep",
+        "--rps-cpus",
+        "1-1",
+        "--cpu",
+        "0",
+        "--receiver-cpu",
+        "1",
+        "--duration",
+        "5",
+        "--budget",
+        "8,300",
+        "--repeat",
+        "2",
+        "--json",
+        str(out),
+        "--exec",
+        "--",
+        str(sender),
+        "0.3",
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     doc = json.loads(out.read_text())
@@ -136,10 +187,16 @@ def test_a_sweep_runs_your_own_program_at_every_cell(tmp_path, host_unchanged):
 
 
 def test_a_sweep_of_your_own_program_refuses_the_send_buffer(tmp_path):
-    done = subprocess.run([*UDPSEND, "sweep", "--sndbuf", "64K,1M", "--json", str(tmp_path / "s.json"), "--exec", "--", "true"],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [*UDPSEND, "sweep", "--sndbuf", "64K,1M", "--json", str(tmp_path / "s.json"), "--exec", "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == ["udpsend sweep: a sweep of your own program (--exec) cannot sweep --sndbuf: the "
-                                                "send buffer is your program's own SO_SNDBUF, out of the plugin's reach; sweep "
-                                                "--budget, --budget-usecs or --workers, or run your program once per buffer size"]  # fmt: skip
+    assert done.stderr.strip().splitlines() == [
+        "udpsend sweep: a sweep of your own program (--exec) cannot sweep --sndbuf: the "
+        "send buffer is your program's own SO_SNDBUF, out of the plugin's reach; sweep "
+        "--budget, --budget-usecs or --workers, or run your program once per buffer size"
+    ]
     assert not (tmp_path / "s.json").exists()

@@ -128,8 +128,12 @@ def test_sigkilled_session_is_restored_by_the_next(pytester, host_unchanged):
         test_noop="def test_noop():\n    pass\n",
         test_next="def test_next(netns):\n    pass\n",
     )
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "test_hang.py"], cwd=pytester.path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "test_hang.py"],
+        cwd=pytester.path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while not (pytester.path / "ready").exists():
         assert time.monotonic() < deadline and proc.poll() is None, "the session never got going"

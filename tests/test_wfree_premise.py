@@ -45,8 +45,16 @@ def test_nic_links_release_at_tx_completion(link):
     assert w["p50_us"] is None and "TX completion" in w["unavailable"] and link in w["unavailable"], w
 
 
-@pytest.mark.parametrize("topology", [{}, {"qdisc": "netem loss 50%"}, {"qdisc": "tbf rate 100mbit burst 32kb latency 20ms"},
-                                      {"rps_cpus": [0]}, {"gro": True, "threaded_napi": True}])  # fmt: skip
+@pytest.mark.parametrize(
+    "topology",
+    [
+        {},
+        {"qdisc": "netem loss 50%"},
+        {"qdisc": "tbf rate 100mbit burst 32kb latency 20ms"},
+        {"rps_cpus": [0]},
+        {"gro": True, "threaded_napi": True},
+    ],
+)
 def test_where_the_receiver_releases_the_estimate_stands(topology):
     w, sysctls, probe = _end(**topology)
     assert "unavailable" not in w and w["p50_us"] == 30.0 and w["count"] == 2, w

@@ -9,10 +9,30 @@ from pytest_udpsend.measure.bpfprobe import caller_frames, stack_text, top_stack
 from pytest_udpsend.measure.result import SendResult
 from pytest_udpsend.results import report, store
 
-VMXNET3 = ["vmxnet3_tq_tx_complete", "vmxnet3_poll_rx_only", "net_rx_action", "handle_softirqs", "run_ksoftirqd",
-           "smpboot_thread_fn", "kthread", "ret_from_fork", "ret_from_fork_asm"]  # fmt: skip
-VETH = ["ip_rcv_core", "ip_rcv", "__netif_receive_skb_one_core", "process_backlog", "__napi_poll", "net_rx_action",
-        "__do_softirq", "do_softirq", "__local_bh_enable_ip", "__dev_queue_xmit", "ip_finish_output2"]  # fmt: skip
+VMXNET3 = [
+    "vmxnet3_tq_tx_complete",
+    "vmxnet3_poll_rx_only",
+    "net_rx_action",
+    "handle_softirqs",
+    "run_ksoftirqd",
+    "smpboot_thread_fn",
+    "kthread",
+    "ret_from_fork",
+    "ret_from_fork_asm",
+]
+VETH = [
+    "ip_rcv_core",
+    "ip_rcv",
+    "__netif_receive_skb_one_core",
+    "process_backlog",
+    "__napi_poll",
+    "net_rx_action",
+    "__do_softirq",
+    "do_softirq",
+    "__local_bh_enable_ip",
+    "__dev_queue_xmit",
+    "ip_finish_output2",
+]
 
 
 def test_the_probe_s_own_frames_are_dropped_so_the_first_is_the_caller_that_freed():
@@ -59,11 +79,26 @@ def test_the_text_ends_at_the_frame_that_says_who_ran_the_release():
 
 
 def test_top_stacks_per_context_symbolizes_only_the_most_frequent_and_merges_same_names():
-    frames = {1: ["sock_wfree", *VETH], 2: ["sock_wfree", *VETH], 3: ["sock_wfree", "kfree_skb_reason"],
-              4: VMXNET3, 5: ["a"], 6: ["b"], 7: ["c"]}  # fmt: skip
+    frames = {
+        1: ["sock_wfree", *VETH],
+        2: ["sock_wfree", *VETH],
+        3: ["sock_wfree", "kfree_skb_reason"],
+        4: VMXNET3,
+        5: ["a"],
+        6: ["b"],
+        7: ["c"],
+    }
     frames.update({100 + i: [f"rare{i}"] for i in range(20)})
-    counts = {("inline", 1): 500, ("inline", 2): 300, ("inline", 3): 10, ("ksoftirqd", 4): 150,
-              ("softirq", 5): 9, ("softirq", 6): 8, ("softirq", 7): 7, ("softirq", 8): 0}  # fmt: skip
+    counts = {
+        ("inline", 1): 500,
+        ("inline", 2): 300,
+        ("inline", 3): 10,
+        ("ksoftirqd", 4): 150,
+        ("softirq", 5): 9,
+        ("softirq", 6): 8,
+        ("softirq", 7): 7,
+        ("softirq", 8): 0,
+    }
     counts.update({("softirq", 100 + i): 1 for i in range(20)})  # softirq: 44 samples in all
     contexts = {"inline": 8100, "ksoftirqd": 1500, "softirq": 440, "napi_thread": 0}  # every release, exact
     asked: list[int] = []
@@ -74,8 +109,13 @@ def test_top_stacks_per_context_symbolizes_only_the_most_frequent_and_merges_sam
 
     stacks = top_stacks(counts, frames_of, contexts)
     assert [(s["context"], s["count"], s["samples"]) for s in stacks] == [
-        ("inline", 8000, 800), ("ksoftirqd", 1500, 150), ("inline", 100, 10),
-        ("softirq", 90, 9), ("softirq", 80, 8), ("softirq", 70, 7)]  # fmt: skip
+        ("inline", 8000, 800),
+        ("ksoftirqd", 1500, 150),
+        ("inline", 100, 10),
+        ("softirq", 90, 9),
+        ("softirq", 80, 8),
+        ("softirq", 70, 7),
+    ]
     assert stacks[0]["frames"] == VETH and stacks[1]["frames"][0] == "vmxnet3_tq_tx_complete"
     assert stacks[0]["share"] == 0.7968 and stacks[0]["text"].startswith("80 % of releases: ip_rcv_core <- ip_rcv")
     assert sum(s["share"] for s in stacks) <= 1
@@ -91,9 +131,18 @@ def test_results_carry_the_stacks_through_the_schema_the_terminal_and_the_report
         lambda i: VMXNET3 if i == 4 else VETH,
         {"ksoftirqd": 81, "inline": 19},
     )
-    wfree = {"backend": "bpf", "count": 100, "p50_us": 1.0, "p99_us": 2.0, "max_us": 2.0,
-             "contexts": {"inline": 19, "ksoftirqd": 81}, "stacks": stacks, "stacks_lost": 0, "stacks_sampled": 100,
-             "stack_every": 8}  # fmt: skip
+    wfree = {
+        "backend": "bpf",
+        "count": 100,
+        "p50_us": 1.0,
+        "p99_us": 2.0,
+        "max_us": 2.0,
+        "contexts": {"inline": 19, "ksoftirqd": 81},
+        "stacks": stacks,
+        "stacks_lost": 0,
+        "stacks_sampled": 100,
+        "stack_every": 8,
+    }
     top = "sock_wfree top stack (ksoftirqd): 81 % of releases: vmxnet3_tq_tx_complete <- vmxnet3_poll_rx_only"
     assert top in SendResult(wfree=wfree).summary()
     sample = {"eagain_rate": 0.0, "pps": 1e5, "kernel": "6.1", "wfree": wfree}

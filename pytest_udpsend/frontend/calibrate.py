@@ -29,17 +29,31 @@ from pytest_udpsend.results import calibration
 
 def add_calibrate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--runs", type=int, default=20, help="how many pytest runs (default 20)")
-    p.add_argument("--content", type=float, default=0.999,
-                   help="share of future runs a bound must hold for (default 0.999: one false fail in 1000 runs)")  # fmt: skip
+    p.add_argument(
+        "--content",
+        type=float,
+        default=0.999,
+        help="share of future runs a bound must hold for (default 0.999: one false fail in 1000 runs)",
+    )
     p.add_argument(
         "--confidence", type=float, default=0.95, help="confidence in that share over the runs seen (default 0.95)"
     )
-    p.add_argument("--from", dest="from_files", nargs="+", metavar="RUN.json", default=[],
-                   help="analyse these --udpsend-json files (paths or quoted globs) instead of running pytest")  # fmt: skip
+    p.add_argument(
+        "--from",
+        dest="from_files",
+        nargs="+",
+        metavar="RUN.json",
+        default=[],
+        help="analyse these --udpsend-json files (paths or quoted globs) instead of running pytest",
+    )
     p.add_argument("--keep", metavar="DIR", help="keep each run's --udpsend-json file in DIR")
     p.add_argument("-o", "--output", metavar="calibration.json", help="write the fits as JSON")
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER, metavar="-- PYTEST ARGS",
-                   help="what to run, as you would give it to pytest (after --)")  # fmt: skip
+    p.add_argument(
+        "pytest_args",
+        nargs=argparse.REMAINDER,
+        metavar="-- PYTEST ARGS",
+        help="what to run, as you would give it to pytest (after --)",
+    )
 
 
 def _check(args: argparse.Namespace) -> None:

@@ -98,8 +98,9 @@ class Collector:
             and not hasattr(terminalreporter.config, "workerinput")
         ):
             flags, paths = " and ".join(f for f, _ in outputs), ", ".join(p for _, p in outputs)
-            terminalreporter.write_line(f"udpsend: {flags} not written: no test measured anything, so nothing "
-                                        f"replaced {paths}")  # fmt: skip
+            terminalreporter.write_line(
+                f"udpsend: {flags} not written: no test measured anything, so nothing replaced {paths}"
+            )
         rows = self.session.comparison
         if rows:
             terminalreporter.section("udpsend baseline comparison")
@@ -118,8 +119,11 @@ class Collector:
     def not_run(self, rows: list[compare.Row]) -> list[compare.Row]:
         """The baseline's tests this session did not run (not selected): listed as not compared."""
         ran = {r.test: True for r in rows}
-        return [compare.Row(test, "-", None, None, None, None, "missing in new run")
-                for test in sorted(self.session.baseline_samples) if compare.find(test, ran) is None]  # fmt: skip
+        return [
+            compare.Row(test, "-", None, None, None, None, "missing in new run")
+            for test in sorted(self.session.baseline_samples)
+            if compare.find(test, ran) is None
+        ]
 
 
 def finish(session: UdpsendSession, is_worker: bool) -> dict[str, Any] | None:

@@ -40,8 +40,12 @@ def _topology() -> list[Check]:
     try:
         spec = topology.make_spec(qdisc="tbf rate 100mbit burst 32kb latency 10ms", rps_cpus=[0])
         topology.build(spec, undo, topology.SubnetAllocator(7), "doctor")
-        out += [("network namespaces", True, "created and removed two"), ("veth", True, "created a pair"),
-                ("tc qdiscs (tbf)", True, "installed tbf on a veth"), ("RPS masks", True, "set rps_cpus on a veth")]  # fmt: skip
+        out += [
+            ("network namespaces", True, "created and removed two"),
+            ("veth", True, "created a pair"),
+            ("tc qdiscs (tbf)", True, "installed tbf on a veth"),
+            ("RPS masks", True, "set rps_cpus on a veth"),
+        ]
     except Exception as exc:  # report, do not crash: that is the point of a doctor
         out.append(
             (
@@ -61,8 +65,14 @@ def _sysctls() -> list[Check]:
 
     host = SysctlHost(Journal())
     out: list[Check] = []
-    for name in ("net.core.netdev_budget", "net.core.netdev_budget_usecs", "net.core.netdev_max_backlog",
-                 "net.core.wmem_max", "net.core.netdev_tstamp_prequeue", "net.ipv4.udp_mem"):  # fmt: skip
+    for name in (
+        "net.core.netdev_budget",
+        "net.core.netdev_budget_usecs",
+        "net.core.netdev_max_backlog",
+        "net.core.wmem_max",
+        "net.core.netdev_tstamp_prequeue",
+        "net.ipv4.udp_mem",
+    ):
         path = Path("/proc/sys", *name.split("."))
         if not path.exists():
             out.append(
@@ -251,8 +261,14 @@ def tracing() -> list[Check]:
 
     # lockdown: only ever raised at run time, so the fix is another kernel (or another boot)
     if mode is None:
-        out.append(("kernel lockdown", None, "unknown (securityfs not mounted, no kernel config): read it after "
-                                             "`mount -t securityfs securityfs /sys/kernel/security`"))  # fmt: skip
+        out.append(
+            (
+                "kernel lockdown",
+                None,
+                "unknown (securityfs not mounted, no kernel config): read it after "
+                "`mount -t securityfs securityfs /sys/kernel/security`",
+            )
+        )
     elif mode == "none":
         out.append(("kernel lockdown", True, f"none ({mode_from}): nothing refused on its account"))
     else:
@@ -261,8 +277,13 @@ def tracing() -> list[Check]:
             if "forced" in mode_from
             else "boot without lockdown= to lift it"
         )
-        out.append(("kernel lockdown", False, f"{mode} ({mode_from}): the kernel may refuse fentry/fexit and the function "
-                                              f"tracer; {fix}; {LANE}"))  # fmt: skip
+        out.append(
+            (
+                "kernel lockdown",
+                False,
+                f"{mode} ({mode_from}): the kernel may refuse fentry/fexit and the function tracer; {fix}; {LANE}",
+            )
+        )
 
     # kprobes: what the bpf backend (bcc) attaches to sock_wfree
     if config:
@@ -275,8 +296,13 @@ def tracing() -> list[Check]:
     if has_kprobes:
         out.append(("kprobes", True, f"present ({source}): the bpf backend can attach to sock_wfree"))
     else:
-        out.append(("kprobes", False, f"CONFIG_KPROBES unset ({source}): the bpf backend cannot attach here; "
-                                      f"no fix on this kernel; {LANE}"))  # fmt: skip
+        out.append(
+            (
+                "kprobes",
+                False,
+                f"CONFIG_KPROBES unset ({source}): the bpf backend cannot attach here; no fix on this kernel; {LANE}",
+            )
+        )
 
     # fentry/fexit: needs BTF and the ftrace trampoline; lockdown may refuse it at load
     if "sock_wfree" not in ids:
@@ -285,31 +311,60 @@ def tracing() -> list[Check]:
         out.append(("fentry/fexit", None, "not tried: loading a program needs root"))
     else:
         code = _bpf_load(_TRACING, _TRACE_FENTRY, ids["sock_wfree"])
-        out.append(("fentry/fexit", True, "a fentry program on sock_wfree loads: exact timing without kprobes is possible")
-                   if code == 0 else
-                   ("fentry/fexit", False, f"refused at load ({_err(code)}{locked}): sock_wfree cannot be hooked by function "
-                                           f"entry here; no fix on this kernel; {LANE}"))  # fmt: skip
+        out.append(
+            ("fentry/fexit", True, "a fentry program on sock_wfree loads: exact timing without kprobes is possible")
+            if code == 0
+            else (
+                "fentry/fexit",
+                False,
+                f"refused at load ({_err(code)}{locked}): sock_wfree cannot be hooked by function "
+                f"entry here; no fix on this kernel; {LANE}",
+            )
+        )
 
     # tracepoints through perf: a BPF tracepoint program, attached by an event id read from tracefs
-    backend_hint = ("--udpsend-backend tracepoint can use them" if "tracepoint" in BACKEND.kwargs.get("choices", ())
-                    else "pytest-udpsend has no tracepoint backend yet (sock_wfree stays an estimate here)")  # fmt: skip
+    backend_hint = (
+        "--udpsend-backend tracepoint can use them"
+        if "tracepoint" in BACKEND.kwargs.get("choices", ())
+        else "pytest-udpsend has no tracepoint backend yet (sock_wfree stays an estimate here)"
+    )
     load = _bpf_load(_TRACEPOINT) if root else None
     if load is None:
         out.append(("tracepoints via perf", None, "not tried: loading a program needs root"))
     elif load:
-        out.append(("tracepoints via perf", False, f"a BPF tracepoint program is refused ({_err(load)}{locked}); "
-                                                   f"no fix on this kernel; {LANE}"))  # fmt: skip
+        out.append(
+            (
+                "tracepoints via perf",
+                False,
+                f"a BPF tracepoint program is refused ({_err(load)}{locked}); no fix on this kernel; {LANE}",
+            )
+        )
     elif tracefs_events is None:
-        out.append(("tracepoints via perf", None, "BPF tracepoint programs load, but attaching one needs the event id from "
-                                                  f"tracefs, which is not mounted: {MOUNT_TRACEFS}; {backend_hint}"))  # fmt: skip
+        out.append(
+            (
+                "tracepoints via perf",
+                None,
+                "BPF tracepoint programs load, but attaching one needs the event id from "
+                f"tracefs, which is not mounted: {MOUNT_TRACEFS}; {backend_hint}",
+            )
+        )
     else:
         id_file = tracefs_events / "net/netif_receive_skb/id"
         code = _perf_open(2, int(id_file.read_text())) if id_file.exists() else errno.ENOENT  # PERF_TYPE_TRACEPOINT
-        out.append(("tracepoints via perf", True, f"net:netif_receive_skb opens and BPF tracepoint programs load: where "
-                                                  f"sock_wfree ran is visible from tracepoints; {backend_hint}")
-                   if code == 0 else
-                   ("tracepoints via perf", False, f"perf_event_open on net:netif_receive_skb fails ({_err(code)}); "
-                                                   "no fix on this kernel"))  # fmt: skip
+        out.append(
+            (
+                "tracepoints via perf",
+                True,
+                f"net:netif_receive_skb opens and BPF tracepoint programs load: where "
+                f"sock_wfree ran is visible from tracepoints; {backend_hint}",
+            )
+            if code == 0
+            else (
+                "tracepoints via perf",
+                False,
+                f"perf_event_open on net:netif_receive_skb fails ({_err(code)}); no fix on this kernel",
+            )
+        )
 
     # raw_tracepoint / tp_btf: no tracefs needed (tp_btf reads arguments typed through BTF)
     if not root:
@@ -322,33 +377,67 @@ def tracing() -> list[Check]:
             else errno.ENOENT
         )
         if raw == 0 and btf_tp == 0:
-            out.append(("raw_tracepoint / tp_btf", True, "both load, without tracefs: a probe can read the skb at "
-                                                         f"net:netif_receive_skb through BTF; {backend_hint}"))  # fmt: skip
+            out.append(
+                (
+                    "raw_tracepoint / tp_btf",
+                    True,
+                    "both load, without tracefs: a probe can read the skb at "
+                    f"net:netif_receive_skb through BTF; {backend_hint}",
+                )
+            )
         else:
-            parts = [f"raw_tracepoint {'loads' if raw == 0 else 'refused (' + _err(raw) + ')'}",
-                     f"tp_btf {'loads' if btf_tp == 0 else 'refused (' + _err(btf_tp) + ')'}"]  # fmt: skip
-            out.append(("raw_tracepoint / tp_btf", None if raw == 0 or btf_tp == 0 else False,
-                        f"{', '.join(parts)}{locked}; no fix on this kernel for what is refused"))  # fmt: skip
+            parts = [
+                f"raw_tracepoint {'loads' if raw == 0 else 'refused (' + _err(raw) + ')'}",
+                f"tp_btf {'loads' if btf_tp == 0 else 'refused (' + _err(btf_tp) + ')'}",
+            ]
+            out.append(
+                (
+                    "raw_tracepoint / tp_btf",
+                    None if raw == 0 or btf_tp == 0 else False,
+                    f"{', '.join(parts)}{locked}; no fix on this kernel for what is refused",
+                )
+            )
 
     # tracefs: where bcc, bpftrace and perf look tracepoints up by name; detected, never mounted here
     if tracefs_events is not None:
         out.append(("tracefs", True, f"mounted at {tracefs_events.parent}"))
     elif "tracefs" in known:
-        out.append(("tracefs", None, "built in but not mounted: bcc, bpftrace and perf find tracepoints by name there; "
-                                     f"{MOUNT_TRACEFS}"))  # fmt: skip
+        out.append(
+            (
+                "tracefs",
+                None,
+                f"built in but not mounted: bcc, bpftrace and perf find tracepoints by name there; {MOUNT_TRACEFS}",
+            )
+        )
     else:
-        out.append(("tracefs", False, "not built (CONFIG_TRACING unset): no tracepoints by name, no event filters; "
-                                      "no fix on this kernel"))  # fmt: skip
+        out.append(
+            (
+                "tracefs",
+                False,
+                "not built (CONFIG_TRACING unset): no tracepoints by name, no event filters; no fix on this kernel",
+            )
+        )
 
     # event filters: exact per-process send-error counts from outside (perf --filter, tracefs filter files)
     hist = "" if built("CONFIG_HIST_TRIGGERS") else " (no hist triggers: CONFIG_HIST_TRIGGERS unset)"
     if tracefs_events is not None:
         has = (tracefs_events / "sock/sock_send_length/filter").exists()
-        out.append(("tracefs event filters", has, ("present" if has else "no sock:sock_send_length filter (kernel before 6.1?)")
-                    + f": a sender's send errors can be counted exactly from outside{hist}"))  # fmt: skip
+        out.append(
+            (
+                "tracefs event filters",
+                has,
+                ("present" if has else "no sock:sock_send_length filter (kernel before 6.1?)")
+                + f": a sender's send errors can be counted exactly from outside{hist}",
+            )
+        )
     elif "tracefs" in known and built("CONFIG_EVENT_TRACING"):
-        out.append(("tracefs event filters", None, f"built in (CONFIG_EVENT_TRACING), usable once tracefs is mounted: "
-                                                   f"{MOUNT_TRACEFS}{hist}"))  # fmt: skip
+        out.append(
+            (
+                "tracefs event filters",
+                None,
+                f"built in (CONFIG_EVENT_TRACING), usable once tracefs is mounted: {MOUNT_TRACEFS}{hist}",
+            )
+        )
     else:
         out.append(
             ("tracefs event filters", False, "not built (no tracefs / CONFIG_EVENT_TRACING): no fix on this kernel")
@@ -357,11 +446,23 @@ def tracing() -> list[Check]:
     # kernel BTF: types without headers (tp_btf, fentry, CO-RE)
     if BTF.exists():
         where_wfree = "has sock_wfree" if "sock_wfree" in ids else "no sock_wfree in it"
-        out.append(("kernel BTF", True, f"/sys/kernel/btf/vmlinux, {BTF.stat().st_size / 1e6:.1f} MB, {where_wfree}: "
-                                        "probes can read kernel types without headers"))  # fmt: skip
+        out.append(
+            (
+                "kernel BTF",
+                True,
+                f"/sys/kernel/btf/vmlinux, {BTF.stat().st_size / 1e6:.1f} MB, {where_wfree}: "
+                "probes can read kernel types without headers",
+            )
+        )
     else:
-        out.append(("kernel BTF", False, "CONFIG_DEBUG_INFO_BTF unset: no tp_btf or fentry, probes need kernel headers "
-                                         "(the bcc kprobe probe does anyway); no fix on this kernel"))  # fmt: skip
+        out.append(
+            (
+                "kernel BTF",
+                False,
+                "CONFIG_DEBUG_INFO_BTF unset: no tp_btf or fentry, probes need kernel headers "
+                "(the bcc kprobe probe does anyway); no fix on this kernel",
+            )
+        )
 
     # perf_event_open: paranoia matters only to non-root users
     paranoid_path = Path("/proc/sys/kernel/perf_event_paranoid")
@@ -380,8 +481,14 @@ def tracing() -> list[Check]:
             )
         )
     else:
-        out.append(("perf_event_open", False, f"refused ({_err(code)}, perf_event_paranoid {paranoid}): run as root, "
-                                              "or sysctl -w kernel.perf_event_paranoid=1"))  # fmt: skip
+        out.append(
+            (
+                "perf_event_open",
+                False,
+                f"refused ({_err(code)}, perf_event_paranoid {paranoid}): run as root, "
+                "or sysctl -w kernel.perf_event_paranoid=1",
+            )
+        )
 
     # bcc and headers: only the kprobe backend needs them
     try:
@@ -402,8 +509,10 @@ def tracing() -> list[Check]:
     else:
         package = f"linux-headers-{release}"
         moot = "" if has_kprobes else " (moot here: no kprobes)"
-        fallback = (f"no package {package} in apt's sources (a custom kernel): the bcc kprobe probe needs them{moot}; "
-                    f"{LANE}, with its headers")  # fmt: skip
+        fallback = (
+            f"no package {package} in apt's sources (a custom kernel): the bcc kprobe probe needs them{moot}; "
+            f"{LANE}, with its headers"
+        )
         out.append(("kernel headers", False, _install(package, fallback)))
 
     # the backend auto picks, in the words of the lines above

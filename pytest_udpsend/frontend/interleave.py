@@ -194,8 +194,15 @@ def _judge(item: pytest.Item, rounds: list[dict[str, Any]], family: Family) -> l
     return paired.judge_test(item.nodeid, rounds, metrics, tolerance, level, control=is_control(item))
 
 
-def _log(item: pytest.Item, final: ArmRun, rounds: list[dict[str, Any]], plan_: list[tuple[str, str]],
-         verdict: list[paired.PairedRow] | None, family: Family, stopped: bool) -> None:  # fmt: skip
+def _log(
+    item: pytest.Item,
+    final: ArmRun,
+    rounds: list[dict[str, Any]],
+    plan_: list[tuple[str, str]],
+    verdict: list[paired.PairedRow] | None,
+    family: Family,
+    stopped: bool,
+) -> None:
     session = udpsend_session(item.config)
     level = session.gate.alpha / family.size
     control = is_control(item)
@@ -205,9 +212,16 @@ def _log(item: pytest.Item, final: ArmRun, rounds: list[dict[str, Any]], plan_: 
         if stopped and (report.failed or report.skipped):
             report.sections.append((SECTION, f"this run {'failed' if report.failed else 'skipped'} in {where}"))
         if report.when == "call":
-            record: dict[str, Any] = {"control": control, "rounds": rounds, "level": level, "family": family.size,
-                                      "tolerance": tolerance, "alpha": session.gate.alpha, "metrics": metrics,
-                                      "paired": [r.to_dict() for r in verdict or []]}  # fmt: skip
+            record: dict[str, Any] = {
+                "control": control,
+                "rounds": rounds,
+                "level": level,
+                "family": family.size,
+                "tolerance": tolerance,
+                "alpha": session.gate.alpha,
+                "metrics": metrics,
+                "paired": [r.to_dict() for r in verdict or []],
+            }
             if stopped:
                 record["stopped"] = {"arm": final.arm, "round": final.round + 1}
             report.user_properties = [(k, v) for k, v in report.user_properties if k != store.PROPERTY]

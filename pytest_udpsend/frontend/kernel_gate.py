@@ -54,11 +54,15 @@ def reference(value: str, lanes: Sequence[vm.Lane]) -> vm.Lane:
     found = [lane for lane in lanes if matches(value, lane)]
     given = ", ".join(f"{lane.source} ({lane.release})" for lane in lanes)
     if not found:
-        raise pytest.UsageError(f"--udpsend-gate-against {value}: names none of the kernels given ({given}); "
-                                "give one of them: its image path, host, or its release")  # fmt: skip
+        raise pytest.UsageError(
+            f"--udpsend-gate-against {value}: names none of the kernels given ({given}); "
+            "give one of them: its image path, host, or its release"
+        )
     if len({lane.release for lane in found}) > 1:
-        raise pytest.UsageError(f"--udpsend-gate-against {value}: names more than one of the kernels given "
-                                f"({given}); give the whole release or the image path")  # fmt: skip
+        raise pytest.UsageError(
+            f"--udpsend-gate-against {value}: names more than one of the kernels given "
+            f"({given}); give the whole release or the image path"
+        )
     return found[0]
 
 
@@ -104,14 +108,23 @@ class KernelGate:
             rows = [compare.Row(key, "-", None, None, None, None, "measured differently", note=mixed)]
         else:
             marker = (item.stash.get(SCENARIO_KEY, None) or Scenario()).baseline
-            rows = compare.compare_test(key, self.base.get(item.nodeid) or None, new, self.settings, self.family,
-                                        marker.tolerance, marker.metrics)  # fmt: skip
+            rows = compare.compare_test(
+                key,
+                self.base.get(item.nodeid) or None,
+                new,
+                self.settings,
+                self.family,
+                marker.tolerance,
+                marker.metrics,
+            )
         self.rows.setdefault(lane.suffix, []).extend(rows)
         failure = self._failure(rows, env, len(self.base.get(item.nodeid) or []), len(new))
         if failure is None:
             return phases
-        return [replace(g, outcome="failed", longrepr=f"{g.longrepr}\n\n{failure}".strip()) if g.when == "call" else g
-                for g in phases]  # fmt: skip
+        return [
+            replace(g, outcome="failed", longrepr=f"{g.longrepr}\n\n{failure}".strip()) if g.when == "call" else g
+            for g in phases
+        ]
 
     def _failure(self, rows: Sequence[compare.Row], env: Mapping[str, Any], base_n: int, new_n: int) -> str | None:
         where = f"udpsend kernel gate (against {self.ref.suffix})"
@@ -190,15 +203,22 @@ class Kernels:
         runs: list[dict[str, Any]] = []
         for lane in self.lanes:
             env = {**(lane.guest_environment or {"kernel": lane.release}), **runner}
-            run: dict[str, Any] = {"source": f"--udpsend-kernel {lane.source} ({lane.suffix})", "environment": env,
-                   "tests": {k: tests[k] for k in self.reported.get(lane.suffix, []) if k in tests}}  # fmt: skip
+            run: dict[str, Any] = {
+                "source": f"--udpsend-kernel {lane.source} ({lane.suffix})",
+                "environment": env,
+                "tests": {k: tests[k] for k in self.reported.get(lane.suffix, []) if k in tests},
+            }
             if self.gate is not None and (record := self.gate.record(lane)):
                 run["gate"] = record
             runs.append(run)
         envs = [r["environment"] for r in runs]
         shared = {k: v for k, v in envs[0].items() if all(e.get(k) == v for e in envs[1:])}
-        return {"format": store.FORMAT, "environment": {**shared, "kernels": [lane.suffix for lane in self.lanes]},
-                "tests": {}, "runs": runs}  # fmt: skip
+        return {
+            "format": store.FORMAT,
+            "environment": {**shared, "kernels": [lane.suffix for lane in self.lanes]},
+            "tests": {},
+            "runs": runs,
+        }
 
     def nothing_compared(self) -> str | None:
         """With a gate: one sentence if the other kernels ran tests but not one comparison was made."""
@@ -242,17 +262,22 @@ def number_repeats(lanes: Sequence[vm.Lane]) -> None:
         lane.suffix = lane.release if seen[lane.release] == 1 else f"{lane.release}#{seen[lane.release]}"
 
 
-def configure(given: Sequence[str], against: str | None, settings: compare.Settings,
-              make: Callable[[str], vm.Lane]) -> Kernels:  # fmt: skip
+def configure(
+    given: Sequence[str], against: str | None, settings: compare.Settings, make: Callable[[str], vm.Lane]
+) -> Kernels:
     """The Kernels of a run, the reference first; ``make`` builds one value's lane (checking its
     preconditions).  A bad --udpsend-gate-against is a usage error, before any boot."""
     if against is not None and len(given) < 2:
-        raise pytest.UsageError(f"--udpsend-gate-against {against}: compares the kernels of one run: give "
-                                "--udpsend-kernel twice or more, e.g. --udpsend-kernel host --udpsend-kernel NEW.img")  # fmt: skip
+        raise pytest.UsageError(
+            f"--udpsend-gate-against {against}: compares the kernels of one run: give "
+            "--udpsend-kernel twice or more, e.g. --udpsend-kernel host --udpsend-kernel NEW.img"
+        )
     if against is not None and len({v == vm.HOST for v in given}) > 1 and not settings.allow_mixed:
-        raise pytest.UsageError(f"--udpsend-gate-against {against}: the kernels given run on the bare host and in a VM, "
-                                "which measure differently (emulated or virtualised timing), so their difference is not "
-                                "the kernel's; give only images (or only host), or pass --udpsend-allow-mixed if intended")  # fmt: skip
+        raise pytest.UsageError(
+            f"--udpsend-gate-against {against}: the kernels given run on the bare host and in a VM, "
+            "which measure differently (emulated or virtualised timing), so their difference is not "
+            "the kernel's; give only images (or only host), or pass --udpsend-allow-mixed if intended"
+        )
     lanes = [make(value) for value in given]
     number_repeats(lanes)
     if against is None:

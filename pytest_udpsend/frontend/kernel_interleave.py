@@ -93,9 +93,21 @@ def run(
         elif lane is cand and rounds_:  # measured on either kernel: a kernel that lost a metric fails ("lost")
             rows = _judge(item, rounds_, settings, level)
             verdicts[nodeid] = rows
-            extra = [[interleave.PROPERTY, {"control": False, "rounds": rounds_, "level": level, "family": size,
-                                            "tolerance": settings.tolerance, "alpha": settings.alpha,
-                                            "metrics": settings.names(), "paired": [r.to_dict() for r in rows]}]]  # fmt: skip
+            extra = [
+                [
+                    interleave.PROPERTY,
+                    {
+                        "control": False,
+                        "rounds": rounds_,
+                        "level": level,
+                        "family": size,
+                        "tolerance": settings.tolerance,
+                        "alpha": settings.alpha,
+                        "metrics": settings.names(),
+                        "paired": [r.to_dict() for r in rows],
+                    },
+                ]
+            ]
             if any(r.fails for r in rows):
                 failure = (
                     f"udpsend kernel gate (interleaved boots, against {ref.suffix}): regression:\n"

@@ -176,9 +176,11 @@ def _check_reader(item: pytest.Item, over: dict[str, dict[str, Any]]) -> None:
     the arms would be the same while the test is judged as if they differed."""
     readers = {"udpsend_result", "udpsend_sweep"}
     if "udpsend" in over and not readers & set(getattr(item, "fixturenames", ())):
-        raise ConfigError("@pytest.mark.candidate(udpsend={...}): this test does not use udpsend_result or "
-                          "udpsend_sweep, which run the udpsend marker's scenario, so the override would change "
-                          "nothing; pass the candidate's arguments yourself with the udpsend_arm fixture")  # fmt: skip
+        raise ConfigError(
+            "@pytest.mark.candidate(udpsend={...}): this test does not use udpsend_result or "
+            "udpsend_sweep, which run the udpsend marker's scenario, so the override would change "
+            "nothing; pass the candidate's arguments yourself with the udpsend_arm fixture"
+        )
 
 
 def scenario_for(item: pytest.Item, overrides: dict[str, dict[str, Any]] | None = None) -> Scenario:
@@ -208,8 +210,10 @@ def scenario_for(item: pytest.Item, overrides: dict[str, dict[str, Any]] | None 
         kw["baseline"] = _call("udpsend_baseline", _baseline, m.args, m.kwargs)
     kw["bounds"] = _bounds(item)
     if any(b.marker == "resume_ms" for b in kw["bounds"].bounds) and getattr(kw.get("pressure"), "on_s", None) is None:
-        raise ConfigError("@pytest.mark.resume_ms: bounds the recovery after each release of a pressure schedule, and "
-                          "this test has none: add @pytest.mark.cpu_pressure(..., on_s=0.2, off_s=0.2)")  # fmt: skip
+        raise ConfigError(
+            "@pytest.mark.resume_ms: bounds the recovery after each release of a pressure schedule, and "
+            "this test has none: add @pytest.mark.cpu_pressure(..., on_s=0.2, off_s=0.2)"
+        )
     return Scenario(**kw)
 
 
@@ -221,8 +225,14 @@ def _bounds(item: pytest.Item) -> bounds_mod.Bounds:
         found.append(_call("eagain_rate", bounds_mod.eagain_bound, m.args, m.kwargs))
     for name in ("time_squeeze", "busy_wait"):
         for m in item.iter_markers(name):
-            found.append(_call(name, lambda max=None, min=None, kernel=None, _n=name: bounds_mod.min_max(_n, _n, max, min, kernel),
-                               m.args, m.kwargs))  # fmt: skip
+            found.append(
+                _call(
+                    name,
+                    lambda max=None, min=None, kernel=None, _n=name: bounds_mod.min_max(_n, _n, max, min, kernel),
+                    m.args,
+                    m.kwargs,
+                )
+            )
     for m in item.iter_markers("resume_ms"):  # the worst release of a cpu_pressure schedule
         found.append(_call("resume_ms", bounds_mod.resume_bound, m.args, m.kwargs))
     for m in item.iter_markers("wfree_latency"):

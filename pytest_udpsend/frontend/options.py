@@ -50,23 +50,37 @@ BACKEND = Opt(
     "contexts from tracepoints, latency between them; fails where unavailable), timestamp (receiver-timestamp estimate)",
     {"choices": ["auto", "bpf", "tracepoint", "timestamp"], "default": "auto"},
 )
-REPEAT = Opt("--udpsend-repeat", "run each measuring scenario N times and keep every sample (default 1)",
-             {"type": number_type(1, 1000, integer=True), "default": 1, "metavar": "N"})  # fmt: skip
+REPEAT = Opt(
+    "--udpsend-repeat",
+    "run each measuring scenario N times and keep every sample (default 1)",
+    {"type": number_type(1, 1000, integer=True), "default": 1, "metavar": "N"},
+)
 JSON = Opt("--udpsend-json", "write every test's SendResult(s) and the environment to PATH", {"metavar": "PATH"})
 BASELINE = Opt(
     "--udpsend-baseline",
     "compare with a saved --udpsend-json file; a significant regression beyond the tolerance fails the test",
     {"metavar": "PATH"},
 )
-KERNEL = Opt("--udpsend-kernel", "run the selected tests in a VM booted with this kernel image (virtme-ng), "
-             "reported as test@<release>; repeat it to run them in each kernel, one after the other; host is the "
-             "running kernel, no VM; write --udpsend-kernel=PATH to keep the image's directory out of pytest's "
-             "rootdir and inifile choice", {"action": "append", "metavar": "PATH|host"})  # fmt: skip
-GATE_AGAINST = Opt("--udpsend-gate-against", "with --udpsend-kernel given twice or more: compare each test on every "
-                   "other kernel with its own samples on this one (an image path, host, or a release), by the "
-                   "baseline gate's rule and ini knobs; a regression fails test@<release>", {"metavar": "KERNEL"})  # fmt: skip
-KERNEL_TIMEOUT = Opt("--udpsend-kernel-timeout", "seconds the kernel-lane guest may run before it is killed (default 2400)",
-                     {"type": number_type(1, WEEK_S, unit="seconds"), "default": 2400.0, "metavar": "S"})  # fmt: skip
+KERNEL = Opt(
+    "--udpsend-kernel",
+    "run the selected tests in a VM booted with this kernel image (virtme-ng), "
+    "reported as test@<release>; repeat it to run them in each kernel, one after the other; host is the "
+    "running kernel, no VM; write --udpsend-kernel=PATH to keep the image's directory out of pytest's "
+    "rootdir and inifile choice",
+    {"action": "append", "metavar": "PATH|host"},
+)
+GATE_AGAINST = Opt(
+    "--udpsend-gate-against",
+    "with --udpsend-kernel given twice or more: compare each test on every "
+    "other kernel with its own samples on this one (an image path, host, or a release), by the "
+    "baseline gate's rule and ini knobs; a regression fails test@<release>",
+    {"metavar": "KERNEL"},
+)
+KERNEL_TIMEOUT = Opt(
+    "--udpsend-kernel-timeout",
+    "seconds the kernel-lane guest may run before it is killed (default 2400)",
+    {"type": number_type(1, WEEK_S, unit="seconds"), "default": 2400.0, "metavar": "S"},
+)
 HTML = Opt("--udpsend-html", "write a self-contained HTML report with plots to PATH", {"metavar": "PATH"})
 PCAP = Opt(
     "--udpsend-pcap", "keep a bounded capture of each failing measuring test's traffic in DIR", {"metavar": "DIR"}
@@ -77,8 +91,10 @@ REQUIRE = Opt(
     {"action": "store_true", "default": False},
 )
 
-ALLOW_MIXED_HELP = ("compare with a baseline measured differently (backend, lane or bare host, CPU, payload, "
-                    "duration) on purpose; without it such a comparison is refused")  # fmt: skip
+ALLOW_MIXED_HELP = (
+    "compare with a baseline measured differently (backend, lane or bare host, CPU, payload, "
+    "duration) on purpose; without it such a comparison is refused"
+)
 ALLOW_MIXED = Opt("--udpsend-allow-mixed", ALLOW_MIXED_HELP, {"action": "store_true", "default": False})
 
 LOCK_TIMEOUT = Opt(
@@ -117,8 +133,24 @@ CANDIDATE_SYSCTL = Opt(
     {"action": "append", "default": [], "metavar": "NAME=VALUE"},
 )
 
-PYTEST_OPTIONS = [BACKEND, REPEAT, JSON, BASELINE, KERNEL, KERNEL_TIMEOUT, GATE_AGAINST, HTML, PCAP, REQUIRE, ALLOW_MIXED,
-                  LOCK_TIMEOUT, LABEL, NIC_PAIR, INTERLEAVE, CANDIDATE_SYSCTL]  # fmt: skip
+PYTEST_OPTIONS = [
+    BACKEND,
+    REPEAT,
+    JSON,
+    BASELINE,
+    KERNEL,
+    KERNEL_TIMEOUT,
+    GATE_AGAINST,
+    HTML,
+    PCAP,
+    REQUIRE,
+    ALLOW_MIXED,
+    LOCK_TIMEOUT,
+    LABEL,
+    NIC_PAIR,
+    INTERLEAVE,
+    CANDIDATE_SYSCTL,
+]
 
 
 def parse_labels(given: list[str], flag: str = "--udpsend-label", example: str = "runner=c5-metal") -> dict[str, str]:
@@ -170,14 +202,31 @@ class GateKnob:
 
 
 GATE_KNOBS = [
-    GateKnob("udpsend_tolerance", "--tolerance", "baseline: relative change of a metric's median allowed before a "
-             "significant change fails (default 0.25; a metric's session noise floor applies if larger); the "
-             "udpsend_baseline marker overrides it per test", "0.25", {"type": number_type(0), "metavar": "FRACTION"}),
-    GateKnob("udpsend_alpha", "--alpha", "baseline: false-alarm rate over all comparisons of a run, tests x metrics "
-             "(Bonferroni; default 0.05)", "0.05", {"type": number_type(0, 1), "metavar": "ALPHA"}),
-    GateKnob("udpsend_compare_metrics", "--metrics", "baseline: metrics compared, space-separated (default: all: "
-             "eagain_rate time_squeeze enobufs wfree.p50_us wfree.p99_us pps)", "", {"nargs": "+", "metavar": "METRIC"}),
-]  # fmt: skip
+    GateKnob(
+        "udpsend_tolerance",
+        "--tolerance",
+        "baseline: relative change of a metric's median allowed before a "
+        "significant change fails (default 0.25; a metric's session noise floor applies if larger); the "
+        "udpsend_baseline marker overrides it per test",
+        "0.25",
+        {"type": number_type(0), "metavar": "FRACTION"},
+    ),
+    GateKnob(
+        "udpsend_alpha",
+        "--alpha",
+        "baseline: false-alarm rate over all comparisons of a run, tests x metrics (Bonferroni; default 0.05)",
+        "0.05",
+        {"type": number_type(0, 1), "metavar": "ALPHA"},
+    ),
+    GateKnob(
+        "udpsend_compare_metrics",
+        "--metrics",
+        "baseline: metrics compared, space-separated (default: all: "
+        "eagain_rate time_squeeze enobufs wfree.p50_us wfree.p99_us pps)",
+        "",
+        {"nargs": "+", "metavar": "METRIC"},
+    ),
+]
 INI_OPTIONS = [(k.ini, k.help, k.default) for k in GATE_KNOBS]
 
 
@@ -235,8 +284,10 @@ def configure_baseline(session: Any, config: Any) -> None:
     if not session.options.baseline_path:
         return
     if session.options.interleave:
-        raise pytest.UsageError("--udpsend-baseline and --udpsend-interleave judge a run two ways (against a saved "
-                                "session, or baseline and candidate arms in this one): give one of them")  # fmt: skip
+        raise pytest.UsageError(
+            "--udpsend-baseline and --udpsend-interleave judge a run two ways (against a saved "
+            "session, or baseline and candidate arms in this one): give one of them"
+        )
     try:
         doc = store.load(session.options.baseline_path)
     except ConfigError as exc:
@@ -294,12 +345,16 @@ def configure_lane(config: Any) -> Any:
     if given and getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("--udpsend-kernel runs the selected tests in one VM: drop -n/--numprocesses")
     if config.getoption("udpsend_interleave") and len(given) > 1 and config.getoption("udpsend_candidate_sysctl"):
-        raise pytest.UsageError("--udpsend-candidate-sysctl with two --udpsend-kernel: the candidate is the other "
-                                "kernel; drop --udpsend-candidate-sysctl, or gate the sysctl within one kernel")  # fmt: skip
+        raise pytest.UsageError(
+            "--udpsend-candidate-sysctl with two --udpsend-kernel: the candidate is the other "
+            "kernel; drop --udpsend-candidate-sysctl, or gate the sysctl within one kernel"
+        )
     if config.getoption("udpsend_interleave") and (len(given) > 2 or (len(given) == 2) != bool(against)):
-        raise pytest.UsageError("--udpsend-interleave with kernels alternates the boots of two: give --udpsend-kernel OLD "
-                                "--udpsend-kernel NEW --udpsend-gate-against OLD (or one --udpsend-kernel, whose guest "
-                                "interleaves the candidate arms)")  # fmt: skip
+        raise pytest.UsageError(
+            "--udpsend-interleave with kernels alternates the boots of two: give --udpsend-kernel OLD "
+            "--udpsend-kernel NEW --udpsend-gate-against OLD (or one --udpsend-kernel, whose guest "
+            "interleaves the candidate arms)"
+        )
     timeout, backend = config.getoption("udpsend_kernel_timeout"), config.getoption("udpsend_backend")
     if len(given) == 1 and not against:
         return vm.lane_for(given[0], timeout, backend)
@@ -329,8 +384,10 @@ def session_options(config: Any) -> Any:
         interleave=config.getoption("udpsend_interleave"),
     )
     if opts.interleave == 1:
-        raise pytest.UsageError("--udpsend-interleave 1: one round is one pair, which cannot show a change: give 0 (off) "
-                                "or at least 2 rounds (the run says how many its tests need)")  # fmt: skip
+        raise pytest.UsageError(
+            "--udpsend-interleave 1: one round is one pair, which cannot show a change: give 0 (off) "
+            "or at least 2 rounds (the run says how many its tests need)"
+        )
     try:
         opts.labels.update(parse_labels(config.getoption("udpsend_label") or []))
         opts.candidate_sysctls.update(

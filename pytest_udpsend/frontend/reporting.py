@@ -68,13 +68,15 @@ def measured_rows(tests: dict[str, dict[str, Any]]) -> list[tuple[str, str, str,
             name = nodeid.rpartition("::")[2] + (f" [{label}]" if label else "")
             finding = next((d.get("finding", "") for d in s.get("diagnosis") or []), "")
             rate = s.get("eagain_rate")
-            rows.append((
-                name,
-                f"{rate:.2%}" if isinstance(rate, (int, float)) else "-",
-                f"{s.get('pps') or 0:,.0f}",
-                _where(s.get("wfree") or {}),
-                finding,
-            ))  # fmt: skip
+            rows.append(
+                (
+                    name,
+                    f"{rate:.2%}" if isinstance(rate, (int, float)) else "-",
+                    f"{s.get('pps') or 0:,.0f}",
+                    _where(s.get("wfree") or {}),
+                    finding,
+                )
+            )
     return rows
 
 
@@ -114,8 +116,10 @@ def interleave_summary(tests: dict[str, dict[str, Any]]) -> list[str]:
             lines.append(f"{text}: {row['verdict']}")
             if row["verdict"] == "regressed":
                 (moved if record.get("control") else regressed).append(f"{nodeid} {row['metric']}")
-    head = [f"candidates that regressed: {', '.join(regressed) or 'none'}",
-            f"controls that moved (the host was noisy; in-run A/A): {', '.join(moved) or 'none'}"]  # fmt: skip
+    head = [
+        f"candidates that regressed: {', '.join(regressed) or 'none'}",
+        f"controls that moved (the host was noisy; in-run A/A): {', '.join(moved) or 'none'}",
+    ]
     return head + lines if lines else []
 
 

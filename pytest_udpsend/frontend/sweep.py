@@ -54,8 +54,13 @@ class Grid:
     workers: tuple[int, ...] | None = None
 
     def cells(self) -> Iterator[Cell]:
-        dims = (self.sndbuf or (None,), self.force if self.sndbuf else (False,), self.budget or (None,),
-                self.budget_usecs or (None,), self.workers or (None,))  # fmt: skip
+        dims = (
+            self.sndbuf or (None,),
+            self.force if self.sndbuf else (False,),
+            self.budget or (None,),
+            self.budget_usecs or (None,),
+            self.workers or (None,),
+        )
         for sndbuf, force, budget, usecs, workers in itertools.product(*dims):
             yield Cell(sndbuf, force, budget, usecs, workers)
 
@@ -75,8 +80,11 @@ class Cell:
         parts = []
         if self.sndbuf is not None:
             parts += [f"sndbuf={self.sndbuf}", f"force={'yes' if self.force else 'no'}"]
-        parts += [f"{k}={v}" for k, v in (("budget", self.budget), ("budget_usecs", self.budget_usecs),
-                                          ("workers", self.workers)) if v is not None]  # fmt: skip
+        parts += [
+            f"{k}={v}"
+            for k, v in (("budget", self.budget), ("budget_usecs", self.budget_usecs), ("workers", self.workers))
+            if v is not None
+        ]
         return f"sweep[{','.join(parts)}]"
 
 
@@ -91,10 +99,16 @@ class CellResult:
         return statistics.median(values) if values else None
 
     def summary(self) -> dict[str, Any]:
-        return {"cell": self.cell.id(), "knobs": asdict(self.cell), "eagain_rate": self.median("eagain_rate"),
-                "enobufs_rate": self.median("enobufs_rate"), "pps": self.median("pps"),
-                "time_squeeze": self.median("time_squeeze"), "wfree_p99_us": self.median("wfree.p99_us"),
-                "wall_s": round(self.wall_s, 3)}  # fmt: skip
+        return {
+            "cell": self.cell.id(),
+            "knobs": asdict(self.cell),
+            "eagain_rate": self.median("eagain_rate"),
+            "enobufs_rate": self.median("enobufs_rate"),
+            "pps": self.median("pps"),
+            "time_squeeze": self.median("time_squeeze"),
+            "wfree_p99_us": self.median("wfree.p99_us"),
+            "wall_s": round(self.wall_s, 3),
+        }
 
 
 def _value(r: SendResult, key: str) -> float | None:
@@ -107,8 +121,16 @@ def _value(r: SendResult, key: str) -> float | None:
 class Sweep:
     """Measures every cell of ``grid`` on ``topo``; ``cells`` holds those fully measured."""
 
-    def __init__(self, topo: Topology, sysctls: Sysctls, lock: Callable[[], None], probe: WfreeProbe | None,
-                 params: SendParams, pressure: load.PressureSpec | None = None, argv: list[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        topo: Topology,
+        sysctls: Sysctls,
+        lock: Callable[[], None],
+        probe: WfreeProbe | None,
+        params: SendParams,
+        pressure: load.PressureSpec | None = None,
+        argv: list[str] | None = None,
+    ) -> None:
         self.topo, self.sysctls, self.lock, self.probe = topo, sysctls, lock, probe
         self.params = params
         self.argv = argv  # the user's program as the sender (None: the built-in C loop)
@@ -240,8 +262,10 @@ def smallest_change(cells: Sequence[CellResult], base: Cell, target: float) -> s
         best = min(cells, key=lambda c: c.median("eagain_rate") or 0.0, default=None)
         if best is None:
             return "no cell was measured"
-        return (f"no cell brings EAGAIN under {target:.2%}; the lowest: {describe(best.cell, base)}: "
-                f"{best.median('eagain_rate') or 0:.2%}")  # fmt: skip
+        return (
+            f"no cell brings EAGAIN under {target:.2%}; the lowest: {describe(best.cell, base)}: "
+            f"{best.median('eagain_rate') or 0:.2%}"
+        )
 
     def cost(c: CellResult) -> tuple[bool, int, float, float]:
         ch = _changes(c.cell, base)  # a cell that trades EAGAIN for drops comes last
@@ -268,22 +292,33 @@ def table(cells: Sequence[CellResult]) -> str:
     for c in cells:
         s = c.summary()
         p99 = s["wfree_p99_us"]
-        rows.append(f"{c.cell.id():<58}{s['eagain_rate'] or 0:>9.2%}{s['enobufs_rate'] or 0:>9.2%}{s['pps'] or 0:>10,.0f}{s['time_squeeze'] or 0:>9.0f}"
-                    f"{'-' if p99 is None else f'{p99:.0f} us':>11}{len(c.samples):>3}")  # fmt: skip
+        rows.append(
+            f"{c.cell.id():<58}{s['eagain_rate'] or 0:>9.2%}{s['enobufs_rate'] or 0:>9.2%}{s['pps'] or 0:>10,.0f}{s['time_squeeze'] or 0:>9.0f}"
+            f"{'-' if p99 is None else f'{p99:.0f} us':>11}{len(c.samples):>3}"
+        )
     return "\n".join(rows)
 
 
 def tests_entries(cells: Sequence[CellResult]) -> dict[str, dict[str, Any]]:
     """One ``tests`` entry per cell, in the saved document's format, with the cell's knobs under ``sweep``."""
-    return {c.cell.id(): {"outcome": "passed", "samples": [s.to_dict() for s in c.samples], "sweep": c.summary()}
-            for c in cells}  # fmt: skip
+    return {
+        c.cell.id(): {"outcome": "passed", "samples": [s.to_dict() for s in c.samples], "sweep": c.summary()}
+        for c in cells
+    }
 
 
 def record(sweep: Sweep, grid: Grid, target: float) -> dict[str, Any]:
     """The document's ``sweep`` section: the grid, the baseline, the answer, whether it was cut short."""
     base = baseline(grid, sweep.found, sweep.base_workers)
-    return {"grid": asdict(grid), "baseline": asdict(base), "target": target, "interrupted": sweep.interrupted,
-            "cells": len(sweep.cells), "planned": grid.size(), "smallest_change": smallest_change(sweep.cells, base, target)}  # fmt: skip
+    return {
+        "grid": asdict(grid),
+        "baseline": asdict(base),
+        "target": target,
+        "interrupted": sweep.interrupted,
+        "cells": len(sweep.cells),
+        "planned": grid.size(),
+        "smallest_change": smallest_change(sweep.cells, base, target),
+    }
 
 
 # --- the ``udpsend sweep`` command ------------------------------------------------------------------------------
@@ -298,8 +333,9 @@ def _int_list(what: str) -> Callable[[str], tuple[int, ...]]:
             try:
                 out.append(int(item[:-1] if scale > 1 else item) * scale)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"{what} {text!r}: a comma-separated list of integers (K/M suffixes), "
-                                                 "e.g. 64K,256K,8M") from None  # fmt: skip
+                raise argparse.ArgumentTypeError(
+                    f"{what} {text!r}: a comma-separated list of integers (K/M suffixes), e.g. 64K,256K,8M"
+                ) from None
         return tuple(out)
 
     return parse
@@ -330,27 +366,42 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--budget-usecs", type=_int_list("--budget-usecs"), metavar="LIST", help="net.core.netdev_budget_usecs values"
     )
-    g.add_argument("--workers", type=_int_list("--workers"), metavar="LIST",
-                   help="CPU hogs on the --cpu-pressure CPUs (default CPU 1), e.g. 2,1,0")  # fmt: skip
+    g.add_argument(
+        "--workers",
+        type=_int_list("--workers"),
+        metavar="LIST",
+        help="CPU hogs on the --cpu-pressure CPUs (default CPU 1), e.g. 2,1,0",
+    )
     g.add_argument("--target", type=_target, default=0.01, help="the EAGAIN rate to get under (default 1%%)")
     p.set_defaults(udpsend_json="udpsend-sweep.json")
 
 
-def make_grid(sndbuf: Sequence[int] | None = None, force: str = "no", budget: Sequence[int] | None = None,
-              budget_usecs: Sequence[int] | None = None, workers: Sequence[int] | None = None) -> Grid:  # fmt: skip
+def make_grid(
+    sndbuf: Sequence[int] | None = None,
+    force: str = "no",
+    budget: Sequence[int] | None = None,
+    budget_usecs: Sequence[int] | None = None,
+    workers: Sequence[int] | None = None,
+) -> Grid:
     """Validate the knobs' value lists into a Grid of at least two cells (ConfigError names the bad one)."""
     if force not in FORCE:
         raise ConfigError(f"force={force!r}: accepted: {', '.join(FORCE)}")
-    for name, values, low, high in (("sndbuf", sndbuf, 1024, 1 << 30), ("budget", budget, 1, 1 << 20),
-                                    ("budget_usecs", budget_usecs, 1, 1 << 30), ("workers", workers, 0, 64)):  # fmt: skip
+    for name, values, low, high in (
+        ("sndbuf", sndbuf, 1024, 1 << 30),
+        ("budget", budget, 1, 1 << 20),
+        ("budget_usecs", budget_usecs, 1, 1 << 30),
+        ("workers", workers, 0, 64),
+    ):
         if values is not None and (
             not values or any(isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high for v in values)
         ):
             raise ConfigError(f"{name}={list(values)!r}: a non-empty list of integers from {low} to {high}")
     grid = Grid(_tuple(sndbuf), FORCE[force], _tuple(budget), _tuple(budget_usecs), _tuple(workers))
     if grid.size() < 2:
-        raise ConfigError("a sweep needs at least two cells: give two or more values of sndbuf, budget, "
-                          "budget_usecs or workers (or force both)")  # fmt: skip
+        raise ConfigError(
+            "a sweep needs at least two cells: give two or more values of sndbuf, budget, "
+            "budget_usecs or workers (or force both)"
+        )
     return grid
 
 
@@ -366,9 +417,11 @@ def grid_from(args: argparse.Namespace) -> Grid:
 def check_program_grid(grid: Grid) -> None:
     """Your own program as the sender: every knob but the send buffer acts from outside it."""
     if grid.sndbuf is not None:
-        raise ConfigError("a sweep of your own program (--exec) cannot sweep --sndbuf: the send buffer is your "
-                          "program's own SO_SNDBUF, out of the plugin's reach; sweep --budget, --budget-usecs or "
-                          "--workers, or run your program once per buffer size")  # fmt: skip
+        raise ConfigError(
+            "a sweep of your own program (--exec) cannot sweep --sndbuf: the send buffer is your "
+            "program's own SO_SNDBUF, out of the plugin's reach; sweep --budget, --budget-usecs or "
+            "--workers, or run your program once per buffer size"
+        )
 
 
 def _program(args: argparse.Namespace, grid: Grid) -> list[str] | None:
@@ -396,12 +449,29 @@ def run_command(args: argparse.Namespace) -> int:
 
     grid = grid_from(args)
     argv = _program(args, grid)
-    spec = topology.make_spec(rps_cpus=args.rps_cpus, qdisc=args.qdisc, gro=args.gro, threaded_napi=args.threaded_napi,
-                              napi_cpus=args.napi_cpus, mtu=args.mtu, ipv6=args.ipv6)  # fmt: skip
-    params = make_params(duration=args.duration, payload=args.payload, rate=args.rate, cpu=args.cpu,
-                         ipv6=args.ipv6, receiver_cpu=args.receiver_cpu, mode=args.mode, batch=args.batch,
-                         gso_size=args.gso_size, flows=args.flows, threads=args.threads,
-                         **{k: getattr(args, k) for k in ("replay", "speed", "loop", "replay_filter", "replay_mtu")})  # fmt: skip
+    spec = topology.make_spec(
+        rps_cpus=args.rps_cpus,
+        qdisc=args.qdisc,
+        gro=args.gro,
+        threaded_napi=args.threaded_napi,
+        napi_cpus=args.napi_cpus,
+        mtu=args.mtu,
+        ipv6=args.ipv6,
+    )
+    params = make_params(
+        duration=args.duration,
+        payload=args.payload,
+        rate=args.rate,
+        cpu=args.cpu,
+        ipv6=args.ipv6,
+        receiver_cpu=args.receiver_cpu,
+        mode=args.mode,
+        batch=args.batch,
+        gso_size=args.gso_size,
+        flows=args.flows,
+        threads=args.threads,
+        **{k: getattr(args, k) for k in ("replay", "speed", "loop", "replay_filter", "replay_mtu")},
+    )
     if argv is not None and params.replay is not None:
         raise ConfigError(
             "--replay sends a capture with the plugin's sender, --exec runs your program as the sender: use one of them"
@@ -411,15 +481,19 @@ def run_command(args: argparse.Namespace) -> int:
     print(f"udpsend sweep: {grid.size()} cells x {repeat} sample(s) of {params.duration:g} s", file=sys.stderr)
 
     def progress(i: int, total: int, c: CellResult) -> None:
-        print(f"udpsend sweep: {i}/{total} {c.cell.id()}: EAGAIN {c.median('eagain_rate') or 0:.2%} "
-              f"({c.wall_s:.1f} s)", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"udpsend sweep: {i}/{total} {c.cell.id()}: EAGAIN {c.median('eagain_rate') or 0:.2%} ({c.wall_s:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     started = time.monotonic()
     sweep: Sweep | None = None
     env: dict[str, Any] = {}
     try:
-        with standalone(SessionOptions(backend=args.udpsend_backend, repeat=repeat),
-                        {k: format_value(v) for k, v in args.sysctl}) as ctx:  # fmt: skip
+        with standalone(
+            SessionOptions(backend=args.udpsend_backend, repeat=repeat), {k: format_value(v) for k, v in args.sysctl}
+        ) as ctx:
             topo = topology.build(spec, ctx.undo, ctx.session.subnets, hint="sweep")
             ctx.apply_marked_to(topo)
             probe = ctx.session.probe()

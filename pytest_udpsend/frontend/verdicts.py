@@ -52,8 +52,16 @@ def _baseline_failure(item: pytest.Item, scenario: Scenario, samples: list[dict[
     if not samples and not base:
         return None  # measured on neither side: not a test the gate is about
     # a test the baseline measured that measured nothing here is refused (compare_test: "no samples")
-    rows = compare.compare_test(key, base, samples, session.gate, session.gate_family, scenario.baseline.tolerance,
-                                scenario.baseline.metrics, compare.find(key, session.baseline_floors))  # fmt: skip
+    rows = compare.compare_test(
+        key,
+        base,
+        samples,
+        session.gate,
+        session.gate_family,
+        scenario.baseline.tolerance,
+        scenario.baseline.metrics,
+        compare.find(key, session.baseline_floors),
+    )
     item.stash[COMPARE_KEY] = [asdict(r) for r in rows]
     if rows[0].verdict == "measured differently":
         return f"udpsend baseline: {compare.mixed_refusal(rows[0].note, '--udpsend-allow-mixed')}"

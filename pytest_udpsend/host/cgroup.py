@@ -179,8 +179,12 @@ def sigkill(pid: int, is_member: Callable[[int], bool]) -> None:
         os.close(fd)
 
 
-def kill_until_gone(members: Callable[[], list[int]], is_member: Callable[[int], bool],
-                    deadline_s: float | None = None, settled: Callable[[], bool] = lambda: True) -> list[int]:  # fmt: skip
+def kill_until_gone(
+    members: Callable[[], list[int]],
+    is_member: Callable[[int], bool],
+    deadline_s: float | None = None,
+    settled: Callable[[], bool] = lambda: True,
+) -> list[int]:
     """SIGKILL ``members()`` again and again until none is left and ``settled()``, or the deadline
     (KILL_DEADLINE_S) passes; the pids still there then.  Again: one may have forked meanwhile."""
     deadline = time.monotonic() + (KILL_DEADLINE_S if deadline_s is None else deadline_s)
@@ -198,8 +202,10 @@ def kill_until_gone(members: Callable[[], list[int]], is_member: Callable[[int],
 def outlived(where: str, left: list[int], deadline_s: float | None, then: str) -> str:
     """The sentence for processes that outlived kill_until_gone()."""
     seconds = KILL_DEADLINE_S if deadline_s is None else deadline_s
-    return (f"{where} still holds {', '.join(describe_pid(p) for p in left)} {seconds:g} s after SIGKILL "
-            f"(stuck in the kernel: see /proc/{left[0]}/stack), {then}")  # fmt: skip
+    return (
+        f"{where} still holds {', '.join(describe_pid(p) for p in left)} {seconds:g} s after SIGKILL "
+        f"(stuck in the kernel: see /proc/{left[0]}/stack), {then}"
+    )
 
 
 def empty(path: Path, deadline_s: float | None = None) -> list[int]:
@@ -211,8 +217,7 @@ def empty(path: Path, deadline_s: float | None = None) -> list[int]:
     elif _has_freeze(path):
         (path / "cgroup.freeze").write_text("1")  # a frozen process still dies of SIGKILL, and forks no more
     # after cgroup.kill too: a kernel that has the file but missed a process
-    return kill_until_gone(lambda: pids(path), lambda pid: _holds(path, pid), deadline_s,
-                           lambda: not populated(path))  # fmt: skip
+    return kill_until_gone(lambda: pids(path), lambda pid: _holds(path, pid), deadline_s, lambda: not populated(path))
 
 
 def stop(path: Path, deadline_s: float | None = None) -> None:

@@ -103,8 +103,11 @@ def check_online(cpus: tuple[int, ...], value: object, what: str) -> tuple[int, 
     missing = sorted(set(cpus) - online)
     if missing:
         read_as = f" (read as CPU(s) {format_list(cpus)})" if isinstance(value, str) else ""
-        hint = " (a string without '-' or ',' is a hex mask: write [N] or 'N-N' for CPU N)" if (
-            isinstance(value, str) and "," not in value and "-" not in value) else ""  # fmt: skip
+        hint = (
+            " (a string without '-' or ',' is a hex mask: write [N] or 'N-N' for CPU N)"
+            if (isinstance(value, str) and "," not in value and "-" not in value)
+            else ""
+        )
         raise ConfigError(
             f"{what}={value!r}{read_as}: CPU(s) {missing} are not available here "
             f"(have {format_list(tuple(online))}){hint}"

@@ -191,8 +191,10 @@ def _restore(write: Callable[[str, str], None], folder: PrivateDir) -> Restored:
             except FileNotFoundError:  # its owner's own cleanup, meanwhile
                 continue
         if problem:
-            done.warnings.append(f"{path} {problem}: not replayed, since another user may have put it there; "
-                                 "check what it holds, then remove it")  # fmt: skip
+            done.warnings.append(
+                f"{path} {problem}: not replayed, since another user may have put it there; "
+                "check what it holds, then remove it"
+            )
             continue
         if fd is None:
             with contextlib.suppress(FileNotFoundError):
@@ -203,8 +205,10 @@ def _restore(write: Callable[[str, str], None], folder: PrivateDir) -> Restored:
         except (OSError, ValueError, TypeError) as exc:
             kept = path.with_name(path.name + ".corrupt")
             os.replace(name, kept.name, src_dir_fd=folder.fd, dst_dir_fd=folder.fd)
-            done.warnings.append(f"journal {path.name} of a dead session is unreadable ({exc}): kept as {kept} "
-                                 "and not restored; check the global sysctls it may have changed")  # fmt: skip
+            done.warnings.append(
+                f"journal {path.name} of a dead session is unreadable ({exc}): kept as {kept} "
+                "and not restored; check the global sysctls it may have changed"
+            )
     by_knob: dict[str, list[_Entry]] = {}
     for entry in sorted((e for es in journals.values() for e in es), key=lambda e: e.when):
         by_knob.setdefault(entry.name, []).append(entry)
@@ -216,8 +220,10 @@ def _restore(write: Callable[[str, str], None], folder: PrivateDir) -> Restored:
             done.knobs.append(f"{name}={first.original}")
             restored.add(name)
         except Exception as exc:  # a fault here must not stop the other knobs or the session
-            done.warnings.append(f"could not restore {name}={first.original} left by a dead session ({exc}); "
-                                 f"it stays in {first.path} for the next session to try again")  # fmt: skip
+            done.warnings.append(
+                f"could not restore {name}={first.original} left by a dead session ({exc}); "
+                f"it stays in {first.path} for the next session to try again"
+            )
     for path, entries in journals.items():
         left = [e.raw for e in entries if e.name not in restored]
         if not left:

@@ -218,8 +218,14 @@ def _unmount(name: str) -> None:
 
 def busy(name: str, left: list[int], deadline_s: float | None = None) -> NamespaceBusy:
     """The sentence for processes that outlived evict()."""
-    return NamespaceBusy(cgroup.outlived(f"network namespace {name}", left, deadline_s,
-                                         "which keeps the namespace and its devices alive until it ends"))  # fmt: skip
+    return NamespaceBusy(
+        cgroup.outlived(
+            f"network namespace {name}",
+            left,
+            deadline_s,
+            "which keeps the namespace and its devices alive until it ends",
+        )
+    )
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

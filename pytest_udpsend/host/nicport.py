@@ -56,14 +56,41 @@ IFA_F_KEPT = 0x02 | 0x10 | 0x100 | 0x200 | 0x400
 FOREVER = 0xFFFFFFFF  # an address lifetime that never runs out
 RTPROT_KERNEL = 2
 TABLES = {253: "default", 254: "main", 255: "local"}
-PROTOS = {1: "redirect", 2: "kernel", 3: "boot", 4: "static", 9: "ra", 11: "zebra", 12: "bird", 16: "dhcp",
-          42: "babel", 186: "bgp", 187: "isis", 188: "ospf", 189: "rip"}  # fmt: skip
+PROTOS = {
+    1: "redirect",
+    2: "kernel",
+    3: "boot",
+    4: "static",
+    9: "ra",
+    11: "zebra",
+    12: "bird",
+    16: "dhcp",
+    42: "babel",
+    186: "bgp",
+    187: "isis",
+    188: "ospf",
+    189: "rip",
+}
 # Qdisc kinds with nothing to set: the kind is all of them.
 PARAMETERLESS = {"noqueue", "noop", "pfifo_fast", "mq"}
 # Kinds whose classes are no configuration: mq's are its transmit queues, the others' their busy flows.
 NOT_CLASSES = {"mq", "fq_codel", "sfq", "cake", "fq_pie"}
-TUNNELS = {"vxlan", "geneve", "gre", "gretap", "ip6gre", "ip6gretap", "erspan", "ip6erspan", "ipip", "sit", "ip6tnl",
-           "vti", "vti6", "bareudp"}  # fmt: skip
+TUNNELS = {
+    "vxlan",
+    "geneve",
+    "gre",
+    "gretap",
+    "ip6gre",
+    "ip6gretap",
+    "erspan",
+    "ip6erspan",
+    "ipip",
+    "sit",
+    "ip6tnl",
+    "vti",
+    "vti6",
+    "bareudp",
+}
 USE_FIX = "name two ports the host does not use (cabled back to back, or two VFs)"
 
 
@@ -166,8 +193,9 @@ def capture(name: str) -> PortState:
     base = SYS_NET / name
     ipr = _iproute()
     try:
-        addresses = [_address(a) for a in ipr.get_addr(index=index)
-                     if not (a["family"] == socket.AF_INET6 and a["scope"] == 253)]  # link-local comes back by itself  # fmt: skip
+        addresses = [
+            _address(a) for a in ipr.get_addr(index=index) if not (a["family"] == socket.AF_INET6 and a["scope"] == 253)
+        ]  # link-local comes back by itself
         roots = [q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index=index) if q["parent"] == 0xFFFFFFFF]
         routes = [_route_key(r) for r in _routes_through(ipr, index) if _journaled(r)]
     finally:
@@ -186,7 +214,7 @@ def capture(name: str) -> PortState:
             irq: _read(PROC_IRQ / str(irq) / "smp_affinity")
             for irq in irq_numbers(name)
             if (PROC_IRQ / str(irq)).is_dir()
-        },  # a never-opened port may hold no vectors yet  # fmt: skip
+        },  # a never-opened port may hold no vectors yet
         conf=_conf(name),
         device=str(device_path(name)),
         tx_checksum=tx_checksum(name),
@@ -252,23 +280,33 @@ def _journaled(route: Any) -> bool:
     """The kernel's own routes that follow the addresses (the local table's and IPv6's link routes
     follow the link, whenever it is up)."""
     dst, length = route.get_attr("RTA_DST"), route["dst_len"]
-    link_v6 = route["family"] == socket.AF_INET6 and (str(dst).startswith("fe80:") and length == 64
-                                                       or str(dst).startswith("ff00:") and length == 8)  # fmt: skip
+    link_v6 = route["family"] == socket.AF_INET6 and (
+        str(dst).startswith("fe80:") and length == 64 or str(dst).startswith("ff00:") and length == 8
+    )
     return _kernels_own(route) and _table(route) != 255 and not link_v6
 
 
 def _route_key(route: Any) -> dict[str, Any]:
     """What identifies a route, as JSON (a journal entry) and as the arguments to add it again."""
-    return {"family": route["family"], "table": _table(route), "dst": route.get_attr("RTA_DST"),
-            "dst_len": route["dst_len"], "type": route["type"], "scope": route["scope"], "proto": route["proto"],
-            "priority": route.get_attr("RTA_PRIORITY"), "prefsrc": route.get_attr("RTA_PREFSRC")}  # fmt: skip
+    return {
+        "family": route["family"],
+        "table": _table(route),
+        "dst": route.get_attr("RTA_DST"),
+        "dst_len": route["dst_len"],
+        "type": route["type"],
+        "scope": route["scope"],
+        "proto": route["proto"],
+        "priority": route.get_attr("RTA_PRIORITY"),
+        "prefsrc": route.get_attr("RTA_PREFSRC"),
+    }
 
 
 def _route_text(route: Any, index: int) -> str:
     """A route as ip(8) writes it, and where it is kept: "'default via 10.0.0.1' (table main, proto boot)"."""
     dst = f"{route.get_attr('RTA_DST')}/{route['dst_len']}" if route["dst_len"] else "default"
-    hops = [route.get_attr("RTA_GATEWAY")] + [(h.get_attr("RTA_GATEWAY") if h["oif"] == index else None)
-                                              for h in route.get_attr("RTA_MULTIPATH") or []]  # fmt: skip
+    hops = [route.get_attr("RTA_GATEWAY")] + [
+        (h.get_attr("RTA_GATEWAY") if h["oif"] == index else None) for h in route.get_attr("RTA_MULTIPATH") or []
+    ]
     via = next((f" via {gw}" for gw in hops if gw), "")
     table, proto = _table(route), route["proto"]
     return f"'{dst}{via}' (table {TABLES.get(table, table)}, proto {PROTOS.get(proto, proto)})"
@@ -300,8 +338,10 @@ def refuse_if_used(state: PortState) -> None:
         raise ConfigError(f"--udpsend-nic-pair: {state.name} {use}")
     base = SYS_NET / state.name
     if not (base / "device").exists():
-        raise ConfigError(f"--udpsend-nic-pair: {state.name} is a virtual device (no {base}/device), which a killed "
-                          "session's namespace would take with it; name two physical ports or VFs")  # fmt: skip
+        raise ConfigError(
+            f"--udpsend-nic-pair: {state.name} is a virtual device (no {base}/device), which a killed "
+            "session's namespace would take with it; name two physical ports or VFs"
+        )
 
 
 def host_use(state: PortState) -> str | None:
@@ -309,8 +349,15 @@ def host_use(state: PortState) -> str | None:
     index = _index(state.name)
     ipr = _iproute()
     try:
-        use = (_underlay(ipr, index, state) or _stacked(state) or _routed(ipr, index) or _ruled(ipr, state.name)
-               or _leased(ipr, index) or _bound(state) or _packet_users(index))  # fmt: skip
+        use = (
+            _underlay(ipr, index, state)
+            or _stacked(state)
+            or _routed(ipr, index)
+            or _ruled(ipr, state.name)
+            or _leased(ipr, index)
+            or _bound(state)
+            or _packet_users(index)
+        )
     finally:
         ipr.close()
     return use or _qdisc_problem(state.name)
@@ -322,8 +369,7 @@ def _stacked(state: PortState) -> str | None:
     lowers = sorted(p.name.removeprefix("lower_") for p in base.glob("lower_*"))
     if (base / "master").exists() or uppers:
         over = os.path.basename(os.readlink(base / "master")) if (base / "master").exists() else ", ".join(uppers)
-        return (f"is part of {over} (a bridge, bond, team, VLAN, macvlan or ipvlan the host uses through it); "
-                f"{USE_FIX}")  # fmt: skip
+        return f"is part of {over} (a bridge, bond, team, VLAN, macvlan or ipvlan the host uses through it); {USE_FIX}"
     if lowers:
         return f"is the master of {', '.join(lowers)}; {USE_FIX}"
     return None
@@ -367,8 +413,14 @@ def _underlay(ipr: Any, index: int, state: PortState) -> str | None:
         why = why or next(
             (f"its local address {v}" for k, v in attrs if k.endswith(("_LOCAL", "_LOCAL6")) and v in own), None
         )
-        why = why or next((f"its remote {v} is reached through {state.name}" for k, v in attrs
-                           if k.endswith(("_REMOTE", "_REMOTE6", "_GROUP", "_GROUP6")) and _reached_by(ipr, v, index)), None)  # fmt: skip
+        why = why or next(
+            (
+                f"its remote {v} is reached through {state.name}"
+                for k, v in attrs
+                if k.endswith(("_REMOTE", "_REMOTE6", "_GROUP", "_GROUP6")) and _reached_by(ipr, v, index)
+            ),
+            None,
+        )
         if why:
             role = "underlay" if kind in TUNNELS else "lower device"
             return f"is the {role} of this host's {kind or 'stacked'} device {link.get_attr('IFLA_IFNAME')} ({why}); {USE_FIX}"
@@ -389,8 +441,10 @@ def _leased(ipr: Any, index: int) -> str | None:
         cache = msg.get_attr("IFA_CACHEINFO")
         if cache and cache["ifa_valid"] != FOREVER and msg["scope"] != 253:
             address, prefix, *_ = _address(msg)
-            return (f"has the dynamic address {address}/{prefix} (a lease that expires: the host's DHCP or SLAAC "
-                    f"renews it); {USE_FIX}")  # fmt: skip
+            return (
+                f"has the dynamic address {address}/{prefix} (a lease that expires: the host's DHCP or SLAAC "
+                f"renews it); {USE_FIX}"
+            )
     return None
 
 
@@ -422,8 +476,10 @@ def _packet_users(index: int) -> str | None:
             except OSError:
                 continue
             break
-    return (f"has a packet socket of {owner} bound to it (a DHCP client, keepalived/VRRP or a capture the host "
-            f"runs); {USE_FIX}")  # fmt: skip
+    return (
+        f"has a packet socket of {owner} bound to it (a DHCP client, keepalived/VRRP or a capture the host "
+        f"runs); {USE_FIX}"
+    )
 
 
 def _holds(proc: Path, inodes: set[str]) -> bool:
@@ -450,10 +506,16 @@ def _qdisc_problem(name: str) -> str | None:
     for q in qdiscs:
         label = f"{q['kind']} {q['handle']}"
         if q["kind"] in ("ingress", "clsact"):
-            return (f"has the qdisc {label} on ingress or egress, {lead}; delete it "
-                    f"('tc qdisc del dev {name} {q['kind']}') or name two other ports")  # fmt: skip
-        per_queue = (root is not None and root["kind"] == "mq" and q["handle"] == "0:"
-                     and _major(str(q.get("parent"))) == _major(root["handle"]))  # fmt: skip
+            return (
+                f"has the qdisc {label} on ingress or egress, {lead}; delete it "
+                f"('tc qdisc del dev {name} {q['kind']}') or name two other ports"
+            )
+        per_queue = (
+            root is not None
+            and root["kind"] == "mq"
+            and q["handle"] == "0:"
+            and _major(str(q.get("parent"))) == _major(root["handle"])
+        )
         if q is not root and not per_queue:
             return f"has the qdisc {label} under {q.get('parent')}, {lead}; {fix}"
     ipr = _iproute()  # tc -j prints no classes as JSON (iproute2 6.1)
@@ -475,8 +537,10 @@ def _qdisc_problem(name: str) -> str | None:
         if changed:  # the kernel's own (handle 0:) too, made before an MTU change: tc cannot delete that one
             where = "root qdisc" if q is root else "qdisc"
             anew = f"make it anew ('tc qdisc replace dev {name} root {root['kind'] if root else q['kind']}')"
-            return (f"has the {where} {q['kind']} {q['handle']} with non-default parameters ({', '.join(changed)}), "
-                    f"{lead}; {anew if q['handle'] == '0:' else fix}")  # fmt: skip
+            return (
+                f"has the {where} {q['kind']} {q['handle']} with non-default parameters ({', '.join(changed)}), "
+                f"{lead}; {anew if q['handle'] == '0:' else fix}"
+            )
     return None
 
 
@@ -494,8 +558,23 @@ def _fresh_options(kind: str, mtu: int, txqlen: int) -> dict[str, Any]:
     if (kind, mtu, txqlen) not in _fresh:
         ((ns, _),) = netns_mod.create(["qdisc-probe"])
         try:
-            ip = ["ip", "-n", ns.name, "link", "add", "q0", "mtu", str(mtu), "txqueuelen", str(txqlen),
-                  "type", "veth", "peer", "name", "q1"]  # fmt: skip
+            ip = [
+                "ip",
+                "-n",
+                ns.name,
+                "link",
+                "add",
+                "q0",
+                "mtu",
+                str(mtu),
+                "txqueuelen",
+                str(txqlen),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "q1",
+            ]
             subprocess.run(ip, capture_output=True, check=True)
             _tc("qdisc", "replace", "dev", "q0", "root", kind, netns=ns.name)
             (made,) = _tc("qdisc", "show", "dev", "q0", "root", netns=ns.name)
@@ -599,8 +678,10 @@ def _restore_routes(state: PortState, index: int) -> None:
         for key in [k for k in have if k not in state.routes]:
             ipr.route("del", oif=index, **{k: v for k, v in key.items() if v is not None})
     except Exception as exc:  # pyroute2's NetlinkError
-        raise ConfigError(f"NIC port {state.name}: could not give back its routes ({exc}); see 'ip route show table all "
-                          f"dev {state.name}'") from None  # fmt: skip
+        raise ConfigError(
+            f"NIC port {state.name}: could not give back its routes ({exc}); see 'ip route show table all "
+            f"dev {state.name}'"
+        ) from None
     finally:
         ipr.close()
 
@@ -610,8 +691,9 @@ def _restore_qdisc(state: PortState) -> None:
     tc(8) puts the kind back with its default parameters (pyroute2 has no defaults for every kind)."""
     if not state.up or not state.qdisc or capture(state.name).qdisc == state.qdisc:
         return
-    done = subprocess.run(["tc", "qdisc", "replace", "dev", state.name, "root", state.qdisc],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        ["tc", "qdisc", "replace", "dev", state.name, "root", state.qdisc], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise ConfigError(
             f"NIC port {state.name}: could not put its root qdisc {state.qdisc} back: {done.stderr.strip()}"

@@ -103,8 +103,10 @@ def parse_pair(text: str) -> tuple[str, str]:
         raise ConfigError(f"--udpsend-nic-pair {text!r}: give two different port names, e.g. ens1f0,ens1f1")
     for name in parts:
         if not valid_ifname(name):
-            raise ConfigError(f"--udpsend-nic-pair {text!r}: {name!r} is not an interface name (1 to {IFNAMSIZ - 1} "
-                              "bytes, not '.' or '..', no '/', ':' or whitespace), e.g. ens1f0,ens1f1")  # fmt: skip
+            raise ConfigError(
+                f"--udpsend-nic-pair {text!r}: {name!r} is not an interface name (1 to {IFNAMSIZ - 1} "
+                "bytes, not '.' or '..', no '/', ':' or whitespace), e.g. ens1f0,ens1f1"
+            )
     return parts[0], parts[1]
 
 
@@ -115,8 +117,9 @@ def available(option_pair: str | None) -> dict[str, tuple[str, str]]:
         a, b = parse_pair(option_pair)
         for port in (a, b):
             if not (SYS_NET / port).exists():
-                raise ConfigError(f"--udpsend-nic-pair: no port named {port!r} in this host's network namespace "
-                                  "(see 'ip link')")  # fmt: skip
+                raise ConfigError(
+                    f"--udpsend-nic-pair: no port named {port!r} in this host's network namespace (see 'ip link')"
+                )
         pairs["nic"] = (a, b)
         driver = driver_of(a)
         for model, spec in MODELS.items():
@@ -128,8 +131,10 @@ def available(option_pair: str | None) -> dict[str, tuple[str, str]]:
 def missing_reason(link: str, option_pair: str | None) -> str:
     """Why a NIC link cannot run here, with the fix."""
     if os.environ.get(LANE_NICS_ENV) is not None:
-        return (f"link={link!r}: the kernel lane booted without a {link} pair (its ports were not found by MAC); "
-                f"is the {MODELS[link].driver if link in MODELS else link} driver in this kernel?")  # fmt: skip
+        return (
+            f"link={link!r}: the kernel lane booted without a {link} pair (its ports were not found by MAC); "
+            f"is the {MODELS[link].driver if link in MODELS else link} driver in this kernel?"
+        )
     if link == "nic":
         return "link='nic' uses the ports named by --udpsend-nic-pair A,B: give two cabled ports (or VFs)"
     extra = (

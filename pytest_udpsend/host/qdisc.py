@@ -30,9 +30,16 @@ from typing import Any
 from pytest_udpsend.errors import ConfigError, PrivilegeError
 
 _RATE_UNITS = {
-    "bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12,
-    "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9,
-}  # fmt: skip
+    "bit": 1,
+    "kbit": 1e3,
+    "mbit": 1e6,
+    "gbit": 1e9,
+    "tbit": 1e12,
+    "bps": 8,
+    "kbps": 8e3,
+    "mbps": 8e6,
+    "gbps": 8e9,
+}
 _SIZE_UNITS = {
     "b": 1,
     "k": 1024,
@@ -97,8 +104,14 @@ def size_bytes(text: str) -> int:
 def time_us(text: str) -> int:
     """tc time -> microseconds, at most 274s (netem and tbf hold times as 32 bits of 64 ns ticks)."""
     value = _with_unit(text, _TIME_UNITS, "us", "time")
-    return _within(text, value, 0, MAX_TICKS_US, "0", "274s, the longest qdisc time accepted (netem and tbf hold "
-                   "times as 32 bits of the kernel's 64 ns ticks)")  # fmt: skip
+    return _within(
+        text,
+        value,
+        0,
+        MAX_TICKS_US,
+        "0",
+        "274s, the longest qdisc time accepted (netem and tbf hold times as 32 bits of the kernel's 64 ns ticks)",
+    )
 
 
 def count(text: str) -> int:
@@ -129,20 +142,34 @@ _NETEM: dict[str, tuple[tuple[Callable[[str], Any], str], ...]] = {
 _PRIOMAP = (1, 2, 2, 2, 1, 2, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)  # tc's default: TOS to band
 # kind -> {tc keyword: (parser, pyroute2 keyword)}; required keywords per kind below.
 _KINDS: dict[str, dict[str, tuple[Callable[[str], int], str]]] = {
-    "tbf": {"rate": (rate_bytes, "rate"), "burst": (size_bytes, "burst"), "latency": (time_us, "latency"),
-            "limit": (size_bytes, "limit"), "mtu": (size_bytes, "mtu")},
-    "htb": {"rate": (rate64_bytes, "rate"), "ceil": (rate64_bytes, "ceil"), "burst": (size_bytes, "burst"),
-            "cburst": (size_bytes, "cburst")},
+    "tbf": {
+        "rate": (rate_bytes, "rate"),
+        "burst": (size_bytes, "burst"),
+        "latency": (time_us, "latency"),
+        "limit": (size_bytes, "limit"),
+        "mtu": (size_bytes, "mtu"),
+    },
+    "htb": {
+        "rate": (rate64_bytes, "rate"),
+        "ceil": (rate64_bytes, "ceil"),
+        "burst": (size_bytes, "burst"),
+        "cburst": (size_bytes, "cburst"),
+    },
     "pfifo": {"limit": (count, "limit")},
     "bfifo": {"limit": (size_bytes, "limit")},
     "pfifo_fast": {},
     "sfq": {"perturb": (count, "perturb"), "quantum": (size_bytes, "quantum"), "limit": (count, "limit")},
-    "fq_codel": {"limit": (count, "fqc_limit"), "flows": (count, "fqc_flows"), "quantum": (size_bytes, "fqc_quantum"),
-                 "target": (time_us, "fqc_target"), "interval": (time_us, "fqc_interval")},
+    "fq_codel": {
+        "limit": (count, "fqc_limit"),
+        "flows": (count, "fqc_flows"),
+        "quantum": (size_bytes, "fqc_quantum"),
+        "target": (time_us, "fqc_target"),
+        "interval": (time_us, "fqc_interval"),
+    },
     "netem": {},  # its own grammar: _parse_netem
     "prio": {},  # its own grammar: _parse_prio
     "mq": {},
-}  # fmt: skip
+}
 _REQUIRED = {"tbf": ({"rate"}, {"burst"}, {"latency", "limit"}), "htb": ({"rate"},)}
 
 
@@ -197,14 +224,18 @@ def _derived_out_of_range(kind: str, params: Mapping[str, int]) -> str | None:
     times = [("burst", "rate")] if kind == "tbf" else [("burst", "rate"), ("cburst", "ceil")] if kind == "htb" else []
     for size, rate in times:
         if size in params and rate in params and params[size] / params[rate] * 1e6 > MAX_TICKS_US:
-            return (f"{kind} {size} {params[size]} bytes at {rate} {params[rate]} bytes/s lasts "
-                    f"{params[size] / params[rate]:.3g}s, above 274s (32 bits of the kernel's 64 ns ticks): "
-                    f"lower {size} or raise {rate}")  # fmt: skip
+            return (
+                f"{kind} {size} {params[size]} bytes at {rate} {params[rate]} bytes/s lasts "
+                f"{params[size] / params[rate]:.3g}s, above 274s (32 bits of the kernel's 64 ns ticks): "
+                f"lower {size} or raise {rate}"
+            )
     if kind == "tbf" and "latency" in params and "limit" not in params:
         limit = params["rate"] * params["latency"] / 1e6 + params["burst"]
         if limit > _U32:
-            return (f"tbf rate x latency + burst is {limit:.3g} bytes, above the 4gb (2^32 - 1 bytes) its queue "
-                    "limit holds: lower latency or give limit instead")  # fmt: skip
+            return (
+                f"tbf rate x latency + burst is {limit:.3g} bytes, above the 4gb (2^32 - 1 bytes) its queue "
+                "limit holds: lower latency or give limit instead"
+            )
     return None
 
 
@@ -228,9 +259,11 @@ def _parse_netem(text: str, words: list[str]) -> dict[str, Any]:
             except ValueError as exc:
                 raise ConfigError(f"qdisc {text!r}: netem {key}: {exc}") from None
             i += 1
-    for needs, needed, why in (("prob_reorder", "delay", "reorder needs a delay (tc-netem(8))"),
-                               ("gap", "prob_reorder", "gap needs reorder"),
-                               ("delay_corr", "jitter", "a delay correlation needs a jitter")):  # fmt: skip
+    for needs, needed, why in (
+        ("prob_reorder", "delay", "reorder needs a delay (tc-netem(8))"),
+        ("gap", "prob_reorder", "gap needs reorder"),
+        ("delay_corr", "jitter", "a delay correlation needs a jitter"),
+    ):
         if needs in params and not params.get(needed):
             raise ConfigError(f"qdisc {text!r}: netem {why}")
     if "jitter" in params and not params.get("delay"):
@@ -258,8 +291,14 @@ def _parse_prio(text: str, words: list[str]) -> dict[str, Any]:
 
 
 # sch_* module of each kind; pfifo, bfifo, pfifo_fast and mq are part of the core.
-_MODULES = {"tbf": "sch_tbf", "htb": "sch_htb", "sfq": "sch_sfq", "fq_codel": "sch_fq_codel", "netem": "sch_netem",
-            "prio": "sch_prio"}  # fmt: skip
+_MODULES = {
+    "tbf": "sch_tbf",
+    "htb": "sch_htb",
+    "sfq": "sch_sfq",
+    "fq_codel": "sch_fq_codel",
+    "netem": "sch_netem",
+    "prio": "sch_prio",
+}
 
 
 def _kernel_config(root: Path, release: str) -> dict[str, str] | None:
@@ -312,9 +351,11 @@ def unavailable(spec: QdiscSpec, release: str | None = None, root: Path = Path("
 
 def _no_module(spec: QdiscSpec, why: str, release: str | None = None) -> str:
     module = _MODULES.get(spec.kind, f"sch_{spec.kind}")
-    return (f"qdisc '{spec.text}': kernel {release or os.uname().release} has no {module} ({why}): modprobe {module} "
-            f"where it is a module, or run on a kernel built with CONFIG_NET_SCH_{spec.kind.upper()} "
-            "(e.g. a Debian kernel through --udpsend-kernel)")  # fmt: skip
+    return (
+        f"qdisc '{spec.text}': kernel {release or os.uname().release} has no {module} ({why}): modprobe {module} "
+        f"where it is a module, or run on a kernel built with CONFIG_NET_SCH_{spec.kind.upper()} "
+        "(e.g. a Debian kernel through --udpsend-kernel)"
+    )
 
 
 def apply(spec: QdiscSpec, ipr: Any, index: int) -> None:

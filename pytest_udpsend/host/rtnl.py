@@ -136,8 +136,14 @@ def addr_msg(index: int, address: str, prefixlen: int, family: int) -> ifaddrmsg
     return msg
 
 
-def link_set_msg(index: int, *, up: bool | None = None, mtu: int | None = None, ifname: str | None = None,
-                 netns_fd: int | None = None) -> ifinfmsg:  # fmt: skip
+def link_set_msg(
+    index: int,
+    *,
+    up: bool | None = None,
+    mtu: int | None = None,
+    ifname: str | None = None,
+    netns_fd: int | None = None,
+) -> ifinfmsg:
     """RTM_SETLINK changing only what is given (up state, MTU, name, or the namespace it lives in)."""
     msg = ifinfmsg()
     msg["header"]["type"] = RTM_SETLINK

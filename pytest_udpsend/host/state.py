@@ -278,8 +278,12 @@ def try_open_owned(
     Open with O_TRUNC only what cannot be another file: truncate after the check instead.
     """
     try:
-        fd = os.open(path if dir_fd is None else path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode,
-                     dir_fd=dir_fd)  # fmt: skip
+        fd = os.open(
+            path if dir_fd is None else path.name,
+            flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+            mode,
+            dir_fd=dir_fd,
+        )
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return None, "is a symbolic link"

@@ -145,8 +145,10 @@ class SysctlHost:
         if not name.startswith("net."):  # only the network stack is per network namespace
             if in_init:
                 return "global"
-            raise SysctlError(f"unknown sysctl {name}: no {path} on this kernel ({os.uname().release}); "
-                              "check the name with 'sysctl -a'.")  # fmt: skip
+            raise SysctlError(
+                f"unknown sysctl {name}: no {path} on this kernel ({os.uname().release}); "
+                "check the name with 'sysctl -a'."
+            )
         ((probe, _),) = netns_mod.create(["probe"])
         try:
             in_child = probe.run(lambda: path.exists() and os.access(path, os.W_OK))

@@ -113,8 +113,10 @@ def make_spec(
     if ipv6 and mtu < 1280:
         raise ConfigError(f"mtu={mtu}: IPv6 needs at least 1280")
     if link != "veth" and (gro or threaded_napi or napi_cpus is not None):
-        raise ConfigError(f"gro, threaded_napi and napi_cpus shape a veth; on link={link!r} GRO and NAPI are the "
-                          "driver's own (left as the host has them)")  # fmt: skip
+        raise ConfigError(
+            f"gro, threaded_napi and napi_cpus shape a veth; on link={link!r} GRO and NAPI are the "
+            "driver's own (left as the host has them)"
+        )
     if threaded_napi and not gro:
         raise ConfigError("threaded_napi=True needs gro=True: a veth only has NAPI with GRO (or XDP) on")
     if napi_cpus is not None and not threaded_napi:
@@ -253,8 +255,12 @@ def build(spec: TopologySpec, undo: UndoStack, subnets: SubnetAllocator, hint: s
             neigh_msg(snd_index, b, rcv_mac, socket.AF_INET),
             link_up_msg(LO_INDEX),
         ]
-        rcv_msgs = [link_up_msg(rcv_index), addr_msg(rcv_index, b, 30, socket.AF_INET),
-                    neigh_msg(rcv_index, a, snd_mac, socket.AF_INET), link_up_msg(LO_INDEX)]  # fmt: skip
+        rcv_msgs = [
+            link_up_msg(rcv_index),
+            addr_msg(rcv_index, b, 30, socket.AF_INET),
+            neigh_msg(rcv_index, a, snd_mac, socket.AF_INET),
+            link_up_msg(LO_INDEX),
+        ]
         if spec.ipv6:
             snd_msgs += [
                 addr_msg(snd_index, a6, 64, socket.AF_INET6),
@@ -305,12 +311,16 @@ def _checksum_off(sender: Endpoint) -> None:
     try:
         now: dict[str, bool] = sender.run(lambda: nicport.set_tx_checksum(sender.ifname, False))
     except OSError as exc:
-        raise ConfigError(f"tx_checksum=False: the kernel refused to turn checksum offload off on {sender.ifname} "
-                          f"({exc.strerror}): drop tx_checksum=False or use another link") from None  # fmt: skip
+        raise ConfigError(
+            f"tx_checksum=False: the kernel refused to turn checksum offload off on {sender.ifname} "
+            f"({exc.strerror}): drop tx_checksum=False or use another link"
+        ) from None
     still = sorted(name for name, on in now.items() if on)
     if still:  # a driver that fixes a feature on: the test would measure offloaded sends
-        raise ConfigError(f"tx_checksum=False: {sender.ifname} keeps {', '.join(still)} on (its driver fixes it): "
-                          "drop tx_checksum=False or use another link")  # fmt: skip
+        raise ConfigError(
+            f"tx_checksum=False: {sender.ifname} keeps {', '.join(still)} on (its driver fixes it): "
+            "drop tx_checksum=False or use another link"
+        )
 
 
 def _enable_napi_gro(ifname: str, udp_forwarding: bool = True) -> None:
@@ -377,12 +387,16 @@ def read_receiver_sysfs(topo: Topology, relative: str) -> str:
     return str(topo.receiver.ns.run_with_sysfs(lambda: path.read_text().strip()))
 
 
-def _nic_side(ifname: str, spec: TopologySpec, addr: str, peer: str, peer_mac: str,
-              addr6: str | None, peer6: str | None) -> int:  # fmt: skip
+def _nic_side(
+    ifname: str, spec: TopologySpec, addr: str, peer: str, peer_mac: str, addr6: str | None, peer6: str | None
+) -> int:
     """Runs in the namespace a port was moved into: MTU, up, address, static neighbour."""
     index = socket.if_nametoindex(ifname)  # kept if free here, else the kernel picked another
-    msgs = [link_set_msg(index, mtu=spec.mtu, up=True), addr_msg(index, addr, 30, socket.AF_INET),
-            neigh_msg(index, peer, peer_mac, socket.AF_INET)]  # fmt: skip
+    msgs = [
+        link_set_msg(index, mtu=spec.mtu, up=True),
+        addr_msg(index, addr, 30, socket.AF_INET),
+        neigh_msg(index, peer, peer_mac, socket.AF_INET),
+    ]
     if addr6 and peer6:
         msgs += [addr_msg(index, addr6, 64, socket.AF_INET6), neigh_msg(index, peer6, peer_mac, socket.AF_INET6)]
     rt = Rtnl()
@@ -409,8 +423,10 @@ def _wait_carrier(ifname: str) -> None:
             if carrier.read_text().strip() == "1":
                 return
         time.sleep(0.05)
-    raise ConfigError(f"NIC port {ifname} has no carrier {CARRIER_WAIT_S:.0f} s after it was brought up: "
-                      "are the two ports cabled to each other?")  # fmt: skip
+    raise ConfigError(
+        f"NIC port {ifname} has no carrier {CARRIER_WAIT_S:.0f} s after it was brought up: "
+        "are the two ports cabled to each other?"
+    )
 
 
 def _move_back(ns: netns_mod.Namespace, ifname: str, home_fd: int, state: nicport.PortState) -> None:
@@ -427,8 +443,14 @@ def _move_back(ns: netns_mod.Namespace, ifname: str, home_fd: int, state: nicpor
     ns.run(body)
 
 
-def build_nic(spec: TopologySpec, undo: UndoStack, subnets: SubnetAllocator, ports: tuple[str, str],
-              journal: Journal, hint: str = "") -> Topology:  # fmt: skip
+def build_nic(
+    spec: TopologySpec,
+    undo: UndoStack,
+    subnets: SubnetAllocator,
+    ports: tuple[str, str],
+    journal: Journal,
+    hint: str = "",
+) -> Topology:
     """Borrow two NIC ports (sender, receiver) into the test's namespaces; all undone on ``undo``.
 
     The ports are locked for the test (another session or xdist worker waits), journaled
@@ -460,10 +482,14 @@ def build_nic(spec: TopologySpec, undo: UndoStack, subnets: SubnetAllocator, por
             try:
                 rt.call(link_set_msg(socket.if_nametoindex(name), netns_fd=ns.fd))
             except OSError as exc:
-                raise ConfigError(f"NIC port {name} cannot move into a test namespace ({exc.strerror}): its driver keeps "
-                                  "it in this one (NETIF_F_NETNS_LOCAL, e.g. wireless); name two other ports") from None  # fmt: skip
-            undo.push(f"move NIC port {name} home",
-                      functools.partial(_move_back, ns, name, home_fd, borrowed[ports.index(name)].state))  # fmt: skip
+                raise ConfigError(
+                    f"NIC port {name} cannot move into a test namespace ({exc.strerror}): its driver keeps "
+                    "it in this one (NETIF_F_NETNS_LOCAL, e.g. wireless); name two other ports"
+                ) from None
+            undo.push(
+                f"move NIC port {name} home",
+                functools.partial(_move_back, ns, name, home_fd, borrowed[ports.index(name)].state),
+            )
     finally:
         rt.close()
     a, b, v6a, v6b = subnets.next()
@@ -478,8 +504,10 @@ def build_nic(spec: TopologySpec, undo: UndoStack, subnets: SubnetAllocator, por
         try:
             nicport.set_irq_affinity(irqs[ports[0]] + irqs[ports[1]], ",".join(map(str, spec.irq_cpus)))
         except OSError as exc:
-            raise ConfigError(f"irq_cpus={list(spec.irq_cpus)}: the kernel refused the NIC's interrupt affinity "
-                              f"({exc.strerror}; managed IRQs cannot be moved): drop irq_cpus") from None  # fmt: skip
+            raise ConfigError(
+                f"irq_cpus={list(spec.irq_cpus)}: the kernel refused the NIC's interrupt affinity "
+                f"({exc.strerror}; managed IRQs cannot be moved): drop irq_cpus"
+            ) from None
     if spec.qdisc is not None:
         _apply_qdisc(sender, spec.qdisc)
     if not spec.tx_checksum:  # given back with the port (nicport.restore)

@@ -93,11 +93,15 @@ def preconditions(image: Path, release: str, backend: str) -> list[str]:
     if moddir is not None and not (moddir / "modules.dep").is_file():
         problems.append(f"the image's modules are not at {moddir} (or depmod never ran there): {prepare}")
     elif backend == "bpf" and moddir is not None and not (moddir / "build" / "Makefile").is_file():
-        problems.append(f"--udpsend-backend bpf needs the kernel headers linked at {moddir / 'build'} for bcc: "
-                        f"apt-get install linux-headers-{release} ({prepare})")  # fmt: skip
+        problems.append(
+            f"--udpsend-backend bpf needs the kernel headers linked at {moddir / 'build'} for bcc: "
+            f"apt-get install linux-headers-{release} ({prepare})"
+        )
     if backend == "bpf" and importlib.util.find_spec("bcc") is None:
-        problems.append(f"--udpsend-backend bpf needs bcc importable by {sys.executable}: apt-get install "
-                        "python3-bpfcc and make the venv with --system-site-packages")  # fmt: skip
+        problems.append(
+            f"--udpsend-backend bpf needs bcc importable by {sys.executable}: apt-get install "
+            "python3-bpfcc and make the venv with --system-site-packages"
+        )
     return problems
 
 
@@ -116,13 +120,25 @@ def nic_qemu_args(models: Iterable[str]) -> list[str]:
     for hub, model in enumerate(sorted(set(models) & set(nics.MODELS))):
         for side, mac in enumerate(nics.lane_macs(model)):
             netdev = f"udps{hub}n{side}"
-            args += ["-netdev", f"hubport,id={netdev},hubid={hub}",
-                     "-device", f"{nics.MODELS[model].qemu_device},netdev={netdev},mac={mac}"]  # fmt: skip
+            args += [
+                "-netdev",
+                f"hubport,id={netdev},hubid={hub}",
+                "-device",
+                f"{nics.MODELS[model].qemu_device},netdev={netdev},mac={mac}",
+            ]
     return args
 
 
-def _boot(image: Path, exec_cmd: str, rwdir: Path, kvm: bool, timeout: float, console: Path,
-          cpus: int = 2, qemu_extra: Iterable[str] = ()) -> tuple[int | None, str]:  # fmt: skip
+def _boot(
+    image: Path,
+    exec_cmd: str,
+    rwdir: Path,
+    kvm: bool,
+    timeout: float,
+    console: Path,
+    cpus: int = 2,
+    qemu_extra: Iterable[str] = (),
+) -> tuple[int | None, str]:
     """Boot, run ``exec_cmd``; (its exit status from rwdir/rc or None, what went wrong).
 
     The console is watched: a panic or oops ends the guest at once instead of
@@ -140,8 +156,9 @@ def _boot(image: Path, exec_cmd: str, rwdir: Path, kvm: bool, timeout: float, co
     deadline = time.monotonic() + timeout
     problem = ""
     with open(console, "wb") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=_env(), start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=_env(), start_new_session=True
+        )
         try:
             while proc.poll() is None:
                 if time.monotonic() > deadline:
@@ -238,8 +255,10 @@ class GuestSelection:
     def __init__(self, path: Path) -> None:
         ids, why = read_node_ids(path)
         if why:
-            raise pytest.UsageError(f"{LANE_SELECTION_ENV}={path}: {why}; the kernel lane sets it for its own pytest run "
-                                    "only: unset it to run pytest here")  # fmt: skip
+            raise pytest.UsageError(
+                f"{LANE_SELECTION_ENV}={path}: {why}; the kernel lane sets it for its own pytest run "
+                "only: unset it to run pytest here"
+            )
         self.wanted = set(ids)
         self.collected = path.with_name("collected.json")
         self.config: pytest.Config | None = None
@@ -329,8 +348,14 @@ def _guest_report(line: str) -> GuestReport | None:
         data = json.loads(line)
     except ValueError:
         return None
-    fields: dict[str, type | tuple[type, ...]] = {"nodeid": str, "when": str, "outcome": str, "longrepr": str,
-                                                  "duration": (int, float), "user_properties": list}  # fmt: skip
+    fields: dict[str, type | tuple[type, ...]] = {
+        "nodeid": str,
+        "when": str,
+        "outcome": str,
+        "longrepr": str,
+        "duration": (int, float),
+        "user_properties": list,
+    }
     if not isinstance(data, dict) or set(data) - {"report"} != set(fields):
         return None
     if not all(isinstance(data[k], t) for k, t in fields.items()):
@@ -347,8 +372,11 @@ def _guest_report(line: str) -> GuestReport | None:
 
 def _serialized_phase(report: object, line: dict[str, Any]) -> bool:
     """Is ``report`` a TestReport as pytest_report_to_serializable writes it, of the phase its line names?"""
-    return (isinstance(report, dict) and report.get("$report_type") == "TestReport"
-            and all(report.get(k) == line[k] for k in ("nodeid", "when", "outcome")))  # fmt: skip
+    return (
+        isinstance(report, dict)
+        and report.get("$report_type") == "TestReport"
+        and all(report.get(k) == line[k] for k in ("nodeid", "when", "outcome"))
+    )
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -423,9 +451,13 @@ class Lane:
             collected = None if unreadable else ids  # None: not known (the guest died first), so not judged
             guest = [(item, list(compare.find(item.nodeid, reports) or [])) for item in items]
             if cut:
-                self._mark_cut_short(guest, collected, f"{self.where} ({self.release}) died while reporting this test "
-                                     f"(pytest exit {launch.rc}{f', it {launch.trouble}' if launch.trouble else ''}): "
-                                     f"{cut}; {launch.logs}")  # fmt: skip
+                self._mark_cut_short(
+                    guest,
+                    collected,
+                    f"{self.where} ({self.release}) died while reporting this test "
+                    f"(pytest exit {launch.rc}{f', it {launch.trouble}' if launch.trouble else ''}): "
+                    f"{cut}; {launch.logs}",
+                )
             out = []
             for item, phases in guest:
                 if not phases and collected is not None and item.nodeid not in collected:
@@ -492,8 +524,15 @@ class KernelLane(Lane):
         script = outdir / "run.sh"
         script.write_text(self._script(config, outdir))
         console = outdir / "console.log"
-        rc, trouble = _boot(self.image, f"sh {shlex.quote(str(script))}", outdir, kvm, self.timeout, console,
-                            qemu_extra=nic_qemu_args(self.nic_models))  # fmt: skip
+        rc, trouble = _boot(
+            self.image,
+            f"sh {shlex.quote(str(script))}",
+            outdir,
+            kvm,
+            self.timeout,
+            console,
+            qemu_extra=nic_qemu_args(self.nic_models),
+        )
         logs = f"console tail:\n{tail(console)}\n--- guest pytest log tail ---\n{tail(outdir / 'pytest.log')}"
         return Launch(
             rc, trouble, logs, {"host_kernel": os.uname().release, "accel": "kvm" if kvm else "tcg (single-threaded)"}
@@ -558,8 +597,15 @@ class HostLane(Lane):
         }
         log = outdir / "pytest.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen(argv, cwd=config.invocation_params.dir, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(
+                argv,
+                cwd=config.invocation_params.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
             trouble = _wait(proc, self.timeout)
         return Launch(None if trouble else proc.returncode, trouble, f"pytest log tail:\n{tail(log)}", None)
 
@@ -607,9 +653,18 @@ def host_report(item: pytest.Item, nodeid: str, g: GuestReport) -> pytest.TestRe
         ):  # not rebuildable here: its text stays
             report = None
     if not isinstance(report, pytest.TestReport):
-        report = pytest.TestReport(nodeid=nodeid, location=item.location, keywords={}, outcome=g.outcome,
-                                   longrepr=None, when=g.when, sections=[], duration=g.duration, start=0.0,
-                                   stop=g.duration)  # fmt: skip
+        report = pytest.TestReport(
+            nodeid=nodeid,
+            location=item.location,
+            keywords={},
+            outcome=g.outcome,
+            longrepr=None,
+            when=g.when,
+            sections=[],
+            duration=g.duration,
+            start=0.0,
+            stop=g.duration,
+        )
         report.longrepr = _longrepr(g, item)
     elif (report.outcome, longrepr_text(report)) != (g.outcome, g.longrepr):
         report.outcome, report.longrepr = g.outcome, _longrepr(g, item)
@@ -631,9 +686,11 @@ def _longrepr(g: GuestReport, item: pytest.Item) -> Any:
 
 
 def _not_collected(nodeid: str, collected: list[str]) -> str:
-    return (f"the guest collected {len(collected)} item(s) but not {nodeid}: its collection differed from this "
-            "host's (a conftest or plugin that depends on the machine?); run the same pytest command inside "
-            "the guest to compare")  # fmt: skip
+    return (
+        f"the guest collected {len(collected)} item(s) but not {nodeid}: its collection differed from this "
+        "host's (a conftest or plugin that depends on the machine?); run the same pytest command inside "
+        "the guest to compare"
+    )
 
 
 def longrepr_text(report: pytest.TestReport) -> str:
@@ -649,8 +706,14 @@ def write_guest_report(report: pytest.TestReport, config: pytest.Config) -> None
     path = os.environ.get(LANE_REPORT_ENV)
     if not path:
         return
-    data = {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome, "longrepr": longrepr_text(report),
-            "duration": report.duration, "user_properties": [list(p) for p in report.user_properties]}  # fmt: skip
+    data = {
+        "nodeid": report.nodeid,
+        "when": report.when,
+        "outcome": report.outcome,
+        "longrepr": longrepr_text(report),
+        "duration": report.duration,
+        "user_properties": [list(p) for p in report.user_properties],
+    }
     serialized = config.hook.pytest_report_to_serializable(config=config, report=report)
     try:
         line = json.dumps({**data, "report": serialized})

@@ -53,22 +53,30 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 ERRNO_SLOTS = 256  # as in _engine.c: errnos at or above it are counted together
-LOOP_ERRNO_METHOD = ("counted by the send loop: each failed send call by its errno (a sendmmsg batch that stopped "
-                     "part-way counts under EAGAIN: the kernel returns the count, not the error)")  # fmt: skip
+LOOP_ERRNO_METHOD = (
+    "counted by the send loop: each failed send call by its errno (a sendmmsg batch that stopped "
+    "part-way counts under EAGAIN: the kernel returns the count, not the error)"
+)
 PROGRAM_ERRNO_REASON = (
     "not measured: without tracing the program's send calls only the sender netns's UdpSndbufErrors is seen, and it "
     "counts EAGAIN and ENOBUFS alike (also ENOBUFS a socket without IP_RECVERR never sees), so no errno can be told "
     "apart; the program's failed sends are in 'eagain' as that upper bound"
 )
-LOOP_BUSY_METHOD = ("CPU time / (CPU time + time asleep) of the loop thread (its CPU clock and schedstat run delay) "
-                    "over the intervals after each SIOCOUTQ sample (at most every 100 us) that found "
-                    "sk_wmem_alloc >= SO_SNDBUF")  # fmt: skip
-CGROUP_BUSY_METHOD = ("CPU time / (CPU time + time asleep) of the program (its cgroup's cpu.stat; asleep: no thread "
-                      "of it in state R at the sample) over the intervals after each sock_diag sample that found a "
-                      "UDP socket of the sender netns with sk_wmem_alloc >= sk_sndbuf")  # fmt: skip
-PROC_BUSY_METHOD = ("CPU time / (CPU time + time asleep) of the program's first process (its CPU clock; asleep: no "
-                    "thread of it in state R at the sample) over the intervals after each sock_diag sample that found "
-                    "a UDP socket of the sender netns with sk_wmem_alloc >= sk_sndbuf")  # fmt: skip
+LOOP_BUSY_METHOD = (
+    "CPU time / (CPU time + time asleep) of the loop thread (its CPU clock and schedstat run delay) "
+    "over the intervals after each SIOCOUTQ sample (at most every 100 us) that found "
+    "sk_wmem_alloc >= SO_SNDBUF"
+)
+CGROUP_BUSY_METHOD = (
+    "CPU time / (CPU time + time asleep) of the program (its cgroup's cpu.stat; asleep: no thread "
+    "of it in state R at the sample) over the intervals after each sock_diag sample that found a "
+    "UDP socket of the sender netns with sk_wmem_alloc >= sk_sndbuf"
+)
+PROC_BUSY_METHOD = (
+    "CPU time / (CPU time + time asleep) of the program's first process (its CPU clock; asleep: no "
+    "thread of it in state R at the sample) over the intervals after each sock_diag sample that found "
+    "a UDP socket of the sender netns with sk_wmem_alloc >= sk_sndbuf"
+)
 
 
 def errno_names(counts: Mapping[int, int]) -> dict[str, int]:
@@ -116,8 +124,12 @@ def loop_busy_wait(full_ns: int, cpu_ns: int, wait_ns: int) -> tuple[float | Non
 
 def detail(full_ns: int, cpu_ns: int, asleep_ns: int, method: str) -> dict[str, object]:
     """What busy_wait was computed from, for the result."""
-    return {"full_s": round(full_ns / 1e9, 4), "cpu_s": round(cpu_ns / 1e9, 4), "asleep_s": round(asleep_ns / 1e9, 4),
-            "method": method}  # fmt: skip
+    return {
+        "full_s": round(full_ns / 1e9, 4),
+        "cpu_s": round(cpu_ns / 1e9, 4),
+        "asleep_s": round(asleep_ns / 1e9, 4),
+        "method": method,
+    }
 
 
 # sock_diag (linux/sock_diag.h, linux/inet_diag.h): a dump of every UDP socket with its memory info

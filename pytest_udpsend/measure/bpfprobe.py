@@ -300,9 +300,11 @@ GRO_EVENTS = ((b"napi_gro_receive_entry", b"on_gro_entry"), (b"napi_gro_receive_
 
 
 def method_text(attach: str) -> str:
-    return (f"exact: {attach} on skb_set_owner_w (charge) and sock_wfree (release), per skb, via bcc; a datagram merged "
-            "by GRO is released with its aggregate and timed at its GRO entry (raw tracepoint napi_gro_receive_entry); "
-            "count is datagrams released, calls the sock_wfree calls")  # fmt: skip
+    return (
+        f"exact: {attach} on skb_set_owner_w (charge) and sock_wfree (release), per skb, via bcc; a datagram merged "
+        "by GRO is released with its aggregate and timed at its GRO entry (raw tracepoint napi_gro_receive_entry); "
+        "count is datagrams released, calls the sock_wfree calls"
+    )
 
 
 class BpfProbe:
@@ -467,8 +469,12 @@ class BpfProbe:
                 return []
             return [BPF.ksym(addr).decode(errors="replace") for addr in itertools.takewhile(bool, ips)]
 
-        return {"stacks": top_stacks(counts, frames_of, contexts), "stacks_lost": lost,
-                "stacks_sampled": sum(counts.values()) + lost, "stack_every": self.stack_every}  # fmt: skip
+        return {
+            "stacks": top_stacks(counts, frames_of, contexts),
+            "stacks_lost": lost,
+            "stacks_sampled": sum(counts.values()) + lost,
+            "stack_every": self.stack_every,
+        }
 
     def close(self) -> None:
         if self._bpf is not None:
@@ -501,8 +507,12 @@ def stack_text(share: float, frames: Sequence[str]) -> str:
     return f"{share * 100:.0f} % of releases: " + (" <- ".join(shown) or "(no frames)") + tail
 
 
-def top_stacks(counts: Mapping[tuple[str, int], int], frames_of: Callable[[int], Sequence[str]],
-               contexts: Mapping[str, int], per_context: int = STACKS_PER_CONTEXT) -> list[dict[str, Any]]:  # fmt: skip
+def top_stacks(
+    counts: Mapping[tuple[str, int], int],
+    frames_of: Callable[[int], Sequence[str]],
+    contexts: Mapping[str, int],
+    per_context: int = STACKS_PER_CONTEXT,
+) -> list[dict[str, Any]]:
     """Per context, the ``per_context`` most frequent release stacks, most frequent first overall.
 
     ``counts`` maps (context, stack id) to sampled releases, ``contexts`` each context to all its
@@ -524,6 +534,14 @@ def top_stacks(counts: Mapping[tuple[str, int], int], frames_of: Callable[[int],
         for frames, n in sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:per_context]:
             releases = n / kept * contexts.get(context, 0)
             share = math.floor(releases / total * 10_000) / 10_000 if total else 0.0
-            out.append({"context": context, "count": round(releases), "samples": n, "share": share,
-                        "frames": list(frames), "text": stack_text(share, frames)})  # fmt: skip
+            out.append(
+                {
+                    "context": context,
+                    "count": round(releases),
+                    "samples": n,
+                    "share": share,
+                    "frames": list(frames),
+                    "text": stack_text(share, frames),
+                }
+            )
     return sorted(out, key=lambda s: (-s["count"], s["context"]))

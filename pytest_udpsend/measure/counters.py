@@ -119,6 +119,6 @@ def irq_delta(ports: dict[str, list[int]], before: IrqCounts, after: IrqCounts) 
             f"{irq} {after[irq][0]}".strip(): [b - a for a, b in zip(before[irq][1], after[irq][1])]
             for irq in irqs
             if irq in before and irq in after
-        }  # fmt: skip
+        }
         for port, irqs in ports.items()
     }

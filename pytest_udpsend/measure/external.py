@@ -91,8 +91,10 @@ def check_args(argv: object, duration: object, cpu: object, env: object) -> tupl
         or not argv
         or not all(isinstance(a, str) for a in argv)
     ):
-        raise ConfigError(f"argv={argv!r}: must be a non-empty list of strings, e.g. ['./sender', '-n', '1000'] "
-                          "(never a shell string)")  # fmt: skip
+        raise ConfigError(
+            f"argv={argv!r}: must be a non-empty list of strings, e.g. ['./sender', '-n', '1000'] "
+            "(never a shell string)"
+        )
     if duration is not None and (
         isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0.05 <= duration <= 3600
     ):
@@ -112,8 +114,9 @@ def check_args(argv: object, duration: object, cpu: object, env: object) -> tupl
                 f"sender_process needs {tool} (util-linux) to start your program: apt-get install util-linux"
             )
     if shutil.which(argv[0]) is None:
-        raise ProgramError(f"the sender command {argv[0]!r} was not found (not an executable file, nor on PATH): "
-                           "check argv[0]")  # fmt: skip
+        raise ProgramError(
+            f"the sender command {argv[0]!r} was not found (not an executable file, nor on PATH): check argv[0]"
+        )
     return list(argv), None if duration is None else float(duration)
 
 
@@ -204,8 +207,10 @@ class Confinement:
     def check(self) -> str:
         """What became of what the program left running, for the result's checks."""
         if not self.confined:
-            return (f"{self.why or 'the program was never started'}: what the program left running was found by a "
-                    f"sweep of the sender namespace (which misses a process that left it): {self.killed} killed")  # fmt: skip
+            return (
+                f"{self.why or 'the program was never started'}: what the program left running was found by a "
+                f"sweep of the sender namespace (which misses a process that left it): {self.killed} killed"
+            )
         return f"processes the program left running at its end (in its own cgroup): {self.killed}, killed"
 
 
@@ -237,8 +242,10 @@ class TxQueueSampler:
             self._no_diag(exc)
 
     def _no_diag(self, exc: OSError) -> None:
-        self.unavailable = (f"not measured: this kernel gives no sk_sndbuf of UDP sockets (sock_diag: {exc.strerror}; "
-                            "CONFIG_INET_UDP_DIAG), so a full buffer cannot be told from outside")  # fmt: skip
+        self.unavailable = (
+            f"not measured: this kernel gives no sk_sndbuf of UDP sockets (sock_diag: {exc.strerror}; "
+            "CONFIG_INET_UDP_DIAG), so a full buffer cannot be told from outside"
+        )
         if self._diag is not None:
             self._diag.close()
             self._diag = None
@@ -347,8 +354,18 @@ def _environment(topo: Topology, extra: Mapping[str, str] | None) -> dict[str, s
 
 def _command(topo: Topology, argv: list[str], cpu: int | None, confine: Confinement) -> list[str]:
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
-    return [*confine.wrapper(), "setpriv", "--pdeathsig", "KILL", "--", *pin, "nsenter", f"--net={topo.sender.ns.path}",
-            "--", *argv]  # fmt: skip
+    return [
+        *confine.wrapper(),
+        "setpriv",
+        "--pdeathsig",
+        "KILL",
+        "--",
+        *pin,
+        "nsenter",
+        f"--net={topo.sender.ns.path}",
+        "--",
+        *argv,
+    ]
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -385,8 +402,14 @@ def _tail(path: Path) -> str:
 class ProcessRunner:
     """Runs and measures one program; keeps the running process for teardown."""
 
-    def __init__(self, topo: Topology, sysctls: Sysctls, probe: WfreeProbe | None, pressure: load.PressureSpec | None,
-                 receiver_cpu: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        topo: Topology,
+        sysctls: Sysctls,
+        probe: WfreeProbe | None,
+        pressure: load.PressureSpec | None,
+        receiver_cpu: int | None = None,
+    ) -> None:
         self.topo, self.sysctls, self.probe, self.pressure = topo, sysctls, probe, pressure
         self.receiver_cpu = receiver_cpu
         self.proc: subprocess.Popen[bytes] | None = None
@@ -396,8 +419,14 @@ class ProcessRunner:
         self._traced: sendtrace.Traced | str = ""  # what tracing counted, or why it could not
         self.watch: recovery.ProgramWatch | None = None  # a cpu_pressure schedule: started with the program
 
-    def run(self, argv: list[str], duration: float | None, cpu: int | None, env: Mapping[str, str] | None,
-            time_blocked: bool = False) -> SendResult:  # fmt: skip
+    def run(
+        self,
+        argv: list[str],
+        duration: float | None,
+        cpu: int | None,
+        env: Mapping[str, str] | None,
+        time_blocked: bool = False,
+    ) -> SendResult:
         self.time_blocked = time_blocked
         if self.probe is not None and self.probe.backend == "bpf":
             self.probe.prepare(self.sysctls)  # compile outside the measured interval
@@ -442,9 +471,18 @@ class ProcessRunner:
         if confine is not None:
             confine.close()
 
-    def _measure(self, argv: list[str], duration: float | None, cpu: int | None, env: Mapping[str, str] | None, tmp: Path,
-                 rxs: list[socket.socket], snd: counters.SnmpReader, rcv: counters.SnmpReader,
-                 txq: TxQueueSampler) -> SendResult:  # fmt: skip
+    def _measure(
+        self,
+        argv: list[str],
+        duration: float | None,
+        cpu: int | None,
+        env: Mapping[str, str] | None,
+        tmp: Path,
+        rxs: list[socket.socket],
+        snd: counters.SnmpReader,
+        rcv: counters.SnmpReader,
+        txq: TxQueueSampler,
+    ) -> SendResult:
         assert self.confine is not None
         self._start_trace(self.confine.path)  # compiled and attached before anything is timed
         drains = [_Drain(rx, self.receiver_cpu) for rx in rxs]
@@ -462,9 +500,14 @@ class ProcessRunner:
         assert self.confine is not None
         try:
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
-                self.proc = subprocess.Popen(_command(self.topo, argv, cpu, self.confine), stdin=self.confine.stdin(),
-                                             stdout=out, stderr=err, env=_environment(self.topo, env),
-                                             start_new_session=True)  # fmt: skip
+                self.proc = subprocess.Popen(
+                    _command(self.topo, argv, cpu, self.confine),
+                    stdin=self.confine.stdin(),
+                    stdout=out,
+                    stderr=err,
+                    env=_environment(self.topo, env),
+                    start_new_session=True,
+                )
             if self.probe is not None and self.probe.backend == "bpf":
                 self.probe.begin(-1, self.proc.pid)  # armed right after exec starts: the wrappers take milliseconds
             if self.trace is not None and self.confine.path is None:
@@ -501,21 +544,44 @@ class ProcessRunner:
         stdout, stderr = _tail(out_path), _tail(err_path)
         if exited and returncode != 0:
             last = stderr.strip().splitlines()[-1:] or ["no stderr"]
-            raise ProgramError(f"the sender command {argv[0]!r} exited with code {returncode} (last stderr line: {last[0]!r}); "
-                               "its full output is in the test's captured stdout",
-                               {"argv": argv, "stdout": stdout, "stderr": stderr})  # fmt: skip
+            raise ProgramError(
+                f"the sender command {argv[0]!r} exited with code {returncode} (last stderr line: {last[0]!r}); "
+                "its full output is in the test's captured stdout",
+                {"argv": argv, "stdout": stdout, "stderr": stderr},
+            )
         snmp = counters.snmp_delta(snd0, snd1)
         softnet = counters.softnet_delta(soft0, soft1)
-        result = self._result(argv, duration, cpu, snmp, counters.snmp_delta(rcv0, rcv1), softnet, txq, drains,
-                              elapsed, (wall0, time.time()), {"argv": argv, "returncode": returncode, "exited": exited,
-                                                              "stdout": stdout, "stderr": stderr})  # fmt: skip
+        result = self._result(
+            argv,
+            duration,
+            cpu,
+            snmp,
+            counters.snmp_delta(rcv0, rcv1),
+            softnet,
+            txq,
+            drains,
+            elapsed,
+            (wall0, time.time()),
+            {"argv": argv, "returncode": returncode, "exited": exited, "stdout": stdout, "stderr": stderr},
+        )
         result.irqs = irqs
         result.checks.append(self.confine.check())
         return result
 
-    def _result(self, argv: list[str], duration: float | None, cpu: int | None, snmp: dict[str, int],
-                rcv_snmp: dict[str, int], softnet: dict[str, dict[str, int]], txq: TxQueueSampler, drains: list[_Drain],
-                elapsed: float, wall: tuple[float, float], process: dict[str, Any]) -> SendResult:  # fmt: skip
+    def _result(
+        self,
+        argv: list[str],
+        duration: float | None,
+        cpu: int | None,
+        snmp: dict[str, int],
+        rcv_snmp: dict[str, int],
+        softnet: dict[str, dict[str, int]],
+        txq: TxQueueSampler,
+        drains: list[_Drain],
+        elapsed: float,
+        wall: tuple[float, float],
+        process: dict[str, Any],
+    ) -> SendResult:
         eagain = snmp.get("UdpSndbufErrors", 0) + snmp.get("Udp6SndbufErrors", 0)
         sent = snmp.get("UdpOutDatagrams", 0) + snmp.get("Udp6OutDatagrams", 0)
         received = sum(d.received for d in drains)
@@ -537,7 +603,7 @@ class ProcessRunner:
                 "max_bytes": max(occupancy, default=0),
                 "mean_bytes": round(sum(occupancy) / len(occupancy), 1) if occupancy else 0.0,
                 "samples": len(occupancy),
-            },  # tx_queue of /proc/net/udp{,6} in the sender netns  # fmt: skip
+            },  # tx_queue of /proc/net/udp{,6} in the sender netns
             wfree=wfree,
             received=received,
             rcvbuf_errors=rcv_snmp.get("UdpRcvbufErrors", 0) + rcv_snmp.get("Udp6RcvbufErrors", 0),
@@ -597,8 +663,16 @@ class ProcessRunner:
         if self.probe is None:
             return {}
         if self.probe.backend != "bpf":
-            return {"backend": self.probe.backend, "count": 0, "p50_us": None, "p90_us": None, "p99_us": None,
-                    "max_us": None, "contexts": {}, "reason": TIMESTAMP_REASON}  # fmt: skip
+            return {
+                "backend": self.probe.backend,
+                "count": 0,
+                "p50_us": None,
+                "p90_us": None,
+                "p99_us": None,
+                "max_us": None,
+                "contexts": {},
+                "reason": TIMESTAMP_REASON,
+            }
         wfree = self.probe.end([], 0, sent)
         wfree.setdefault("reason", self.probe.reason)
         return wfree
@@ -630,15 +704,28 @@ class SenderProcess:
     like ``udp_sender``'s runs (assertion markers, ``--udpsend-json``, the baseline).
     """
 
-    def __init__(self, topo: Topology, sysctls: Sysctls, lock: Callable[[], None], probe: Callable[[], WfreeProbe | None],
-                 pressure: load.PressureSpec | None, results: list[SendResult]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        topo: Topology,
+        sysctls: Sysctls,
+        lock: Callable[[], None],
+        probe: Callable[[], WfreeProbe | None],
+        pressure: load.PressureSpec | None,
+        results: list[SendResult],
+    ) -> None:
         self.topology = topo
         self._sysctls, self._lock, self._probe, self._pressure = sysctls, lock, probe, pressure
         self.results = results
         self._runner: ProcessRunner | None = None
 
-    def run(self, argv: Sequence[str], duration: float | None = None, cpu: int | None = None,
-            env: Mapping[str, str] | None = None, time_blocked: bool = False) -> SendResult:  # fmt: skip
+    def run(
+        self,
+        argv: Sequence[str],
+        duration: float | None = None,
+        cpu: int | None = None,
+        env: Mapping[str, str] | None = None,
+        time_blocked: bool = False,
+    ) -> SendResult:
         """Run and measure ``argv``; ``time_blocked=True`` also times each send call (``SendResult.blocked``)."""
         args, seconds = check_args(argv, duration, cpu, env)
         if not isinstance(time_blocked, bool):

@@ -84,9 +84,17 @@ class PressureSpec:
 SERIES_BUCKET_MS = 10  # the send series' bucket (measure/_engine.c, measure/external.py): windows are multiples
 
 
-def make_spec(cpus: object = (1,), workers: object = 2, nice: object = 0, policy: object = "other",
-              cpu_max: object = None, on_s: object = None, off_s: object = None, resume_fraction: object = 0.9,
-              window_ms: object = 10) -> PressureSpec:  # fmt: skip
+def make_spec(
+    cpus: object = (1,),
+    workers: object = 2,
+    nice: object = 0,
+    policy: object = "other",
+    cpu_max: object = None,
+    on_s: object = None,
+    off_s: object = None,
+    resume_fraction: object = 0.9,
+    window_ms: object = 10,
+) -> PressureSpec:
     # CPU numbers, a taskset-style list string ("1-3,5") or a sysfs hex mask string ("2" = CPU 1)
     cpu_list = cpus_mod.check_online(cpus_mod.parse(cpus, "cpus"), cpus, "cpus")
     workers, nice = (
@@ -108,8 +116,10 @@ def _schedule(
 ) -> tuple[float | None, float | None, float, int]:
     """on_s/off_s go together; the off period must hold two windows in its second half (the reference rate)."""
     if (on_s is None) != (off_s is None):
-        raise ConfigError(f"on_s={on_s!r}, off_s={off_s!r}: a schedule needs both (hogs on for on_s, then stopped for "
-                          "off_s, repeated), or neither for hogs running the whole run")  # fmt: skip
+        raise ConfigError(
+            f"on_s={on_s!r}, off_s={off_s!r}: a schedule needs both (hogs on for on_s, then stopped for "
+            "off_s, repeated), or neither for hogs running the whole run"
+        )
     frac = float(
         number("resume_fraction", fraction, 0.01, 1.0, unit="the share of the unpressured send rate, e.g. 0.9")
     )
@@ -120,12 +130,21 @@ def _schedule(
         )
     if on_s is None or off_s is None:
         if (frac, window) != (0.9, 10):
-            raise ConfigError("resume_fraction and window_ms set how recovery after a release is read: give the schedule "
-                              "too (on_s= and off_s=)")  # fmt: skip
+            raise ConfigError(
+                "resume_fraction and window_ms set how recovery after a release is read: give the schedule "
+                "too (on_s= and off_s=)"
+            )
         return None, None, frac, window
     on = float(number("on_s", on_s, 0.01, 3600, unit="seconds"))
-    off = float(number("off_s", off_s, 4 * window / 1000, 3600,
-                       unit=f"seconds, at least 4 windows of window_ms={window}: the unpressured rate is read in its second half"))  # fmt: skip
+    off = float(
+        number(
+            "off_s",
+            off_s,
+            4 * window / 1000,
+            3600,
+            unit=f"seconds, at least 4 windows of window_ms={window}: the unpressured rate is read in its second half",
+        )
+    )
     return on, off, frac, window
 
 

@@ -115,8 +115,10 @@ def _check_send_pattern(params: SendParams) -> SendParams:
             raise ConfigError("mode='gso' needs gso_size= (bytes per wire segment, e.g. 1400)")
         number("gso_size", params.gso_size, 1, params.payload, integer=True)
         if params.segments_per_send() > UDP_MAX_SEGMENTS:
-            raise ConfigError(f"payload={params.payload} / gso_size={params.gso_size} makes {params.segments_per_send()} "
-                              f"segments per send; the kernel takes at most {UDP_MAX_SEGMENTS}: raise gso_size")  # fmt: skip
+            raise ConfigError(
+                f"payload={params.payload} / gso_size={params.gso_size} makes {params.segments_per_send()} "
+                f"segments per send; the kernel takes at most {UDP_MAX_SEGMENTS}: raise gso_size"
+            )
     elif params.gso_size is not None:
         raise ConfigError(f"gso_size={params.gso_size!r} applies to mode='gso' only (mode is {params.mode!r})")
     number("flows", params.flows, 1, 256, integer=True)
@@ -142,16 +144,22 @@ def _check_replay(params: SendParams) -> SendParams:
                 raise ConfigError(f"{key}={getattr(params, key)!r} applies to replay= only (the capture to replay)")
         return params
     if not isinstance(params.replay, (str, os.PathLike)) or not os.fspath(params.replay):
-        raise ConfigError(f"replay={params.replay!r}: must be the path of a pcap or pcapng capture, or a built-in shape "
-                          f"({', '.join(replay.SHAPE_PREFIX + n for n in replay.SHAPES)})")  # fmt: skip
+        raise ConfigError(
+            f"replay={params.replay!r}: must be the path of a pcap or pcapng capture, or a built-in shape "
+            f"({', '.join(replay.SHAPE_PREFIX + n for n in replay.SHAPES)})"
+        )
     params = replace(params, replay=os.fspath(params.replay))
     for key, default in NOT_WITH_REPLAY.items():
         if getattr(params, key) != default:
-            raise ConfigError(f"{key}={getattr(params, key)!r} does not apply with replay=: the capture sets the datagrams, "
-                              "their sizes and times (use speed= and loop=)")  # fmt: skip
+            raise ConfigError(
+                f"{key}={getattr(params, key)!r} does not apply with replay=: the capture sets the datagrams, "
+                "their sizes and times (use speed= and loop=)"
+            )
     if params.mode not in ("send", "sendto"):
-        raise ConfigError(f"mode={params.mode!r} does not apply with replay=: a replay sends one datagram per call "
-                          "(mode='send' or 'sendto')")  # fmt: skip
+        raise ConfigError(
+            f"mode={params.mode!r} does not apply with replay=: a replay sends one datagram per call "
+            "(mode='send' or 'sendto')"
+        )
     number("speed", params.speed, 0, 1000)
     number("loop", params.loop, 1, 1_000_000, integer=True)
     number("replay_mtu", params.replay_mtu, 576, 65536, integer=True)

@@ -79,16 +79,20 @@ def timestamp_premise(path: TopologySpec | None) -> str | None:
         return None
     fix = "use --udpsend-backend bpf (the kernel lane has it) for the release timing"
     if path.is_nic:
-        return (f"sock_wfree timing not measurable with the timestamp estimate on a {path.link} NIC link: the charge is "
-                "released at TX completion on the sender's port (the driver frees the skb), never in the receiver's "
-                f"ip_rcv_core, so the receive stamp would measure the transit instead; {fix}")  # fmt: skip
+        return (
+            f"sock_wfree timing not measurable with the timestamp estimate on a {path.link} NIC link: the charge is "
+            "released at TX completion on the sender's port (the driver frees the skb), never in the receiver's "
+            f"ip_rcv_core, so the receive stamp would measure the transit instead; {fix}"
+        )
     qdisc = path.qdisc
     if qdisc is not None and qdisc.kind == "netem":
         early = [key for key in NETEM_ORPHANS if qdisc.params.get(key)]
         if early:
-            return (f"sock_wfree timing not measurable with the timestamp estimate under '{qdisc.text}': netem with "
-                    f"{'/'.join(early)} orphans each skb at enqueue (skb_orphan_partial() in netem_enqueue()), so "
-                    f"sock_wfree runs before the delay and the receive stamp would measure the transit instead; {fix}")  # fmt: skip
+            return (
+                f"sock_wfree timing not measurable with the timestamp estimate under '{qdisc.text}': netem with "
+                f"{'/'.join(early)} orphans each skb at enqueue (skb_orphan_partial() in netem_enqueue()), so "
+                f"sock_wfree runs before the delay and the receive stamp would measure the transit instead; {fix}"
+            )
     return None
 
 
@@ -163,9 +167,11 @@ def bpf_unavailable() -> str | None:
     if not hasattr(bcc, "BPF"):
         return "the 'bcc' module found is not the BPF Compiler Collection (the PyPI 'bcc' is unrelated): pip uninstall bcc; apt-get install python3-bpfcc"
     if kernel_headers_dir(release) is None and not Path("/sys/kernel/kheaders.tar.xz").exists():
-        return (f"no kernel headers for {release} (/lib/modules/{release}/build): install the headers package of this "
-                f"kernel where one exists (udpsend doctor says whether apt has linux-headers-{release}), or use the "
-                "kernel lane (--udpsend-kernel) with a Debian kernel")  # fmt: skip
+        return (
+            f"no kernel headers for {release} (/lib/modules/{release}/build): install the headers package of this "
+            f"kernel where one exists (udpsend doctor says whether apt has linux-headers-{release}), or use the "
+            "kernel lane (--udpsend-kernel) with a Debian kernel"
+        )
     return None
 
 

@@ -374,9 +374,11 @@ class Recording:
 
     def summary(self) -> str:
         failed = ", ".join(f"{errno.errorcode.get(e, str(e))} x {n}" for e, n in sorted(self.failed.items()))
-        text = (f"recorded {self.sends} UDP send(s) of pid {self.pid} ({self.datagrams} datagram(s), "
-                f"{sum(self.failed.values())} failed{': ' + failed if failed else ''}) over "
-                f"{self.span_ns / 1e9:.3f} s -> {self.path}")  # fmt: skip
+        text = (
+            f"recorded {self.sends} UDP send(s) of pid {self.pid} ({self.datagrams} datagram(s), "
+            f"{sum(self.failed.values())} failed{': ' + failed if failed else ''}) over "
+            f"{self.span_ns / 1e9:.3f} s -> {self.path}"
+        )
         if self.exited:
             text += "; the process exited"
         if self.unattributed:
@@ -384,8 +386,10 @@ class Recording:
         if self.truncated:
             text += f"; {self.truncated} message(s) past 64 per sendmmsg or 16 iovecs: failed ones' sizes may be short"
         if self.lost:
-            text += (f"; LOST {self.lost} event(s): the ring buffer was full (the process sends faster than "
-                     "this recorder reads): the shape is incomplete")  # fmt: skip
+            text += (
+                f"; LOST {self.lost} event(s): the ring buffer was full (the process sends faster than "
+                "this recorder reads): the shape is incomplete"
+            )
         return text
 
 
@@ -422,8 +426,10 @@ def unavailable() -> str | None:
     if not hasattr(bcc, "BPF"):
         return "tracing cannot be loaded: the 'bcc' module found is not the BPF Compiler Collection: pip uninstall bcc; apt-get install python3-bpfcc"
     if not BTF_PATH.exists():
-        return (f"tracing cannot be loaded: this kernel ({os.uname().release}) has no BTF at {BTF_PATH} "
-                "(CONFIG_DEBUG_INFO_BTF unset): record on a kernel built with BTF")  # fmt: skip
+        return (
+            f"tracing cannot be loaded: this kernel ({os.uname().release}) has no BTF at {BTF_PATH} "
+            "(CONFIG_DEBUG_INFO_BTF unset): record on a kernel built with BTF"
+        )
     return None
 
 
@@ -450,11 +456,15 @@ class Recorder:
             common = btf_offsets("sock_common", RECORD_SOCK_FIELDS)
             udp = btf_offsets("udp_sock", ("gso_size",))
         except (OSError, ValueError, KeyError) as exc:
-            raise PrivilegeError(f"tracing cannot be loaded: the kernel structs could not be located in its BTF on "
-                                 f"{release} ({exc}): record on a kernel built with BTF") from None  # fmt: skip
+            raise PrivilegeError(
+                f"tracing cannot be loaded: the kernel structs could not be located in its BTF on "
+                f"{release} ({exc}): record on a kernel built with BTF"
+            ) from None
         if sock["__sk_common"] != 0:
-            raise PrivilegeError(f"tracing cannot be loaded: struct sock on {release} does not start with its sock_common: "
-                                 "record on another kernel")  # fmt: skip
+            raise PrivilegeError(
+                f"tracing cannot be loaded: struct sock on {release} does not start with its sock_common: "
+                "record on another kernel"
+            )
         out = {name: off for name, off in regs.items()}
         out |= {"sk_type": sock["sk_type"], "sk_protocol": sock["sk_protocol"], "gso_size": udp["gso_size"]}
         return out | common
@@ -478,22 +488,28 @@ class Recorder:
             except Exception as exc:
                 log.seek(0)
                 errors = [line for line in log.read().splitlines() if "error" in line][:3]
-                raise PrivilegeError(f"tracing cannot be loaded on {release} ({exc}: {'; '.join(errors) or 'no compiler output'}): "
-                                     "check that bcc (python3-bpfcc) matches this kernel") from None  # fmt: skip
+                raise PrivilegeError(
+                    f"tracing cannot be loaded on {release} ({exc}: {'; '.join(errors) or 'no compiler output'}): "
+                    "check that bcc (python3-bpfcc) matches this kernel"
+                ) from None
         self._arm()
         try:
             self._bpf.attach_raw_tracepoint(tp=b"sock_send_length", fn_name=b"rec_send_length")
         except Exception:
             self.close()
-            raise PrivilegeError(f"tracing cannot be loaded: this kernel ({release}) has no sock:sock_send_length "
-                                 "tracepoint, which says which sends reached a UDP socket and their result (Linux 6.3+): "
-                                 "record on a 6.3 or newer kernel") from None  # fmt: skip
+            raise PrivilegeError(
+                f"tracing cannot be loaded: this kernel ({release}) has no sock:sock_send_length "
+                "tracepoint, which says which sends reached a UDP socket and their result (Linux 6.3+): "
+                "record on a 6.3 or newer kernel"
+            ) from None
         try:
             self._bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"rec_sys_enter")
         except Exception as exc:
             self.close()
-            raise PrivilegeError(f"tracing cannot be loaded: the raw tracepoint sys_enter cannot be attached on {release} "
-                                 f"({exc}): check that BPF raw tracepoints are allowed (kernel lockdown, seccomp)") from None  # fmt: skip
+            raise PrivilegeError(
+                f"tracing cannot be loaded: the raw tracepoint sys_enter cannot be attached on {release} "
+                f"({exc}): check that BPF raw tracepoints are allowed (kernel lockdown, seccomp)"
+            ) from None
         self._map_ring()
 
     def _arm(self) -> None:
@@ -564,8 +580,18 @@ def _address(family: int, raw: bytes) -> str | None:
 
 def _send(fields: tuple[Any, ...]) -> Send:
     ts, ret, size, gso, nr, family, dport, sport, skfamily, daddr, saddr = fields
-    return Send(ts, ret, size, gso, SEND_SYSCALLS.get(nr, str(nr)), family, _address(family, daddr),
-                socket.ntohs(dport), _address(skfamily, saddr), sport)  # fmt: skip
+    return Send(
+        ts,
+        ret,
+        size,
+        gso,
+        SEND_SYSCALLS.get(nr, str(nr)),
+        family,
+        _address(family, daddr),
+        socket.ntohs(dport),
+        _address(skfamily, saddr),
+        sport,
+    )
 
 
 # --------------------------------------------------------------------------------------- the file
@@ -582,8 +608,9 @@ def _option(code: int, value: bytes) -> bytes:
 
 def pcapng_header() -> bytes:
     """Section header and one Ethernet interface with nanosecond timestamps (if_tsresol 9)."""
-    shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1),
-                 _option(4, b"pytest-udpsend record") + _option(0, b""))  # fmt: skip
+    shb = _block(
+        0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1), _option(4, b"pytest-udpsend record") + _option(0, b"")
+    )
     idb = _block(1, struct.pack("<HHI", 1, 0, 0), _option(2, b"udpsend-record") + _option(9, b"\x09") + _option(0, b""))
     return shb + idb
 
@@ -596,8 +623,9 @@ def _checksum(header: bytes) -> int:
 
 
 def _ipv4(src: str, dst: str, ident: int, length: int, frag: int) -> bytes:
-    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, length, ident & 0xFFFF, frag, 64, 17, 0,
-                       socket.inet_aton(src), socket.inet_aton(dst))  # fmt: skip
+    head = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, length, ident & 0xFFFF, frag, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst)
+    )
     return head[:10] + struct.pack("!H", _checksum(head)) + head[12:]
 
 
@@ -691,8 +719,9 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def record(pid: int, path: str, duration: float | None = None, ready: Callable[[], None] | None = None,
-           poll_s: float = 0.05) -> Recording:  # fmt: skip
+def record(
+    pid: int, path: str, duration: float | None = None, ready: Callable[[], None] | None = None, poll_s: float = 0.05
+) -> Recording:
     """Record ``pid``'s UDP sends into ``path`` until ``duration`` seconds pass, the process exits,
     or SIGINT/SIGTERM; ``ready`` is called once the probe is attached."""
     check_pid(pid)

@@ -82,8 +82,14 @@ def _windows(rates: Sequence[float], first: int, stop: int, k: int) -> list[tupl
     return [(b, sum(rates[b : b + k])) for b in range(first, stop - k + 1, k)]
 
 
-def resume_times(sent: Sequence[float], bucket_ms: float, releases_ms: Sequence[float], presses_ms: Sequence[float],
-                 fraction: float, window_ms: int) -> Recovery:  # fmt: skip
+def resume_times(
+    sent: Sequence[float],
+    bucket_ms: float,
+    releases_ms: Sequence[float],
+    presses_ms: Sequence[float],
+    fraction: float,
+    window_ms: int,
+) -> Recovery:
     """The recovery of each release, from whole buckets of ``sent`` (the last, partial one is the caller's to drop).
 
     ``presses_ms[i]`` ends the off period that ``releases_ms[i]`` began (missing: the run ended first)."""
@@ -101,13 +107,23 @@ def resume_times(sent: Sequence[float], bucket_ms: float, releases_ms: Sequence[
     pressured = _median(
         [s for a, b in ons for _, s in _windows(sent, math.ceil(a / bucket_ms), math.floor(b / bucket_ms), k)]
     )
-    out: Recovery = {"resume_fraction": fraction, "window_ms": int(k * bucket_ms), "reference": REFERENCE,
-                     "reference_pps": None if reference is None else round(reference * per_s, 1),
-                     "pressured_pps": None if pressured is None else round(pressured * per_s, 1), "releases": []}  # fmt: skip
+    out: Recovery = {
+        "resume_fraction": fraction,
+        "window_ms": int(k * bucket_ms),
+        "reference": REFERENCE,
+        "reference_pps": None if reference is None else round(reference * per_s, 1),
+        "pressured_pps": None if pressured is None else round(pressured * per_s, 1),
+        "releases": [],
+    }
     if reference is None or reference <= 0:
-        out.update({"resume_ms": None, "resume_ms_median": None,
-                    "unavailable": "no send rate to recover to: no whole window in the second half of an off period, "
-                                   "or nothing sent there"})  # fmt: skip
+        out.update(
+            {
+                "resume_ms": None,
+                "resume_ms_median": None,
+                "unavailable": "no send rate to recover to: no whole window in the second half of an off period, "
+                "or nothing sent there",
+            }
+        )
         return out
     skipped = 0
     for (r, p), ended in zip(offs, cut):
@@ -116,9 +132,14 @@ def resume_times(sent: Sequence[float], bucket_ms: float, releases_ms: Sequence[
         if back is None and ended:  # the run ended during this off period, before the rate came back: undecided
             skipped += 1
             continue
-        out["releases"].append({"at_ms": round(r, 2), "off_ms": round(p - r, 2),
-                                "resume_ms": None if back is None else round(back[0] * bucket_ms - r, 2),
-                                "pps": None if back is None else round(back[1] * per_s, 1)})  # fmt: skip
+        out["releases"].append(
+            {
+                "at_ms": round(r, 2),
+                "off_ms": round(p - r, 2),
+                "resume_ms": None if back is None else round(back[0] * bucket_ms - r, 2),
+                "pps": None if back is None else round(back[1] * per_s, 1),
+            }
+        )
     times = [x["resume_ms"] for x in out["releases"]]
     ordered = sorted(times, key=lambda t: math.inf if t is None else t)
     out["resume_ms"] = ordered[-1] if ordered else None
@@ -127,8 +148,10 @@ def resume_times(sent: Sequence[float], bucket_ms: float, releases_ms: Sequence[
     if not ordered:
         out["unavailable"] = "no release was decided before the run ended: run for at least on_s + off_s"
     elif None in times:
-        notes.append(f"{times.count(None)} of {len(times)} releases did not come back to {fraction:.0%} of the reference "
-                     "within their off period")  # fmt: skip
+        notes.append(
+            f"{times.count(None)} of {len(times)} releases did not come back to {fraction:.0%} of the reference "
+            "within their off period"
+        )
     if any(x["resume_ms"] is not None and x["resume_ms"] > x["off_ms"] / 2 for x in out["releases"]):
         notes.append(
             "a resume past half its off period: the reference may include windows still recovering; lengthen off_s"
@@ -149,10 +172,23 @@ def measure(cycle: Cycle, series: Mapping[str, Any], t0_ns: int, elapsed_s: floa
         return no_schedule()
     bucket_ms = float(series.get("bucket_ms") or 10)
     sent = sent_per_bucket(series)[: int(elapsed_s * 1000 // bucket_ms)]  # whole buckets only
-    out = resume_times(sent, bucket_ms, [(t - t0_ns) / 1e6 for t in cycle.releases],
-                       [(t - t0_ns) / 1e6 for t in cycle.presses], spec.resume_fraction, spec.window_ms)  # fmt: skip
-    out.update({"on_s": spec.on_s, "off_s": spec.off_s, "rate_from": rate_from,
-                "late_max_ms": round(cycle.late_max_ns / 1e6, 3), "realtime": cycle.realtime})  # fmt: skip
+    out = resume_times(
+        sent,
+        bucket_ms,
+        [(t - t0_ns) / 1e6 for t in cycle.releases],
+        [(t - t0_ns) / 1e6 for t in cycle.presses],
+        spec.resume_fraction,
+        spec.window_ms,
+    )
+    out.update(
+        {
+            "on_s": spec.on_s,
+            "off_s": spec.off_s,
+            "rate_from": rate_from,
+            "late_max_ms": round(cycle.late_max_ns / 1e6, 3),
+            "realtime": cycle.realtime,
+        }
+    )
     return out
 
 

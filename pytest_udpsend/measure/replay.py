@@ -40,8 +40,10 @@ from pytest_udpsend.errors import ConfigError
 
 BURST_GAP_MIN_NS = 1_000_000
 BURST_GAP_FACTOR = 10
-BURST_RULE = (f"a gap longer than both {BURST_GAP_MIN_NS / 1e6:g} ms and {BURST_GAP_FACTOR}x the capture's median "
-              "gap starts a new burst")  # fmt: skip
+BURST_RULE = (
+    f"a gap longer than both {BURST_GAP_MIN_NS / 1e6:g} ms and {BURST_GAP_FACTOR}x the capture's median "
+    "gap starts a new burst"
+)
 UDP_HEADER = 8
 SHAPE_PREFIX = "shape:"
 FILTER_KEYS = ("src", "dst", "host", "sport", "dport", "port")
@@ -59,9 +61,14 @@ class Filter:
     port: int | None = None
 
     def matches(self, src: str, dst: str, sport: int, dport: int) -> bool:
-        return ((self.src is None or self.src == src) and (self.dst is None or self.dst == dst)
-                and (self.host is None or self.host in (src, dst)) and (self.sport is None or self.sport == sport)
-                and (self.dport is None or self.dport == dport) and (self.port is None or self.port in (sport, dport)))  # fmt: skip
+        return (
+            (self.src is None or self.src == src)
+            and (self.dst is None or self.dst == dst)
+            and (self.host is None or self.host in (src, dst))
+            and (self.sport is None or self.sport == sport)
+            and (self.dport is None or self.dport == dport)
+            and (self.port is None or self.port in (sport, dport))
+        )
 
 
 def parse_filter(text: str | None) -> Filter:
@@ -74,8 +81,10 @@ def parse_filter(text: str | None) -> Filter:
     for word in text.replace(",", " ").split():
         key, sep, value = word.partition("=")
         if not sep or key not in FILTER_KEYS or key in values:
-            raise ConfigError(f"replay_filter={text!r}: {word!r} is not one of {', '.join(k + '=' for k in FILTER_KEYS)} "
-                              "(each at most once), e.g. 'dst=10.0.0.2 dport=53'")  # fmt: skip
+            raise ConfigError(
+                f"replay_filter={text!r}: {word!r} is not one of {', '.join(k + '=' for k in FILTER_KEYS)} "
+                "(each at most once), e.g. 'dst=10.0.0.2 dport=53'"
+            )
         values[key] = _port(text, word, value) if key.endswith("port") else _address(text, word, value)
     return Filter(**values)
 
@@ -130,16 +139,28 @@ class Schedule:
         """Each burst as the capture has it: first and last datagram, start and span on its clock, bytes."""
         table, first = [], 0
         for end in self.burst_ends:
-            table.append({"first": first, "datagrams": end - first, "bytes": sum(self.sizes[first:end]),
-                          "start_s": round(self.times_ns[first] / 1e9, 6),
-                          "span_s": round((self.times_ns[end - 1] - self.times_ns[first]) / 1e9, 6)})  # fmt: skip
+            table.append(
+                {
+                    "first": first,
+                    "datagrams": end - first,
+                    "bytes": sum(self.sizes[first:end]),
+                    "start_s": round(self.times_ns[first] / 1e9, 6),
+                    "span_s": round((self.times_ns[end - 1] - self.times_ns[first]) / 1e9, 6),
+                }
+            )
             first = end
         return table
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "datagrams": len(self.sizes), "bytes": sum(self.sizes),
-                "span_s": round(self.span_ns / 1e9, 6), "bursts": len(self.burst_ends), "burst_rule": BURST_RULE,
-                "notes": dict(self.notes)}  # fmt: skip
+        return {
+            "source": self.source,
+            "datagrams": len(self.sizes),
+            "bytes": sum(self.sizes),
+            "span_s": round(self.span_ns / 1e9, 6),
+            "bursts": len(self.burst_ends),
+            "burst_rule": BURST_RULE,
+            "notes": dict(self.notes),
+        }
 
 
 def burst_ends(times_ns: array[int]) -> array[int]:
@@ -213,19 +234,32 @@ def read(path: str | os.PathLike[str], replay_filter: str | None = None, mtu: in
     if text.startswith(SHAPE_PREFIX):
         return shape(text[len(SHAPE_PREFIX) :], replay_filter)
     wanted = parse_filter(replay_filter)
-    notes = {"records": 0, "udp_records": 0, "fragments": 0, "fragmented_datagrams": 0, "unsized_fragments": 0,
-             "truncated_records": 0, "super_packets": 0, "segments": 0, "filtered_out": 0}  # fmt: skip
+    notes = {
+        "records": 0,
+        "udp_records": 0,
+        "fragments": 0,
+        "fragmented_datagrams": 0,
+        "unsized_fragments": 0,
+        "truncated_records": 0,
+        "super_packets": 0,
+        "segments": 0,
+        "filtered_out": 0,
+    }
     found = list(_datagrams(text, mtu, notes))
     if not found:
-        raise ConfigError(f"replay={text!r} holds no UDP datagrams over IPv4 or IPv6 ({notes['records']} records): "
-                          "give a capture of the UDP traffic to replay")  # fmt: skip
+        raise ConfigError(
+            f"replay={text!r} holds no UDP datagrams over IPv4 or IPv6 ({notes['records']} records): "
+            "give a capture of the UDP traffic to replay"
+        )
     chosen = [d for d in found if wanted.matches(*d.flow)]
     notes["filtered_out"] = len(found) - len(chosen)
     if not chosen:
         flows = sorted({d.flow for d in found})[:3]
-        raise ConfigError(f"replay_filter={replay_filter!r} matches none of the {len(found)} UDP datagrams in {text!r} "
-                          f"(flows such as {', '.join(f'{s}:{sp} > {d}:{dp}' for s, d, sp, dp in flows)}): "
-                          "widen the filter")  # fmt: skip
+        raise ConfigError(
+            f"replay_filter={replay_filter!r} matches none of the {len(found)} UDP datagrams in {text!r} "
+            f"(flows such as {', '.join(f'{s}:{sp} > {d}:{dp}' for s, d, sp, dp in flows)}): "
+            "widen the filter"
+        )
     return make_schedule(_split_super_packets(chosen, notes), text, notes)
 
 
@@ -268,8 +302,9 @@ def _reader(path: str) -> Any:
             raise ConfigError(
                 f"replay={path!r} cannot be read ({exc.strerror}): give a readable capture file"
             ) from None
-        raise ConfigError(f"replay={path!r} is not a pcap or pcapng capture: give a file written by tcpdump, "
-                          "tshark or scapy") from None  # fmt: skip
+        raise ConfigError(
+            f"replay={path!r} is not a pcap or pcapng capture: give a file written by tcpdump, tshark or scapy"
+        ) from None
 
 
 def _datagrams(path: str, mtu: int, notes: dict[str, int]) -> Iterator[_Datagram]:
@@ -313,8 +348,10 @@ def _records(reader: Any, path: str) -> Iterator[Any]:
         except EOFError:
             return
         except Exception as exc:  # scapy raises struct.error, Scapy_Exception, ... on a damaged record
-            raise ConfigError(f"replay={path!r}: record {number + 1} cannot be read ({type(exc).__name__}): "
-                              "the capture is damaged; cut it before that record (editcap -r)") from None  # fmt: skip
+            raise ConfigError(
+                f"replay={path!r}: record {number + 1} cannot be read ({type(exc).__name__}): "
+                "the capture is damaged; cut it before that record (editcap -r)"
+            ) from None
         if pkt is None:
             return
         number += 1
@@ -353,8 +390,9 @@ def _plain(pkt: Any, ip: Any, udp: Any, time_ns: int, mtu: int, wirelen: int) ->
     return _Datagram(time_ns, int(udp.len) - UDP_HEADER, flow, limit)
 
 
-def _fragment(pending: dict[tuple[Any, ...], _Fragments], pkt: Any, ip: Any, frag: Any, time_ns: int,
-              notes: dict[str, int]) -> Iterator[_Datagram]:  # fmt: skip
+def _fragment(
+    pending: dict[tuple[Any, ...], _Fragments], pkt: Any, ip: Any, frag: Any, time_ns: int, notes: dict[str, int]
+) -> Iterator[_Datagram]:
     """Collect one fragment; a datagram is sized from its first fragment's UDP length field."""
     from scapy.layers.inet import UDP
 
@@ -388,8 +426,11 @@ def _fragment_done(group: _Fragments, notes: dict[str, int]) -> Iterator[_Datagr
 def _telemetry() -> list[tuple[int, int]]:
     """A metrics agent's flush: every 200 ms a burst of 300 datagrams of 200-1400 bytes, 5 us apart."""
     rng = random.Random(28)
-    return [(flush * 200_000_000 + i * 5_000, rng.choice((200, 400, 800, 1200, 1400)))
-            for flush in range(10) for i in range(300)]  # fmt: skip
+    return [
+        (flush * 200_000_000 + i * 5_000, rng.choice((200, 400, 800, 1200, 1400)))
+        for flush in range(10)
+        for i in range(300)
+    ]
 
 
 def _media() -> list[tuple[int, int]]:
@@ -413,8 +454,10 @@ SHAPES: dict[str, Callable[[], list[tuple[int, int]]]] = {"telemetry": _telemetr
 def shape(name: str, replay_filter: str | None = None) -> Schedule:
     """A built-in shape by name (``replay="shape:telemetry"``); no flows to filter."""
     if name not in SHAPES:
-        raise ConfigError(f"replay='{SHAPE_PREFIX}{name}': no such built-in shape; accepted: "
-                          + ", ".join(f"'{SHAPE_PREFIX}{n}'" for n in SHAPES))  # fmt: skip
+        raise ConfigError(
+            f"replay='{SHAPE_PREFIX}{name}': no such built-in shape; accepted: "
+            + ", ".join(f"'{SHAPE_PREFIX}{n}'" for n in SHAPES)
+        )
     if replay_filter is not None:
         raise ConfigError(
             f"replay_filter= applies to captures; the built-in shape '{SHAPE_PREFIX}{name}' has one flow: drop it"

@@ -83,8 +83,11 @@ class SendResult:
             if self.errno is None
             else (", ".join(f"{k} {v}" for k, v in self.errno.items()) or "none")
         )
-        busy = (self.busy_wait_detail.get("unavailable") or "send buffer never full" if self.busy_wait is None
-                else f"{self.busy_wait:.2f} of a CPU while the send buffer was full ({self.busy_wait_detail.get('full_s')} s)")  # fmt: skip
+        busy = (
+            self.busy_wait_detail.get("unavailable") or "send buffer never full"
+            if self.busy_wait is None
+            else f"{self.busy_wait:.2f} of a CPU while the send buffer was full ({self.busy_wait_detail.get('full_s')} s)"
+        )
         line = f"failed sends by errno: {errnos}  busy_wait: {busy}"
         if self.blocked.get("calls") is not None:
             b = self.blocked
@@ -93,14 +96,21 @@ class SendResult:
 
     def _replay_line(self) -> str:
         r = self.replay
-        timing = (f"{self.duration_s:.3f} s for the schedule's {r['expected_s']:.3f} s ({r['timing_error']:+.1%})"
-                  if r.get("timing_error") is not None else f"{self.duration_s:.3f} s (as fast as possible)")  # fmt: skip
-        line = (f"replay {r['source']}: {r['datagrams']} datagrams x {r['loop']} at speed {r['speed']:g} in "
-                f"{len(r['bursts'])} bursts ({r['burst_rule']}); {timing}")  # fmt: skip
+        timing = (
+            f"{self.duration_s:.3f} s for the schedule's {r['expected_s']:.3f} s ({r['timing_error']:+.1%})"
+            if r.get("timing_error") is not None
+            else f"{self.duration_s:.3f} s (as fast as possible)"
+        )
+        line = (
+            f"replay {r['source']}: {r['datagrams']} datagrams x {r['loop']} at speed {r['speed']:g} in "
+            f"{len(r['bursts'])} bursts ({r['burst_rule']}); {timing}"
+        )
         if r.get("worst_burst") is not None:
             w = r["bursts"][r["worst_burst"]]
-            line += (f"; worst burst #{r['worst_burst']} (at {w['start_s']:.3f} s): EAGAIN {w['eagain']}/{w['attempts']} "
-                     f"({w['eagain_rate']:.1%}), SIOCOUTQ peak {w['outq_max']} B")  # fmt: skip
+            line += (
+                f"; worst burst #{r['worst_burst']} (at {w['start_s']:.3f} s): EAGAIN {w['eagain']}/{w['attempts']} "
+                f"({w['eagain_rate']:.1%}), SIOCOUTQ peak {w['outq_max']} B"
+            )
         return line
 
     def _recovery_line(self) -> str:
@@ -109,10 +119,13 @@ class SendResult:
             f"{x['at_ms']:.0f}:{'-' if x['resume_ms'] is None else format(x['resume_ms'], '.0f')}"
             for x in r["releases"]
         )
-        return (f"recovery (to {r['resume_fraction']:.0%} of {r['reference_pps']} pps, {r['window_ms']} ms windows; "
-                f"pressured {r['pressured_pps']} pps): worst {r.get('resume_ms')} ms, median {r.get('resume_ms_median')} ms; "
-                f"release ms:resume ms {back or '-'}" + (f"; {r['note']}" if r.get("note") else "")
-                + (f"; {r['unavailable']}" if r.get("unavailable") else ""))  # fmt: skip
+        return (
+            f"recovery (to {r['resume_fraction']:.0%} of {r['reference_pps']} pps, {r['window_ms']} ms windows; "
+            f"pressured {r['pressured_pps']} pps): worst {r.get('resume_ms')} ms, median {r.get('resume_ms_median')} ms; "
+            f"release ms:resume ms {back or '-'}"
+            + (f"; {r['note']}" if r.get("note") else "")
+            + (f"; {r['unavailable']}" if r.get("unavailable") else "")
+        )
 
     def summary(self) -> str:
         w = self.wfree or {}
@@ -131,17 +144,24 @@ class SendResult:
         ]
         mode = self.params.get("mode", "send")
         if mode != "send" or len(self.flows) > 1:
-            lines.append(f"mode {mode}: {self.calls} calls, {self.stops} stopped batches, {self.segments} wire datagrams; "
-                         + "per socket (sport sent/EAGAIN): "
-                         + ", ".join(f"{f['sport']} {f['sent']}/{f['eagain']}" for f in self.flows))  # fmt: skip
+            lines.append(
+                f"mode {mode}: {self.calls} calls, {self.stops} stopped batches, {self.segments} wire datagrams; "
+                + "per socket (sport sent/EAGAIN): "
+                + ", ".join(f"{f['sport']} {f['sent']}/{f['eagain']}" for f in self.flows)
+            )
         if self.replay:
             lines.append(self._replay_line())
         if self.recovery.get("releases") is not None:
             lines.append(self._recovery_line())
         if self.process:
-            lines.append(f"program {' '.join(self.process.get('argv', []))}: "
-                         + ("exited with code {}".format(self.process.get("returncode")) if self.process.get("exited")
-                            else "stopped after the duration"))  # fmt: skip
+            lines.append(
+                f"program {' '.join(self.process.get('argv', []))}: "
+                + (
+                    "exited with code {}".format(self.process.get("returncode"))
+                    if self.process.get("exited")
+                    else "stopped after the duration"
+                )
+            )
         if w.get("unavailable"):  # the backend cannot time the release on this path: why, not a number
             lines.append(f"sock_wfree ({w.get('backend')}): not measured: {w['unavailable']}")
         elif w.get("backend"):

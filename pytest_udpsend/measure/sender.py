@@ -153,8 +153,10 @@ def _check_gso(topo: Topology, p: SendParams) -> None:
     """UDP_SEGMENT refuses (EINVAL) a segment that, with its headers, exceeds the MTU."""
     headers = 48 if p.ipv6 else 28
     if p.mode == "gso" and p.gso_size and p.gso_size + headers > topo.spec.mtu:
-        raise ConfigError(f"gso_size={p.gso_size} plus {headers} bytes of IP/UDP headers exceeds the link MTU "
-                          f"{topo.spec.mtu}: use gso_size <= {topo.spec.mtu - headers}")  # fmt: skip
+        raise ConfigError(
+            f"gso_size={p.gso_size} plus {headers} bytes of IP/UDP headers exceeds the link MTU "
+            f"{topo.spec.mtu}: use gso_size <= {topo.spec.mtu - headers}"
+        )
 
 
 class _Thread(threading.Thread):
@@ -279,8 +281,20 @@ def _measure(
         "udpsend-rx", _pinned(p.receiver_cpu, lambda: _engine.recv_loop(rx.fileno(), until, 100, buf, stamp, stop))
     )
     starts: list[int] = []  # CLOCK_MONOTONIC at each send loop's start: the series' time base for the schedule
-    senders = [_Thread(f"udpsend-tx{i}", _pinned(cpu, _stamped(starts, _send_body(p, [s.fileno() for s in socks], stamp, stop, dst, schedule), cycle if i == 0 else None)))
-               for i, (cpu, socks) in enumerate(zip(p.thread_cpus(), tx))]  # fmt: skip
+    senders = [
+        _Thread(
+            f"udpsend-tx{i}",
+            _pinned(
+                cpu,
+                _stamped(
+                    starts,
+                    _send_body(p, [s.fileno() for s in socks], stamp, stop, dst, schedule),
+                    cycle if i == 0 else None,
+                ),
+            ),
+        )
+        for i, (cpu, socks) in enumerate(zip(p.thread_cpus(), tx))
+    ]
     try:
         receiver.start()
         for thread in senders:
@@ -347,7 +361,7 @@ def _measure(
             "attempts": [b[0] for b in tx_out["series"]],
             "eagain": [b[1] for b in tx_out["series"]],
             "outq_max": [b[2] for b in tx_out["series"]],
-        },  # fmt: skip
+        },
         topology=topo.describe(),
         params=p.as_dict(),
         started=started,
@@ -355,8 +369,9 @@ def _measure(
         errno=backpressure.errno_names(tx_out["errnos"]),
         errno_method=backpressure.LOOP_ERRNO_METHOD,
     )
-    result.busy_wait, result.busy_wait_detail = backpressure.loop_busy_wait(tx_out["full_ns"], tx_out["full_cpu_ns"],
-                                                                            tx_out["full_wait_ns"])  # fmt: skip
+    result.busy_wait, result.busy_wait_detail = backpressure.loop_busy_wait(
+        tx_out["full_ns"], tx_out["full_cpu_ns"], tx_out["full_wait_ns"]
+    )
     result.checks = cross_checks(result, p.ipv6, gso_segmenter(topo))
     if cycle is not None:
         result.recovery = recovery.measure(cycle, result.series, min(starts), elapsed, RECOVERY_RATE_FROM)
@@ -376,8 +391,10 @@ def _schedule(p: SendParams) -> replay.Schedule | None:
     schedule = replay.read(p.replay, p.replay_filter, p.replay_mtu)
     limit = IPV6_MAX_DATAGRAM if p.ipv6 else IPV4_MAX_DATAGRAM
     if max(schedule.sizes) > limit:
-        raise ConfigError(f"replay={p.replay!r} has a datagram of {max(schedule.sizes)} bytes, more than an "
-                          f"{'IPv6' if p.ipv6 else 'IPv4'} socket sends ({limit}): pick its flows out with replay_filter=")  # fmt: skip
+        raise ConfigError(
+            f"replay={p.replay!r} has a datagram of {max(schedule.sizes)} bytes, more than an "
+            f"{'IPv6' if p.ipv6 else 'IPv4'} socket sends ({limit}): pick its flows out with replay_filter="
+        )
     return schedule
 
 
@@ -394,10 +411,22 @@ def replay_result(schedule: replay.Schedule, p: SendParams, out: dict[str, Any])
     bursts = []
     for row, (attempts, sent, sent_bytes, eagain, outq_max) in enumerate(out["bursts"]):
         loop, burst = divmod(row, len(shape))
-        bursts.append({"loop": loop, "burst": burst, "start_s": shape[burst]["start_s"], "span_s": shape[burst]["span_s"],
-                       "datagrams": shape[burst]["datagrams"], "bytes": shape[burst]["bytes"], "attempts": attempts,
-                       "sent": sent, "sent_bytes": sent_bytes, "eagain": eagain,
-                       "eagain_rate": round(eagain / attempts, 6) if attempts else 0.0, "outq_max": outq_max})  # fmt: skip
+        bursts.append(
+            {
+                "loop": loop,
+                "burst": burst,
+                "start_s": shape[burst]["start_s"],
+                "span_s": shape[burst]["span_s"],
+                "datagrams": shape[burst]["datagrams"],
+                "bytes": shape[burst]["bytes"],
+                "attempts": attempts,
+                "sent": sent,
+                "sent_bytes": sent_bytes,
+                "eagain": eagain,
+                "eagain_rate": round(eagain / attempts, 6) if attempts else 0.0,
+                "outq_max": outq_max,
+            }
+        )
     paced = out["attempts"] if p.speed else 0
     return {
         **schedule.describe(),
@@ -422,25 +451,46 @@ def _destination(topo: Topology, p: SendParams) -> bytes:
     return _sockaddr(socket.AF_INET, topo.receiver.addr, PORT)
 
 
-def _send_body(p: SendParams, fds: list[int], stamp: bool, stop: bytearray, dst: bytes,
-               schedule: replay.Schedule | None = None) -> Callable[[], dict[str, Any]]:  # fmt: skip
+def _send_body(
+    p: SendParams, fds: list[int], stamp: bool, stop: bytearray, dst: bytes, schedule: replay.Schedule | None = None
+) -> Callable[[], dict[str, Any]]:
     mode, batch = MODE_CODES[p.mode], p.batch
     if schedule is not None:  # the C loop keeps the schedule: sizes, due times, bursts; one call per datagram
         due, period = schedule.due_ns(p.speed), int(schedule.period_ns() / p.speed) if p.speed else 0
         largest = max(16, max(schedule.sizes))
 
         def replay_body() -> dict[str, Any]:
-            out: dict[str, Any] = _engine.send_loop(fds[0], _replay_seconds(schedule, p), largest, stamp=stamp, stop=stop,
-                                                    mode=mode, dst=dst, sizes=schedule.sizes, due=due, loops=p.loop,
-                                                    period_ns=period, burst_ends=schedule.burst_ends)  # fmt: skip
+            out: dict[str, Any] = _engine.send_loop(
+                fds[0],
+                _replay_seconds(schedule, p),
+                largest,
+                stamp=stamp,
+                stop=stop,
+                mode=mode,
+                dst=dst,
+                sizes=schedule.sizes,
+                due=due,
+                loops=p.loop,
+                period_ns=period,
+                burst_ends=schedule.burst_ends,
+            )
             return out
 
         return replay_body
 
     def body() -> dict[str, Any]:
-        out: dict[str, Any] = _engine.send_loop(fds if len(fds) > 1 else fds[0], p.duration, p.payload, rate=(p.rate or 0.0) / p.threads,
-                                                stamp=stamp, stop=stop, mode=mode, batch=batch, dst=dst,
-                                                gso_size=p.gso_size or 0)  # fmt: skip
+        out: dict[str, Any] = _engine.send_loop(
+            fds if len(fds) > 1 else fds[0],
+            p.duration,
+            p.payload,
+            rate=(p.rate or 0.0) / p.threads,
+            stamp=stamp,
+            stop=stop,
+            mode=mode,
+            batch=batch,
+            dst=dst,
+            gso_size=p.gso_size or 0,
+        )
         return out
 
     return body
@@ -486,8 +536,14 @@ def _flow_table(p: SendParams, tx: list[list[socket.socket]], outs: list[dict[st
     table = []
     for t, (cpu, socks, out) in enumerate(zip(p.thread_cpus(), tx, outs)):
         for f, sock in enumerate(socks):
-            table.append({"thread": t, "cpu": cpu, "sport": sock.getsockname()[1],
-                          **{k: out["flows"][k][f] for k in ("attempts", "sent", "eagain", "stops")}})  # fmt: skip
+            table.append(
+                {
+                    "thread": t,
+                    "cpu": cpu,
+                    "sport": sock.getsockname()[1],
+                    **{k: out["flows"][k][f] for k in ("attempts", "sent", "eagain", "stops")},
+                }
+            )
     return table
 
 
@@ -496,10 +552,14 @@ def _refuse_gso_errors(p: SendParams, out: dict[str, Any]) -> None:
     if p.mode != "gso" or not out["other_errors"] or out["sent"]:
         return
     if out["last_errno"] == errno.EIO:
-        raise ConfigError("mode='gso': every send failed with EIO: UDP GSO needs TX checksum offload on the sender's "
-                          "device (ethtool -K IF tx on)")  # fmt: skip
-    raise ConfigError(f"mode='gso': every send failed with {errno.errorcode.get(out['last_errno'], out['last_errno'])} "
-                      f"({os.strerror(out['last_errno'])}): check gso_size against the MTU and payload")  # fmt: skip
+        raise ConfigError(
+            "mode='gso': every send failed with EIO: UDP GSO needs TX checksum offload on the sender's "
+            "device (ethtool -K IF tx on)"
+        )
+    raise ConfigError(
+        f"mode='gso': every send failed with {errno.errorcode.get(out['last_errno'], out['last_errno'])} "
+        f"({os.strerror(out['last_errno'])}): check gso_size against the MTU and payload"
+    )
 
 
 def stop_loops(stop: bytearray, threads: tuple[threading.Thread, ...]) -> None:
@@ -516,8 +576,12 @@ def stop_loops(stop: bytearray, threads: tuple[threading.Thread, ...]) -> None:
 def _note_sampling(wfree: dict[str, Any], rx_out: dict[str, Any], sent: int) -> None:
     """The timestamp estimate's percentiles come from a bounded sample: say how it was taken."""
     seen, kept = rx_out["seen"], rx_out["samples"]
-    wfree["samples"] = {"seen": seen, "kept": kept, "cap": SAMPLE_CAP,
-                        "method": "all" if kept == seen else "uniform reservoir (Algorithm R)"}  # fmt: skip
+    wfree["samples"] = {
+        "seen": seen,
+        "kept": kept,
+        "cap": SAMPLE_CAP,
+        "method": "all" if kept == seen else "uniform reservoir (Algorithm R)",
+    }
     wfree["count"] = seen
     wfree["coverage"] = round(seen / sent, 4) if sent else 0.0
     if seen:
@@ -540,13 +604,17 @@ def _gso_wfree_check(r: SendResult, segmenter: str) -> str:
     segmented first, __udp_gso_segment() hands sock_wfree to each segment, skbs the probe never saw charged."""
     n = r.wfree.get("count", 0)
     if segmenter:
-        return (f"sock_wfree count {n} not compared: {segmenter} may segment the super-datagrams before their release, "
-                f"and then each segment is released under an skb the probe never saw charged: what it counts (and times) are "
-                f"segments at recycled addresses of earlier super-skbs (charges {r.wfree.get('charges', 0)}, "
-                f"super-sends {r.sent})")  # fmt: skip
+        return (
+            f"sock_wfree count {n} not compared: {segmenter} may segment the super-datagrams before their release, "
+            f"and then each segment is released under an skb the probe never saw charged: what it counts (and times) are "
+            f"segments at recycled addresses of earlier super-skbs (charges {r.wfree.get('charges', 0)}, "
+            f"super-sends {r.sent})"
+        )
     ok = abs(n - r.sent) <= 0.05 * max(r.sent, 1)
-    return (f"sock_wfree count {n} vs super-sends {r.sent} (each crosses veth whole and is released once; "
-            f"{r.segments} segments on the wire): {'ok' if ok else 'MISMATCH'}")  # fmt: skip
+    return (
+        f"sock_wfree count {n} vs super-sends {r.sent} (each crosses veth whole and is released once; "
+        f"{r.segments} segments on the wire): {'ok' if ok else 'MISMATCH'}"
+    )
 
 
 def cross_checks(r: SendResult, ipv6: bool, segmenter: str = "") -> list[str]:
@@ -567,8 +635,10 @@ def cross_checks(r: SendResult, ipv6: bool, segmenter: str = "") -> list[str]:
         lines.append(_gso_wfree_check(r, segmenter))
     elif exact:  # datagrams, not sock_wfree calls: under GRO one call releases an aggregate
         n, tolerance = r.wfree["count"], 0.01 if r.wfree["backend"] == "tracepoint" else 0.05
-        lines.append(f"datagrams released {n} (sock_wfree calls {r.wfree.get('calls', n)}) vs sent {r.sent}: "
-                     f"{'ok' if abs(n - r.sent) <= tolerance * max(r.sent, 1) else 'MISMATCH'}")  # fmt: skip
+        lines.append(
+            f"datagrams released {n} (sock_wfree calls {r.wfree.get('calls', n)}) vs sent {r.sent}: "
+            f"{'ok' if abs(n - r.sent) <= tolerance * max(r.sent, 1) else 'MISMATCH'}"
+        )
     return lines
 
 

@@ -221,16 +221,22 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 """
 )
 
-MSG_METHOD = ("raw tracepoint sock:sock_send_length (bcc, header-free; socket fields from kernel BTF) on {kernel}: "
-              "every message's return on a UDP socket of the program's {who}, inside sendmmsg too and for write(2) "
-              "on a socket; errors raised before the protocol's sendmsg (EBADF, EFAULT, ENOTSOCK) are not seen")  # fmt: skip
-SYSCALL_METHOD = ("raw tracepoint sys_exit of sendto/sendmsg/sendmmsg (bcc, header-free) on {kernel}, which has no "
-                  "sock:sock_send_length (6.3+): the program's {who}, sockets of any kind; write(2) is not attributable "
-                  "to a socket there and is not counted, and a sendmmsg that stopped part-way returns the count, so "
-                  "its errno is not seen")  # fmt: skip
-BLOCKED_METHOD = ("raw sys_enter of the program's threads to the send's return ({ret}), per call (per message in "
-                  "sendmmsg); 'slept': the thread's voluntary context switches (task_struct.nvcsw) rose inside the "
-                  "call, i.e. it waited (for buffer space: sock_wait_for_wmem); histogram log-linear, 12.5 % buckets")  # fmt: skip
+MSG_METHOD = (
+    "raw tracepoint sock:sock_send_length (bcc, header-free; socket fields from kernel BTF) on {kernel}: "
+    "every message's return on a UDP socket of the program's {who}, inside sendmmsg too and for write(2) "
+    "on a socket; errors raised before the protocol's sendmsg (EBADF, EFAULT, ENOTSOCK) are not seen"
+)
+SYSCALL_METHOD = (
+    "raw tracepoint sys_exit of sendto/sendmsg/sendmmsg (bcc, header-free) on {kernel}, which has no "
+    "sock:sock_send_length (6.3+): the program's {who}, sockets of any kind; write(2) is not attributable "
+    "to a socket there and is not counted, and a sendmmsg that stopped part-way returns the count, so "
+    "its errno is not seen"
+)
+BLOCKED_METHOD = (
+    "raw sys_enter of the program's threads to the send's return ({ret}), per call (per message in "
+    "sendmmsg); 'slept': the thread's voluntary context switches (task_struct.nvcsw) rose inside the "
+    "call, i.e. it waited (for buffer space: sock_wait_for_wmem); histogram log-linear, 12.5 % buckets"
+)
 NOT_ASKED = "not measured: ask with sender_process.run(..., time_blocked=True) (its sys_enter tracepoint slows every task's syscalls)"
 
 
@@ -252,8 +258,10 @@ def has_send_length(path: Path = BTF_PATH) -> bool:
 def unavailable() -> str | None:
     """None if tracing the program's sends may work here, else why not (and the fix)."""
     if not BTF_PATH.exists():
-        return (f"this kernel ({os.uname().release}) has no BTF at {BTF_PATH} (CONFIG_DEBUG_INFO_BTF unset), so the "
-                "socket's fields cannot be located: use a kernel with BTF (--udpsend-kernel)")  # fmt: skip
+        return (
+            f"this kernel ({os.uname().release}) has no BTF at {BTF_PATH} (CONFIG_DEBUG_INFO_BTF unset), so the "
+            "socket's fields cannot be located: use a kernel with BTF (--udpsend-kernel)"
+        )
     if os.geteuid() != 0:
         return "loading eBPF programs needs root: run the tests as root"
     problem = tracepoint_unavailable()  # bcc importable, and the right bcc
@@ -335,24 +343,31 @@ class SendTrace:
 
         try:
             self.per_message = has_send_length() if self._force is None else self._force
-            offsets = {**btf_offsets("sock", ("sk_type", "sk_protocol")), **btf_offsets("task_struct", ("nvcsw",)),
-                       **btf_offsets("pt_regs", ("orig_ax",))}  # fmt: skip
+            offsets = {
+                **btf_offsets("sock", ("sk_type", "sk_protocol")),
+                **btf_offsets("task_struct", ("nvcsw",)),
+                **btf_offsets("pt_regs", ("orig_ax",)),
+            }
         except (OSError, ValueError, KeyError) as exc:
             raise PrivilegeError(
                 f"the fields the send tracer reads could not be located in {BTF_PATH} on {self.kernel} ({exc})"
             ) from None
         nrs = dict(zip(("SENDTO", "SENDMSG", "SENDMMSG", "WRITE"), SYSCALLS[platform.machine()]))
-        cflags = ([f"-DOFF_{name.upper()}={off}" for name, off in offsets.items()]
-                  + [f"-DNR_{name}={nr}" for name, nr in nrs.items()]
-                  + [f"-DSUB={SUB}", f"-DTIMED={int(self.time_blocked)}"])  # fmt: skip
+        cflags = (
+            [f"-DOFF_{name.upper()}={off}" for name, off in offsets.items()]
+            + [f"-DNR_{name}={nr}" for name, nr in nrs.items()]
+            + [f"-DSUB={SUB}", f"-DTIMED={int(self.time_blocked)}"]
+        )
         with _stub_kernel_tree(), _stderr_to_file() as log:
             try:
                 return BPF(text=PROGRAM.encode(), cflags=cflags)
             except Exception as exc:
                 log.seek(0)
                 errors = [line for line in log.read().splitlines() if "error" in line][:3]
-                raise PrivilegeError(f"the send tracer could not be built on {self.kernel} ({exc}): "
-                                     + ("; ".join(errors) or "no compiler output")) from None  # fmt: skip
+                raise PrivilegeError(
+                    f"the send tracer could not be built on {self.kernel} ({exc}): "
+                    + ("; ".join(errors) or "no compiler output")
+                ) from None
 
     def stop(self) -> Traced:
         """Detach and read the sums."""

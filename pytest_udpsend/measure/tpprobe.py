@@ -97,8 +97,13 @@ NETEM_ORPHANS = ("delay", "jitter", "rate")  # netem_enqueue(): skb_orphan_parti
 # slots of the C's stats array after the per-context pairs (count, max_ns)
 S_CHARGES, S_CALLS, S_GRO, S_LOST = (len(CONTEXTS) * 2 + i for i in range(4))
 CHARGE_EVENT = ("net_dev_queue", "on_queue")
-RELEASE_EVENTS = (("netif_receive_skb", "on_rx"), ("consume_skb", "on_consume"), ("kfree_skb", "on_kfree"),
-                  ("napi_gro_receive_entry", "on_gro_entry"), ("napi_gro_receive_exit", "on_gro_exit"))  # fmt: skip
+RELEASE_EVENTS = (
+    ("netif_receive_skb", "on_rx"),
+    ("consume_skb", "on_consume"),
+    ("kfree_skb", "on_kfree"),
+    ("napi_gro_receive_entry", "on_gro_entry"),
+    ("napi_gro_receive_exit", "on_gro_exit"),
+)
 EVENTS = (CHARGE_EVENT, *RELEASE_EVENTS)
 # One datagram in TIME_EVERY is timed (chosen at random per CPU): at 400k datagrams/s that is 25k
 # timed datagrams a second, enough for a p99; untimed ones cost no map insert (ci/bench_tpprobe.py).
@@ -113,11 +118,13 @@ STAGES = {
     "full": 9,
 }  # how much of the program runs (ci/bench_tpprobe.py: where the cost is)
 
-INTERVAL = {"from": "net:net_dev_queue (the sender's __dev_queue_xmit, before any qdisc)",
-            "to": "the release event (net:netif_receive_skb, net:napi_gro_receive_entry, skb:consume_skb, skb:kfree_skb)",
-            "includes": "qdisc waits, the link crossing, backlog and NAPI waits, TX completion",
-            "misses": "charge (skb_set_owner_w) -> __dev_queue_xmit: the IP and neighbour output path, a few us; "
-                      "release event -> sock_wfree: a few instructions"}  # fmt: skip
+INTERVAL = {
+    "from": "net:net_dev_queue (the sender's __dev_queue_xmit, before any qdisc)",
+    "to": "the release event (net:netif_receive_skb, net:napi_gro_receive_entry, skb:consume_skb, skb:kfree_skb)",
+    "includes": "qdisc waits, the link crossing, backlog and NAPI waits, TX completion",
+    "misses": "charge (skb_set_owner_w) -> __dev_queue_xmit: the IP and neighbour output path, a few us; "
+    "release event -> sock_wfree: a few instructions",
+}
 
 
 def method_text(time_every: int, timed: int) -> str:
@@ -125,12 +132,14 @@ def method_text(time_every: int, timed: int) -> str:
     sample = (
         "every datagram is timed" if time_every == 1 else f"1 datagram in {time_every} is timed (at random, per CPU)"
     )
-    return ("exact counts and contexts from raw tracepoints (bcc, header-free, skb offsets from kernel BTF): a datagram "
-            "is queued at net:net_dev_queue and released at the first of net:netif_receive_skb, "
-            "net:napi_gro_receive_entry, skb:consume_skb, skb:kfree_skb with skb->destructor still sock_wfree and "
-            "skb->sk a socket of the sender; inline is a release in a thread that queued the sender's datagrams; "
-            f"latency (percentiles, histograms, max) is sampled: {sample}, {timed} timed in this run, "
-            "from net_dev_queue to that release event (see interval)")  # fmt: skip
+    return (
+        "exact counts and contexts from raw tracepoints (bcc, header-free, skb offsets from kernel BTF): a datagram "
+        "is queued at net:net_dev_queue and released at the first of net:netif_receive_skb, "
+        "net:napi_gro_receive_entry, skb:consume_skb, skb:kfree_skb with skb->destructor still sock_wfree and "
+        "skb->sk a socket of the sender; inline is a release in a thread that queued the sender's datagrams; "
+        f"latency (percentiles, histograms, max) is sampled: {sample}, {timed} timed in this run, "
+        "from net_dev_queue to that release event (see interval)"
+    )
 
 
 # The stub "kernel tree" bcc compiles against: what its own helpers include, and nothing of a kernel's structs.
@@ -553,8 +562,10 @@ def tracepoint_unavailable() -> str | None:
     if not hasattr(bcc, "BPF"):
         return "the 'bcc' module found is not the BPF Compiler Collection (the PyPI 'bcc' is unrelated): pip uninstall bcc; apt-get install python3-bpfcc"
     if not BTF_PATH.exists():
-        return (f"this kernel ({os.uname().release}) has no BTF at {BTF_PATH} (CONFIG_DEBUG_INFO_BTF unset), so the skb's "
-                "fields cannot be located: use --udpsend-backend timestamp, or a kernel with BTF via --udpsend-kernel")  # fmt: skip
+        return (
+            f"this kernel ({os.uname().release}) has no BTF at {BTF_PATH} (CONFIG_DEBUG_INFO_BTF unset), so the skb's "
+            "fields cannot be located: use --udpsend-backend timestamp, or a kernel with BTF via --udpsend-kernel"
+        )
     if os.geteuid() != 0:
         return "loading eBPF programs needs root: run the tests as root"
     return None
@@ -620,9 +631,11 @@ def netem_orphans(path: TopologySpec | None) -> str | None:
     early = [key for key in NETEM_ORPHANS if qdisc.params.get(key)]
     if not early:
         return None
-    return (f"sock_wfree not measurable from tracepoints under '{qdisc.text}': netem with {'/'.join(early)} orphans each "
-            "skb at enqueue (skb_orphan_partial() in netem_enqueue()), where no tracepoint fires; use --udpsend-backend bpf "
-            "(the kernel lane has it) for this path")  # fmt: skip
+    return (
+        f"sock_wfree not measurable from tracepoints under '{qdisc.text}': netem with {'/'.join(early)} orphans each "
+        "skb at enqueue (skb_orphan_partial() in netem_enqueue()), where no tracepoint fires; use --udpsend-backend bpf "
+        "(the kernel lane has it) for this path"
+    )
 
 
 class TracepointProbe:
@@ -675,15 +688,23 @@ class TracepointProbe:
             with contextlib.suppress(KeyError):  # before 5.12: not counted
                 self._misses_offset = btf_offsets("bpf_prog_info", ("recursion_misses",))["recursion_misses"]
         except (OSError, ValueError, KeyError) as exc:
-            raise PrivilegeError(f"the skb's fields could not be located in {BTF_PATH} on {release} ({exc}); "
-                                 "use --udpsend-backend timestamp") from None  # fmt: skip
+            raise PrivilegeError(
+                f"the skb's fields could not be located in {BTF_PATH} on {release} ({exc}); "
+                "use --udpsend-backend timestamp"
+            ) from None
         wfree = BPF.ksymname(b"sock_wfree")
         if wfree in (-1, 0, None):
-            raise PrivilegeError("sock_wfree's address is hidden in /proc/kallsyms (kernel.kptr_restrict): run as root with "
-                                 "kernel.kptr_restrict at 0 or 1, or use --udpsend-backend timestamp")  # fmt: skip
+            raise PrivilegeError(
+                "sock_wfree's address is hidden in /proc/kallsyms (kernel.kptr_restrict): run as root with "
+                "kernel.kptr_restrict at 0 or 1, or use --udpsend-backend timestamp"
+            )
         cflags = [f"-DOFF_{name.upper()}={off}" for name, off in self.offsets.items()] + [
-            f"-DSOCK_WFREE={wfree}ULL", f"-DTIME_EVERY={self.time_every}", f"-DSTACK_EVERY={self.stack_every}",
-            f"-DSTAGE={self.stage}", *read_spans(self.offsets)]  # fmt: skip
+            f"-DSOCK_WFREE={wfree}ULL",
+            f"-DTIME_EVERY={self.time_every}",
+            f"-DSTACK_EVERY={self.stack_every}",
+            f"-DSTAGE={self.stage}",
+            *read_spans(self.offsets),
+        ]
         with _stub_kernel_tree(), _stderr_to_file() as log:
             try:
                 bpf = BPF(text=PROGRAM.encode(), cflags=cflags)
@@ -693,8 +714,10 @@ class TracepointProbe:
             except Exception as exc:
                 log.seek(0)
                 errors = [line for line in log.read().splitlines() if "error" in line][:3]
-                raise PrivilegeError(f"the tracepoint probe could not be built on {release} ({exc}): "
-                                     + ("; ".join(errors) or "no compiler output")) from None  # fmt: skip
+                raise PrivilegeError(
+                    f"the tracepoint probe could not be built on {release} ({exc}): "
+                    + ("; ".join(errors) or "no compiler output")
+                ) from None
         return bpf
 
     def _set_attached(self, on: bool) -> None:
@@ -806,8 +829,12 @@ class TracepointProbe:
                 return []
             return [BPF.ksym(addr).decode(errors="replace") for addr in itertools.takewhile(bool, ips)]
 
-        return {"stacks": top_stacks(counts, frames_of, contexts), "stacks_lost": lost,
-                "stacks_sampled": sum(counts.values()) + lost, "stack_every": self.stack_every}  # fmt: skip
+        return {
+            "stacks": top_stacks(counts, frames_of, contexts),
+            "stacks_lost": lost,
+            "stacks_sampled": sum(counts.values()) + lost,
+            "stack_every": self.stack_every,
+        }
 
     def close(self) -> None:
         if self._bpf is not None:

@@ -8,5 +8,15 @@ from typing import Any
 def not_measured(backend: str, why: str) -> dict[str, Any]:
     """A wfree result without figures: ``count`` and the latencies None (a bound on them fails as "not
     measured"), ``method`` and ``unavailable`` the sentence saying why."""
-    return {"backend": backend, "method": why, "unavailable": why, "count": None, "p50_us": None, "p90_us": None,
-            "p99_us": None, "max_us": None, "contexts": {}, "histogram": {}}  # fmt: skip
+    return {
+        "backend": backend,
+        "method": why,
+        "unavailable": why,
+        "count": None,
+        "p50_us": None,
+        "p90_us": None,
+        "p99_us": None,
+        "max_us": None,
+        "contexts": {},
+        "histogram": {},
+    }

@@ -137,8 +137,11 @@ def worst_burst(bound: Bound, result: Mapping[str, Any]) -> tuple[int, Mapping[s
     """(index, burst) of a replay's burst that decides a per-burst bound: the highest value against a max
     (the lowest against a min only), the one outside the range for both; bursts without a send attempt
     have no rate and are left out.  None: the result has no bursts (not a replay)."""
-    found = [(i, b) for i, b in enumerate(lookup(result, "replay.bursts") or [])
-             if isinstance(b, Mapping) and b.get("attempts") and isinstance(b.get(bound.metric), (int, float))]  # fmt: skip
+    found = [
+        (i, b)
+        for i, b in enumerate(lookup(result, "replay.bursts") or [])
+        if isinstance(b, Mapping) and b.get("attempts") and isinstance(b.get(bound.metric), (int, float))
+    ]
     if not found:
         return None
     high = max(found, key=lambda ib: float(ib[1][bound.metric]))
@@ -160,9 +163,11 @@ def wfree_bounds(
         if val is not None
     ]
     if not bounds and backend == "any":
-        raise ConfigError("no bound given, so nothing would be checked: give p50_us=, p99_us= and/or max_us= "
-                          "(microseconds), or backend='bpf' (or 'tracepoint') to demand that exact measurement "
-                          "(the wfree_probe fixture measures without a bound)")  # fmt: skip
+        raise ConfigError(
+            "no bound given, so nothing would be checked: give p50_us=, p99_us= and/or max_us= "
+            "(microseconds), or backend='bpf' (or 'tracepoint') to demand that exact measurement "
+            "(the wfree_probe fixture measures without a bound)"
+        )
     # A bound-less wfree_latency that names a backend still demands a measurement with samples.
     bounds.append(Bound("wfree_latency", "wfree.count", 1, None, spec))
     return bounds, (str(backend), spec)
@@ -224,9 +229,11 @@ def failure_table(
 ) -> str:
     """The text a failing assertion marker shows: the bounds that applied on this kernel, then the others."""
     if any(b.per == "burst" and worst_burst(b, result) is None for b, _, _ in rows):
-        return (f"@pytest.mark.{next(b.marker for b, _, _ in rows if b.per == 'burst')}(per='burst') bounds each burst "
-                "of a replay, but this test's result has no bursts (it was not a replay): send with replay= (a capture "
-                "or a built-in shape such as replay='shape:telemetry') or drop per='burst'")  # fmt: skip
+        return (
+            f"@pytest.mark.{next(b.marker for b, _, _ in rows if b.per == 'burst')}(per='burst') bounds each burst "
+            "of a replay, but this test's result has no bursts (it was not a replay): send with replay= (a capture "
+            "or a built-in shape such as replay='shape:telemetry') or drop per='burst'"
+        )
     width = max(len(r[0].name) for r in rows) + 2
     bwidth = max([len(r[0].describe()) for r in rows] + [16]) + 2
     lines = [f"udpsend bounds violated{label}:", f"  {'metric':<{width}}{'measured':>14}  {'bound':<{bwidth}}ok"]
@@ -248,22 +255,31 @@ def failure_table(
     for bound, _, _ in rows:  # a per-burst bound: which burst decided, where it sits in the capture
         if bound.per == "burst" and (worst := worst_burst(bound, result)) is not None:
             i, b = worst
-            lines.append(f"    burst    #{b.get('burst', i)}" + (f" of loop {b['loop']}" if b.get("loop") else "")
-                         + f" at {b.get('start_s', 0):.3f} s: {b.get('datagrams')} datagrams, {b.get('eagain')} EAGAIN "
-                         f"of {b.get('attempts')} attempts, SIOCOUTQ peak {b.get('outq_max')} B "
-                         f"(worst of {len((result.get('replay') or {}).get('bursts') or [])} bursts)")  # fmt: skip
+            lines.append(
+                f"    burst    #{b.get('burst', i)}"
+                + (f" of loop {b['loop']}" if b.get("loop") else "")
+                + f" at {b.get('start_s', 0):.3f} s: {b.get('datagrams')} datagrams, {b.get('eagain')} EAGAIN "
+                f"of {b.get('attempts')} attempts, SIOCOUTQ peak {b.get('outq_max')} B "
+                f"(worst of {len((result.get('replay') or {}).get('bursts') or [])} bursts)"
+            )
     if any(bound.marker == "resume_ms" for bound, _, _ in rows):  # each release, the rates it was read against
         rec = result.get("recovery") or {}
-        back = ", ".join(f"{r['at_ms']:.0f} ms: {'never' if r['resume_ms'] is None else format(r['resume_ms'], 'g') + ' ms'}"
-                         for r in rec.get("releases") or [])  # fmt: skip
-        lines.append(f"    recovery to {rec.get('resume_fraction', 0.9):.0%} of {rec.get('reference_pps')} pps "
-                     f"({rec.get('reference', 'not measured')}), {rec.get('window_ms', 10)} ms windows, pressured "
-                     f"{rec.get('pressured_pps')} pps; per release {back or '-'}"
-                     + "".join(f"; {rec[k]}" for k in ("unavailable", "note") if rec.get(k)))  # fmt: skip
+        back = ", ".join(
+            f"{r['at_ms']:.0f} ms: {'never' if r['resume_ms'] is None else format(r['resume_ms'], 'g') + ' ms'}"
+            for r in rec.get("releases") or []
+        )
+        lines.append(
+            f"    recovery to {rec.get('resume_fraction', 0.9):.0%} of {rec.get('reference_pps')} pps "
+            f"({rec.get('reference', 'not measured')}), {rec.get('window_ms', 10)} ms windows, pressured "
+            f"{rec.get('pressured_pps')} pps; per release {back or '-'}"
+            + "".join(f"; {rec[k]}" for k in ("unavailable", "note") if rec.get(k))
+        )
     if any(bound.metric == "busy_wait" for bound, _, _ in rows):  # what the figure was read from, or why it is none
         busy = result.get("busy_wait_detail") or {}
-        lines.append(f"    busy-wait send buffer full {busy.get('full_s', 0)} s: sender CPU {busy.get('cpu_s', 0)} s, asleep "
-                     f"{busy.get('asleep_s', 0)} s ({busy.get('unavailable') or busy.get('method') or 'not measured'})")  # fmt: skip
+        lines.append(
+            f"    busy-wait send buffer full {busy.get('full_s', 0)} s: sender CPU {busy.get('cpu_s', 0)} s, asleep "
+            f"{busy.get('asleep_s', 0)} s ({busy.get('unavailable') or busy.get('method') or 'not measured'})"
+        )
     findings = result.get("diagnosis") or []  # measure/diagnosis.py: why, and what lifts it
     lines += ["  diagnosis:"] + [f"    - {d['finding']}\n      ({d['evidence']})" for d in findings] if findings else []
     return "\n".join(lines)

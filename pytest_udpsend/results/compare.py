@@ -210,8 +210,9 @@ def allowed_change(metric: str, base_median: float, tolerance: float, noise: flo
     return abs(moved(metric, [base_median], base_median, tolerance, True, noise)[0] - base_median)
 
 
-def moved(metric: str, base: Sequence[float], base_median: float, tolerance: float, worse: bool,
-          noise: float | None = None) -> list[float]:  # fmt: skip
+def moved(
+    metric: str, base: Sequence[float], base_median: float, tolerance: float, worse: bool, noise: float | None = None
+) -> list[float]:
     """The baseline samples moved by the allowed change, in the worse direction (or the better one).
 
     Linear metrics move by one amount (from the median); a rate moves on its odds, sample
@@ -230,8 +231,15 @@ def moved(metric: str, base: Sequence[float], base_median: float, tolerance: flo
     return [v + step if up else v - step for v in base]
 
 
-def compare_metric(test: str, metric: str, base: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]],
-                   tolerance: float, lvl: float, noise: float | None = None) -> Row:  # fmt: skip
+def compare_metric(
+    test: str,
+    metric: str,
+    base: Sequence[Mapping[str, Any]],
+    new: Sequence[Mapping[str, Any]],
+    tolerance: float,
+    lvl: float,
+    noise: float | None = None,
+) -> Row:
     """``noise``: the metric's noise factor (default: its session floor)."""
     spec = METRICS[metric]
     b, n = values(base, metric), values(new, metric)
@@ -262,8 +270,14 @@ def compare_metric(test: str, metric: str, base: Sequence[Mapping[str, Any]], ne
     return replace(row, p_value=p, verdict="improved" if better < lvl else "ok")
 
 
-def absent(test: str, metric: str, base: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]],
-           b: Sequence[float], n: Sequence[float]) -> Row:  # fmt: skip
+def absent(
+    test: str,
+    metric: str,
+    base: Sequence[Mapping[str, Any]],
+    new: Sequence[Mapping[str, Any]],
+    b: Sequence[float],
+    n: Sequence[float],
+) -> Row:
     """A metric a side lacks: "not measured" (absent by design) if both lack it or the lacking side's samples say
     why; else "lost", refused: a probe that silently stopped working must not pass as not measured."""
     for side, other, samples, vs in (
@@ -271,8 +285,17 @@ def absent(test: str, metric: str, base: Sequence[Mapping[str, Any]], new: Seque
         ("the baseline", "the new results", base, b),
     ):
         if not vs and (b or n) and not all(says_why_absent(s, metric) for s in samples):
-            return Row(test, metric, None, None, None, None, "lost", note=f"in {side} ({other} measured it, and these samples "
-                       "neither lack a probe nor say why it is unavailable): did a probe stop working?")  # fmt: skip
+            return Row(
+                test,
+                metric,
+                None,
+                None,
+                None,
+                None,
+                "lost",
+                note=f"in {side} ({other} measured it, and these samples "
+                "neither lack a probe nor say why it is unavailable): did a probe stop working?",
+            )
     return Row(test, metric, None, None, None, None, "not measured")
 
 
@@ -296,16 +319,25 @@ def param_mismatch(base: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str,
     return ", ".join(diff) or None
 
 
-def compare_test(test: str, base: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, Any]],
-                 settings: Settings, family: int, tolerance: float | None = None,
-                 metrics: Sequence[str] | None = None, floors: Mapping[str, Mapping[str, float]] | None = None) -> list[Row]:  # fmt: skip
+def compare_test(
+    test: str,
+    base: Sequence[Mapping[str, Any]] | None,
+    new: Sequence[Mapping[str, Any]],
+    settings: Settings,
+    family: int,
+    tolerance: float | None = None,
+    metrics: Sequence[str] | None = None,
+    floors: Mapping[str, Mapping[str, float]] | None = None,
+) -> list[Row]:
     """Rows for one test; ``tolerance``/``metrics`` are a udpsend_baseline marker's overrides; ``floors`` the
     test's own noise floors learned from a baseline of several sessions (results/floors.py), per metric."""
     if base is None:
         return [Row(test, "-", None, None, None, None, "no baseline")]
     base_n, new_n = len(base), len(new)
-    for side, samples, why in (("the baseline", base, "it holds the test but no measurement"),
-                               ("the new results", new, "the test ran but measured nothing")):  # fmt: skip
+    for side, samples, why in (
+        ("the baseline", base, "it holds the test but no measurement"),
+        ("the new results", new, "the test ran but measured nothing"),
+    ):
         if not samples:
             return [
                 Row(
@@ -326,8 +358,12 @@ def compare_test(test: str, base: Sequence[Mapping[str, Any]] | None, new: Seque
         return [Row(test, "-", None, None, None, None, "measured differently", note=mixed, base_n=base_n, new_n=new_n)]
     tol = settings.tolerance if tolerance is None else tolerance
     own = floors or {}
-    rows = [compare_metric(test, m, base, new, tol, level(settings, family), own[m]["factor"] if m in own else settings.noise(m))
-            for m in (metrics or settings.names())]  # fmt: skip
+    rows = [
+        compare_metric(
+            test, m, base, new, tol, level(settings, family), own[m]["factor"] if m in own else settings.noise(m)
+        )
+        for m in (metrics or settings.names())
+    ]
     return [
         replace(r, note=r.note or mixed or _floor_note(own.get(r.metric)), base_n=base_n, new_n=new_n) for r in rows
     ]
@@ -385,9 +421,11 @@ def nothing_compared(rows: Sequence[Row]) -> str | None:
     if not rows:
         return "nothing was compared with the baseline: no test of this run was measured against it"
     absent = [r.verdict for r in rows]
-    why = ("none of the baseline's tests measured here (a -k run or a shard that selected none of them)"
-           if all(v in ("missing in new run", "no baseline") for v in absent)
-           else "every metric compared is absent on one side (not measured: no probe)")  # fmt: skip
+    why = (
+        "none of the baseline's tests measured here (a -k run or a shard that selected none of them)"
+        if all(v in ("missing in new run", "no baseline") for v in absent)
+        else "every metric compared is absent on one side (not measured: no probe)"
+    )
     return f"nothing was compared with the baseline: {why}"
 
 
@@ -401,8 +439,10 @@ def not_compared(rows: Sequence[Row]) -> list[str]:
     lines = []
     missing = sorted({r.test for r in rows if r.verdict == "missing in new run"})
     if missing:
-        lines.append(f"not compared: {len(missing)} test(s) of the baseline not in the new results "
-                     f"(not selected: a -k run, a shard): {_few(missing)}")  # fmt: skip
+        lines.append(
+            f"not compared: {len(missing)} test(s) of the baseline not in the new results "
+            f"(not selected: a -k run, a shard): {_few(missing)}"
+        )
     new = sorted({r.test for r in rows if r.verdict == "no baseline"})
     if new:
         lines.append(f"not compared: {len(new)} test(s) not in the baseline: {_few(new)}")
@@ -412,17 +452,22 @@ def not_compared(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
-def coverage_refusal(base: Mapping[str, Sequence[Any]], new: Mapping[str, Sequence[Any]],
-                     base_name: str, new_name: str) -> str | None:  # fmt: skip
+def coverage_refusal(
+    base: Mapping[str, Sequence[Any]], new: Mapping[str, Sequence[Any]], base_name: str, new_name: str
+) -> str | None:
     """One sentence if two documents (tests -> samples) cannot be compared at all, else None."""
     if not new:
-        return (f"{new_name} has no tests: nothing was measured (a --collect-only run, or a run in which no test "
-                "measured, writes no results); compare a run that measured")  # fmt: skip
+        return (
+            f"{new_name} has no tests: nothing was measured (a --collect-only run, or a run in which no test "
+            "measured, writes no results); compare a run that measured"
+        )
     if not base:
         return f"the baseline {base_name} has no tests: there is nothing to compare with"
     if all(find(test, base) is None for test in new):
-        return (f"{new_name} shares no test with the baseline {base_name} (new: {_few(sorted(new), 2)}; baseline: "
-                f"{_few(sorted(base), 2)}): nothing can be compared; compare results of the same tests")  # fmt: skip
+        return (
+            f"{new_name} shares no test with the baseline {base_name} (new: {_few(sorted(new), 2)}; baseline: "
+            f"{_few(sorted(base), 2)}): nothing can be compared; compare results of the same tests"
+        )
     return None
 
 
@@ -436,16 +481,21 @@ def _where(env: Mapping[str, Any]) -> str:
 
 def env_mismatch(base_env: Mapping[str, Any], new_env: Mapping[str, Any], with_lane: bool = True) -> str | None:
     """One phrase naming how two environments measured differently, or None if alike."""
-    diff = [f"{k} {base_env.get(k)!r} vs {new_env.get(k)!r}" for k in ENV_FIELDS
-            if k in base_env and k in new_env and base_env[k] != new_env[k]]  # fmt: skip
+    diff = [
+        f"{k} {base_env.get(k)!r} vs {new_env.get(k)!r}"
+        for k in ENV_FIELDS
+        if k in base_env and k in new_env and base_env[k] != new_env[k]
+    ]
     if with_lane and _where(base_env) != _where(new_env):
         diff.append(f"{_where(base_env)} vs {_where(new_env)}")
     return "; ".join(diff) or None
 
 
 def mixed_refusal(what: str, option: str) -> str:
-    return (f"the baseline and this run were measured differently ({what}), so their difference is not the change "
-            f"under test; measure both the same way (CI: both through the kernel lane), or pass {option} if intended")  # fmt: skip
+    return (
+        f"the baseline and this run were measured differently ({what}), so their difference is not the change "
+        f"under test; measure both the same way (CI: both through the kernel lane), or pass {option} if intended"
+    )
 
 
 # --- the record the gate leaves, and the table ------------------------------------------------
@@ -492,13 +542,19 @@ def header(settings: Settings, family: int) -> str:
         if settings.one_command
         else "session noise floor"
     )
-    return (f"alpha {settings.alpha:g} over {family} comparisons (Bonferroni: p < {level(settings, family):.2g}); "
-            f"a regression is worse than the baseline by more than the allowed change (tolerance {settings.tolerance:g} "
-            f"or the metric's {floor}, whichever is larger)")  # fmt: skip
+    return (
+        f"alpha {settings.alpha:g} over {family} comparisons (Bonferroni: p < {level(settings, family):.2g}); "
+        f"a regression is worse than the baseline by more than the allowed change (tolerance {settings.tolerance:g} "
+        f"or the metric's {floor}, whichever is larger)"
+    )
 
 
-def table(rows: Sequence[Row], base_env: Mapping[str, Any] | None = None, new_env: Mapping[str, Any] | None = None,
-          head: str = "") -> str:  # fmt: skip
+def table(
+    rows: Sequence[Row],
+    base_env: Mapping[str, Any] | None = None,
+    new_env: Mapping[str, Any] | None = None,
+    head: str = "",
+) -> str:
     lines = [head] if head else []
     if base_env or new_env:
         lines.append(
@@ -512,8 +568,10 @@ def table(rows: Sequence[Row], base_env: Mapping[str, Any] | None = None, new_en
         p = "-" if r.p_value is None else f"{r.p_value:.2g}"
         allowed = "-" if r.allowed is None else f"{r.allowed:.0%}"
         verdict = f"{r.verdict}: {r.note}" if r.note else r.verdict
-        lines.append(f"{r.test:<{width}}  {r.metric:<13} {_num(r.base_median):>10} {_num(r.new_median):>10} "
-                     f"{_change(r):>14} {allowed:>8} {p:>8}  {verdict}")  # fmt: skip
+        lines.append(
+            f"{r.test:<{width}}  {r.metric:<13} {_num(r.base_median):>10} {_num(r.new_median):>10} "
+            f"{_change(r):>14} {allowed:>8} {p:>8}  {verdict}"
+        )
     return "\n".join(lines)
 
 
@@ -525,9 +583,11 @@ def common_shift(rows: Sequence[Row]) -> str | None:
         if len(moved) >= 4 and len(worse) >= 0.8 * len(moved):
             median = statistics.median(r.change for r in worse if r.change is not None)
             if abs(median) >= 0.1:
-                return (f"{len(worse)} of {len(moved)} tests moved together ({metric} {median:+.0%} in the median): "
-                        "the host changed between the sessions (load, frequency, another tenant) or the change under "
-                        "test affects everything; a two-session comparison cannot tell which (README, Baseline comparison)")  # fmt: skip
+                return (
+                    f"{len(worse)} of {len(moved)} tests moved together ({metric} {median:+.0%} in the median): "
+                    "the host changed between the sessions (load, frequency, another tenant) or the change under "
+                    "test affects everything; a two-session comparison cannot tell which (README, Baseline comparison)"
+                )
     return None
 
 
@@ -545,8 +605,13 @@ def compare_files(base_path: str, new_path: str, given: Mapping[str, Any]) -> in
     return judge(store.load(base_path), store.load(new_path), given, names=(base_path, new_path))
 
 
-def judge(base: Mapping[str, Any], new: Mapping[str, Any], given: Mapping[str, Any], family: int | None = None,
-          names: tuple[str, str] = ("the baseline", "the new results")) -> int:  # fmt: skip
+def judge(
+    base: Mapping[str, Any],
+    new: Mapping[str, Any],
+    given: Mapping[str, Any],
+    family: int | None = None,
+    names: tuple[str, str] = ("the baseline", "the new results"),
+) -> int:
     """Print the table of ``new`` against ``base``; 1 on regression, 2 if refused, 0 otherwise (also per fan-in
     group, with ``family`` counting every group's comparisons).  ``names``: the two sides' files.
 

@@ -113,8 +113,10 @@ def merge(paths: Sequence[str]) -> dict[str, Any]:
         for path, doc in docs:
             first.setdefault(doc["format"], path)
         named = " and ".join(f"{path} is {fmt}" for fmt, path in sorted(first.items()))
-        raise ResultsFileError(f"refused: {named}: the schema versions differ; re-save the older files with this "
-                               f"pytest-udpsend (run their suites again) so all are {store.FORMAT}")  # fmt: skip
+        raise ResultsFileError(
+            f"refused: {named}: the schema versions differ; re-save the older files with this "
+            f"pytest-udpsend (run their suites again) so all are {store.FORMAT}"
+        )
     units = [u for path, doc in docs for u in units_of(doc, path)]
     runs = [u.run() for u in units]
     envs = [u.environment for u in units]
@@ -128,8 +130,10 @@ def write_merged(out: str, inputs: Sequence[str]) -> int:
     paths = expand(inputs)
     doc = store.validate(merge(paths), out)
     if not any(run.get("tests") for run in doc["runs"]):  # an empty document would pass for results (issue 24)
-        raise ResultsFileError(f"refused: {listed(paths)} hold no test (written by runs that measured nothing), so {out} "
-                               "would hold none; merge files of runs that measured")  # fmt: skip
+        raise ResultsFileError(
+            f"refused: {listed(paths)} hold no test (written by runs that measured nothing), so {out} "
+            "would hold none; merge files of runs that measured"
+        )
     store.write(out, doc)
     print(f"merged {len(doc['runs'])} run(s) from {len(paths)} file(s) into {out}")
     return 0
@@ -245,8 +249,14 @@ def pairs(base: Sequence[Unit], new: Sequence[Unit]) -> tuple[list[str], list[Pa
 
 def family(judged: Sequence[Pair], given: Mapping[str, Any]) -> int:
     """The gate's family over all groups: one exit status for all, so the error is controlled over all."""
-    return max(sum(compare.family_size(compare.samples_by_test(p.base), compare.settings_for(p.new, given))
-                   for p in judged if p.base is not None and p.new is not None), 1)  # fmt: skip
+    return max(
+        sum(
+            compare.family_size(compare.samples_by_test(p.base), compare.settings_for(p.new, given))
+            for p in judged
+            if p.base is not None and p.new is not None
+        ),
+        1,
+    )
 
 
 def compare_sides(base_patterns: Sequence[str], new_patterns: Sequence[str], given: Mapping[str, Any]) -> int:
@@ -255,10 +265,14 @@ def compare_sides(base_patterns: Sequence[str], new_patterns: Sequence[str], giv
     change, judged = pairs(base, new)
     several = len(judged) > 1
     if several:
-        changed = "; ".join(f"{f} {', '.join(sorted({u.value(f) for u in base}))} -> "
-                            f"{', '.join(sorted({u.value(f) for u in new}))}" for f in change)  # fmt: skip
-        print(f"{len(base)} baseline and {len(new)} new result(s) in {len(judged)} group(s) by "
-              f"{', '.join(f for f, _ in judged[0].key)}" + (f"; the change under test: {changed}" if changed else ""))  # fmt: skip
+        changed = "; ".join(
+            f"{f} {', '.join(sorted({u.value(f) for u in base}))} -> {', '.join(sorted({u.value(f) for u in new}))}"
+            for f in change
+        )
+        print(
+            f"{len(base)} baseline and {len(new)} new result(s) in {len(judged)} group(s) by "
+            f"{', '.join(f for f, _ in judged[0].key)}" + (f"; the change under test: {changed}" if changed else "")
+        )
     size = family(judged, given)
     statuses = []
     for p in judged:

@@ -21,10 +21,17 @@ from pytest_udpsend.results import compare, fanin, report, templating, upgrade_r
 def sources_table(units: Sequence[fanin.Unit], side: str) -> list[tuple[str, ...]]:
     """One row per source: side, file, kernel, hostname, CPU, labels, number of tests."""
     return [
-        (side, u.source, str(u.environment.get("kernel")), str(u.environment.get("hostname", "?")), str(u.environment.get("cpu_model")),
-         ", ".join(f"{k}={v}" for k, v in sorted((u.environment.get("labels") or {}).items())), str(len(u.tests)))
+        (
+            side,
+            u.source,
+            str(u.environment.get("kernel")),
+            str(u.environment.get("hostname", "?")),
+            str(u.environment.get("cpu_model")),
+            ", ".join(f"{k}={v}" for k, v in sorted((u.environment.get("labels") or {}).items())),
+            str(len(u.tests)),
+        )
         for u in units
-    ]  # fmt: skip
+    ]
 
 
 @dataclass(frozen=True)
@@ -58,8 +65,9 @@ class Group:
     sections: list[report.Section]
 
 
-def group_section(key: fanin.Key, new: Sequence[fanin.Unit], base: Sequence[fanin.Unit], table: Comparison | None,
-                  index: int) -> Group:  # fmt: skip
+def group_section(
+    key: fanin.Key, new: Sequence[fanin.Unit], base: Sequence[fanin.Unit], table: Comparison | None, index: int
+) -> Group:
     names, base_names = fanin.source_names(new) or "-", (fanin.source_names(base) or "-") if base else None
     doc, why = fanin.pool(new) if new else (None, "no new results for this group")
     if doc is None:

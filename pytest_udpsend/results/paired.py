@@ -91,10 +91,12 @@ def refusal(rounds: int, alpha: float, family: int, metrics: int) -> str | None:
     if min_p(rounds) < level:
         return None
     tests = max(family // max(metrics, 1), 1)
-    return (f"--udpsend-interleave {rounds}: with {family} comparisons ({tests} test(s) x {metrics} metric(s)) at "
-            f"alpha {alpha:g} each needs p < {level:.2g}, but {rounds} pairs give at best p = {min_p(rounds):.2g}; "
-            f"use --udpsend-interleave {rounds_needed(level) + 2} or more, or compare fewer metrics "
-            "(ini udpsend_compare_metrics, e.g. 'pps eagain_rate')")  # fmt: skip
+    return (
+        f"--udpsend-interleave {rounds}: with {family} comparisons ({tests} test(s) x {metrics} metric(s)) at "
+        f"alpha {alpha:g} each needs p < {level:.2g}, but {rounds} pairs give at best p = {min_p(rounds):.2g}; "
+        f"use --udpsend-interleave {rounds_needed(level) + 2} or more, or compare fewer metrics "
+        "(ini udpsend_compare_metrics, e.g. 'pps eagain_rate')"
+    )
 
 
 def _logit(sample: Mapping[str, Any], metric: str) -> float | None:
@@ -236,18 +238,35 @@ def _lost(rounds: Sequence[Mapping[str, Sequence[Mapping[str, Any]]]], metric: s
     return sum(1 for b, c in have if b != c)
 
 
-def judge(test: str, rounds: Sequence[Mapping[str, Sequence[Mapping[str, Any]]]], metric: str, tolerance: float,
-          level: float, control: bool = False) -> PairedRow:  # fmt: skip
+def judge(
+    test: str,
+    rounds: Sequence[Mapping[str, Sequence[Mapping[str, Any]]]],
+    metric: str,
+    tolerance: float,
+    level: float,
+    control: bool = False,
+) -> PairedRow:
     """The paired verdict on one metric of one test."""
     allowed = math.log1p(tolerance)
     d = shifts(rounds, metric)
     base, cand = arm_median(rounds, "baseline", metric), arm_median(rounds, "candidate", metric)
-    common: dict[str, Any] = {"test": test, "metric": metric, "pairs": len(d), "baseline": base, "candidate": cand,
-                              "allowed": math.exp(allowed), "control": control}  # fmt: skip
+    common: dict[str, Any] = {
+        "test": test,
+        "metric": metric,
+        "pairs": len(d),
+        "baseline": base,
+        "candidate": cand,
+        "allowed": math.exp(allowed),
+        "control": control,
+    }
     empty: dict[str, Any] = {"estimate": None, "low": None, "high": None, "p": None, "resolvable": None}
     if lost := _lost(rounds, metric):
-        return PairedRow(**common, **empty, verdict="lost",
-                         note=f"measured in one arm only in {lost} round(s): did a probe or the sender stop working?")  # fmt: skip
+        return PairedRow(
+            **common,
+            **empty,
+            verdict="lost",
+            note=f"measured in one arm only in {lost} round(s): did a probe or the sender stop working?",
+        )
     if len(d) < 2:
         return PairedRow(**common, **empty, verdict="not compared", note="fewer than 2 rounds measured it in both arms")
     p = p_worse(d, allowed)
@@ -264,12 +283,26 @@ def judge(test: str, rounds: Sequence[Mapping[str, Sequence[Mapping[str, Any]]]]
         if moved or p >= level
         else f"beyond the allowed change but within the absolute floor {METRICS[metric].floor:g}"
     )
-    return PairedRow(**common, estimate=_factor(estimate), low=_factor(low), high=_factor(high), p=p,
-                     resolvable=_factor(resolvable(d, allowed, level)), verdict=verdict, note=note)  # fmt: skip
+    return PairedRow(
+        **common,
+        estimate=_factor(estimate),
+        low=_factor(low),
+        high=_factor(high),
+        p=p,
+        resolvable=_factor(resolvable(d, allowed, level)),
+        verdict=verdict,
+        note=note,
+    )
 
 
-def judge_test(test: str, rounds: Sequence[Mapping[str, Sequence[Mapping[str, Any]]]], metrics: Sequence[str],
-               tolerance: float, level: float, control: bool = False) -> list[PairedRow]:  # fmt: skip
+def judge_test(
+    test: str,
+    rounds: Sequence[Mapping[str, Sequence[Mapping[str, Any]]]],
+    metrics: Sequence[str],
+    tolerance: float,
+    level: float,
+    control: bool = False,
+) -> list[PairedRow]:
     """Every compared metric the test measured in both arms (others are left out, not passed)."""
     measured = [m for m in metrics if shifts(rounds, m) or arm_median(rounds, "baseline", m) is not None]
     return [judge(test, rounds, m, tolerance, level, control) for m in measured]
@@ -282,15 +315,22 @@ def _num(value: float | None, digits: int = 4) -> str:
 def table(rows: Sequence[PairedRow], level: float) -> str:
     """The paired table a failing test and the summary print."""
     head = f"paired rule: exact one-sided signed-rank test on the per-round pairs, level {level:.2g} (family-wise)"
-    lines = [head, f"{'metric':<14} {'pairs':>5} {'baseline':>10} {'candidate':>10} {'factor':>8} "
-                   f"{'interval':>17} {'allowed':>8} {'p':>9} {'80% finds':>9}  verdict"]  # fmt: skip
+    lines = [
+        head,
+        f"{'metric':<14} {'pairs':>5} {'baseline':>10} {'candidate':>10} {'factor':>8} "
+        f"{'interval':>17} {'allowed':>8} {'p':>9} {'80% finds':>9}  verdict",
+    ]
     for r in rows:
         ival = f"[{_num(r.low, 3)}, {_num(r.high, 3)}]"
-        lines.append(f"{r.metric:<14} {r.pairs:>5} {_num(r.baseline):>10} {_num(r.candidate):>10} {_num(r.estimate, 3):>8} "
-                     f"{ival:>17} {_num(r.allowed, 3):>8} {_num(r.p, 2):>9} {_num(r.resolvable, 3):>9}  {r.verdict}"
-                     + (f" ({r.note})" if r.note else ""))  # fmt: skip
-    lines.append("factor: candidate over baseline in the worse direction (odds ratio for a rate; 1/ratio for pps), "
-                 "each bound one-sided at the level; 80% finds: the smallest worse factor these pairs find 4 times in 5")  # fmt: skip
+        lines.append(
+            f"{r.metric:<14} {r.pairs:>5} {_num(r.baseline):>10} {_num(r.candidate):>10} {_num(r.estimate, 3):>8} "
+            f"{ival:>17} {_num(r.allowed, 3):>8} {_num(r.p, 2):>9} {_num(r.resolvable, 3):>9}  {r.verdict}"
+            + (f" ({r.note})" if r.note else "")
+        )
+    lines.append(
+        "factor: candidate over baseline in the worse direction (odds ratio for a rate; 1/ratio for pps), "
+        "each bound one-sided at the level; 80% finds: the smallest worse factor these pairs find 4 times in 5"
+    )
     return "\n".join(lines)
 
 
@@ -301,16 +341,20 @@ def records(doc: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     }
 
 
-def judge_document(doc: Mapping[str, Any], tolerance: float | None, alpha: float | None,
-                   metrics: Sequence[str] | None) -> tuple[list[PairedRow], float, str | None]:  # fmt: skip
+def judge_document(
+    doc: Mapping[str, Any], tolerance: float | None, alpha: float | None, metrics: Sequence[str] | None
+) -> tuple[list[PairedRow], float, str | None]:
     """The paired verdicts of a document: as recorded by the run that measured it, or recomputed by the
     same rule where knobs are given (a knob not given keeps the run's).  Tests the run stopped early
     (an arm failed) were not judged there and are not here.  Returns the rows, the level, and a
     refusal sentence (or None)."""
     found = {k: r for k, r in records(doc).items() if not r.get("stopped")}
     if tolerance is None and alpha is None and metrics is None:
-        rows = [PairedRow(**{k: v for k, v in r.items() if k in PairedRow.__dataclass_fields__})
-                for rec in found.values() for r in rec.get("paired", [])]  # fmt: skip
+        rows = [
+            PairedRow(**{k: v for k, v in r.items() if k in PairedRow.__dataclass_fields__})
+            for rec in found.values()
+            for r in rec.get("paired", [])
+        ]
         level = min((float(rec.get("level", 1.0)) for rec in found.values()), default=1.0)
         return rows, level, None
     first = next(iter(found.values()), {})

@@ -83,20 +83,31 @@ def axis(top: float, unit: str = "", integer: bool = False) -> Axis:
     return Axis(nice_ticks(top, integer=integer), unit)
 
 
-def _frame(title: str, body: Sequence[Shape], xlabel: str, ylabel: str, y: Axis, x: Axis | None = None,
-           legend: Sequence[tuple[str, str]] = ()) -> Figure:  # fmt: skip
+def _frame(
+    title: str,
+    body: Sequence[Shape],
+    xlabel: str,
+    ylabel: str,
+    y: Axis,
+    x: Axis | None = None,
+    legend: Sequence[tuple[str, str]] = (),
+) -> Figure:
     """Axes with their ticks and labels around a plot's shapes, and a legend of (name, colour) rows under the
     plot, where it hides no data (data: see templating.Figure)."""
     frame = [shape("text", title, x=W / 2, y=12, text_anchor="middle", font_size=11, font_weight="bold")]
     for tick, text in zip(y.ticks, y.labels()):
         _, ty = _xy(0, tick, 1, y.top)
-        frame += [shape("line", x1=PAD, x2=W - 8, y1=f"{ty:.1f}", y2=f"{ty:.1f}", stroke="#eee"),
-                  shape("text", text, x=PAD - 4, y=f"{ty + 3:.1f}", text_anchor="end", font_size=9)]  # fmt: skip
+        frame += [
+            shape("line", x1=PAD, x2=W - 8, y1=f"{ty:.1f}", y2=f"{ty:.1f}", stroke="#eee"),
+            shape("text", text, x=PAD - 4, y=f"{ty + 3:.1f}", text_anchor="end", font_size=9),
+        ]
     for tick, text in zip(x.ticks, x.labels()) if x else ():
         tx, _ = _xy(tick, 0, x.top if x else 1, 1)
         anchor = "end" if tx > W - 30 else "middle"  # the last label ends at the frame, not past it
-        frame += [shape("line", x1=f"{tx:.1f}", x2=f"{tx:.1f}", y1=H - PAD, y2=H - PAD + 3, stroke="#333"),
-                  shape("text", text, x=f"{tx:.1f}", y=H - PAD + 12, text_anchor=anchor, font_size=9)]  # fmt: skip
+        frame += [
+            shape("line", x1=f"{tx:.1f}", x2=f"{tx:.1f}", y1=H - PAD, y2=H - PAD + 3, stroke="#333"),
+            shape("text", text, x=f"{tx:.1f}", y=H - PAD + 12, text_anchor=anchor, font_size=9),
+        ]
     frame += [
         shape("line", x1=PAD, y1=H - PAD, x2=W - 8, y2=H - PAD, stroke="#333"),
         shape("line", x1=PAD, y1=18, x2=PAD, y2=H - PAD, stroke="#333"),
@@ -106,8 +117,10 @@ def _frame(title: str, body: Sequence[Shape], xlabel: str, ylabel: str, y: Axis,
     for k, (name, color) in enumerate(legend):
         ly = H + 4 + LEGEND_ROW * k
         short = name if len(name) <= LABEL_CHARS * 2 else name[: LABEL_CHARS * 2 - 1] + "\u2026"
-        frame += [shape("line", x1=PAD, x2=PAD + 16, y1=ly - 3, y2=ly - 3, stroke=color, stroke_width=3),
-                  shape("text", short, title=name if short != name else "", x=PAD + 22, y=ly, font_size=10, fill=color)]  # fmt: skip
+        frame += [
+            shape("line", x1=PAD, x2=PAD + 16, y1=ly - 3, y2=ly - 3, stroke=color, stroke_width=3),
+            shape("text", short, title=name if short != name else "", x=PAD + 22, y=ly, font_size=10, fill=color),
+        ]
     return Figure(W, H + (LEGEND_ROW * len(legend) + 6 if legend else 0), [*frame, *body], title=title)
 
 
@@ -125,8 +138,16 @@ def _xy(i: float, v: float, xmax: float, ymax: float) -> tuple[float, float]:
     return x, y
 
 
-def line_plot(title: str, series: Sequence[tuple[str, Sequence[float]]], step: float, xlabel: str, ylabel: str,
-              xunit: str = "", yunit: str = "", start: float = 0.0) -> Figure | None:  # fmt: skip
+def line_plot(
+    title: str,
+    series: Sequence[tuple[str, Sequence[float]]],
+    step: float,
+    xlabel: str,
+    ylabel: str,
+    xunit: str = "",
+    yunit: str = "",
+    start: float = 0.0,
+) -> Figure | None:
     """One line per named series, point i at ``start + i * step`` on x; None without values."""
     values = [v for _, s in series for v in s]
     if not values:
@@ -146,8 +167,14 @@ def line_plot(title: str, series: Sequence[tuple[str, Sequence[float]]], step: f
     return _frame(title, body, xlabel, ylabel, ys, xs, legend)
 
 
-def bar_plot(title: str, labels: Sequence[str], groups: Sequence[tuple[str, Sequence[float]]], xlabel: str, ylabel: str,
-             yunit: str = "") -> Figure | None:  # fmt: skip
+def bar_plot(
+    title: str,
+    labels: Sequence[str],
+    groups: Sequence[tuple[str, Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    yunit: str = "",
+) -> Figure | None:
     values = [v for _, g in groups for v in g]
     if not values:
         return None
@@ -159,8 +186,17 @@ def bar_plot(title: str, labels: Sequence[str], groups: Sequence[tuple[str, Sequ
         for i, v in enumerate(g):
             x = PAD + i * slot + slot * 0.1 + k * bar
             _, y = _xy(0, v, 1, ys.top)
-            body.append(shape("rect", title=f"{name} {labels[i]}: {v:g}", x=f"{x:.1f}", y=f"{y:.1f}",
-                              width=f"{max(bar - 1, 1):.1f}", height=f"{H - PAD - y:.1f}", fill=COLORS[k % len(COLORS)]))  # fmt: skip
+            body.append(
+                shape(
+                    "rect",
+                    title=f"{name} {labels[i]}: {v:g}",
+                    x=f"{x:.1f}",
+                    y=f"{y:.1f}",
+                    width=f"{max(bar - 1, 1):.1f}",
+                    height=f"{H - PAD - y:.1f}",
+                    fill=COLORS[k % len(COLORS)],
+                )
+            )
     for i, label in enumerate(labels):
         if len(labels) <= 10 or i % max(1, -(-len(labels) // 8)) == 0:
             body.append(
@@ -177,9 +213,17 @@ def burst_plot(title: str, replay: Mapping[str, Any]) -> Figure | None:
     and a red one of those that got EAGAIN, at its start time and as wide as its span; None without bursts."""
     by_burst: dict[int, dict[str, Any]] = {}
     for b in replay.get("bursts") or []:
-        row = by_burst.setdefault(int(b.get("burst", len(by_burst))), {"start_s": float(b.get("start_s") or 0.0),
-                                  "span_s": float(b.get("span_s") or 0.0), "datagrams": int(b.get("datagrams") or 0),
-                                  "attempts": 0, "eagain": 0, "outq_max": 0})  # fmt: skip
+        row = by_burst.setdefault(
+            int(b.get("burst", len(by_burst))),
+            {
+                "start_s": float(b.get("start_s") or 0.0),
+                "span_s": float(b.get("span_s") or 0.0),
+                "datagrams": int(b.get("datagrams") or 0),
+                "attempts": 0,
+                "eagain": 0,
+                "outq_max": 0,
+            },
+        )
         row["attempts"] += int(b.get("attempts") or 0)
         row["eagain"] += int(b.get("eagain") or 0)
         row["outq_max"] = max(row["outq_max"], int(b.get("outq_max") or 0))
@@ -193,12 +237,23 @@ def burst_plot(title: str, replay: Mapping[str, Any]) -> Figure | None:
         x1, _ = _xy(r["start_s"] + r["span_s"], 0, xs.top, ys.top)
         width = max(x1 - x0, 3.0)
         rate = r["eagain"] / r["attempts"] if r["attempts"] else 0.0
-        tip = (f"burst #{i} at {r['start_s']:.3f} s: {r['datagrams']} datagrams, {r['attempts']} attempts, "
-               f"{r['eagain']} EAGAIN ({rate:.1%}), SIOCOUTQ peak {r['outq_max']} B")  # fmt: skip
+        tip = (
+            f"burst #{i} at {r['start_s']:.3f} s: {r['datagrams']} datagrams, {r['attempts']} attempts, "
+            f"{r['eagain']} EAGAIN ({rate:.1%}), SIOCOUTQ peak {r['outq_max']} B"
+        )
         for k, value in ((0, r["attempts"]), (1, r["eagain"])):
             _, y = _xy(0, value, 1, ys.top)
-            body.append(shape("rect", title=tip, x=f"{x0:.1f}", y=f"{y:.1f}", width=f"{width:.1f}", height=f"{H - PAD - y:.1f}",
-                              fill="#bbb" if k == 0 else COLORS[1]))  # fmt: skip
+            body.append(
+                shape(
+                    "rect",
+                    title=tip,
+                    x=f"{x0:.1f}",
+                    y=f"{y:.1f}",
+                    width=f"{width:.1f}",
+                    height=f"{H - PAD - y:.1f}",
+                    fill="#bbb" if k == 0 else COLORS[1],
+                )
+            )
     legend = [("attempts", "#bbb"), ("EAGAIN", COLORS[1])]
     return _frame(title, body, "burst start on the capture's clock (s)", "datagrams", ys, xs, legend)
 
@@ -208,10 +263,17 @@ Run = tuple[str, Mapping[str, Any]]  # a run's name (run_labels) and its sample
 
 def replay_plots(runs: Sequence[Run], last: int = 4) -> list[Figure | None]:
     """One burst plot per replay among the test's last ``last`` runs (a test may replay several times)."""
-    found = [(name, s["replay"]) for name, s in runs if isinstance(s.get("replay"), Mapping) and s["replay"].get("bursts")]  # fmt: skip
-    return [burst_plot(f"EAGAIN per burst, {name}: {r.get('source')} at speed {r.get('speed')}"
-                       + (f", {r.get('loop')} loops summed" if (r.get("loop") or 1) > 1 else ""), r)
-            for name, r in found[-last:]]  # fmt: skip
+    found = [
+        (name, s["replay"]) for name, s in runs if isinstance(s.get("replay"), Mapping) and s["replay"].get("bursts")
+    ]
+    return [
+        burst_plot(
+            f"EAGAIN per burst, {name}: {r.get('source')} at speed {r.get('speed')}"
+            + (f", {r.get('loop')} loops summed" if (r.get("loop") or 1) > 1 else ""),
+            r,
+        )
+        for name, r in found[-last:]
+    ]
 
 
 def metric_unit(metric: str) -> str:
@@ -268,8 +330,12 @@ def _sndbuf(sample: Mapping[str, Any]) -> str:
 def _facts(sample: Mapping[str, Any]) -> dict[str, str]:
     """What a sample records about how its run was set up, each as the text a legend shows."""
     params = sample.get("params") or {}
-    facts = {"sndbuf": _sndbuf(sample), "kernel": f"kernel {sample.get('kernel')}", "topology": str(sample.get("topology") or "-"),
-             "pressure": str(sample.get("pressure") or "no CPU pressure")}  # fmt: skip
+    facts = {
+        "sndbuf": _sndbuf(sample),
+        "kernel": f"kernel {sample.get('kernel')}",
+        "topology": str(sample.get("topology") or "-"),
+        "pressure": str(sample.get("pressure") or "no CPU pressure"),
+    }
     for name, value in sorted(params.items()):
         if name in ("sndbuf", "force_sndbuf", "external"):
             continue  # in "sndbuf"; external goes with argv
@@ -363,10 +429,21 @@ def _cell(v: Any, digits: int = 4) -> str:
 
 
 def paired_view(record: Mapping[str, Any]) -> PairedView:
-    rows: list[tuple[str, ...]] = [(str(r["metric"]), str(r["pairs"]), _cell(r.get("baseline")), _cell(r.get("candidate")), _cell(r.get("estimate"), 3),
-             f"[{_cell(r.get('low'), 3)}, {_cell(r.get('high'), 3)}]", _cell(r.get("allowed"), 3), _cell(r.get("p"), 2),
-             _cell(r.get("resolvable"), 3), str(r["verdict"]) + (f" ({r['note']})" if r.get("note") else ""))
-            for r in record.get("paired", [])]  # fmt: skip
+    rows: list[tuple[str, ...]] = [
+        (
+            str(r["metric"]),
+            str(r["pairs"]),
+            _cell(r.get("baseline")),
+            _cell(r.get("candidate")),
+            _cell(r.get("estimate"), 3),
+            f"[{_cell(r.get('low'), 3)}, {_cell(r.get('high'), 3)}]",
+            _cell(r.get("allowed"), 3),
+            _cell(r.get("p"), 2),
+            _cell(r.get("resolvable"), 3),
+            str(r["verdict"]) + (f" ({r['note']})" if r.get("note") else ""),
+        )
+        for r in record.get("paired", [])
+    ]
     kind = "control (in-run A/A)" if record.get("control") else "candidate"
     if stop := record.get("stopped"):
         kind += f"; not judged: the test failed or skipped in the {stop.get('arm')} arm of round {stop.get('round')}"
@@ -416,9 +493,16 @@ def overview(sec: Section, samples: Sequence[Mapping[str, Any]], rows: Sequence[
     verdict = sec.outcome + (f"; regression: {', '.join(worse)}" if worse else "")
     eagain, pps, p99 = (_median(samples, m) for m in ("eagain_rate", "pps", "wfree.p99_us"))
     first = sec.diagnosis[0][0].splitlines()[0] if sec.diagnosis and sec.diagnosis[0][0] else ""
-    return Overview(sec.anchor, sec.nodeid, verdict, sec.outcome == "failed" or bool(worse),
-                    "-" if eagain is None else f"{eagain:.2%}", "-" if pps is None else f"{pps:,.0f}",
-                    "-" if p99 is None else f"{p99:.4g} us", first)  # fmt: skip
+    return Overview(
+        sec.anchor,
+        sec.nodeid,
+        verdict,
+        sec.outcome == "failed" or bool(worse),
+        "-" if eagain is None else f"{eagain:.2%}",
+        "-" if pps is None else f"{pps:,.0f}",
+        "-" if p99 is None else f"{p99:.4g} us",
+        first,
+    )
 
 
 def findings(sample: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -439,8 +523,11 @@ def ran_with(samples: Sequence[Mapping[str, Any]], session_sysctls: Mapping[str,
         for k, v in (sample.get("params") or {}).items():
             if v is not None and str(v) not in params.setdefault(k, []):
                 params[k].append(str(v))
-    rows = [("topology", distinct("topology")), ("CPU pressure", distinct("pressure") if distinct("pressure") != "-" else "none"),
-            ("sender", ", ".join(f"{k}={' | '.join(v)}" for k, v in sorted(params.items()) if v) or "-")]  # fmt: skip
+    rows = [
+        ("topology", distinct("topology")),
+        ("CPU pressure", distinct("pressure") if distinct("pressure") != "-" else "none"),
+        ("sender", ", ".join(f"{k}={' | '.join(v)}" for k, v in sorted(params.items()) if v) or "-"),
+    ]
     sysctls: dict[str, list[str]] = {}
     for sample in samples:
         for name, value in (sample.get("sysctls") or {}).items():
@@ -461,8 +548,14 @@ def _all_zero(series: Sequence[tuple[str, Sequence[float]]]) -> bool:
     return bool(series) and not any(v for _, s in series for v in s)
 
 
-def section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[str, Any]] | None,
-            rows: Sequence[compare.Row], session_sysctls: Mapping[str, Any], anchor: str) -> Section:  # fmt: skip
+def section(
+    nodeid: str,
+    entry: Mapping[str, Any],
+    base: Sequence[Mapping[str, Any]] | None,
+    rows: Sequence[compare.Row],
+    session_sysctls: Mapping[str, Any],
+    anchor: str,
+) -> Section:
     """One test's section: what it ran with, what it measured (last sample), plots over its runs, each series
     named by what differs between the runs; a plot with nothing but zeros is one line of text instead."""
     samples = entry.get("samples", [])
@@ -470,17 +563,22 @@ def section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[str, A
     named = runs(entry)
     last_name = next((n for n, s in named if s is last), run_labels(samples)[-1])
     of_last = "" if last_name.startswith("run ") else f" ({last_name})"  # the plots of one run say which
-    summary = (f"kernel {last.get('kernel')}; {len(samples)} sample(s); last{of_last}: {last.get('pps', 0):,.0f} pps, "
-               f"EAGAIN {last.get('eagain_rate', 0):.2%}, sndbuf {last.get('sndbuf_effective')} B, "
-               f"sock_wfree backend {(last.get('wfree') or {}).get('backend') or 'not measured'}")  # fmt: skip
+    summary = (
+        f"kernel {last.get('kernel')}; {len(samples)} sample(s); last{of_last}: {last.get('pps', 0):,.0f} pps, "
+        f"EAGAIN {last.get('eagain_rate', 0):.2%}, sndbuf {last.get('sndbuf_effective')} B, "
+        f"sock_wfree backend {(last.get('wfree') or {}).get('backend') or 'not measured'}"
+    )
     top: dict[str, str] = {}  # bpf: the most frequent kernel stack at sock_wfree of each context
     for stack in (last.get("wfree") or {}).get("stacks") or []:
         top.setdefault(str(stack.get("context")), str(stack.get("text", "")))
     plots: list[Figure | None] = []
     flat: list[str] = []  # plots that would show only zeros, as one line each
     step = (last.get("series") or {}).get("bucket_ms", 10) / 1000
-    eagain = [(name, [e / a if a else 0.0 for a, e in zip(s["series"].get("attempts", []), s["series"].get("eagain", []))])
-              for name, s in named if s.get("series")]  # fmt: skip
+    eagain = [
+        (name, [e / a if a else 0.0 for a, e in zip(s["series"].get("attempts", []), s["series"].get("eagain", []))])
+        for name, s in named
+        if s.get("series")
+    ]
     if _all_zero(eagain):
         flat.append(f"EAGAIN: 0 throughout {_every(len(eagain))}")
     else:
@@ -503,8 +601,15 @@ def section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[str, A
         used = [i for i in range(len(labels)) if any(i < len(g) and g[i] for _, g in groups)]
         if used:
             lo, hi = used[0], used[-1] + 1
-            plots.append(bar_plot(f"sock_wfree latency histogram by context{of_last}", labels[lo:hi],
-                                  [(n, g[lo:hi]) for n, g in groups], "us (bucket start)", "skbs"))  # fmt: skip
+            plots.append(
+                bar_plot(
+                    f"sock_wfree latency histogram by context{of_last}",
+                    labels[lo:hi],
+                    [(n, g[lo:hi]) for n, g in groups],
+                    "us (bucket start)",
+                    "skbs",
+                )
+            )
         else:
             flat.append(f"sock_wfree latency{of_last}: no release timed in any context")
     softnet = last.get("softnet") or {}
@@ -512,8 +617,15 @@ def section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[str, A
         cpus = sorted(softnet, key=int)
         squeeze = [softnet[c].get("time_squeeze", 0) for c in cpus]
         if any(squeeze):
-            plots.append(bar_plot(f"time_squeeze per CPU{of_last}", [f"cpu{c}" for c in cpus],
-                                  [("time_squeeze", squeeze)], "CPU", "increments"))  # fmt: skip
+            plots.append(
+                bar_plot(
+                    f"time_squeeze per CPU{of_last}",
+                    [f"cpu{c}" for c in cpus],
+                    [("time_squeeze", squeeze)],
+                    "CPU",
+                    "increments",
+                )
+            )
         else:
             flat.append(f"time_squeeze{of_last}: 0 on every CPU")
     if base is not None:
@@ -526,8 +638,18 @@ def section(nodeid: str, entry: Mapping[str, Any], base: Sequence[Mapping[str, A
     record = entry.get("interleave")
     if record:
         plots += paired_plots(record)
-    return Section(anchor, nodeid, str(entry.get("outcome")), summary, list(top.items()), ran_with(samples, session_sysctls),
-                   findings(last), [p for p in plots if p is not None], paired_view(record) if record else None, flat)  # fmt: skip
+    return Section(
+        anchor,
+        nodeid,
+        str(entry.get("outcome")),
+        summary,
+        list(top.items()),
+        ran_with(samples, session_sysctls),
+        findings(last),
+        [p for p in plots if p is not None],
+        paired_view(record) if record else None,
+        flat,
+    )
 
 
 def gate_rows(
@@ -577,11 +699,13 @@ def render(
             rows_by_test.get(compare.base_key(nodeid), []),
             session_sysctls,
             f"test-{i}",
-        )  # fmt: skip
+        )
         for i, (nodeid, entry) in enumerate(measured)
     ]
-    overviews = [overview(sec, entry["samples"], rows_by_test.get(compare.base_key(nodeid), []))
-                 for sec, (nodeid, entry) in zip(sections, measured)]  # fmt: skip
+    overviews = [
+        overview(sec, entry["samples"], rows_by_test.get(compare.base_key(nodeid), []))
+        for sec, (nodeid, entry) in zip(sections, measured)
+    ]
     if shift := compare.common_shift(rows):
         head += f"\nnote: {shift}"
     comparison = (compare.table(rows, base_env, env, head) if rows else head) if rows or head else None
@@ -599,8 +723,9 @@ def render(
     )
 
 
-def write_report(results_path: str, output: str, baseline_path: str | None = None,
-                 given: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+def write_report(
+    results_path: str, output: str, baseline_path: str | None = None, given: Mapping[str, Any] | None = None
+) -> None:
     doc = store.load(results_path)
     baseline = store.load(baseline_path) if baseline_path else None
     atomic_write(output, render(doc, baseline, given))  # O_EXCL temporary, then rename

@@ -142,19 +142,25 @@ def validate(doc: Any, name: str | Path) -> dict[str, Any]:
     if version is None:
         raise ResultsFileError(f"{name}: not a pytest-udpsend results file (field 'format' is {doc['format']!r})")
     if version > SCHEMA_VERSION:
-        raise ResultsFileError(f"{name}: field 'format' is {doc['format']!r}, a newer schema than this pytest-udpsend "
-                               f"{__version__} reads ({', '.join(READABLE)}); upgrade pytest-udpsend to read it")  # fmt: skip
+        raise ResultsFileError(
+            f"{name}: field 'format' is {doc['format']!r}, a newer schema than this pytest-udpsend "
+            f"{__version__} reads ({', '.join(READABLE)}); upgrade pytest-udpsend to read it"
+        )
     if doc["format"] not in READABLE:
         raise ResultsFileError(
             f"{name}: field 'format' is {doc['format']!r}, not one this pytest-udpsend reads ({', '.join(READABLE)})"
         )
     if (deep := too_deep(doc)) is not None:
-        raise ResultsFileError(f"{name}: field '{_field(deep)}...': nested more than {MAX_DEPTH} levels deep, which no results "
-                               "file is; the file was edited or written by another tool")  # fmt: skip
+        raise ResultsFileError(
+            f"{name}: field '{_field(deep)}...': nested more than {MAX_DEPTH} levels deep, which no results "
+            "file is; the file was edited or written by another tool"
+        )
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(doc))
     if error is not None:
-        raise ResultsFileError(f"{name}: field '{_field(error.absolute_path)}': {error.message} "
-                               f"(schema {SCHEMA.name}); the file was edited or written by another tool")  # fmt: skip
+        raise ResultsFileError(
+            f"{name}: field '{_field(error.absolute_path)}': {error.message} "
+            f"(schema {SCHEMA.name}); the file was edited or written by another tool"
+        )
     return doc
 
 
@@ -179,8 +185,10 @@ def load(path: str | Path) -> dict[str, Any]:
     try:
         doc = json.loads(text)
     except RecursionError:
-        raise ResultsFileError(f"{path}: nested too deeply to read (arrays or objects hundreds of levels deep): "
-                               "not a pytest-udpsend results file") from None  # fmt: skip
+        raise ResultsFileError(
+            f"{path}: nested too deeply to read (arrays or objects hundreds of levels deep): "
+            "not a pytest-udpsend results file"
+        ) from None
     except json.JSONDecodeError as exc:
         stripped = text.rstrip()  # a JSON object cut short: it ends before its closing brace, or inside a string
         cut = stripped.startswith("{") and (

@@ -78,17 +78,37 @@ def heatmap(title: str, summaries: Sequence[dict[str, Any]], target: float | Non
             fg = "#fff" if rate > 0.25 else "#222"
             border = {"stroke": "#1a7f37", "stroke_width": 3} if ok else {}
             tip = f"{_col_label(col)}, budget {budget or 'host'}: EAGAIN {rate:.2%}, {s.get('pps') or 0:,.0f} pps, time_squeeze {s.get('time_squeeze') or 0:.0f}"
-            body += [shape("rect", title=tip, x=x, y=y, width=cw - 2, height=ch - 2, fill=_colour(rate), **border),
-                     shape("text", f"{rate:.1%}", x=x + cw / 2 - 1, y=y + ch / 2 + 4, text_anchor="middle", font_size=11, fill=fg)]  # fmt: skip
+            body += [
+                shape("rect", title=tip, x=x, y=y, width=cw - 2, height=ch - 2, fill=_colour(rate), **border),
+                shape(
+                    "text",
+                    f"{rate:.1%}",
+                    x=x + cw / 2 - 1,
+                    y=y + ch / 2 + 4,
+                    text_anchor="middle",
+                    font_size=11,
+                    fill=fg,
+                ),
+            ]
     for i, col in enumerate(cols):
         cx = left + i * cw + cw / 2
         body.append(
             shape("text", _col_label(col), x=cx, y=top + ch * len(rows) + 14, text_anchor="middle", font_size=10)
         )
     mid = top + ch * len(rows) / 2
-    body += [shape("text", "SO_SNDBUF requested", x=left + cw * len(cols) / 2, y=h - 22, text_anchor="middle", font_size=11),
-             shape("text", "net.core.netdev_budget", x=12, y=mid, transform=f"rotate(-90 12 {mid})", text_anchor="middle", font_size=11),
-             shape("text", title, x=w / 2, y=16, text_anchor="middle", font_size=12, font_weight="bold")]  # fmt: skip
+    body += [
+        shape("text", "SO_SNDBUF requested", x=left + cw * len(cols) / 2, y=h - 22, text_anchor="middle", font_size=11),
+        shape(
+            "text",
+            "net.core.netdev_budget",
+            x=12,
+            y=mid,
+            transform=f"rotate(-90 12 {mid})",
+            text_anchor="middle",
+            font_size=11,
+        ),
+        shape("text", title, x=w / 2, y=16, text_anchor="middle", font_size=12, font_weight="bold"),
+    ]
     if target is not None:
         body.append(
             shape(
@@ -122,8 +142,10 @@ def lines(title: str, summaries: Sequence[dict[str, Any]]) -> Figure | None:
     body: list[Shape] = []
     for f in (0.0, 0.5, 1.0):
         _, y = xy(0, ymax * f)
-        body += [shape("line", x1=PAD, x2=W - 20, y1=f"{y:.1f}", y2=f"{y:.1f}", stroke="#eee"),
-                 shape("text", f"{ymax * f:.1%}", x=PAD - 4, y=f"{y + 3:.1f}", text_anchor="end", font_size=9)]  # fmt: skip
+        body += [
+            shape("line", x1=PAD, x2=W - 20, y1=f"{y:.1f}", y2=f"{y:.1f}", stroke="#eee"),
+            shape("text", f"{ymax * f:.1%}", x=PAD - 4, y=f"{y + 3:.1f}", text_anchor="end", font_size=9),
+        ]
     for i, size in enumerate(sizes):
         x, _ = xy(i, 0)
         body.append(shape("text", _size(size or None), x=f"{x:.1f}", y=H - PAD + 14, text_anchor="middle", font_size=9))
@@ -131,15 +153,33 @@ def lines(title: str, summaries: Sequence[dict[str, Any]]) -> Figure | None:
         color = COLORS[n % len(COLORS)]
         dash = {"stroke_dasharray": "5 3"} if name.endswith("forced") else {}
         pts = [xy(i, points[s]) for i, s in enumerate(sizes) if s in points]
-        body.append(shape("polyline", fill="none", stroke=color, stroke_width=1.6, **dash,
-                          points=" ".join(f"{x:.1f},{y:.1f}" for x, y in pts)))  # fmt: skip
+        body.append(
+            shape(
+                "polyline",
+                fill="none",
+                stroke=color,
+                stroke_width=1.6,
+                **dash,
+                points=" ".join(f"{x:.1f},{y:.1f}" for x, y in pts),
+            )
+        )
         body += [shape("circle", cx=f"{x:.1f}", cy=f"{y:.1f}", r=2.5, fill=color) for x, y in pts]
         body.append(shape("text", name, x=W - 22, y=30 + 12 * n, text_anchor="end", font_size=10, fill=color))
-    body += [shape("line", x1=PAD, y1=H - PAD, x2=W - 20, y2=H - PAD, stroke="#333"),
-             shape("line", x1=PAD, y1=24, x2=PAD, y2=H - PAD, stroke="#333"),
-             shape("text", "SO_SNDBUF requested", x=(W + PAD) / 2, y=H - 18, text_anchor="middle", font_size=10),
-             shape("text", "EAGAIN rate", x=12, y=H / 2, transform=f"rotate(-90 12 {H / 2})", text_anchor="middle", font_size=10),
-             shape("text", title, x=W / 2, y=14, text_anchor="middle", font_size=11, font_weight="bold")]  # fmt: skip
+    body += [
+        shape("line", x1=PAD, y1=H - PAD, x2=W - 20, y2=H - PAD, stroke="#333"),
+        shape("line", x1=PAD, y1=24, x2=PAD, y2=H - PAD, stroke="#333"),
+        shape("text", "SO_SNDBUF requested", x=(W + PAD) / 2, y=H - 18, text_anchor="middle", font_size=10),
+        shape(
+            "text",
+            "EAGAIN rate",
+            x=12,
+            y=H / 2,
+            transform=f"rotate(-90 12 {H / 2})",
+            text_anchor="middle",
+            font_size=10,
+        ),
+        shape("text", title, x=W / 2, y=14, text_anchor="middle", font_size=11, font_weight="bold"),
+    ]
     return Figure(W, H, body)
 
 
@@ -168,9 +208,17 @@ def section(doc: Mapping[str, Any]) -> SweepSection | None:
         suffix = f" ({label})" if label else ""
         figs.append(heatmap(f"EAGAIN rate: sndbuf x netdev_budget{suffix}", group, target))
         figs.append(lines(f"EAGAIN rate against sndbuf, per budget{suffix}", group))
-    rows = [(str(s.get("cell", "")), f"{(s.get('eagain_rate') or 0):.2%}", f"{(s.get('enobufs_rate') or 0):.2%}",
-             f"{(s.get('pps') or 0):,.0f}", f"{(s.get('time_squeeze') or 0):.0f}", _p99(s.get("wfree_p99_us")))
-            for s in summaries]  # fmt: skip
+    rows = [
+        (
+            str(s.get("cell", "")),
+            f"{(s.get('eagain_rate') or 0):.2%}",
+            f"{(s.get('enobufs_rate') or 0):.2%}",
+            f"{(s.get('pps') or 0):,.0f}",
+            f"{(s.get('time_squeeze') or 0):.0f}",
+            _p99(s.get("wfree_p99_us")),
+        )
+        for s in summaries
+    ]
     smallest = str(meta["smallest_change"]) if meta.get("smallest_change") else None
     return SweepSection(
         len(summaries), smallest, bool(meta.get("interrupted")), [f for f in figs if f is not None], rows

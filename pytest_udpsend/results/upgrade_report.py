@@ -68,8 +68,17 @@ def stacked_bar(counts: Mapping[str, int]) -> Figure | None:
     for name, count in counts.items():
         w = BAR_W * count / total
         if w > 0:
-            body.append(shape("rect", title=f"{name}: {count} ({count / total:.0%})", x=f"{x:.1f}", y=0,
-                              width=f"{w:.1f}", height=BAR_H, fill=CONTEXT_COLORS.get(name, "#999")))  # fmt: skip
+            body.append(
+                shape(
+                    "rect",
+                    title=f"{name}: {count} ({count / total:.0%})",
+                    x=f"{x:.1f}",
+                    y=0,
+                    width=f"{w:.1f}",
+                    height=BAR_H,
+                    fill=CONTEXT_COLORS.get(name, "#999"),
+                )
+            )
             x += w
     return Figure(BAR_W, BAR_H, body, view_box=False, figure=False)
 
@@ -135,8 +144,10 @@ def _cell(samples: Sequence[Mapping[str, Any]] | None, rows: Sequence[compare.Ro
     eagain, p99 = _median(samples, "eagain_rate"), _median(samples, "wfree.p99_us")
     marks = {r.metric: r.verdict for r in rows if r.verdict not in ("ok", "not measured")}
     regressed = any(r.regressed for r in rows)
-    values = [Value("EAGAIN " + ("-" if eagain is None else f"{eagain:.2%}"), marks.get("eagain_rate")),
-              Value("wfree p99 " + ("-" if p99 is None else f"{p99:.4g} us"), marks.get("wfree.p99_us"))]  # fmt: skip
+    values = [
+        Value("EAGAIN " + ("-" if eagain is None else f"{eagain:.2%}"), marks.get("eagain_rate")),
+        Value("wfree p99 " + ("-" if p99 is None else f"{p99:.4g} us"), marks.get("wfree.p99_us")),
+    ]
     return Cell("regressed" if regressed else "cell", values, stacked_bar(contexts(samples)), len(samples))
 
 
@@ -172,9 +183,11 @@ def section(units: Sequence[fanin.Unit], given: Mapping[str, Any] | None = None)
     if not matrices:
         return None
     floor = "noise floor for one command" if settings.one_command else "session noise floor"
-    intro = (f"Medians over each cell's samples; marked where the gate (alpha {settings.alpha:g}, Bonferroni over "
-             f"each matrix's comparisons, tolerance {settings.tolerance:g} or the {floor}) finds the test "
-             f"worse than on the oldest kernel. Where sock_wfree ran:")  # fmt: skip
+    intro = (
+        f"Medians over each cell's samples; marked where the gate (alpha {settings.alpha:g}, Bonferroni over "
+        f"each matrix's comparisons, tolerance {settings.tolerance:g} or the {floor}) finds the test "
+        f"worse than on the oldest kernel. Where sock_wfree ran:"
+    )
     return Upgrade(intro, list(CONTEXT_COLORS.items()), matrices)
 
 
