@@ -24,7 +24,7 @@
 Every claim is an equality the kernel fixes (the program's counts against the
 namespace's counters), or a fact of the shaping ("the qdisc drops", "32 never fit").
 Checksum offload off (``topology(tx_checksum=False)``) and UDP GSO are in their own
-example.
+example, examples/test_gso_checksum.py (EIO before 6.11, software checksums from 6.11).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_udpsend.frontend.sweep import table
+from pytest_udpsend.results.sweep import table
 
 WMEM_MAX = 4608  # SOCK_MIN_SNDBUF: the lowest value the kernel takes
 EIGHT_MB = 8 << 20

@@ -21,7 +21,6 @@ from pytest_udpsend.frontend.keys import ARM_KEY, RESULTS_KEY, udpsend_session
 from pytest_udpsend.frontend.markers import CANDIDATE_KEY, SCENARIO_KEY, Scenario
 from pytest_udpsend.frontend.pcap import capture_for
 from pytest_udpsend.frontend.session import TestContext, UdpsendSession
-from pytest_udpsend.frontend.sweep import Sweep, make_grid
 from pytest_udpsend.host.netns import Namespace
 from pytest_udpsend.host.sysctl import Sysctls
 from pytest_udpsend.host.topology import Topology, build, build_nic, make_namespace
@@ -30,6 +29,7 @@ from pytest_udpsend.measure.external import SenderProcess
 from pytest_udpsend.measure.probes import WfreeProbe
 from pytest_udpsend.measure.result import SendResult
 from pytest_udpsend.measure.sender import UdpSender
+from pytest_udpsend.results.sweep import Sweep, make_grid
 
 
 def scenario(request: pytest.FixtureRequest) -> Scenario:

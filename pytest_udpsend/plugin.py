@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Generator
 
 import pytest
 
 from pytest_udpsend.errors import UdpsendError
 from pytest_udpsend.frontend import collect, interleave, markers, pcap, reference, reporting, verdicts
+from pytest_udpsend.frontend.configure import configure_baseline, configure_lane, session_options
 from pytest_udpsend.frontend.keys import SESSION_KEY
-from pytest_udpsend.frontend.options import (
-    INI_OPTIONS,
-    PYTEST_OPTIONS,
-    add_options,
-    configure_baseline,
-    configure_lane,
-    session_options,
-)
+from pytest_udpsend.frontend.options import INI_OPTIONS, PYTEST_OPTIONS, add_options
 from pytest_udpsend.frontend.session import UdpsendSession, interrupt_on_sigterm
 
 
@@ -69,7 +63,9 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
     report = yield
     markers.validate_collected(report)
     return report
@@ -86,14 +82,16 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Any:
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     result = yield  # the test body raised: that failure stands, bounds are not checked
     verdicts.check_item(item)
     return result
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     reporting.shorten_own_errors(report, call)
     pcap.keep_or_discard(item, report)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pytest_udpsend.frontend import doctor
+from pytest_udpsend.command import doctor
 
 # The lines the doctor must print, one per mechanism, whatever this kernel allows.
 MECHANISMS = (

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from pytest_udpsend.frontend import guest
 from pytest_udpsend.host.journal import restore_orphans
 from pytest_udpsend.host.state import FileLock, LockTimeout
 from pytest_udpsend.host.undo import UndoStack
-from pytest_udpsend.lane import vm
+from pytest_udpsend.lane import vm, wire
 
 from .conftest import netns_names
 
@@ -340,13 +341,13 @@ def test_cut_short_reports_file_keeps_what_was_read_and_names_the_line(tmp_path)
     path = tmp_path / "reports.jsonl"
     lines = [json.dumps({**REPORT, "when": when}) for when in ("setup", "call", "teardown")]
     path.write_text("\n".join(lines) + '\n{"nodeid": "t.py::b", "when": "ca')  # the guest died mid-write
-    reports, problem = vm.read_guest_reports(path)
+    reports, problem = wire.read_guest_reports(path)
     assert [g.when for g in reports["t.py::a"]] == ["setup", "call", "teardown"] and list(reports) == ["t.py::a"]
     assert problem == f"line 4 of {path} is cut short or not a test report"
     path.write_text(lines[0] + "\n[1, 2]\n" + lines[1] + "\n")  # a line that is JSON but no report
-    reports, problem = vm.read_guest_reports(path)
+    reports, problem = wire.read_guest_reports(path)
     assert [g.when for g in reports["t.py::a"]] == ["setup", "call"] and "line 2 of" in problem
-    assert vm.read_guest_reports(tmp_path / "none.jsonl") == ({}, "")
+    assert wire.read_guest_reports(tmp_path / "none.jsonl") == ({}, "")
 
 
 KILLED_GUEST = """
@@ -396,7 +397,7 @@ def test_bad_lane_selection_variable_is_a_usage_error(pytester, monkeypatch, tmp
         path.write_text(content)
     monkeypatch.setenv("UDPSEND_LANE_SELECTION", str(path))
     with pytest.raises(pytest.UsageError, match=rf"^UDPSEND_LANE_SELECTION={path}: .*unset it"):
-        vm.guest_selection()
+        guest.guest_selection()
     pytester.makepyfile(PLAIN)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     err = result.stderr.str()
@@ -411,7 +412,7 @@ def test_guest_report_with_a_user_property_that_is_not_a_pair_is_not_a_report(tm
     bad = [json.dumps({**REPORT, "when": "call", "user_properties": props}) for props in ([["a", 1, 2]], [["a"]], [[]])]
     for line in bad:
         path.write_text(good + "\n" + line + "\n")
-        reports, problem = vm.read_guest_reports(path)
+        reports, problem = wire.read_guest_reports(path)
         assert [g.when for g in reports["t.py::a"]] == [
             "setup"
         ] and problem == f"line 2 of {path} is cut short or not a test report"

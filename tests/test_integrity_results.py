@@ -494,7 +494,7 @@ def test_the_kernel_gate_refuses_a_test_that_passed_but_measured_nothing_there()
     from types import SimpleNamespace
 
     from pytest_udpsend.frontend import kernel_gate
-    from pytest_udpsend.lane.vm import GuestReport
+    from pytest_udpsend.lane.wire import GuestReport
 
     ref, other = (
         SimpleNamespace(suffix="6.1", guest_environment={}),

@@ -49,9 +49,9 @@ def test_a_gate_needs_two_kernels(pytester):
 
 def test_a_release_names_a_kernel_whole_or_by_a_prefix_ending_at_a_separator():
     from pytest_udpsend.frontend import kernel_gate
-    from pytest_udpsend.lane import vm
+    from pytest_udpsend.frontend.kernel_lane import Lane
 
-    old, new = vm.Lane("6.1.0-56-amd64", 1.0), vm.Lane("6.12.95+deb12-amd64", 1.0)
+    old, new = Lane("6.1.0-56-amd64", 1.0), Lane("6.12.95+deb12-amd64", 1.0)
     assert kernel_gate.reference("6.1", [old, new]) is old and kernel_gate.reference("6.12", [old, new]) is new
     assert kernel_gate.reference("6.12.95+deb12-amd64", [old, new]) is new
     with pytest.raises(pytest.UsageError, match="names more than one of the kernels given"):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_udpsend.frontend.guest import GuestSelection
 from pytest_udpsend.lane import vm
 
 VENV_BIN = str(Path(sys.executable).parent)
@@ -74,7 +75,7 @@ def test_no_qemu_on_path_is_named(pytester, monkeypatch, tmp_path):
 def test_guest_selection_keeps_exactly_the_hosts_ids(tmp_path):
     """Ids with spaces and brackets are compared as strings: nothing to quote or parse."""
     (tmp_path / "selection.json").write_text(json.dumps(["t.py::a[x y]", "t.py::b[[1]]"]))
-    sel = vm.GuestSelection(tmp_path / "selection.json")
+    sel = GuestSelection(tmp_path / "selection.json")
 
     class Item:
         def __init__(self, nodeid: str) -> None:

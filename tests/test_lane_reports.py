@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import pytest
 
-from pytest_udpsend.lane import vm
+from pytest_udpsend.frontend import guest, kernel_lane
+from pytest_udpsend.lane import wire
 
 GUEST_TESTS = """
 import pytest
@@ -51,17 +52,17 @@ def shipped(
         if isinstance(r, pytest.TestReport)
     ]
     path = pytester.path / "reports.jsonl"
-    monkeypatch.setenv(vm.LANE_REPORT_ENV, str(path))
+    monkeypatch.setenv(wire.LANE_REPORT_ENV, str(path))
     for report in reports:
-        vm.write_guest_report(report, request.config)
-    back, problem = vm.read_guest_reports(path)
+        guest.write_guest_report(report, request.config)
+    back, problem = wire.read_guest_reports(path)
     assert problem == ""
     out: dict[str, list[tuple[pytest.TestReport, pytest.TestReport]]] = {}
     for report in reports:
         phase = next(g for g in back[report.nodeid] if g.when == report.when)
         assert phase.report is not None  # the whole report travelled, not only its text
         name = report.nodeid.rpartition("::")[2]
-        out.setdefault(name, []).append((report, vm.host_report(request.node, f"{report.nodeid}@6.1", phase)))
+        out.setdefault(name, []).append((report, kernel_lane.host_report(request.node, f"{report.nodeid}@6.1", phase)))
     return out
 
 
@@ -106,10 +107,10 @@ def test_a_phase_the_host_failed_carries_the_hosts_text(pytester, request, monke
         for r in pytester.inline_run("-p", "no:cacheprovider", "-k", "xpasses").getreports("pytest_runtest_logreport")
         if isinstance(r, pytest.TestReport) and r.when == "call"
     ]
-    monkeypatch.setenv(vm.LANE_REPORT_ENV, str(pytester.path / "reports.jsonl"))
-    vm.write_guest_report(reports[0], request.config)
-    (g,) = [g for gs in vm.read_guest_reports(pytester.path / "reports.jsonl")[0].values() for g in gs]
-    got = vm.host_report(
+    monkeypatch.setenv(wire.LANE_REPORT_ENV, str(pytester.path / "reports.jsonl"))
+    guest.write_guest_report(reports[0], request.config)
+    (g,) = [g for gs in wire.read_guest_reports(pytester.path / "reports.jsonl")[0].values() for g in gs]
+    got = kernel_lane.host_report(
         request.node, "x@6.1", replace(g, outcome="failed", longrepr="udpsend kernel gate: regression")
     )
     assert got.failed and got.longrepr == "udpsend kernel gate: regression" and not hasattr(got, "wasxfail")
@@ -128,9 +129,9 @@ def test_a_line_whose_report_is_not_its_phase_is_not_a_report(tmp_path):
     path = tmp_path / "reports.jsonl"
     for bad in ({**serialized, "outcome": "failed"}, {**serialized, "$report_type": "CollectReport"}, [1]):
         path.write_text(json.dumps({**line, "report": bad}) + "\n")
-        assert vm.read_guest_reports(path) == ({}, f"line 1 of {path} is cut short or not a test report")
+        assert wire.read_guest_reports(path) == ({}, f"line 1 of {path} is cut short or not a test report")
     path.write_text(json.dumps({**line, "when": "later"}) + "\n")
-    assert vm.read_guest_reports(path)[1]
+    assert wire.read_guest_reports(path)[1]
 
 
 def test_the_host_lane_shows_what_the_lane_run_reported(pytester):

@@ -26,14 +26,12 @@ LAYERS = {
     "fixtures": 6,
     "plugin": 6,
     "cli": 6,
+    "command": 6,
     "__init__": 0,
 }
 # No module below the frontend may import pytest: the pytest glue lives on top.  The exemptions, by
 # module and with the reason (ARCHITECTURE.md says the same); any other module below frontend/ fails.
-PYTEST_EXEMPT = {
-    "pytest_udpsend.lane.vm": "the lane reports its run's phases into this pytest session (pytest.Item, the report "
-    "serialization hooks) and its guest side is a pytest plugin (GuestSelection); splitting it is issue 29's",
-}
+PYTEST_EXEMPT: dict[str, str] = {}
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
@@ -159,19 +157,66 @@ def test_an_upward_import_is_caught(tmp_path):
     assert any("imports pytest" in v for v in found), found
 
 
-def test_a_lane_module_importing_pytest_is_caught_unless_exempt(tmp_path):
-    """The lane layer is not exempt as a whole: only the modules PYTEST_EXEMPT names are."""
+def test_a_lane_module_importing_pytest_is_caught(tmp_path):
+    """The lane layer has no exemption: its pytest parts are frontend/kernel_lane.py and frontend/guest.py."""
     fake = tmp_path / NAME
     (fake / "lane").mkdir(parents=True)
     for rel in ("__init__.py", "lane/__init__.py"):
         (fake / rel).write_text("")
     (fake / "lane" / "vm.py").write_text("import pytest\n")
-    (fake / "lane" / "other.py").write_text("import pytest\n")
+    (fake / "lane" / "wire.py").write_text("from _pytest.reports import TestReport\n")
     found = violations(fake)
-    assert [v.split(":")[0] for v in found] == ["lane/other.py"], found
+    assert [v.split(":")[0] for v in found] == ["lane/vm.py", "lane/wire.py"], found
+
+
+# Modules outside command/ that print, with the reason; any other print() outside the command fails.
+PRINT_EXEMPT = {
+    "pytest_udpsend.measure.external": "SenderProcess prints the user's program's output for pytest to capture "
+    "and show beside a failing test",
+}
+
+
+def printers(root: Path = PACKAGE) -> list[str]:
+    """Modules outside the command's package (and the console script) that call print()."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        module = module_name(path, root)
+        if module.startswith(f"{NAME}.command") or module == f"{NAME}.cli" or module in PRINT_EXEMPT:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {module} prints")
+    return found
+
+
+def test_only_the_command_prints():
+    """What the ``udpsend`` command prints and its exit statuses are command/'s: the layers below return data."""
+    bad = printers()
+    assert not bad, "print() outside pytest_udpsend/command/:\n" + "\n".join(bad)
+
+
+def test_a_print_below_the_command_is_caught(tmp_path):
+    fake = tmp_path / NAME
+    for sub in ("results", "command"):
+        (fake / sub).mkdir(parents=True)
+        (fake / sub / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    (fake / "results" / "fanin.py").write_text("def f():\n    print('merged')\n")
+    (fake / "command" / "compare.py").write_text("print('ok')\n")
+    assert [v.split(":")[0] for v in printers(fake)] == ["results/fanin.py"]
 
 
 @pytest.mark.parametrize("sub", sorted(k for k in LAYERS if (PACKAGE / k).is_dir()))
 def test_each_layer_is_a_package_with_a_docstring(sub):
     init = PACKAGE / sub / "__init__.py"
     assert init.exists() and ast.get_docstring(ast.parse(init.read_text())), f"{sub}/__init__.py needs a docstring"
+
+
+def test_the_command_does_not_load_pytest():
+    """The ``udpsend`` command shares the option table and the session with the plugin, not pytest itself."""
+    import subprocess
+    import sys
+
+    code = "import sys, pytest_udpsend.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in ('pytest', '_pytest')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

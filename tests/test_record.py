@@ -305,9 +305,9 @@ def test_refusals_are_one_sentence(tmp_path, capsys, monkeypatch):
     assert cli.main(["record", "--pid", "1", "-o", out]) == 2
     assert "needs root: run it with sudo" in capsys.readouterr().err
     monkeypatch.undo()
-    from pytest_udpsend.measure import tpprobe
+    from pytest_udpsend.measure import tploader
 
-    monkeypatch.setattr(tpprobe, "BTF_PATH", tmp_path / "no-btf")
+    monkeypatch.setattr(tploader, "BTF_PATH", tmp_path / "no-btf")
     assert cli.main(["record", "--pid", "1", "-o", out]) == 2
     err = capsys.readouterr().err
     assert "tracing cannot be loaded" in err and "BTF" in err and err.count("\n") == 1

@@ -101,6 +101,23 @@ def test_a_release_the_end_of_the_run_cut_short_is_left_out_unless_it_came_back(
     ]
 
 
+def test_a_release_the_host_stalled_the_sender_around_is_left_out():
+    # off 200-400 and 600-800; the loop made no call in 530-560 (within 100 ms before the release at 600), and
+    # after it the rate stays low: that release is listed, with sender_idle_ms, but not decided
+    sent = _series([(0, 200, 30), (200, 400, 100), (400, 600, 30), (600, 800, 30)], 800)
+    idle = [530 <= b * 10 < 560 for b in range(80)]
+    out = recovery.resume_times(sent, 10, [200.0, 600.0], [400.0, 800.0], 0.9, 10, idle)
+    assert [r.get("sender_idle_ms") for r in out["releases"]] == [0, 30.0]
+    assert out["resume_ms"] == 0.0 and "1 of 2 releases left out of resume_ms" in out["note"]
+    assert "did not come back" not in out["note"]
+    idle = [b * 10 >= 420 for b in range(80)]  # every release stalled: no figure, and it says why
+    out = recovery.resume_times(sent, 10, [200.0, 600.0], [400.0, 800.0], 0.9, 10, idle)
+    assert out["resume_ms"] == 0.0  # the first release's stall-free span still decides it
+    idle = [True] * 80
+    out = recovery.resume_times(sent, 10, [200.0, 600.0], [400.0, 800.0], 0.9, 10, idle)
+    assert out["resume_ms"] is None and "on a host that runs the sender" in out["unavailable"]
+
+
 def test_the_marker_bounds_the_worst_release_and_repeats_take_the_median_run():
     bound = bounds.resume_bound(max=50)
     assert (bound.metric, bound.high) == ("recovery.resume_ms", 50.0)
@@ -147,11 +164,13 @@ def test_each_release_recovers_within_its_off_period(udpsend_result):
     assert rec["realtime"] == (os.geteuid() == 0)
     assert len(rec["releases"]) in (2, 3)  # at 0.2, 0.6, 1.0 s (left out if the run's end cut it before it came back)
     for release, planned in zip(rec["releases"], (200, 600, 1000)):
-        assert abs(release["at_ms"] - planned) < 20  # the schedule starts with the send loop (within a thread start)
-        assert (
-            release["resume_ms"] is not None and release["resume_ms"] < release["off_ms"]
-        )  # back within the off period
-    assert rec["resume_ms"] == max(x["resume_ms"] for x in rec["releases"])
+        # Never early; late only by what the result owns up to: the schedule is a Python thread (SCHED_FIFO, but it
+        # still needs the GIL), and on a busy 2-core host a toggle came 75 ms late once (late_max_ms said 76.7).
+        assert -20 < release["at_ms"] - planned < rec["late_max_ms"] + 20, (release, rec["late_max_ms"])
+        if not release["sender_idle_ms"]:  # else the host stopped the sender (1 run in 10 here): not decided
+            assert release["resume_ms"] is not None and release["resume_ms"] < release["off_ms"]  # back within it
+    decided = [x["resume_ms"] for x in rec["releases"] if not x["sender_idle_ms"]]
+    assert decided and rec["resume_ms"] == max(decided)
     # The depth of the dip (pressured_pps against reference_pps, about 0.45 on an idle host) is printed, not
     # asserted: another job on this 2-core host moves both rates by more than the hogs do; that the hogs
     # stop and start is test_the_schedule_stops_and_resumes_the_hogs's claim.

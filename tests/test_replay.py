@@ -21,6 +21,7 @@ from scapy.packet import Raw  # noqa: E402
 from scapy.utils import PcapNgWriter, PcapWriter  # noqa: E402
 
 from pytest_udpsend import cli  # noqa: E402
+from pytest_udpsend.command import run  # noqa: E402
 from pytest_udpsend.errors import ConfigError  # noqa: E402
 from pytest_udpsend.measure import replay  # noqa: E402
 from pytest_udpsend.measure.params import make_params  # noqa: E402
@@ -222,7 +223,7 @@ def test_cli_takes_the_replay_options():
     args = cli.build_parser().parse_args(
         ["run", "--replay", "x.pcap", "--speed", "0", "--loop", "2", "--replay-filter", "dport=53"]
     )
-    assert cli.replay_args(args) == {
+    assert run.replay_args(args) == {
         "replay": "x.pcap",
         "speed": 0.0,
         "loop": 2,
@@ -231,7 +232,7 @@ def test_cli_takes_the_replay_options():
     }
     args.exec_argv = ["./mine"]
     with pytest.raises(ConfigError, match="use one of them"):
-        cli.replay_args(args)
+        run.replay_args(args)
 
 
 # ------------------------------------------------------------------------------------ real sends

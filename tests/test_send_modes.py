@@ -177,6 +177,16 @@ def test_own_program_eagain_measured_from_outside(sender_process, c_sender):
     assert r.wmem["samples"] > 10
 
 
+def test_own_program_sock_wfree_is_not_measured_but_the_bpf_backend(sender_process, wfree_probe, c_sender):
+    """Only the bpf probe follows another program's datagrams: with any other backend the result says so (count
+    None, as every backend that measured nothing), so a bound on it fails as "not measured", not on a 0."""
+    if wfree_probe.backend == "bpf":
+        pytest.skip("the bpf backend measures the program")
+    r = sender_process.run([str(c_sender), "0.3"], cpu=0)
+    assert r.sent > 0 and r.wfree["count"] is None and r.wfree["backend"] == wfree_probe.backend
+    assert "--udpsend-backend bpf" in r.wfree["unavailable"]
+
+
 def test_own_program_killed_after_duration_and_failure_is_one_sentence(pytester):
     pytester.makepyfile(
         """

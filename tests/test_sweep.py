@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from pytest_udpsend.errors import ConfigError
-from pytest_udpsend.frontend.sweep import Cell, CellResult, Grid, baseline, make_grid, smallest_change
 from pytest_udpsend.measure.result import SendResult
 from pytest_udpsend.results import store, sweep_report
+from pytest_udpsend.results.sweep import Cell, CellResult, Grid, baseline, make_grid, smallest_change
 from tests.own_sender import counts, own_sender
 
 UDPSEND = [sys.executable, "-m", "pytest_udpsend.cli"]

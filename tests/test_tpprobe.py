@@ -64,7 +64,9 @@ def _common(r, record_property, short: float = 0.01) -> dict:
         )
     assert w["interval"]["from"].startswith("net:net_dev_queue") and w["interval"]["misses"]  # what the latency is
     assert w["p50_us"] is not None and w["p50_us"] <= w["p99_us"]
-    assert _released_line(r).endswith(": ok") and f"sent {r.sent}" in _released_line(r), r.checks
+    # the result's check line holds the count to 1 % of sent: MISMATCH past that, where a test allows more
+    ok = _released_line(r).endswith(": ok") or (short > 0.01 and _released_line(r).endswith(": MISMATCH"))
+    assert ok and f"sent {r.sent}" in _released_line(r), r.checks
     return w
 
 
@@ -93,10 +95,14 @@ def test_starved_napi_thread_releases_under_gro_counted_per_datagram(udpsend_res
 @pytest.mark.topology(rps_cpus=[1])
 @pytest.mark.udpsend(duration=0.5, cpu=0, sndbuf=16384)
 def test_rps_moves_the_release_off_the_senders_thread(udpsend_result, wfree_probe, record_property):
-    # Under RPS on a busy host, 0.1-1.2 % of the datagrams softnet processed never reached any program on
-    # net:netif_receive_skb (a trivial second program saw the same; no recursion misses): not yet explained,
-    # so the count may fall short by 5 % here, and never exceed what was sent.
-    w = _common(udpsend_result, record_property, short=0.05)
+    r = udpsend_result
+    # What the shortfall is not (docs/explanation/measurement.md): every datagram was charged, none dropped at
+    # the RPS CPU's backlog, all received (so none pending when the probe was read), no program skipped as
+    # nested.  Under RPS the kernel still ran the release program for fewer net:netif_receive_skb hits than
+    # the backlog processed in 21 of 43 runs (up to 1.26 %, counted at the program's first instruction): 5 %.
+    assert r.wfree["charges"] == r.sent and r.received == r.sent, (r.wfree["charges"], r.received, r.sent)
+    assert r.softnet["1"]["dropped"] == 0 and r.wfree["missed_events"] == 0, (r.softnet, r.wfree["missed_events"])
+    w = _common(r, record_property, short=0.05)
     assert w["count"] - w["contexts"]["inline"] >= 0.1 * w["count"], w["contexts"]
 
 

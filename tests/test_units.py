@@ -167,10 +167,10 @@ def test_a_lone_number_string_is_a_mask_and_the_error_says_so():
 
 
 def test_cli_takes_the_marker_forms():
-    from pytest_udpsend import cli
+    from pytest_udpsend.command import run
 
-    assert cli._cpu_list("2") == [1] and cli._cpu_list("1-1") == [1]
-    assert cli._pressure("0x2:3") == ([1], 3) and cli._pressure("1-1") == ([1], 2)
+    assert run._cpu_list("2") == [1] and run._cpu_list("1-1") == [1]
+    assert run._pressure("0x2:3") == ([1], 3) and run._pressure("1-1") == ([1], 2)
 
 
 # --- the bpf probe: built once per session, falls back under auto, fails once under bpf ---

@@ -74,7 +74,7 @@ class Collector:
                 raise pytest.UsageError(str(exc)) from None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        gather(self.session, report)  # a lane's guest sends its reports back itself (lane/vm.py GuestSelection)
+        gather(self.session, report)  # a lane's guest sends its reports back itself (frontend/guest.py)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """With --udpsend-baseline: tests of ours measured, but not one comparison was made: never a pass."""
@@ -87,7 +87,7 @@ class Collector:
         if self.refusal and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         from pytest_udpsend.frontend.reporting import lane_summary
 
         if line := lane_summary(self.session):

@@ -1,7 +1,7 @@
 """Several kernels in one run, and the gate between them (``--udpsend-kernel`` repeated,
 ``--udpsend-gate-against KERNEL``).
 
-* **Kernels.** Each ``--udpsend-kernel`` value is a lane (lane/vm.py): an image booted in a
+* **Kernels.** Each ``--udpsend-kernel`` value is a lane (frontend/kernel_lane.py): an image booted in a
   VM, or ``host``, the running kernel in a pytest subprocess.  The lanes run one after
   the other (never two VMs at once), the reference first; each test is reported once per
   kernel as ``test@<release>`` (``test@<release>#2`` for a kernel given again, e.g. an
@@ -29,27 +29,27 @@ from typing import Any
 
 import pytest
 
-from pytest_udpsend.frontend import interleave
+from pytest_udpsend.frontend import interleave, kernel_lane
 from pytest_udpsend.frontend.kernel_interleave import samples as _samples  # one reader for both paths
 from pytest_udpsend.frontend.markers import SCENARIO_KEY, Scenario
-from pytest_udpsend.lane import vm
-from pytest_udpsend.results import compare, store
+from pytest_udpsend.lane import vm, wire
+from pytest_udpsend.results import compare, paired, store
 
 MEASURING_FIXTURES = interleave.MEASURING
-Phases = list[vm.GuestReport]
+Phases = list[wire.GuestReport]
 
 
-def matches(value: str, lane: vm.Lane) -> bool:
+def matches(value: str, lane: kernel_lane.Lane) -> bool:
     """Does a --udpsend-gate-against value name this lane: ``host``, its image path, or its release
     (whole, or a prefix ending at a dot, dash or plus: ``6.1`` is 6.1.0-56-amd64, not 6.12.95)?"""
     if value == vm.HOST:
-        return isinstance(lane, vm.HostLane)
-    if isinstance(lane, vm.KernelLane) and os.path.exists(value) and os.path.samefile(value, lane.image):
+        return isinstance(lane, kernel_lane.HostLane)
+    if isinstance(lane, kernel_lane.KernelLane) and os.path.exists(value) and os.path.samefile(value, lane.image):
         return True
     return lane.release == value or any(lane.release.startswith(value + sep) for sep in ".-+")
 
 
-def reference(value: str, lanes: Sequence[vm.Lane]) -> vm.Lane:
+def reference(value: str, lanes: Sequence[kernel_lane.Lane]) -> kernel_lane.Lane:
     """The lane --udpsend-gate-against names (the first, if a kernel was given twice); else a usage error."""
     found = [lane for lane in lanes if matches(value, lane)]
     given = ", ".join(f"{lane.source} ({lane.release})" for lane in lanes)
@@ -69,7 +69,7 @@ def reference(value: str, lanes: Sequence[vm.Lane]) -> vm.Lane:
 class KernelGate:
     """Each test on the other kernels against its samples on the reference kernel."""
 
-    def __init__(self, ref: vm.Lane, others: int, settings: compare.Settings) -> None:
+    def __init__(self, ref: kernel_lane.Lane, others: int, settings: compare.Settings) -> None:
         self.ref = ref
         self.others = others
         self.settings = settings
@@ -94,7 +94,7 @@ class KernelGate:
         tests = {f"{k}@{self.ref.suffix}": {"samples": v} for k, v in self.base.items() if v}
         return store.document(self.ref.guest_environment or {"kernel": self.ref.release}, tests)
 
-    def judge(self, lane: vm.Lane, item: pytest.Item, phases: Phases) -> Phases:
+    def judge(self, lane: kernel_lane.Lane, item: pytest.Item, phases: Phases) -> Phases:
         """The phases of ``item@lane``, its call phase failed with the table if it regressed or is refused."""
         new = _samples(phases)
         passed = any(g.when == "call" and g.outcome == "passed" for g in phases)
@@ -137,7 +137,7 @@ class KernelGate:
         head = compare.header(self.settings, self.family)
         return f"{where}: regression:\n" + compare.table(rows, self.ref.guest_environment, env, head)
 
-    def record(self, lane: vm.Lane) -> dict[str, Any] | None:
+    def record(self, lane: kernel_lane.Lane) -> dict[str, Any] | None:
         """What the lane's run in the --udpsend-json document keeps of the gate."""
         rows = self.rows.get(lane.suffix)
         return compare.gate_record(self.settings, self.family, self.reference_doc(), rows) if rows else None
@@ -150,12 +150,12 @@ class Kernels:
     lane does (``UdpsendSession.lane``): ``run``, ``nic_models``, ``describe``, ``notes``.
     """
 
-    def __init__(self, lanes: Sequence[vm.Lane], gate: KernelGate | None) -> None:
+    def __init__(self, lanes: Sequence[kernel_lane.Lane], gate: KernelGate | None) -> None:
         self.lanes = list(lanes)
         self.gate = gate
         self.guest_environment = None  # no single environment: see document()
         self.reported: dict[str, list[str]] = {}  # lane suffix -> the node ids it reported
-        self.interleaved: dict[str, list[Any]] = {}  # --udpsend-interleave: node id -> its paired rows
+        self.interleaved: dict[str, list[paired.PairedRow]] = {}  # --udpsend-interleave: node id -> its paired rows
 
     @property
     def nic_models(self) -> set[str]:
@@ -234,7 +234,7 @@ class Kernels:
         if self.nothing_compared() and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED  # never a pass on what was not compared
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if why := self.nothing_compared():
             terminalreporter.write_line(f"udpsend kernel gate: {why}", red=True)
         if self.gate is None or not self.gate.rows:
@@ -254,7 +254,7 @@ class Kernels:
                 terminalreporter.write_line(f"{suffix}: {line}")
 
 
-def number_repeats(lanes: Sequence[vm.Lane]) -> None:
+def number_repeats(lanes: Sequence[kernel_lane.Lane]) -> None:
     """A kernel given again keeps distinct node ids: ``@<release>#2``."""
     seen: dict[str, int] = {}
     for lane in lanes:
@@ -263,7 +263,7 @@ def number_repeats(lanes: Sequence[vm.Lane]) -> None:
 
 
 def configure(
-    given: Sequence[str], against: str | None, settings: compare.Settings, make: Callable[[str], vm.Lane]
+    given: Sequence[str], against: str | None, settings: compare.Settings, make: Callable[[str], kernel_lane.Lane]
 ) -> Kernels:
     """The Kernels of a run, the reference first; ``make`` builds one value's lane (checking its
     preconditions).  A bad --udpsend-gate-against is a usage error, before any boot."""

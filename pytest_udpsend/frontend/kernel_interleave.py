@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from pytest_udpsend.frontend import interleave
+from pytest_udpsend.frontend import interleave, kernel_lane
 from pytest_udpsend.frontend.markers import SCENARIO_KEY, Scenario
-from pytest_udpsend.lane import vm
+from pytest_udpsend.lane import wire
 from pytest_udpsend.results import compare, paired, store
 
-Phases = list[vm.GuestReport]
+Phases = list[wire.GuestReport]
 
 
 def samples(phases: Phases) -> list[dict[str, Any]]:
@@ -54,7 +54,7 @@ def _judge(
 
 
 def run(
-    lanes: Sequence[vm.Lane], session: pytest.Session, rounds: int, settings: compare.Settings
+    lanes: Sequence[kernel_lane.Lane], session: pytest.Session, rounds: int, settings: compare.Settings
 ) -> dict[str, list[paired.PairedRow]]:
     """Boot the two lanes alternately, then report every test once per kernel; the paired rows per test."""
     ref, cand = lanes
@@ -117,7 +117,7 @@ def run(
     return verdicts
 
 
-def _with(g: vm.GuestReport, taken: list[dict[str, Any]], extra: list[Any], failure: str | None) -> vm.GuestReport:
+def _with(g: wire.GuestReport, taken: list[dict[str, Any]], extra: list[Any], failure: str | None) -> wire.GuestReport:
     """A call phase carrying every round's samples of its kernel (and the paired record), failed on a regression."""
     if g.when != "call":
         return g

@@ -12,12 +12,13 @@ import pytest
 
 from pytest_udpsend.errors import ConfigError
 from pytest_udpsend.frontend.keys import PCAP_KEY
+from pytest_udpsend.frontend.session import TestContext
 from pytest_udpsend.host.topology import Topology
 from pytest_udpsend.measure.capture import capture
 
 
 def capture_for(
-    request: pytest.FixtureRequest, ctx: Any, topo: Topology
+    request: pytest.FixtureRequest, ctx: TestContext, topo: Topology
 ) -> Callable[[], contextlib.AbstractContextManager[Any]] | None:
     """A capture factory for this test when --udpsend-pcap is given, else None."""
     directory = ctx.session.options.pcap_dir

@@ -68,7 +68,7 @@ class CommandRef:
     exit_codes: tuple[tuple[int, str], ...]
 
 
-# Exit statuses of each ``udpsend`` subcommand (read from cli.py and the functions it calls);
+# Exit statuses of each ``udpsend`` subcommand (read from command/, where each subcommand returns them);
 # tests/test_docs_reference.py fails when a subcommand of the parser has no entry here.
 EXIT_CODES: dict[str, dict[int, str]] = {
     "doctor": {0: "root, network namespaces and veth work here (the core checks)", 1: "one of the core checks failed"},
@@ -91,7 +91,7 @@ EXIT_CODES: dict[str, dict[int, str]] = {
         1: "the shape written, but events were lost (the ring buffer was full): it is incomplete",
     },
 }
-# What ``cli.main`` returns for every subcommand.
+# What ``command.main.main`` (the console script ``cli.main``) returns for every subcommand.
 COMMON_EXIT_CODES: dict[int, str] = {
     2: "a usage error, no command, or a one-sentence error naming the cause and the fix (bad value, unreadable "
     "file, refused input, missing privileges)",
@@ -554,7 +554,7 @@ def cli_page(parser: argparse.ArgumentParser) -> str:
     out = [
         GENERATED,
         "# The `udpsend` command\n",
-        "From the command's argparse parser (`cli.build_parser()`); `udpsend COMMAND --help` prints the same.\n",
+        "From the command's argparse parser (`build_parser()` in `command/main.py`); `udpsend COMMAND --help` prints the same.\n",
         table(["command", "what it does"], [(f"`udpsend {c.name}`", c.help) for c in command_refs(parser)]) + "\n",
     ]
     for c in command_refs(parser):

@@ -8,9 +8,9 @@ import os
 import signal
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_udpsend.errors import ConfigError, PrivilegeError
 from pytest_udpsend.host import netns, nicport, nics, privileges
@@ -21,6 +21,10 @@ from pytest_udpsend.host.topology import Endpoint, SubnetAllocator, Topology
 from pytest_udpsend.host.undo import UndoStack
 from pytest_udpsend.measure import load, probes
 from pytest_udpsend.measure.probes import WfreeProbe
+from pytest_udpsend.results import compare
+
+if TYPE_CHECKING:  # the lanes are pytest's side: the command's sessions never have one
+    from pytest_udpsend.frontend.kernel_lane import SessionLane
 
 log = logging.getLogger("pytest_udpsend")
 
@@ -81,18 +85,18 @@ class UdpsendSession:
         self.privilege_problem = privileges.missing()
         self.reaped: list[str] = []
         self.tests: dict[str, dict[str, Any]] = {}  # nodeid -> outcome and samples
-        self.comparison: list[Any] = []  # compare.Row of every test compared with the baseline
+        self.comparison: list[compare.Row] = []  # every test compared with the baseline
         self.baseline: dict[str, Any] | None = None  # the --udpsend-baseline document
-        self.baseline_samples: dict[str, list[dict[str, Any]]] = {}  # its samples by comparison key
+        self.baseline_samples: dict[str, list[Mapping[str, Any]]] = {}  # its samples by comparison key
         self.baseline_floors: dict[str, dict[str, dict[str, float]]] = {}  # per test and metric, from several sessions
-        self.gate: Any = None  # compare.Settings: the gate's knobs (options.configure_baseline)
+        self.gate = compare.Settings()  # the gate's knobs: the ini's, set by configure.configure_baseline
         self.gate_family = 1  # comparisons in the run: baseline tests x metrics (Bonferroni)
         self.kernel = os.uname().release
         self._probe: WfreeProbe | None = None
         self._sysctl_host: SysctlHost | None = None
         self._port_journal: Journal | None = None
         self._started = False
-        self.lane: Any = None  # vm.KernelLane under --udpsend-kernel
+        self.lane: SessionLane | None = None  # under --udpsend-kernel: one lane, or several kernels
 
     @property
     def invited(self) -> bool:

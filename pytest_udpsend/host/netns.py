@@ -68,20 +68,21 @@ def in_thread(fn: Callable[[], T]) -> T:
     The thread may change its own namespaces; they die with it, and the calling
     thread is never moved.
     """
-    box: dict[str, object] = {}
+    value: list[T] = []
+    error: list[BaseException] = []
 
     def body() -> None:
         try:
-            box["value"] = fn()
+            value.append(fn())
         except BaseException as exc:  # re-raised in the caller
-            box["error"] = exc
+            error.append(exc)
 
     thread = threading.Thread(target=body, name="udpsend-netns")
     thread.start()
     thread.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
+    if error:
+        raise error[0]
+    return value[0]
 
 
 def enter(fd: int) -> None:

@@ -526,8 +526,8 @@ def _qdisc_problem(name: str) -> str | None:
         ipr.close()
     if classes:
         return f"has the qdisc {classes[0].get_attr('TCA_KIND')} {classes[0]['handle'] >> 16:x}: with classes, {lead}; {fix}"
-    if filters:
-        return f"has filters on its root qdisc {root['kind']} {root['handle']}, {lead}; {fix}"  # type: ignore[index]
+    if filters and root is not None:  # filters are only read under a root qdisc
+        return f"has filters on its root qdisc {root['kind']} {root['handle']}, {lead}; {fix}"
     base = SYS_NET / name
     for q in qdiscs:
         if q["kind"] in PARAMETERLESS:

@@ -22,9 +22,10 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pytest_udpsend.errors import ConfigError, PrivilegeError
 from pytest_udpsend.host import cpus as cpus_mod
@@ -40,6 +41,7 @@ SENDER_IF = "veth-snd"
 RECEIVER_IF = "veth-rcv"
 LO_INDEX = 1  # LOOPBACK_IFINDEX: lo is the first device of every namespace
 IPV6_SYSCTL_DIR = Path("/proc/sys/net/ipv6")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,8 @@ class Endpoint:
     def name(self) -> str:
         return self.ns.name
 
-    def run(self, fn: Any) -> Any:
+    def run(self, fn: Callable[[], T]) -> T:
+        """``fn()`` run in this side's namespace (a fresh thread: see netns.Namespace.run)."""
         return self.ns.run(fn)
 
 

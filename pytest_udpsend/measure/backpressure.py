@@ -52,6 +52,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+from pytest_udpsend.measure.shapes import BusyWaitDetail
+
 ERRNO_SLOTS = 256  # as in _engine.c: errnos at or above it are counted together
 LOOP_ERRNO_METHOD = (
     "counted by the send loop: each failed send call by its errno (a sendmmsg batch that stopped "
@@ -114,7 +116,7 @@ def busy_wait(samples: Sequence[Sample]) -> float | None:
     return fraction(*full_time(samples))
 
 
-def loop_busy_wait(full_ns: int, cpu_ns: int, wait_ns: int) -> tuple[float | None, dict[str, object]]:
+def loop_busy_wait(full_ns: int, cpu_ns: int, wait_ns: int) -> tuple[float | None, BusyWaitDetail]:
     """The C loop's sums (its run delay is exact: it reads it while it runs): busy_wait and its detail."""
     asleep_ns = max(full_ns - cpu_ns - wait_ns, 0)
     found = detail(full_ns, cpu_ns, asleep_ns, LOOP_BUSY_METHOD)
@@ -122,7 +124,7 @@ def loop_busy_wait(full_ns: int, cpu_ns: int, wait_ns: int) -> tuple[float | Non
     return fraction(full_ns, cpu_ns, asleep_ns), found
 
 
-def detail(full_ns: int, cpu_ns: int, asleep_ns: int, method: str) -> dict[str, object]:
+def detail(full_ns: int, cpu_ns: int, asleep_ns: int, method: str) -> BusyWaitDetail:
     """What busy_wait was computed from, for the result."""
     return {
         "full_s": round(full_ns / 1e9, 4),

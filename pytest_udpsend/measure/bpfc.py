@@ -1,5 +1,5 @@
-"""C fragments shared by this package's eBPF programs (bpfprobe, tpprobe, sendtrace): one text, so a
-fix reaches every program.  Each program defines what a fragment uses before including it: ``SUB``
+"""C fragments shared by this package's eBPF programs (bpfprobe, tpprobe, sendtrace, record): one text,
+so a fix reaches every program.  Each program defines what a fragment uses before including it: ``SUB``
 and ``NB`` (the log-linear histogram of measure/histogram.py: SUB sub-bucket bits, NB buckets),
 ``NCTX``, ``STACK_EVERY``, ``S_LOST`` and ``bump()``.
 """
@@ -60,5 +60,32 @@ COUNT_STACK = r"""static __always_inline void count_stack(void *ctx, u32 cx)
     }
     bump(S_LOST);
 #endif
+}
+"""
+
+# Raw sys_enter(struct pt_regs *regs, long id) and sys_exit(struct pt_regs *regs, long ret) hand over the
+# saved registers: udps_syscall_args(regs, args) reads the syscall's six arguments from them and
+# udps_syscall_nr(regs) its number (sys_exit has it only there), at the pt_regs offsets of the kernel's BTF
+# (tploader.syscall_cflags: OFF_DI .. OFF_R9, OFF_ORIG_AX).  Needs nothing defined before it.
+SYSCALL_ARGS = r"""static inline __attribute__((always_inline)) u64 udps_reg(u64 regs, u64 off)
+{
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)(regs + off));
+    return v;
+}
+
+static inline __attribute__((always_inline)) void udps_syscall_args(u64 regs, u64 *args)
+{
+    args[0] = udps_reg(regs, OFF_DI);
+    args[1] = udps_reg(regs, OFF_SI);
+    args[2] = udps_reg(regs, OFF_DX);
+    args[3] = udps_reg(regs, OFF_R10);
+    args[4] = udps_reg(regs, OFF_R8);
+    args[5] = udps_reg(regs, OFF_R9);
+}
+
+static inline __attribute__((always_inline)) u64 udps_syscall_nr(u64 regs)
+{
+    return udps_reg(regs, OFF_ORIG_AX);
 }
 """

@@ -75,19 +75,20 @@ import contextlib
 import itertools
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pytest_udpsend.errors import PrivilegeError
 from pytest_udpsend.host.sysctl import Sysctls
 from pytest_udpsend.measure import bpfc
 from pytest_udpsend.measure.histogram import HIST_EDGES_US, SUB, percentile_us, rebin
+from pytest_udpsend.measure.shapes import Backend, ReleaseContext, Stack, Wfree
+from pytest_udpsend.measure.tploader import stderr_to_file
 
 if TYPE_CHECKING:
     from pytest_udpsend.host.topology import TopologySpec
 
-CONTEXTS = ("inline", "softirq", "ksoftirqd", "napi_thread")
+CONTEXTS: tuple[ReleaseContext, ...] = ("inline", "softirq", "ksoftirqd", "napi_thread")  # cx in the C
 NBUCKETS = 64 << SUB
 # slots of the C's stats array after the per-context pairs (count, max_ns): S_* there
 S_CHARGES, S_LOST, S_CALLS, S_GRO = (len(CONTEXTS) * 2 + i for i in range(4))
@@ -282,20 +283,6 @@ int on_wfree(struct pt_regs *ctx) { return do_wfree(ctx, PT_REGS_PARM1(ctx)); }
 """
 
 
-@contextlib.contextmanager
-def _stderr_to_file() -> Iterator[Any]:
-    """Catch what clang/bcc print on fd 2 (not sys.stderr), to put it into our error."""
-    with tempfile.TemporaryFile("w+") as log:
-        saved = os.dup(2)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield log
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            log.seek(0)
-
-
 GRO_EVENTS = ((b"napi_gro_receive_entry", b"on_gro_entry"), (b"napi_gro_receive_exit", b"on_gro_exit"))
 
 
@@ -308,7 +295,7 @@ def method_text(attach: str) -> str:
 
 
 class BpfProbe:
-    backend = "bpf"
+    backend: Backend = "bpf"
     receiver_timestamps = False
     method = method_text("kprobe or fentry")
 
@@ -332,7 +319,7 @@ class BpfProbe:
         fentry = bool(BPF.support_kfunc())
         self.attach = "fentry" if fentry else "kprobe"
         self.method = method_text(self.attach)
-        with _stderr_to_file() as log:
+        with stderr_to_file() as log:
             try:
                 bpf = BPF(
                     text=PROGRAM + (ATTACH_FENTRY if fentry else ATTACH_KPROBE),  # fentry attaches itself
@@ -421,7 +408,7 @@ class BpfProbe:
             cfg[cfg.Key(0)] = cfg.Leaf(0)
             raise PrivilegeError(f"the bcc probe could not be attached on {os.uname().release}: {exc}") from None
 
-    def end(self, rx_latencies_ns: Sequence[int], lost_samples: int, sent: int) -> dict[str, Any]:
+    def end(self, rx_latencies_ns: Sequence[int], lost_samples: int, sent: int) -> Wfree:
         bpf = self._compile()
         cfg = bpf["cfg"]
         cfg[cfg.Key(0)] = cfg.Leaf(0)
@@ -454,7 +441,7 @@ class BpfProbe:
             **stacks,
         }
 
-    def _stacks(self, bpf: Any, contexts: Mapping[str, int]) -> dict[str, Any]:
+    def _stacks(self, bpf: Any, contexts: Mapping[ReleaseContext, int]) -> Wfree:
         """The most frequent release stacks per context, symbolized once, here at the end of the run."""
         from bcc import BPF
 
@@ -508,11 +495,11 @@ def stack_text(share: float, frames: Sequence[str]) -> str:
 
 
 def top_stacks(
-    counts: Mapping[tuple[str, int], int],
+    counts: Mapping[tuple[ReleaseContext, int], int],
     frames_of: Callable[[int], Sequence[str]],
-    contexts: Mapping[str, int],
+    contexts: Mapping[ReleaseContext, int],
     per_context: int = STACKS_PER_CONTEXT,
-) -> list[dict[str, Any]]:
+) -> list[Stack]:
     """Per context, the ``per_context`` most frequent release stacks, most frequent first overall.
 
     ``counts`` maps (context, stack id) to sampled releases, ``contexts`` each context to all its
@@ -523,7 +510,7 @@ def top_stacks(
     releases: rounded down, so the shares add up to at most 1.
     """
     total = sum(contexts.values())
-    out: list[dict[str, Any]] = []
+    out: list[Stack] = []
     for context in sorted({c for c, _ in counts}):
         ids = sorted(((n, i) for (c, i), n in counts.items() if c == context and n > 0), reverse=True)
         kept = sum(n for n, _ in ids)

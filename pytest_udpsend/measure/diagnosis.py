@@ -61,7 +61,7 @@ def _deferral(r: SendResult) -> list[Finding]:
         return []
     during = f"; during the run: {r.pressure}" if r.pressure else ""
     if w.get("backend") in ("bpf", "tracepoint"):
-        contexts: dict[str, int] = w.get("contexts") or {}
+        contexts = w.get("contexts") or {}
         total = sum(contexts.values()) or 1
         elsewhere = {k: v for k, v in contexts.items() if k != "inline" and v / total >= DEFERRED_SHARE}
         if not elsewhere and p99 < DEFERRED_P99_US:

@@ -63,15 +63,18 @@ from pytest_udpsend.measure.diagnosis import diagnose
 from pytest_udpsend.measure.probes import WfreeProbe
 from pytest_udpsend.measure.result import SendResult
 from pytest_udpsend.measure.sender import PORT, _receiver_socket, knobs_in_force, stop_loops
+from pytest_udpsend.measure.shapes import BusyWaitDetail, Process, Series, Wfree
+from pytest_udpsend.measure.wfree import not_measured
 
 SAMPLE_S = 0.002  # tx_queue sampling period
 BUCKET_MS = 10  # the series' bucket, as the built-in sender's
 GRACE_S = 2.0  # after SIGTERM at the end of the duration, before SIGKILL
 OUTPUT_CAP = 64 << 10  # bytes of stdout/stderr kept in the result
 WRAPPERS = ("setpriv", "nsenter", "taskset")
-TIMESTAMP_REASON = (
-    "the timestamp estimate needs the send time stamped into every payload, which your program does not write: "
-    "use --udpsend-backend bpf on a kernel with kprobes (or the kernel lane) for sock_wfree timing of your program"
+OUTSIDE_REASON = (
+    "sock_wfree of your own program is measured only by the bpf backend, not {backend} (the timestamp estimate "
+    "needs the send time stamped into every payload, which your program does not write): use --udpsend-backend "
+    "bpf on a kernel with kprobes (or the kernel lane)"
 )
 
 
@@ -293,7 +296,7 @@ class TxQueueSampler:
             self._diag.close()
             self._diag = None
 
-    def busy_wait(self) -> tuple[float | None, dict[str, Any]]:
+    def busy_wait(self) -> tuple[float | None, BusyWaitDetail]:
         """busy_wait and what it was computed from (measure/backpressure.py)."""
         if self.unavailable:
             return None, {"unavailable": self.unavailable}
@@ -580,7 +583,7 @@ class ProcessRunner:
         drains: list[_Drain],
         elapsed: float,
         wall: tuple[float, float],
-        process: dict[str, Any],
+        process: Process,
     ) -> SendResult:
         eagain = snmp.get("UdpSndbufErrors", 0) + snmp.get("Udp6SndbufErrors", 0)
         sent = snmp.get("UdpOutDatagrams", 0) + snmp.get("Udp6OutDatagrams", 0)
@@ -659,20 +662,11 @@ class ProcessRunner:
                 f"{backpressure.PROGRAM_ERRNO_REASON}; tracing the program's send calls could not load: {exc}"
             )
 
-    def _wfree(self, sent: int) -> dict[str, Any]:
+    def _wfree(self, sent: int) -> Wfree:
         if self.probe is None:
             return {}
-        if self.probe.backend != "bpf":
-            return {
-                "backend": self.probe.backend,
-                "count": 0,
-                "p50_us": None,
-                "p90_us": None,
-                "p99_us": None,
-                "max_us": None,
-                "contexts": {},
-                "reason": TIMESTAMP_REASON,
-            }
+        if self.probe.backend != "bpf":  # not a count of 0: a bound on it must fail as "not measured"
+            return not_measured(self.probe.backend, OUTSIDE_REASON.format(backend=self.probe.backend))
         wfree = self.probe.end([], 0, sent)
         wfree.setdefault("reason", self.probe.reason)
         return wfree
@@ -685,7 +679,7 @@ class ProcessRunner:
         self._release()
 
 
-def _series(samples: Sequence[tuple[float, int]]) -> dict[str, Any]:
+def _series(samples: Sequence[tuple[float, int]]) -> Series:
     """Occupancy per bucket (the program's attempts per bucket are not visible from outside)."""
     if not samples:
         return {"bucket_ms": BUCKET_MS, "outq_max": []}
@@ -746,8 +740,9 @@ class SenderProcess:
             self._runner.kill()
 
 
-def _show_output(process: dict[str, Any]) -> None:
-    """Print the program's output: pytest captures it and shows it when the test fails."""
+def _show_output(process: Mapping[str, Any]) -> None:
+    """Print the program's output (a result's ``process``, or a ProgramError's ``output``): pytest captures it
+    and shows it when the test fails."""
     if process.get("stdout"):
         print(f"--- stdout of {process['argv'][0]} ---\n{process['stdout']}", end="")
     if process.get("stderr"):

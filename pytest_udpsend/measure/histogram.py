@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from typing import Any
+
+from pytest_udpsend.measure.shapes import Latency
 
 SUB = 3  # log-linear sub-bucket bits; mirrored by SUB in bpfprobe.PROGRAM
 
@@ -19,7 +20,7 @@ SUB = 3  # log-linear sub-bucket bits; mirrored by SUB in bpfprobe.PROGRAM
 HIST_EDGES_US = [round(10 ** (i / 5), 3) for i in range(0, 36)]
 
 
-def latency_stats(samples_ns: Sequence[int]) -> dict[str, Any]:
+def latency_stats(samples_ns: Sequence[int]) -> Latency:
     """count, p50/p90/p99/max (us, nearest rank) and a log histogram of ``samples_ns``."""
     values = sorted(samples_ns)
     n = len(values)

@@ -9,6 +9,7 @@ from typing import Any
 
 from pytest_udpsend.errors import ConfigError
 from pytest_udpsend.measure import replay
+from pytest_udpsend.measure.shapes import SendMode
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class SendParams:
     cpu: int | tuple[int, ...] | None = None  # a list with threads > 1: thread i on cpu[i % len]
     ipv6: bool = False
     receiver_cpu: int | None = None  # beyond SPEC: pin the draining receiver (the busy application CPU)
-    mode: str = "send"  # send | sendto | sendmmsg | gso
+    mode: SendMode = "send"  # send | sendto | sendmmsg | gso
     batch: int = 32  # sendmmsg: messages per call
     gso_size: int | None = None  # gso: UDP_SEGMENT, bytes per wire segment
     flows: int = 1  # sockets per sender thread, served round-robin
@@ -99,7 +100,7 @@ def make_params(**kwargs: Any) -> SendParams:
     return params
 
 
-MODES = ("send", "sendto", "sendmmsg", "gso")
+MODES: tuple[SendMode, ...] = ("send", "sendto", "sendmmsg", "gso")
 UDP_MAX_SEGMENTS = 64  # the kernel's limit per GSO send (64 before 6.10, 128 since): the portable one
 
 

@@ -37,11 +37,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pytest_udpsend.errors import PrivilegeError
 from pytest_udpsend.host.sysctl import Sysctls
 from pytest_udpsend.measure.histogram import latency_stats
+from pytest_udpsend.measure.shapes import Backend, Wfree
 from pytest_udpsend.measure.wfree import not_measured
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ NETEM_ORPHANS = (
 class WfreeProbe(Protocol):
     """What the sender needs from a probe; one instance per session."""
 
-    backend: str  # "bpf", "tracepoint" or "timestamp"
+    backend: Backend
     reason: str  # why this backend was chosen
     method: str  # one line: how the figure is obtained
     receiver_timestamps: bool  # does the receiver need SO_TIMESTAMPNS and payload stamps?
@@ -66,7 +67,7 @@ class WfreeProbe(Protocol):
 
     def begin(self, sock_fd: int, tgid: int) -> None: ...
 
-    def end(self, rx_latencies_ns: Sequence[int], lost_samples: int, sent: int) -> dict[str, Any]: ...
+    def end(self, rx_latencies_ns: Sequence[int], lost_samples: int, sent: int) -> Wfree: ...
 
     def close(self) -> None: ...
 
@@ -97,7 +98,7 @@ def timestamp_premise(path: TopologySpec | None) -> str | None:
 
 
 class TimestampProbe:
-    backend = "timestamp"
+    backend: Backend = "timestamp"
     receiver_timestamps = True
     method = (
         "estimate: receiver SO_TIMESTAMPNS taken in __netif_receive_skb_core "
@@ -118,18 +119,23 @@ class TimestampProbe:
     def begin(self, sock_fd: int, tgid: int) -> None:
         pass
 
-    def end(self, rx_latencies_ns: Sequence[int], lost_samples: int, sent: int) -> dict[str, Any]:
+    def end(self, rx_latencies_ns: Sequence[int], lost_samples: int, sent: int) -> Wfree:
         if self.unavailable is not None:
             return not_measured(self.backend, self.unavailable)
         stats = latency_stats(rx_latencies_ns)
-        stats.update(
-            backend=self.backend,
-            method=self.method,
-            contexts={},
-            lost_samples=lost_samples,
-            coverage=round(stats["count"] / sent, 4) if sent else 0.0,
-        )
-        return stats
+        return {
+            "count": stats["count"],
+            "p50_us": stats["p50_us"],
+            "p90_us": stats["p90_us"],
+            "p99_us": stats["p99_us"],
+            "max_us": stats["max_us"],
+            "histogram": stats["histogram"],
+            "backend": self.backend,
+            "method": self.method,
+            "contexts": {},
+            "lost_samples": lost_samples,
+            "coverage": round(stats["count"] / sent, 4) if sent else 0.0,
+        }
 
     def close(self) -> None:
         pass
@@ -175,7 +181,7 @@ def bpf_unavailable() -> str | None:
     return None
 
 
-def choose(requested: str) -> tuple[str, str]:
+def choose(requested: str) -> tuple[Backend, str]:
     """(backend, why) for ``--udpsend-backend``, without building anything; PrivilegeError if the
     backend asked for by name cannot work.  ``auto``: bpf where kprobes work, else tracepoint, else
     the timestamp estimate."""

@@ -1,6 +1,6 @@
 """``udpsend record``: a live process's UDP sends as a payload-free shape that ``replay=`` reads.
 
-What is traced (bcc, header-free as in ``tpprobe.py``: its stub kernel tree and ``btf_offsets``):
+What is traced (bcc, header-free: the loader in ``tploader.py``, its stub kernel tree and ``btf_offsets``):
 
 * raw tracepoint ``sys_enter`` (every syscall of every task, filtered first by the process's tgid,
   so all its threads): for ``write``, ``writev``, ``sendto``, ``sendmsg``, ``sendmmsg`` the call's
@@ -64,9 +64,9 @@ from typing import Any, BinaryIO
 
 from pytest_udpsend.errors import ConfigError, PrivilegeError
 from pytest_udpsend.host import outfile
+from pytest_udpsend.measure import bpfc, tploader
 
 SEND_SYSCALLS = {1: "write", 20: "writev", 44: "sendto", 46: "sendmsg", 307: "sendmmsg"}  # x86_64 numbers
-RECORD_PT_REGS = ("di", "si", "dx", "r10", "r8", "r9")  # x86_64 syscall arguments 1-6, in order
 RECORD_SOCK_FIELDS = (
     "skc_family",
     "skc_daddr",
@@ -85,7 +85,8 @@ DOC_V4 = ("192.0.2.1", "198.51.100.1")
 DOC_V6 = ("2001:db8::1", "2001:db8::2")
 FAILED_COMMENT = "udpsend: send failed: "
 
-RECORD_PROGRAM = r"""
+RECORD_PROGRAM = (
+    r"""
 #define NR_WRITE 1
 #define NR_WRITEV 20
 #define NR_SENDTO 44
@@ -221,13 +222,9 @@ static inline __attribute__((always_inline)) void rec_parse(struct rec_pending *
     }
 }
 
-static inline __attribute__((always_inline)) u64 rec_kernel_u64(u64 addr)
-{
-    u64 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-    return v;
-}
-
+"""
+    + bpfc.SYSCALL_ARGS
+    + r"""
 int rec_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
@@ -243,12 +240,7 @@ int rec_sys_enter(struct bpf_raw_tracepoint_args *ctx)
     u64 regs = ctx->args[0];
     p.ts = bpf_ktime_get_ns();
     p.nr = (u32)nr;
-    p.args[0] = rec_kernel_u64(regs + OFF_DI);
-    p.args[1] = rec_kernel_u64(regs + OFF_SI);
-    p.args[2] = rec_kernel_u64(regs + OFF_DX);
-    p.args[3] = rec_kernel_u64(regs + OFF_R10);
-    p.args[4] = rec_kernel_u64(regs + OFF_R8);
-    p.args[5] = rec_kernel_u64(regs + OFF_R9);
+    udps_syscall_args(regs, p.args);
     if (p.nr != NR_SENDMMSG)
         rec_parse(&p, 0, &p.msg);  /* the size from the arguments, at the call */
     rec_pending_by_tid.update(&tid, &p);
@@ -322,6 +314,7 @@ int rec_send_length(struct bpf_raw_tracepoint_args *ctx)
     return 0;
 }
 """
+)
 
 
 @dataclass(frozen=True)
@@ -417,17 +410,15 @@ def unavailable() -> str | None:
         return "udpsend record loads an eBPF program, which needs root: run it with sudo"
     if os.uname().machine != "x86_64":
         return f"udpsend record reads x86_64 syscall arguments and this host is {os.uname().machine}: record on an x86_64 host"
-    from pytest_udpsend.measure.tpprobe import BTF_PATH
-
     try:
         import bcc
     except ImportError:
         return "tracing cannot be loaded: bcc is not importable: apt-get install python3-bpfcc and use a venv made with --system-site-packages"
     if not hasattr(bcc, "BPF"):
         return "tracing cannot be loaded: the 'bcc' module found is not the BPF Compiler Collection: pip uninstall bcc; apt-get install python3-bpfcc"
-    if not BTF_PATH.exists():
+    if not tploader.BTF_PATH.exists():
         return (
-            f"tracing cannot be loaded: this kernel ({os.uname().release}) has no BTF at {BTF_PATH} "
+            f"tracing cannot be loaded: this kernel ({os.uname().release}) has no BTF at {tploader.BTF_PATH} "
             "(CONFIG_DEBUG_INFO_BTF unset): record on a kernel built with BTF"
         )
     return None
@@ -446,15 +437,13 @@ class Recorder:
         self._cons: mmap.mmap | None = None
         self._mask = 0
 
-    def _offsets(self) -> dict[str, int]:
-        from pytest_udpsend.measure.tpprobe import btf_offsets
-
+    def _cflags(self) -> list[str]:
         release = os.uname().release
         try:
-            regs = btf_offsets("pt_regs", RECORD_PT_REGS)
-            sock = btf_offsets("sock", ("__sk_common", "sk_type", "sk_protocol"))
-            common = btf_offsets("sock_common", RECORD_SOCK_FIELDS)
-            udp = btf_offsets("udp_sock", ("gso_size",))
+            regs = tploader.syscall_cflags()
+            sock = tploader.btf_offsets("sock", ("__sk_common", "sk_type", "sk_protocol"))
+            common = tploader.btf_offsets("sock_common", RECORD_SOCK_FIELDS)
+            udp = tploader.btf_offsets("udp_sock", ("gso_size",))
         except (OSError, ValueError, KeyError) as exc:
             raise PrivilegeError(
                 f"tracing cannot be loaded: the kernel structs could not be located in its BTF on "
@@ -465,33 +454,20 @@ class Recorder:
                 f"tracing cannot be loaded: struct sock on {release} does not start with its sock_common: "
                 "record on another kernel"
             )
-        out = {name: off for name, off in regs.items()}
-        out |= {"sk_type": sock["sk_type"], "sk_protocol": sock["sk_protocol"], "gso_size": udp["gso_size"]}
-        return out | common
+        out = {"sk_type": sock["sk_type"], "sk_protocol": sock["sk_protocol"], "gso_size": udp["gso_size"]} | common
+        return regs + [f"-DOFF_{name.upper()}={off}" for name, off in out.items()]
 
     def load(self) -> None:
         """Compile, load and attach; PrivilegeError in one sentence (what failed, what to do) if it cannot."""
-        from bcc import BPF
-
-        from pytest_udpsend.measure.bpfprobe import _stderr_to_file
-        from pytest_udpsend.measure.tpprobe import _stub_kernel_tree
-
         release = os.uname().release
-        cflags = [f"-DOFF_{name.upper()}={off}" for name, off in self._offsets().items()] + [
-            f"-DRING_PAGES={RING_PAGES}"
-        ]
-        with _stub_kernel_tree(), _stderr_to_file() as log:
-            try:
-                self._bpf = BPF(text=RECORD_PROGRAM.encode(), cflags=cflags)
-                self._bpf.load_func(b"rec_sys_enter", BPF.RAW_TRACEPOINT)
-                self._bpf.load_func(b"rec_send_length", BPF.RAW_TRACEPOINT)
-            except Exception as exc:
-                log.seek(0)
-                errors = [line for line in log.read().splitlines() if "error" in line][:3]
-                raise PrivilegeError(
-                    f"tracing cannot be loaded on {release} ({exc}: {'; '.join(errors) or 'no compiler output'}): "
-                    "check that bcc (python3-bpfcc) matches this kernel"
-                ) from None
+        cflags = [*self._cflags(), f"-DRING_PAGES={RING_PAGES}"]
+        try:
+            self._bpf = tploader.load(RECORD_PROGRAM, cflags, ("rec_sys_enter", "rec_send_length"))
+        except tploader.LoadError as exc:
+            raise PrivilegeError(
+                f"tracing cannot be loaded on {release} ({exc}: {exc.detail}): "
+                "check that bcc (python3-bpfcc) matches this kernel"
+            ) from None
         self._arm()
         try:
             self._bpf.attach_raw_tracepoint(tp=b"sock_send_length", fn_name=b"rec_send_length")

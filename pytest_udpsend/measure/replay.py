@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_udpsend.errors import ConfigError
+from pytest_udpsend.measure.shapes import BurstShape, ScheduleSummary
 
 BURST_GAP_MIN_NS = 1_000_000
 BURST_GAP_FACTOR = 10
@@ -135,9 +136,10 @@ class Schedule:
         """The wall time the schedule asks for (0 at speed 0)."""
         return 0.0 if speed == 0 else ((loops - 1) * self.period_ns() + self.span_ns) / speed / 1e9
 
-    def burst_table(self) -> list[dict[str, Any]]:
+    def burst_table(self) -> list[BurstShape]:
         """Each burst as the capture has it: first and last datagram, start and span on its clock, bytes."""
-        table, first = [], 0
+        table: list[BurstShape] = []
+        first = 0
         for end in self.burst_ends:
             table.append(
                 {
@@ -151,7 +153,7 @@ class Schedule:
             first = end
         return table
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> ScheduleSummary:
         return {
             "source": self.source,
             "datagrams": len(self.sizes),

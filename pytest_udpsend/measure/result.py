@@ -6,11 +6,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pytest_udpsend.measure.recovery import Recovery, no_schedule
+from pytest_udpsend.measure.shapes import BusyWaitDetail, Flow, Process, Replay, Series, Wfree, Wmem
 
 
 @dataclass
 class SendResult:
-    """Attributes and JSON keys as in SPEC.md; extra keys say how it was measured."""
+    """Attributes and JSON keys as in SPEC.md; extra keys say how it was measured.  The keys of the dict fields:
+    their TypedDicts in measure/shapes.py (``Wfree``, ``Series``, ...)."""
 
     attempts: int = 0
     sent: int = 0
@@ -26,10 +28,10 @@ class SendResult:
     softnet: dict[str, dict[str, int]] = field(default_factory=dict)
     irqs: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # NIC port -> "<irq> <name>" -> per-CPU count
     snmp: dict[str, int] = field(default_factory=dict)
-    wmem: dict[str, float] = field(default_factory=dict)
+    wmem: Wmem = field(default_factory=Wmem)  # send buffer occupancy (SIOCOUTQ): max_bytes, mean_bytes, samples
     # backend, method, count (datagrams released), p50_us..max_us, contexts; bpf: calls (sock_wfree calls: under GRO one
     # releases a whole aggregate), released_at, charges; "unavailable": why there are no figures (then count and latencies None)
-    wfree: dict[str, Any] = field(default_factory=dict)
+    wfree: Wfree = field(default_factory=Wfree)
     received: int = 0
     rcvbuf_errors: int = 0
     kernel: str = ""
@@ -45,7 +47,7 @@ class SendResult:
     # replay=: the schedule (source, datagrams, bytes, span_s, burst_rule, notes), its timing (expected_s,
     # timing_error, late_mean_us, late_max_us) and bursts (per burst and loop: datagrams, bytes, attempts, sent,
     # sent_bytes, eagain, eagain_rate, outq_max), worst_burst (its index by EAGAIN rate); empty otherwise
-    replay: dict[str, Any] = field(default_factory=dict)
+    replay: Replay = field(default_factory=Replay)
     # cpu_pressure(on_s=, off_s=): per release, how long the send rate took to come back to resume_fraction x the
     # unpressured rate in window_ms windows (measure/recovery.py); resume_ms: the worst release's, None with a reason
     recovery: Recovery = field(default_factory=no_schedule)
@@ -54,11 +56,10 @@ class SendResult:
     calls: int = 0  # send system calls (sendmmsg: one per batch)
     stops: int = 0  # sendmmsg batches that stopped early (counted as EAGAIN attempts)
     segments: int = 0  # wire datagrams: sent x segments per send (GSO), else sent
-    flows: list[dict[str, Any]] = field(
-        default_factory=list
-    )  # per socket: thread, cpu, sport, attempts, sent, eagain, stops
-    process: dict[str, Any] = field(default_factory=dict)  # sender_process: argv, returncode, exited, stdout, stderr
-    series: dict[str, Any] = field(default_factory=dict)
+    flows: list[Flow] = field(default_factory=list)  # per socket: thread, cpu, sport, attempts, sent, eagain, stops
+    process: Process = field(default_factory=Process)  # sender_process: argv, returncode, exited, stdout, stderr
+    # per bucket of bucket_ms: attempts, eagain, outq_max; a program: outq_max, and sent under a pressure schedule
+    series: Series = field(default_factory=Series)
     topology: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     pressure: str = ""
@@ -66,7 +67,8 @@ class SendResult:
     finished: float = 0.0
     checks: list[str] = field(default_factory=list)
     errno_method: str = ""  # how errno was counted, or why it is None
-    busy_wait_detail: dict[str, Any] = field(default_factory=dict)  # full_s, cpu_s, method (measure/backpressure.py)
+    # full_s, cpu_s, method (measure/backpressure.py)
+    busy_wait_detail: BusyWaitDetail = field(default_factory=BusyWaitDetail)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,10 +107,11 @@ class SendResult:
             f"replay {r['source']}: {r['datagrams']} datagrams x {r['loop']} at speed {r['speed']:g} in "
             f"{len(r['bursts'])} bursts ({r['burst_rule']}); {timing}"
         )
-        if r.get("worst_burst") is not None:
-            w = r["bursts"][r["worst_burst"]]
+        worst = r.get("worst_burst")
+        if worst is not None:
+            w = r["bursts"][worst]
             line += (
-                f"; worst burst #{r['worst_burst']} (at {w['start_s']:.3f} s): EAGAIN {w['eagain']}/{w['attempts']} "
+                f"; worst burst #{worst} (at {w['start_s']:.3f} s): EAGAIN {w['eagain']}/{w['attempts']} "
                 f"({w['eagain_rate']:.1%}), SIOCOUTQ peak {w['outq_max']} B"
             )
         return line
@@ -117,6 +120,7 @@ class SendResult:
         r = self.recovery
         back = ", ".join(
             f"{x['at_ms']:.0f}:{'-' if x['resume_ms'] is None else format(x['resume_ms'], '.0f')}"
+            + (" (sender idle, left out)" if x.get("sender_idle_ms") else "")
             for x in r["releases"]
         )
         return (

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args
 
 from pytest_udpsend.errors import ConfigError
 from pytest_udpsend.host.sysctl import Sysctls, normalize
@@ -45,6 +45,12 @@ from pytest_udpsend.measure.diagnosis import diagnose
 from pytest_udpsend.measure.params import SendParams, make_params
 from pytest_udpsend.measure.probes import WfreeProbe
 from pytest_udpsend.measure.result import SendResult
+from pytest_udpsend.measure.shapes import Flow, Replay, ReplayBurst, SendMode, Wfree
+
+if TYPE_CHECKING:
+    from pytest_udpsend.measure._engine import RecvCounts, SendCounts
+
+T = TypeVar("T")
 
 PORT = 40000
 SO_SNDBUFFORCE = 32
@@ -53,7 +59,7 @@ SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD; Python 3.11's socket module lacks the
 IP_RECVERR = 11
 IPV6_RECVERR = 25
 UDP_SEGMENT = 103  # Python 3.11's socket module lacks the constant
-MODE_CODES = {"send": 0, "sendto": 1, "sendmmsg": 2, "gso": 3}  # as in _engine.c
+MODE_CODES: dict[SendMode, int] = {"send": 0, "sendto": 1, "sendmmsg": 2, "gso": 3}  # as in _engine.c
 RCVBUF = 64 << 20
 SAMPLE_CAP = 1 << 18  # timestamp samples kept per run (1 MiB); a uniform reservoir beyond that
 REPORTED_KNOBS = (
@@ -159,39 +165,37 @@ def _check_gso(topo: Topology, p: SendParams) -> None:
         )
 
 
-class _Thread(threading.Thread):
+class _Thread(threading.Thread, Generic[T]):
     """A thread that keeps its target's return value or exception."""
 
-    def __init__(self, name: str, target: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, name: str, target: Callable[[], T]) -> None:
         super().__init__(name=name, daemon=True)
         self._fn = target
-        self.value: dict[str, Any] = {}
+        self._value: list[T] = []  # the return value, once there is one
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.value = self._fn()
+            self._value.append(self._fn())
         except BaseException as exc:
             self.error = exc
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> T:
         self.join()
         if self.error:
             raise self.error
-        return self.value
+        return self._value[0]
 
 
 RECOVERY_RATE_FROM = "attempts - EAGAIN per 10 ms bucket of the C send loop"
 RELEASE_LEAD_NS = 2_000_000  # more than a toggle's lateness (0.1 to 0.3 ms here)
 
 
-def _stamped(
-    starts: list[int], fn: Callable[[], dict[str, Any]], cycle: load.Cycle | None
-) -> Callable[[], dict[str, Any]]:
+def _stamped(starts: list[int], fn: Callable[[], T], cycle: load.Cycle | None) -> Callable[[], T]:
     """``fn`` noting when it began (the C loop's series starts microseconds later); the first sender thread
     starts the pressure schedule there, so the schedule keeps time with the series, however late the thread ran."""
 
-    def body() -> dict[str, Any]:
+    def body() -> T:
         starts.append(time.monotonic_ns())
         if cycle is not None:  # releases land just before a bucket edge: a sender back at once reads ~2 ms, not ~10
             cycle.start(RELEASE_LEAD_NS)
@@ -200,8 +204,8 @@ def _stamped(
     return body
 
 
-def _pinned(cpu: int | None, fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
-    def body() -> dict[str, Any]:
+def _pinned(cpu: int | None, fn: Callable[[], T]) -> Callable[[], T]:
+    def body() -> T:
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})  # pid 0 = this thread only
         return fn()
@@ -215,7 +219,7 @@ def run(
     sysctls: Sysctls,
     probe: WfreeProbe | None,
     pressure: load.PressureSpec | None = None,
-    capture: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+    capture: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
 ) -> SendResult:
     """Measure one run.  The caller holds the host lock."""
     if p.ipv6 and topo.receiver.addr6 is None:
@@ -319,7 +323,7 @@ def _measure(
     if topo.spec.tx_checksum:  # turned off on purpose, failed GSO sends are what the test looks at
         _refuse_gso_errors(p, tx_out)
     attempts, elapsed = tx_out["attempts"], tx_out["elapsed_s"]
-    wfree: dict[str, Any] = {}
+    wfree: Wfree = {}
     if probe is not None:
         samples = latencies[: rx_out["samples"]] if latencies is not None else []
         wire = tx_out["sent"] * p.segments_per_send()  # the receiver sees (and stamps) GSO segments
@@ -403,12 +407,12 @@ def _replay_seconds(schedule: replay.Schedule, p: SendParams) -> float:
     return schedule.expected_s(p.speed, p.loop) + len(schedule.sizes) * p.loop * REPLAY_US_PER_DATAGRAM + 0.2
 
 
-def replay_result(schedule: replay.Schedule, p: SendParams, out: dict[str, Any]) -> dict[str, Any]:
+def replay_result(schedule: replay.Schedule, p: SendParams, out: SendCounts) -> Replay:
     """SendResult.replay: the schedule, how well the loop kept it, and each burst's counts (per loop)."""
     expected = schedule.expected_s(p.speed, p.loop)
     elapsed = out["elapsed_s"]
     shape = schedule.burst_table()
-    bursts = []
+    bursts: list[ReplayBurst] = []
     for row, (attempts, sent, sent_bytes, eagain, outq_max) in enumerate(out["bursts"]):
         loop, burst = divmod(row, len(shape))
         bursts.append(
@@ -453,14 +457,14 @@ def _destination(topo: Topology, p: SendParams) -> bytes:
 
 def _send_body(
     p: SendParams, fds: list[int], stamp: bool, stop: bytearray, dst: bytes, schedule: replay.Schedule | None = None
-) -> Callable[[], dict[str, Any]]:
+) -> Callable[[], SendCounts]:
     mode, batch = MODE_CODES[p.mode], p.batch
     if schedule is not None:  # the C loop keeps the schedule: sizes, due times, bursts; one call per datagram
         due, period = schedule.due_ns(p.speed), int(schedule.period_ns() / p.speed) if p.speed else 0
         largest = max(16, max(schedule.sizes))
 
-        def replay_body() -> dict[str, Any]:
-            out: dict[str, Any] = _engine.send_loop(
+        def replay_body() -> SendCounts:
+            return _engine.send_loop(
                 fds[0],
                 _replay_seconds(schedule, p),
                 largest,
@@ -474,12 +478,11 @@ def _send_body(
                 period_ns=period,
                 burst_ends=schedule.burst_ends,
             )
-            return out
 
         return replay_body
 
-    def body() -> dict[str, Any]:
-        out: dict[str, Any] = _engine.send_loop(
+    def body() -> SendCounts:
+        return _engine.send_loop(
             fds if len(fds) > 1 else fds[0],
             p.duration,
             p.payload,
@@ -491,30 +494,34 @@ def _send_body(
             dst=dst,
             gso_size=p.gso_size or 0,
         )
-        return out
 
     return body
 
 
-def _combine(outs: list[dict[str, Any]]) -> dict[str, Any]:
+# the engine's counts that add up over sender threads
+Summed = Literal[
+    "attempts",
+    "sent",
+    "eagain",
+    "enobufs",
+    "other_errors",
+    "outq_sum",
+    "outq_samples",
+    "calls",
+    "stops",
+    "full_ns",
+    "full_cpu_ns",
+    "full_wait_ns",
+]
+SUMMED: tuple[Summed, ...] = get_args(Summed)
+
+
+def _combine(outs: list[SendCounts]) -> SendCounts:
     """One engine result from the sender threads': counts summed, occupancy max, series per bucket."""
     if len(outs) == 1:
         return outs[0]
-    total = dict(outs[0])
-    for key in (
-        "attempts",
-        "sent",
-        "eagain",
-        "enobufs",
-        "other_errors",
-        "outq_sum",
-        "outq_samples",
-        "calls",
-        "stops",
-        "full_ns",
-        "full_cpu_ns",
-        "full_wait_ns",
-    ):
+    total = outs[0].copy()
+    for key in SUMMED:
         total[key] = sum(o[key] for o in outs)
     total["errnos"] = {e: sum(o["errnos"].get(e, 0) for o in outs) for o in outs for e in o["errnos"]}
     total["outq_max"] = max(o["outq_max"] for o in outs)
@@ -527,13 +534,13 @@ def _combine(outs: list[dict[str, Any]]) -> dict[str, Any]:
             rows[i][0] += att
             rows[i][1] += eag
             rows[i][2] = max(rows[i][2], outq)
-    total["series"] = [tuple(r) for r in rows]
+    total["series"] = [(att, eag, outq) for att, eag, outq in rows]
     return total
 
 
-def _flow_table(p: SendParams, tx: list[list[socket.socket]], outs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _flow_table(p: SendParams, tx: list[list[socket.socket]], outs: list[SendCounts]) -> list[Flow]:
     """Each socket's counts: its sender thread, CPU and source port."""
-    table = []
+    table: list[Flow] = []
     for t, (cpu, socks, out) in enumerate(zip(p.thread_cpus(), tx, outs)):
         for f, sock in enumerate(socks):
             table.append(
@@ -541,13 +548,16 @@ def _flow_table(p: SendParams, tx: list[list[socket.socket]], outs: list[dict[st
                     "thread": t,
                     "cpu": cpu,
                     "sport": sock.getsockname()[1],
-                    **{k: out["flows"][k][f] for k in ("attempts", "sent", "eagain", "stops")},
+                    "attempts": out["flows"]["attempts"][f],
+                    "sent": out["flows"]["sent"][f],
+                    "eagain": out["flows"]["eagain"][f],
+                    "stops": out["flows"]["stops"][f],
                 }
             )
     return table
 
 
-def _refuse_gso_errors(p: SendParams, out: dict[str, Any]) -> None:
+def _refuse_gso_errors(p: SendParams, out: SendCounts) -> None:
     """GSO that the device or the kernel refuses fails every send: one sentence, not a table of zeros."""
     if p.mode != "gso" or not out["other_errors"] or out["sent"]:
         return
@@ -573,7 +583,7 @@ def stop_loops(stop: bytearray, threads: tuple[threading.Thread, ...]) -> None:
                 continue
 
 
-def _note_sampling(wfree: dict[str, Any], rx_out: dict[str, Any], sent: int) -> None:
+def _note_sampling(wfree: Wfree, rx_out: RecvCounts, sent: int) -> None:
     """The timestamp estimate's percentiles come from a bounded sample: say how it was taken."""
     seen, kept = rx_out["seen"], rx_out["samples"]
     wfree["samples"] = {
@@ -599,10 +609,10 @@ def gso_segmenter(topo: Topology) -> str:
     return "" if topo.spec.link == "veth" else f"the {topo.spec.link} NIC (unless it offloads UDP GSO)"
 
 
-def _gso_wfree_check(r: SendResult, segmenter: str) -> str:
+def _gso_wfree_check(r: SendResult, segmenter: str, n: int) -> str:
     """GSO: one charge (skb_set_owner_w) per super-send.  Released whole, that is one sock_wfree per super-send;
-    segmented first, __udp_gso_segment() hands sock_wfree to each segment, skbs the probe never saw charged."""
-    n = r.wfree.get("count", 0)
+    segmented first, __udp_gso_segment() hands sock_wfree to each segment, skbs the probe never saw charged.
+    ``n``: the datagrams the probe counted released."""
     if segmenter:
         return (
             f"sock_wfree count {n} not compared: {segmenter} may segment the super-datagrams before their release, "
@@ -630,11 +640,13 @@ def cross_checks(r: SendResult, ipv6: bool, segmenter: str = "") -> list[str]:
         f"received {r.received} + RcvbufErrors {r.rcvbuf_errors} <= {wire_name} {wire}: "
         f"{'ok' if r.received + r.rcvbuf_errors <= wire else 'MISMATCH'}",
     ]
-    exact = r.wfree.get("backend") in ("bpf", "tracepoint") and r.wfree.get("count") is not None
-    if exact and r.params.get("mode") == "gso":
-        lines.append(_gso_wfree_check(r, segmenter))
-    elif exact:  # datagrams, not sock_wfree calls: under GRO one call releases an aggregate
-        n, tolerance = r.wfree["count"], 0.01 if r.wfree["backend"] == "tracepoint" else 0.05
+    n = r.wfree.get("count")
+    if n is None or r.wfree.get("backend") not in ("bpf", "tracepoint"):  # the exact backends only
+        return lines
+    if r.params.get("mode") == "gso":
+        lines.append(_gso_wfree_check(r, segmenter, n))
+    else:  # datagrams, not sock_wfree calls: under GRO one call releases an aggregate
+        tolerance = 0.01 if r.wfree.get("backend") == "tracepoint" else 0.05
         lines.append(
             f"datagrams released {n} (sock_wfree calls {r.wfree.get('calls', n)}) vs sent {r.sent}: "
             f"{'ok' if abs(n - r.sent) <= tolerance * max(r.sent, 1) else 'MISMATCH'}"
@@ -657,7 +669,7 @@ class UdpSender:
         lock: Callable[[], None],
         probe: Callable[[], WfreeProbe | None],
         pressure: load.PressureSpec | None = None,
-        capture: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+        capture: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
     ) -> None:
         self.topology = topo
         self._sysctls = sysctls

@@ -5,7 +5,7 @@ Only the program's own processes count: the tasks of its own cgroup (``host/cgro
 cgroups below it (``bpf_get_current_ancestor_cgroup_id`` at its level), or, where it has none, its
 first process (tgid, as this process's pid namespace numbers it).  Everything is counted in the kernel
 (per-CPU arrays, no atomics, no events sent up); only the sums are read, at ``stop``.  The programs
-are raw tracepoints attached by name (no tracefs), loaded with tpprobe.py's header-free bcc loader,
+are raw tracepoints attached by name (no tracefs), loaded with the header-free bcc loader (tploader.py),
 and attached only while one program runs.
 
 Per kernel, the send's return is seen at:
@@ -43,9 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from pytest_udpsend.errors import PrivilegeError
-from pytest_udpsend.measure import bpfc
+from pytest_udpsend.measure import bpfc, tploader
 from pytest_udpsend.measure.histogram import HIST_EDGES_US, SUB, percentile_us, rebin
-from pytest_udpsend.measure.tpprobe import BTF_PATH, _stub_kernel_tree, btf_offsets, tracepoint_unavailable
+from pytest_udpsend.measure.tploader import BTF_PATH, btf_offsets
+from pytest_udpsend.measure.tpprobe import tracepoint_unavailable
 
 NB = 64 << SUB  # log-linear buckets, as histogram.bucket_bounds_ns reads them
 ERRNO_SLOTS = 256  # errnos at or above it are counted together ("other")
@@ -114,6 +115,7 @@ static __always_inline void add(u32 slot, u64 n)
 
 """
     + bpfc.LOG2_BUCKET
+    + bpfc.SYSCALL_ARGS
     + r"""
 static __always_inline u64 nvcsw(void)
 {
@@ -202,8 +204,7 @@ int on_exit(struct bpf_raw_tracepoint_args *ctx)
 {
     if (!ours())
         return 0;
-    u64 nr = 0;
-    bpf_probe_read_kernel(&nr, sizeof(nr), (void *)(ctx->args[0] + OFF_ORIG_AX));
+    u64 nr = udps_syscall_nr(ctx->args[0]);
     if (!is_send(nr, 0))
         return 0;
     long ret = (long)ctx->args[1];
@@ -337,17 +338,10 @@ class SendTrace:
         self.who = f"first process (pid {tgid}; what it starts is not counted)"
 
     def _load(self) -> Any:
-        from bcc import BPF
-
-        from pytest_udpsend.measure.bpfprobe import _stderr_to_file
-
         try:
             self.per_message = has_send_length() if self._force is None else self._force
-            offsets = {
-                **btf_offsets("sock", ("sk_type", "sk_protocol")),
-                **btf_offsets("task_struct", ("nvcsw",)),
-                **btf_offsets("pt_regs", ("orig_ax",)),
-            }
+            offsets = {**btf_offsets("sock", ("sk_type", "sk_protocol")), **btf_offsets("task_struct", ("nvcsw",))}
+            regs = tploader.syscall_cflags()
         except (OSError, ValueError, KeyError) as exc:
             raise PrivilegeError(
                 f"the fields the send tracer reads could not be located in {BTF_PATH} on {self.kernel} ({exc})"
@@ -355,19 +349,14 @@ class SendTrace:
         nrs = dict(zip(("SENDTO", "SENDMSG", "SENDMMSG", "WRITE"), SYSCALLS[platform.machine()]))
         cflags = (
             [f"-DOFF_{name.upper()}={off}" for name, off in offsets.items()]
+            + regs
             + [f"-DNR_{name}={nr}" for name, nr in nrs.items()]
             + [f"-DSUB={SUB}", f"-DTIMED={int(self.time_blocked)}"]
         )
-        with _stub_kernel_tree(), _stderr_to_file() as log:
-            try:
-                return BPF(text=PROGRAM.encode(), cflags=cflags)
-            except Exception as exc:
-                log.seek(0)
-                errors = [line for line in log.read().splitlines() if "error" in line][:3]
-                raise PrivilegeError(
-                    f"the send tracer could not be built on {self.kernel} ({exc}): "
-                    + ("; ".join(errors) or "no compiler output")
-                ) from None
+        try:
+            return tploader.load(PROGRAM, cflags)
+        except tploader.LoadError as exc:
+            raise PrivilegeError(f"the send tracer could not be built on {self.kernel} ({exc}): {exc.detail}") from None
 
     def stop(self) -> Traced:
         """Detach and read the sums."""

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pytest_udpsend.measure.shapes import Backend, Wfree
 
 
-def not_measured(backend: str, why: str) -> dict[str, Any]:
+def not_measured(backend: Backend, why: str) -> Wfree:
     """A wfree result without figures: ``count`` and the latencies None (a bound on them fails as "not
     measured"), ``method`` and ``unavailable`` the sentence saying why."""
     return {

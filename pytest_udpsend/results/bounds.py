@@ -266,6 +266,7 @@ def failure_table(
         rec = result.get("recovery") or {}
         back = ", ".join(
             f"{r['at_ms']:.0f} ms: {'never' if r['resume_ms'] is None else format(r['resume_ms'], 'g') + ' ms'}"
+            + (f" (sender idle {r['sender_idle_ms']:g} ms, left out)" if r.get("sender_idle_ms") else "")
             for r in rec.get("releases") or []
         )
         lines.append(

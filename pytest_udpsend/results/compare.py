@@ -34,10 +34,9 @@ import json
 import math
 import re
 import statistics
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pytest_udpsend.results.metrics import METRICS, lookup, odds_scaled, values
 
@@ -166,10 +165,16 @@ def p_greater(x: Sequence[float], y: Sequence[float], lvl: float = 0.0) -> float
     return p
 
 
-# Verdicts.  Compared: the test decided.  Refused: nothing may pass on it (one sentence says why).
-# Every other verdict ("no baseline", "not measured", "missing in new run") is not compared: listed, never a pass.
-COMPARED = ("regression", "ok", "improved")
-REFUSED = ("too few samples", "measured differently", "no samples", "not a number", "lost")
+# Verdicts, as the saved document and the tables spell them.  Compared: the test decided.  Refused: nothing may
+# pass on it (one sentence says why).  Every other verdict is not compared: listed, never a pass.
+Compared = Literal["regression", "ok", "improved"]
+Refused = Literal["too few samples", "measured differently", "no samples", "not a number", "lost"]
+NotCompared = Literal["no baseline", "not measured", "missing in new run"]
+Verdict = Compared | Refused | NotCompared
+COMPARED: tuple[Compared, ...] = get_args(Compared)
+REFUSED: tuple[Refused, ...] = get_args(Refused)
+NOT_COMPARED: tuple[NotCompared, ...] = get_args(NotCompared)
+VERDICTS: tuple[Verdict, ...] = (*COMPARED, *REFUSED, *NOT_COMPARED)
 
 
 @dataclass
@@ -180,7 +185,7 @@ class Row:
     new_median: float | None
     change: float | None  # relative change of the median, signed as measured
     p_value: float | None
-    verdict: str  # one of COMPARED, one of REFUSED, or not compared: no baseline, not measured, missing in new run
+    verdict: Verdict
     direction: str = ""  # "worse" or "better": which way the change goes for this metric
     allowed: float | None = None  # the change the verdict allowed, relative to the baseline median
     note: str = ""
@@ -598,8 +603,21 @@ def settings_for(new: Mapping[str, Any], given: Mapping[str, Any]) -> Settings:
     return replace(recorded, **chosen)
 
 
-def compare_files(base_path: str, new_path: str, given: Mapping[str, Any]) -> int:
-    """``udpsend compare``: print the table; 1 on regression, 2 if refused, 0 otherwise."""
+Status = Literal["ok", "regression", "refused"]  # a judgement's verdict; ``udpsend compare`` exits 0, 1, 2 on them
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One comparison judged: its verdict, the table with its notes (None if refused before any table) and
+    the sentence saying what could not be judged (None if everything could; also beside a regression)."""
+
+    status: Status
+    report: str | None = None
+    refusal: str | None = None
+
+
+def compare_files(base_path: str, new_path: str, given: Mapping[str, Any]) -> Judgement:
+    """``udpsend compare BASELINE.json NEW.json``, judged."""
     from pytest_udpsend.results import store
 
     return judge(store.load(base_path), store.load(new_path), given, names=(base_path, new_path))
@@ -611,36 +629,34 @@ def judge(
     given: Mapping[str, Any],
     family: int | None = None,
     names: tuple[str, str] = ("the baseline", "the new results"),
-) -> int:
-    """Print the table of ``new`` against ``base``; 1 on regression, 2 if refused, 0 otherwise (also per fan-in
-    group, with ``family`` counting every group's comparisons).  ``names``: the two sides' files.
+) -> Judgement:
+    """``new`` judged against ``base``: a regression, a refusal or ok (also per fan-in group, with ``family``
+    counting every group's comparisons).  ``names``: the two sides' files.
 
-    Never 0 on what was not measured: no tests, no test in common, a test without samples, a value
-    that is not a number, or nothing compared at all is a refusal in one sentence on stderr."""
+    Never ok on what was not measured: no tests, no test in common, a test without samples, a value
+    that is not a number, or nothing compared at all is a refusal in one sentence."""
     settings = settings_for(new, given)
     base_name, new_name = names
     mixed = env_mismatch(base.get("environment", {}), new.get("environment", {}))
     if mixed and not settings.allow_mixed:
-        print(f"udpsend compare: refused: {mixed_refusal(mixed, '--allow-mixed')}", file=sys.stderr)
-        return 2
+        return Judgement("refused", refusal=mixed_refusal(mixed, "--allow-mixed"))
     b = samples_by_test(base)
     if why := coverage_refusal(b, samples_by_test(new), base_name, new_name):
-        print(f"udpsend compare: refused: {why}", file=sys.stderr)
-        return 2
+        return Judgement("refused", refusal=why)
     family = family or family_size(b, settings)
     rows = compare_docs(base, new, settings, family)
     head = header(settings, family) + (f"\nmixed comparison (allowed): {mixed}" if mixed else "")
-    print(table(rows, base.get("environment"), new.get("environment"), head))
     bad = [r for r in rows if r.regressed]
-    print(f"\n{len(bad)} regression(s) in {len({r.test for r in rows})} test(s)")
-    for line in not_compared(rows):
-        print(line)
+    lines = [
+        table(rows, base.get("environment"), new.get("environment"), head),
+        f"\n{len(bad)} regression(s) in {len({r.test for r in rows})} test(s)",
+        *not_compared(rows),
+    ]
     if shift := common_shift(rows):
-        print(f"note: {shift}")
+        lines.append(f"note: {shift}")
     why = refusal(rows, settings, family)
     why = (
         f"{len({r.test for r in rows if r.refused})} test(s) cannot be judged: {why}" if why else nothing_compared(rows)
     )
-    if why:  # also beside a regression: what could not be judged is said, whatever the status
-        print(f"udpsend compare: refused: {new_name} against the baseline {base_name}: {why}", file=sys.stderr)
-    return 1 if bad else (2 if why else 0)
+    refused = f"{new_name} against the baseline {base_name}: {why}" if why else None
+    return Judgement("regression" if bad else ("refused" if why else "ok"), "\n".join(lines), refused)

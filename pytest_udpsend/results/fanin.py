@@ -12,15 +12,14 @@ document.  Here they come back together:
   that varies groups.  Units of one side and one group are pooled (their samples per
   test joined), so shards of one runner count together.
 * **One rule.** Each pair of groups is judged by ``compare.judge`` (the like-with-like
-  refusal included); the exit status is 1 if any group regressed, else 2 if any group was
-  refused or has no partner on the other side, else 0.  A group that measured nothing (no
+  refusal included); the verdict is a regression if any group regressed, else refused if any
+  group was refused or has no partner on the other side, else ok (``udpsend compare`` exits 1, 2, 0).  A group that measured nothing (no
   tests, no test in common, a test without samples) is refused by that rule, never passed.
 """
 
 from __future__ import annotations
 
 import glob
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,9 +123,9 @@ def merge(paths: Sequence[str]) -> dict[str, Any]:
     return {"format": store.FORMAT, "environment": {**shared, "merged": len(units)}, "tests": {}, "runs": runs}
 
 
-def write_merged(out: str, inputs: Sequence[str]) -> int:
+def write_merged(out: str, inputs: Sequence[str]) -> tuple[int, int]:
     """``udpsend merge OUT IN...``: every input validated on load, the merged document before it is written; a
-    merge of files without a single test is refused (nothing written)."""
+    merge of files without a single test is refused (nothing written).  (runs merged, files read)."""
     paths = expand(inputs)
     doc = store.validate(merge(paths), out)
     if not any(run.get("tests") for run in doc["runs"]):  # an empty document would pass for results (issue 24)
@@ -135,8 +134,7 @@ def write_merged(out: str, inputs: Sequence[str]) -> int:
             "would hold none; merge files of runs that measured"
         )
     store.write(out, doc)
-    print(f"merged {len(doc['runs'])} run(s) from {len(paths)} file(s) into {out}")
-    return 0
+    return len(doc["runs"]), len(paths)
 
 
 # --- grouping --------------------------------------------------------------------------------
@@ -259,37 +257,48 @@ def family(judged: Sequence[Pair], given: Mapping[str, Any]) -> int:
     )
 
 
-def compare_sides(base_patterns: Sequence[str], new_patterns: Sequence[str], given: Mapping[str, Any]) -> int:
-    """``udpsend compare BASE... --new NEW...``: one table per group; 1 if any regressed, 2 if any refused."""
+@dataclass(frozen=True)
+class Sides:
+    """``udpsend compare BASE... --new NEW...`` judged: the line naming the groups (None for one group),
+    each group's name and judgement, the overall verdict."""
+
+    heading: str | None
+    groups: list[tuple[str, compare.Judgement]]
+    status: compare.Status
+
+    @property
+    def several(self) -> bool:
+        return self.heading is not None
+
+
+def overall(statuses: Sequence[compare.Status]) -> compare.Status:
+    """Regression if any group regressed, else refused if any was refused, else ok."""
+    return "regression" if "regression" in statuses else ("refused" if "refused" in statuses else "ok")
+
+
+def compare_sides(base_patterns: Sequence[str], new_patterns: Sequence[str], given: Mapping[str, Any]) -> Sides:
+    """``udpsend compare BASE... --new NEW...``: every group judged by the one rule, one verdict for all."""
     base, new = load_units(base_patterns), load_units(new_patterns)
     change, judged = pairs(base, new)
-    several = len(judged) > 1
-    if several:
+    heading = None
+    if len(judged) > 1:
         changed = "; ".join(
             f"{f} {', '.join(sorted({u.value(f) for u in base}))} -> {', '.join(sorted({u.value(f) for u in new}))}"
             for f in change
         )
-        print(
-            f"{len(base)} baseline and {len(new)} new result(s) in {len(judged)} group(s) by "
-            f"{', '.join(f for f, _ in judged[0].key)}" + (f"; the change under test: {changed}" if changed else "")
+        by = ", ".join(f for f, _ in judged[0].key)
+        heading = f"{len(base)} baseline and {len(new)} new result(s) in {len(judged)} group(s) by {by}" + (
+            f"; the change under test: {changed}" if changed else ""
         )
     size = family(judged, given)
-    statuses = []
+    groups = []
     for p in judged:
-        if several:
-            print(f"\n=== {describe(p.key)} ===")
-            sys.stdout.flush()
         if p.base is None or p.new is None:
-            print(f"udpsend compare: refused: {describe(p.key)}: {p.refusal}", file=sys.stderr)
-            statuses.append(2)
+            judgement = compare.Judgement("refused", refusal=f"{describe(p.key)}: {p.refusal}")
         else:
-            statuses.append(compare.judge(p.base, p.new, given, size, (named(p.base_units), named(p.new_units))))
-        sys.stdout.flush()
-    status = 1 if 1 in statuses else (2 if 2 in statuses else 0)
-    if several:
-        verdict = {0: "ok", 1: "regression", 2: "refused"}
-        print("\nsummary: " + "; ".join(f"{describe(p.key)}: {verdict[st]}" for p, st in zip(judged, statuses)))
-    return status
+            judgement = compare.judge(p.base, p.new, given, size, (named(p.base_units), named(p.new_units)))
+        groups.append((describe(p.key), judgement))
+    return Sides(heading, groups, overall([j.status for _, j in groups]))
 
 
 def groups_for_report(units: Sequence[Unit]) -> dict[Key, list[Unit]]:

@@ -30,7 +30,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy import stats
@@ -41,6 +41,10 @@ ARMS = ("baseline", "candidate")
 COUNT_METRICS = ("time_squeeze", "enobufs")  # counts that are 0 on a quiet run: log1p
 ZERO = 1e-9  # a rate or time of 0 on the log scale: far below any measured one
 POWER = 0.8  # the power at which "the smallest change found" is stated
+
+
+# "lost": an arm did not measure the metric where the other did (fails, as a refusal does)
+PairedVerdict = Literal["ok", "regressed", "lost", "not compared"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class PairedRow:
     allowed: float  # the allowed factor in the worse direction
     p: float | None
     resolvable: float | None  # the smallest worse factor found at 80 % with this many pairs and this spread
-    verdict: str  # "ok", "regressed", "lost" (an arm did not measure it where the other did), "not compared"
+    verdict: PairedVerdict
     control: bool = False
     note: str = ""
 
@@ -277,7 +281,7 @@ def judge(
         and cand is not None
         and (cand - base if worse == "higher" else base - cand) > METRICS[metric].floor
     )
-    verdict = "regressed" if p < level and moved else "ok"
+    verdict: PairedVerdict = "regressed" if p < level and moved else "ok"
     note = (
         ""
         if moved or p >= level

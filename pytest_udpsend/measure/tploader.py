@@ -1,0 +1,178 @@
+"""One loader for this package's tracepoint eBPF programs (tpprobe, sendtrace, record): bcc without
+kernel headers.
+
+bcc only looks for kernel headers to give its own helpers a few basic types and macros; the
+programs use no kernel struct.  So bcc is pointed (``BCC_KERNEL_SOURCE``, set only around the
+compile) at a stub "kernel tree" of tiny files written here (``STUB_HEADERS``: integer types, a
+version macro, PAGE_SIZE), never at another kernel's headers, whose struct layouts differ.  The
+kernel fields a program reads are read with ``bpf_probe_read_kernel`` at byte offsets taken from
+this kernel's own BTF (``/sys/kernel/btf/vmlinux``, parsed here: ``btf_offsets``); a raw
+``sys_enter``/``sys_exit`` program's syscall arguments likewise (``syscall_cflags``, with the C
+reader ``bpfc.SYSCALL_ARGS``).  Raw tracepoints attach by name, without tracefs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+BTF_PATH = Path("/sys/kernel/btf/vmlinux")
+
+# struct pt_regs members (x86_64) holding a syscall's arguments 1-6, in order, then its number
+# (orig_ax: what sys_exit has of it)
+SYSCALL_REGS = ("di", "si", "dx", "r10", "r8", "r9", "orig_ax")
+
+# The stub "kernel tree" bcc compiles against: what its own helpers include, and nothing of a kernel's structs.
+STUB_HEADERS = {
+    "include/linux/kconfig.h": "#define CONFIG_BPF_SYSCALL 1\n",
+    "include/linux/types.h": """#ifndef _UDPSEND_STUB_TYPES_H
+#define _UDPSEND_STUB_TYPES_H
+typedef unsigned char __u8; typedef signed char __s8; typedef unsigned short __u16; typedef short __s16;
+typedef unsigned int __u32; typedef int __s32; typedef unsigned long long __u64; typedef long long __s64;
+typedef __u8 u8; typedef __s8 s8; typedef __u16 u16; typedef __s16 s16;
+typedef __u32 u32; typedef __s32 s32; typedef __u64 u64; typedef __s64 s64;
+typedef __u16 __be16; typedef __u32 __be32; typedef __u64 __be64; typedef __u16 __le16; typedef __u32 __le32;
+typedef __u64 __le64; typedef __u16 __sum16; typedef __u32 __wsum;
+typedef __u64 __attribute__((aligned(8))) __aligned_u64;
+typedef _Bool bool;
+typedef unsigned long uintptr_t; typedef long intptr_t; typedef unsigned long size_t; typedef long ssize_t;
+#define true 1
+#define false 0
+#endif
+""",
+    "include/linux/version.h": "#define LINUX_VERSION_CODE 0\n#define KERNEL_VERSION(a, b, c) (((a) << 16) + ((b) << 8) + (c))\n",
+    "include/linux/log2.h": "",
+    "include/linux/bpf_common.h": "/* bcc's bpf.h includes it; its BPF_* instruction macros are not used here */\n",
+    "include/uapi/linux/bpf.h": "/* the BPF uapi comes from bcc itself (/virtual/include/bcc/bpf.h) */\n",
+    "include/uapi/linux/if_packet.h": "",
+    "include/uapi/linux/if_ether.h": "",
+    "arch/x86/include/asm/page.h": "#define PAGE_SIZE 4096\n",
+}
+
+
+@contextlib.contextmanager
+def stub_kernel_tree() -> Iterator[str]:
+    """A directory bcc takes for kernel headers (BCC_KERNEL_SOURCE, set only inside the block)."""
+    with tempfile.TemporaryDirectory(prefix="udpsend-bcc-stub-") as root:
+        for rel, text in STUB_HEADERS.items():
+            target = Path(root, rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        saved = os.environ.get("BCC_KERNEL_SOURCE")
+        os.environ["BCC_KERNEL_SOURCE"] = root
+        try:
+            yield root
+        finally:
+            if saved is None:
+                os.environ.pop("BCC_KERNEL_SOURCE", None)
+            else:
+                os.environ["BCC_KERNEL_SOURCE"] = saved
+
+
+@contextlib.contextmanager
+def stderr_to_file() -> Iterator[IO[str]]:
+    """Catch what clang/bcc print on fd 2 (not sys.stderr), to put it into our error."""
+    with tempfile.TemporaryFile("w+") as log:
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield log
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+
+
+class LoadError(Exception):
+    """bcc could not compile or load a program: ``cause`` what bcc raised, ``errors`` the compiler's first error lines."""
+
+    def __init__(self, cause: Exception, errors: list[str]) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.errors = errors
+
+    @property
+    def detail(self) -> str:
+        return "; ".join(self.errors) or "no compiler output"
+
+
+def load(text: str, cflags: Sequence[str], raw_tracepoints: Sequence[str] = (), max_errors: int = 3) -> Any:
+    """Compile ``text`` header-free and load the functions named in ``raw_tracepoints`` as raw tracepoint
+    programs (verified now, attached by the caller); the ``bcc.BPF``, or LoadError."""
+    from bcc import BPF
+
+    with stub_kernel_tree(), stderr_to_file() as log:
+        try:
+            bpf = BPF(text=text.encode(), cflags=list(cflags))
+            for fn in raw_tracepoints:
+                bpf.load_func(fn.encode(), BPF.RAW_TRACEPOINT)
+        except Exception as exc:
+            log.seek(0)
+            errors = [line for line in log.read().splitlines() if "error" in line][:max_errors]
+            raise LoadError(exc, errors) from None
+    return bpf
+
+
+def btf_offsets(struct_name: str, fields: Sequence[str], path: Path | None = None) -> dict[str, int]:
+    """Byte offsets of ``fields`` in ``struct_name``, from the kernel's BTF (members of anonymous
+    structs and unions included); KeyError names what is missing, OSError/ValueError an unreadable file."""
+    path = BTF_PATH if path is None else path
+    data = path.read_bytes()
+    magic, _, _, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", data)
+    if magic != 0xEB9F:
+        raise ValueError(f"{path} is not BTF")
+    strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
+    extra = {1: 4, 3: 12, 14: 4, 17: 4}  # fixed bytes after struct btf_type, per kind
+    per_member = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}  # bytes per vlen entry, per kind
+    positions = [0]  # type id -> position of its struct btf_type (id 0 is void)
+    pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+    while pos < end:
+        positions.append(pos)
+        info = struct.unpack_from("<I", data, pos + 4)[0]
+        pos += 12 + extra.get(info >> 24 & 0x1F, 0) + per_member.get(info >> 24 & 0x1F, 0) * (info & 0xFFFF)
+
+    def name(off: int) -> str:
+        return strings[off : strings.index(b"\0", off)].decode()
+
+    def head(type_id: int) -> tuple[int, int, int, int]:  # name_off, kind, vlen, kind_flag
+        name_off, info = struct.unpack_from("<II", data, positions[type_id])
+        return name_off, info >> 24 & 0x1F, info & 0xFFFF, info >> 31
+
+    def resolve(type_id: int) -> int:  # through typedef, volatile, const, restrict, type tags
+        while head(type_id)[1] in (8, 9, 10, 11, 18):
+            type_id = struct.unpack_from("<I", data, positions[type_id] + 8)[0]
+        return type_id
+
+    def walk(type_id: int, base: int, found: dict[str, int]) -> None:
+        _, _, vlen, kind_flag = head(type_id)
+        for i in range(vlen):
+            m_name, m_type, m_off = struct.unpack_from("<III", data, positions[type_id] + 12 + 12 * i)
+            bits = base + (m_off & 0xFFFFFF if kind_flag else m_off)
+            if m_name:
+                found.setdefault(name(m_name), bits // 8)
+            elif head(resolve(m_type))[1] in (4, 5):  # an anonymous struct or union: its members are ours
+                walk(resolve(m_type), bits, found)
+
+    target = next(
+        (i for i in range(1, len(positions)) if head(i)[1] == 4 and head(i)[0] and name(head(i)[0]) == struct_name),
+        None,
+    )
+    if target is None:
+        raise KeyError(f"struct {struct_name}")
+    found: dict[str, int] = {}
+    walk(target, 0, found)
+    missing = [f for f in fields if f not in found]
+    if missing:
+        raise KeyError(f"struct {struct_name} has no {', '.join(missing)}")
+    return {f: found[f] for f in fields}
+
+
+def syscall_cflags() -> list[str]:
+    """``-DOFF_DI=..`` .. ``-DOFF_ORIG_AX=..``: the pt_regs offsets ``bpfc.SYSCALL_ARGS`` reads a raw
+    sys_enter/sys_exit program's syscall arguments and number at; KeyError/OSError/ValueError as btf_offsets."""
+    return [f"-DOFF_{name.upper()}={off}" for name, off in btf_offsets("pt_regs", SYSCALL_REGS).items()]
