@@ -239,6 +239,14 @@ def _lockdown(config: dict[str, str]) -> tuple[str | None, str]:
     return None, "securityfs not mounted"
 
 
+def _listable(path: Path) -> bool:
+    """A folder this user may look into: tracefs is often mode 700, and a non-root doctor still reports."""
+    try:
+        return path.is_dir() and os.access(path, os.R_OK | os.X_OK)
+    except PermissionError:
+        return False
+
+
 def tracing() -> list[Check]:
     """One line per tracing mechanism: whether this kernel allows it, what that means here, and a fix that can work."""
     release = os.uname().release
@@ -251,9 +259,9 @@ def tracing() -> list[Check]:
     root = privileges.missing() is None
     mounts, known = mounted_filesystems(), kernel_filesystems()
     tracefs = mounts.get("tracefs") or next(
-        (m for t, m in mounts.items() if t == "debugfs" and Path(m, "tracing/events").is_dir()), None
+        (m for t, m in mounts.items() if t == "debugfs" and _listable(Path(m, "tracing/events"))), None
     )
-    tracefs_events = Path(tracefs, "events") if tracefs and Path(tracefs, "events").is_dir() else None
+    tracefs_events = Path(tracefs, "events") if tracefs and _listable(Path(tracefs, "events")) else None
     ids = _btf_ids(("sock_wfree", "btf_trace_netif_receive_skb")) if BTF.exists() else {}
     mode, mode_from = _lockdown(config)
     locked = f", lockdown {mode}" if mode not in (None, "none") else ""

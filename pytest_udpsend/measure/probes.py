@@ -152,6 +152,8 @@ def kernel_headers_dir(release: str | None = None) -> Path | None:
 def bpf_unavailable() -> str | None:
     """None if eBPF kprobe tracing with bcc can work here, else why not and the fix."""
     release = os.uname().release
+    if os.geteuid() != 0:  # also: tracefs is often mode 700, so a non-root look into it fails
+        return "loading eBPF programs needs root: run the tests as root"
     if (
         not Path("/sys/bus/event_source/devices/kprobe").exists()
         and not Path("/sys/kernel/tracing/kprobe_events").exists()
