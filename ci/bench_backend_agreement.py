@@ -18,7 +18,11 @@ Printed per kernel x scenario: datagrams sent; per backend datagrams released, s
 context shares, p50/p99; the latency difference tracepoint - bpf with its sign (the tracepoint
 interval starts at net_dev_queue, later than the bpf charge at skb_set_owner_w, and ends at the
 release event just before sock_wfree: expected negative, a few us); then whether counts agree within
-1 % and context shares within 2 points.
+1 % and context shares within 2 points.  ``--overhead ROUNDS`` adds the backends' cost to the sender
+in the guest: plain veth pps without a probe, with the tracepoint backend alone and with the bpf
+backend alone, the arms rotated from round to round (TCG inflates every instruction alike, but not
+every kind of work alike: a figure for this lane, not a prediction for KVM); ``--only "plain veth"
+--overhead 6`` is its cheap form.
 
   flock /work/notes/heavy.lock .venv/bin/python ci/bench_backend_agreement.py \\
       .kernels/6.1.0-56-amd64/root/boot/vmlinuz-6.1.0-56-amd64 [IMAGE ...] [--json out.json]
@@ -31,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -164,8 +170,27 @@ def _run_scenario(
     return row
 
 
-def guest(out: Path, duration: float, only: Sequence[str]) -> int:
-    """Inside the guest: every scenario with both backends; the rows as JSON in ``out``."""
+def overhead(ctx: Any, duration: float, rounds: int, bpf: Any, tp: Any) -> dict[str, list[float]]:
+    """Sender pps on plain veth without a probe and with each backend alone, the arms in rotating order
+    from round to round (a drift of the guest's speed falls on every arm alike)."""
+    from pytest_udpsend.host import topology
+    from pytest_udpsend.measure import sender
+    from pytest_udpsend.measure.params import make_params
+
+    plain = topology.build(topology.make_spec(), ctx.undo, ctx.session.subnets, hint="overhead")
+    params = make_params(duration=duration, cpu=0)
+    arms: list[tuple[str, Any]] = [("none", None), ("tracepoint", tp), ("bpf", bpf)]
+    pps: dict[str, list[float]] = {name: [] for name, _ in arms}
+    for i in range(rounds):
+        shift = i % len(arms)
+        for name, probe in arms[shift:] + arms[:shift]:
+            pps[name].append(sender.run(plain, params, ctx.sysctls, probe).pps)
+    return pps
+
+
+def guest(out: Path, duration: float, only: Sequence[str], rounds: int = 0) -> int:
+    """Inside the guest: every scenario with both backends (and the overhead arms if ``rounds``); the rows as
+    JSON in ``out``."""
     import os
 
     from pytest_udpsend.errors import PrivilegeError
@@ -202,6 +227,8 @@ def guest(out: Path, duration: float, only: Sequence[str]) -> int:
                     }
                 doc["rows"].append(row)
                 out.write_text(json.dumps(doc, indent=1))
+            if rounds:
+                doc["overhead"] = overhead(ctx, duration, rounds, bpf, tp)
     finally:
         bpf.close()
         tp.close()
@@ -302,10 +329,24 @@ def table(kernel: str, rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def overhead_lines(kernel: str, pps: dict[str, list[float]]) -> list[str]:
+    base = statistics.median(pps["none"])
+    lines = [f"{kernel} / overhead on plain veth ({len(pps['none'])} rounds, arms rotated), sender pps:"]
+    for arm, values in pps.items():
+        med = statistics.median(values)
+        lines.append(
+            f"  {arm:<11} median {med:>9,.0f}  {1 - med / base:6.1%} fewer than without  "
+            f"(rounds {', '.join(f'{v:,.0f}' for v in values)})"
+        )
+    return [*lines, ""]
+
+
 # ---------------------------------------------------------------- the host's half: booting
 
 
-def boot(image: Path, duration: float, timeout: float, only: Sequence[str]) -> tuple[dict[str, Any] | None, str]:
+def boot(
+    image: Path, duration: float, timeout: float, only: Sequence[str], rounds: int = 0
+) -> tuple[dict[str, Any] | None, str]:
     """One guest boot of ``image`` running the guest half: (its document or None, what went wrong)."""
     from pytest_udpsend.host import nics
     from pytest_udpsend.host.state import state_dir
@@ -327,12 +368,14 @@ def boot(image: Path, duration: float, timeout: float, only: Sequence[str]) -> t
             "--duration",
             str(duration),
             *(f"--only={name}" for name in only),
+            f"--overhead={rounds}",
         ]
         (outdir / "run.sh").write_text(
             f"modprobe {q(nics.MODELS['vmxnet3'].driver)}\n"
             "udevadm settle -t 10 2>/dev/null || sleep 2\n"
             f"cd {q(str(REPO))}\n"
-            f"export {nics.LANE_NICS_ENV}={q(nics.encode_lane_env({'vmxnet3'}))}\n"
+            + (f"export PYTHONPATH={q(os.environ['PYTHONPATH'])}\n" if os.environ.get("PYTHONPATH") else "")
+            + f"export {nics.LANE_NICS_ENV}={q(nics.encode_lane_env({'vmxnet3'}))}\n"
             f"{' '.join(q(a) for a in argv)} > {q(str(outdir / 'guest.log'))} 2>&1\n"
             f"echo $? > {q(str(outdir / 'rc'))}\n"
         )
@@ -375,16 +418,23 @@ def main() -> int:
     ap.add_argument(
         "--only", action="append", default=[], choices=list(SCENARIOS), help="run only this scenario (repeatable)"
     )
+    ap.add_argument(
+        "--overhead",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="also the backends' cost to the sender: plain veth pps without a probe and with each backend, ROUNDS rounds",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write every kernel's rows and verdicts here")
     ap.add_argument("--guest", type=Path, default=None, help=argparse.SUPPRESS)  # the half that runs inside the guest
     args = ap.parse_args()
     if args.guest is not None:
-        return guest(args.guest, args.duration, args.only)
+        return guest(args.guest, args.duration, args.only, args.overhead)
     if not args.images:
         ap.error("name at least one kernel image")
     docs, failed = [], False
     for image in args.images:
-        doc, problem = boot(image, args.duration, args.timeout, args.only)
+        doc, problem = boot(image, args.duration, args.timeout, args.only, args.overhead)
         if doc is None:
             print(problem, file=sys.stderr)
             failed = True
@@ -398,6 +448,8 @@ def main() -> int:
             f"{doc['accel']}, boot and run {doc['wall_s']:.0f} s, guest exit {doc['guest_exit']}{' ' + doc['trouble'] if doc['trouble'] else ''}"
         )
         print("\n".join(table(doc["kernel"], doc["rows"])))
+        if doc.get("overhead"):
+            print("\n".join(overhead_lines(doc["kernel"], doc["overhead"])))
         if doc.get("guest_log_tail"):
             print(doc["guest_log_tail"])
         docs.append(doc)

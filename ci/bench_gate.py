@@ -14,7 +14,10 @@ a user would, with plain pytest sessions:
   A/B -25% ... smaller cuts of that rate: the gate's resolution at this cost
 
 A fresh baseline session is taken every --per-baseline candidates, so that one unlucky
-baseline session does not decide every repetition.  Prints, per experiment, the runs with
+baseline session does not decide every repetition.  With --history K the baseline is instead
+K sessions merged by ``udpsend merge`` (taken afresh for each experiment): the document then
+carries each test's own noise floors (results/floors.py, from at least 5 sessions), which the
+gate uses in place of the global ones; the learned floors are printed.  Prints, per experiment, the runs with
 any test flagged, how often the shaped test and the others were flagged, the wall time
 per candidate session and the samples per test.  Run as root; not a test (it reports).
 """
@@ -93,6 +96,9 @@ def session(
     broken = [k for k, v in doc["tests"].items() if v.get("outcome") != "passed" and not v.get("samples")]
     if broken:  # a test that errored measured nothing: the session says nothing about the gate
         problem += f" tests without samples: {broken}"
+    shaped = [s["pps"] for k, v in doc["tests"].items() if k.endswith(SHAPED) for s in v.get("samples", [])]
+    if shaped:  # whether a cut of the tbf rate changed what the shaped test measures at all
+        print(f"    shaped test at {rate:g} mbit: median {statistics.median(shaped):,.0f} pps", flush=True)
     rows = (doc.get("gate") or {}).get("rows", [])
     flagged = {r["test"] for r in rows if r["verdict"] == "regression"}
     for r in rows:
@@ -111,13 +117,40 @@ def session(
     return wall, flagged, done.returncode, problem
 
 
-def experiment(workdir: Path, name: str, rate: float, reps: int, repeat: int, per_baseline: int) -> None:
+def history(workdir: Path, repeat: int, sessions: int) -> Path:
+    """A baseline of several sessions merged into one document, which then carries per-test floors."""
+    parts = []
+    for i in range(sessions):
+        part = workdir / f"hist-{i}.json"
+        _, _, rc, problem = session(workdir, repeat, RATE_MBIT, part, None)
+        if rc != 0 or problem:
+            sys.exit(f"baseline session {i + 1} failed (exit {rc}): {problem}")
+        parts.append(str(part))
+    base = workdir / "base.json"
+    base.unlink(missing_ok=True)
+    udpsend = Path(sys.executable).with_name("udpsend")
+    subprocess.run([str(udpsend), "merge", str(base), *parts], check=True, capture_output=True, text=True)
+    from pytest_udpsend.results import fanin  # the pooling --udpsend-baseline does on load, floors learned
+
+    pooled, why = fanin.pool(fanin.units_of(json.loads(base.read_text()), str(base)))
+    floors = (pooled or {}).get("floors") or {}
+    if len(floors) != 10:
+        sys.exit(f"the merged baseline has floors for {len(floors)} of 10 tests ({why or 'pooled'})")
+    for test, by_metric in sorted(floors.items()):
+        shown = ", ".join(
+            f"{m} x{f['factor']:.3g}" for m, f in sorted(by_metric.items()) if m in ("pps", "eagain_rate")
+        )
+        print(f"    floors {test.split('::')[-1]}: {shown}", flush=True)
+    return base
+
+
+def experiment(workdir: Path, name: str, rate: float, reps: int, repeat: int, per_baseline: int, sessions: int) -> None:
     runs_flagged = shaped = others = 0
     walls: list[float] = []
     detail: list[str] = []
-    base = workdir / "base.json"
+    base = history(workdir, repeat, sessions) if sessions else workdir / "base.json"
     for rep in range(reps):
-        if rep % per_baseline == 0:
+        if not sessions and rep % per_baseline == 0:
             _, _, rc, problem = session(workdir, repeat, RATE_MBIT, base, None)
             if rc != 0 or problem:
                 sys.exit(f"baseline session failed (exit {rc}): {problem}")
@@ -152,6 +185,13 @@ def main() -> None:
         "--per-baseline", type=int, default=5, help="candidate sessions per baseline session (default 5)"
     )
     parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        metavar="K",
+        help="baseline: K sessions merged (per-test floors; K >= 5), taken once per experiment (default 0: one session)",
+    )
+    parser.add_argument(
         "--cuts",
         default="0,50,25,10",
         help="tbf rate cuts in percent, one experiment each; 0 is the A/A (default 0,50,25,10)",
@@ -163,12 +203,19 @@ def main() -> None:
         (workdir / "test_suite.py").write_text(SUITE.format(rate=RATE_MBIT))
         print(
             f"suite: 10 tests, {args.samples} samples each per session, {args.reps} candidate sessions per "
-            f"experiment, a new baseline session every {args.per_baseline}",
+            f"experiment, "
+            + (
+                f"a baseline of {args.history} sessions merged"
+                if args.history
+                else f"a new baseline session every {args.per_baseline}"
+            ),
             flush=True,
         )
         for cut in (float(c) for c in args.cuts.split(",")):
             name = "A/A" if cut == 0 else f"A/B -{cut:g}%"
-            experiment(workdir, name, RATE_MBIT * (1 - cut / 100), args.reps, args.samples, args.per_baseline)
+            experiment(
+                workdir, name, RATE_MBIT * (1 - cut / 100), args.reps, args.samples, args.per_baseline, args.history
+            )
 
 
 if __name__ == "__main__":

