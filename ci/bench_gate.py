@@ -196,14 +196,21 @@ def main() -> None:
         default="0,50,25,10",
         help="tbf rate cuts in percent, one experiment each; 0 is the A/A (default 0,50,25,10)",
     )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="udpsend_tolerance in the suite's ini (default: the plugin's, 0.25, which a per-test floor cannot go below)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="udpsend-gate-") as tmp:
         workdir = Path(tmp)
-        (workdir / "pytest.ini").write_text("[pytest]\n")
+        ini = "[pytest]\n" + (f"udpsend_tolerance = {args.tolerance:g}\n" if args.tolerance is not None else "")
+        (workdir / "pytest.ini").write_text(ini)
         (workdir / "test_suite.py").write_text(SUITE.format(rate=RATE_MBIT))
         print(
             f"suite: 10 tests, {args.samples} samples each per session, {args.reps} candidate sessions per "
-            f"experiment, "
+            f"experiment, tolerance {args.tolerance if args.tolerance is not None else 'default (0.25)'}, "
             + (
                 f"a baseline of {args.history} sessions merged"
                 if args.history

@@ -118,6 +118,17 @@ def test_a_release_the_host_stalled_the_sender_around_is_left_out():
     assert out["resume_ms"] is None and "on a host that runs the sender" in out["unavailable"]
 
 
+def test_idle_buckets_only_for_the_plugins_busy_loop():
+    assert recovery.idle_buckets({"attempts": [900, 0, 900], "eagain": [0, 0, 0], "bucket_ms": 10}) == [
+        False,
+        True,
+        False,
+    ]
+    paced = {"attempts": [1, 0, 1, 0, 1], "eagain": [0] * 5, "bucket_ms": 10}  # 50/s: a call every other bucket
+    assert recovery.idle_buckets(paced) is None
+    assert recovery.idle_buckets({"sent": [5, 0, 5], "bucket_ms": 10}) is None  # a program's: no attempts
+
+
 def test_the_marker_bounds_the_worst_release_and_repeats_take_the_median_run():
     bound = bounds.resume_bound(max=50)
     assert (bound.metric, bound.high) == ("recovery.resume_ms", 50.0)

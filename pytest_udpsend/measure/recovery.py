@@ -77,10 +77,12 @@ def no_schedule(reason: str = NO_SCHEDULE) -> Recovery:
 
 
 def idle_buckets(series: Series) -> list[bool] | None:
-    """Per bucket, whether the C send loop made no call at all; None for a program's series (no attempts)."""
-    if "attempts" not in series or "sent" in series:
+    """Per bucket, whether the C send loop made no call at all; None for a program's series (no attempts)
+    and for a loop paced so slowly that a bucket without a call is its schedule, not a stall."""
+    attempts = series.get("attempts") if "sent" not in series else None
+    if not attempts or statistics.median(attempts) < 10:
         return None
-    return [a == 0 for a in series["attempts"]]
+    return [a == 0 for a in attempts]
 
 
 def sent_per_bucket(series: Series) -> list[float]:
