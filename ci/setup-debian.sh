@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-# sockperf and iperf3: real senders that examples/test_real_programs.py measures
-for pkg in python3 python3-venv python3-dev gcc libc6-dev iproute2 util-linux procps sockperf iperf3; do
+# sockperf and iperf3: real senders that examples/test_real_programs.py measures.  python3-bpfcc: the
+# tracepoint backend on this host (without it, every host figure is the timestamp estimate and the
+# examples' release-context claims are skipped).
+for pkg in python3 python3-venv python3-dev gcc libc6-dev iproute2 util-linux procps sockperf iperf3 python3-bpfcc; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -123,6 +123,19 @@ def test_ctrl_c_stops_the_loops_before_their_sockets_close(udp_sender, monkeypat
     assert closed_while_running == []
 
 
+def test_ctrl_c_delivered_to_another_thread_still_stops_the_run(udp_sender):
+    """The kernel hands a process's SIGINT to any thread that does not block it (under xdist, once, not
+    the main one); Python's handler then only sets a flag, which the main thread must not sleep through."""
+    timer = threading.Timer(0.5, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT))
+    started = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        udp_sender.run(duration=5, cpu=0, rate=20000)
+    timer.cancel()
+    assert time.monotonic() - started < 2.5
+    assert not _udpsend_threads()
+
+
 def test_stop_byte_ends_both_c_loops(build_topology):
     topo = build_topology()
     rx = topo.receiver.run(lambda: _bound(topo.receiver.addr))

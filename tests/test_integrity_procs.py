@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -408,3 +409,24 @@ def test_a_program_that_cannot_move_into_its_cgroup_is_swept(sender_process, tmp
     assert not [p for p in no_survivors if alive(p)]
     (line,) = [c for c in r.checks if "could not be moved into its cgroup" in c]
     assert "a sweep of the sender namespace" in line and line.endswith(": 2 killed"), r.checks
+
+
+def test_ctrl_c_on_another_thread_ends_a_program_run_without_a_duration(sender_process, tmp_path, no_survivors):
+    """Ctrl-C while the run waits for a program that would sleep 30 s: the run stops at once (the
+    signal landing on another thread, as it can under xdist) and the program is gone with it."""
+    started_file = tmp_path / "started"
+
+    def interrupt_once_started() -> None:  # SIGINT to this thread, not the waiting main one
+        while not started_file.exists():
+            time.sleep(0.01)
+        time.sleep(0.2)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+    out = sender_process.topology.sender
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    program = f"import pathlib, time; pathlib.Path({str(started_file)!r}).touch(); time.sleep(30)"
+    with pytest.raises(KeyboardInterrupt):
+        sender_process.run([sys.executable, "-c", program])
+    assert started_file.exists()
+    assert not [pid for pid in in_netns(os.stat(out.ns.path).st_ino) if pid != os.getpid()]
+    assert time.time() - started_file.stat().st_mtime < 5  # not the program's 30 s

@@ -382,9 +382,13 @@ def _end(proc: subprocess.Popen[bytes], duration: float | None, started: float) 
     """Wait for the program to exit, or for ``duration``; then SIGTERM its group, SIGKILL after a grace.
 
     True if it exited by itself."""
-    timeout = None if duration is None else max(0.0, started + duration - time.monotonic())
+    # Always with a timeout: Popen.wait() then polls, and a Ctrl-C that another thread received is seen
+    while duration is None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(1.0)
+            return True
     try:
-        proc.wait(timeout)
+        proc.wait(max(0.0, started + duration - time.monotonic()))
         return True
     except subprocess.TimeoutExpired:
         pass

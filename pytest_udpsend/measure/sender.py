@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import socket
 import struct
 import threading
@@ -181,7 +182,10 @@ class _Thread(threading.Thread, Generic[T]):
             self.error = exc
 
     def result(self) -> T:
-        self.join()
+        # In slices: a Ctrl-C the kernel hands to another thread (the C loops', xdist's) only sets a flag
+        # that the main thread reads between waits; one join() for the whole run would sleep through it.
+        while self.is_alive():
+            self.join(0.1)
         if self.error:
             raise self.error
         return self._value[0]
@@ -206,6 +210,8 @@ def _stamped(starts: list[int], fn: Callable[[], T], cycle: load.Cycle | None) -
 
 def _pinned(cpu: int | None, fn: Callable[[], T]) -> Callable[[], T]:
     def body() -> T:
+        # Ctrl-C and SIGTERM go to a thread that does not block them: let that be the waiting main thread
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})  # pid 0 = this thread only
         return fn()
