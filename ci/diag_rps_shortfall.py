@@ -25,7 +25,7 @@ net:netif_receive_skb ran for them: not our counting.
 2026-12-04 afternoon, added: the summed ``work`` of net:napi_poll (equal to the hits: the programs
 there missed the same datagrams), the hits 1 s after the run (unchanged: not late), the independent
 program's own recursion misses (0), and the datagrams seen at netif_rx and never at
-netif_receive_skb by the time netif_rx saw them: all in one or two 10 ms windows, 130 to 290 ms
+netif_receive_skb by the time netif_rx saw them: all in one or two 10 ms windows, 130 to 300 ms
 into the run.  With tracefs mounted by hand, ``perf stat -e net:netif_receive_skb -a`` around
 six runs counted 530,850 hits, exactly the datagrams sent, while the BPF programs counted
 527,839: the tracepoint fired, and for a few milliseconds the kernel ran no BPF program there.
