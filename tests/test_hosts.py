@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,19 @@ def _udpsend_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name in ("udpsend-tx", "udpsend-rx") and t.is_alive()]
 
 
+def _interrupted_run(udp_sender, interrupt: Callable[[], None], duration: float) -> float:
+    """Seconds a 20k/s run lasted when ``interrupt`` ran 0.5 s into it; it must raise KeyboardInterrupt."""
+    timer = threading.Timer(0.5, interrupt)
+    started = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            udp_sender.run(duration=duration, cpu=0, rate=20000)
+    finally:
+        timer.cancel()
+    return time.monotonic() - started
+
+
 def test_ctrl_c_stops_the_loops_before_their_sockets_close(udp_sender, monkeypatch):
     closed_while_running: list[str] = []
     real_close = socket.socket.close
@@ -112,13 +126,7 @@ def test_ctrl_c_stops_the_loops_before_their_sockets_close(udp_sender, monkeypat
         real_close(sock)
 
     monkeypatch.setattr(socket.socket, "close", close)
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
-    started = time.monotonic()
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        udp_sender.run(duration=60, cpu=0, rate=20000)
-    timer.cancel()
-    assert time.monotonic() - started < 10
+    assert _interrupted_run(udp_sender, lambda: os.kill(os.getpid(), signal.SIGINT), duration=60) < 10
     assert not _udpsend_threads()
     assert closed_while_running == []
 
@@ -126,13 +134,11 @@ def test_ctrl_c_stops_the_loops_before_their_sockets_close(udp_sender, monkeypat
 def test_ctrl_c_delivered_to_another_thread_still_stops_the_run(udp_sender):
     """The kernel hands a process's SIGINT to any thread that does not block it (under xdist, once, not
     the main one); Python's handler then only sets a flag, which the main thread must not sleep through."""
-    timer = threading.Timer(0.5, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT))
-    started = time.monotonic()
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        udp_sender.run(duration=5, cpu=0, rate=20000)
-    timer.cancel()
-    assert time.monotonic() - started < 2.5
+
+    def to_the_timer_thread() -> None:
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+    assert _interrupted_run(udp_sender, to_the_timer_thread, duration=5) < 2.5
     assert not _udpsend_threads()
 
 
