@@ -5,7 +5,9 @@ Sender packets/s on a plain veth (1400-byte payload, sender pinned to CPU 0) wit
 with the tracepoint probe in several builds, in rotating order from round to round (a load that
 drifts hits every arm alike); prints each arm's median, its overhead against no probe, and the
 probe's counts against sent.  The arms locate the cost: ``attached`` (every program returns at
-once: the price of the six raw tracepoints firing), ``filter`` (the sender and destructor checks
+once: the price of the six raw tracepoints firing), ``queue only`` and ``receive only`` (the same,
+attached to ``net:net_dev_queue`` or ``net:netif_receive_skb`` alone: what one tracepoint firing
+per datagram costs), ``filter`` (the sender and destructor checks
 only), ``no stacks`` (the full program without stack sampling), ``tracepoint`` (the backend as
 shipped), ``time all`` (every datagram timed, as before sampling), and with ``--before REV`` the
 probe of that git revision (the previous program).  ``--profile`` instead times each program
@@ -86,6 +88,22 @@ def probe_at(rev: str) -> Any:
     return module.TracepointProbe(f"benchmark: {rev}")
 
 
+class OnlyAttached(TracepointProbe):
+    """Programs that return at once, attached to ``events`` only: what each firing tracepoint costs alone."""
+
+    def __init__(self, events: tuple[tuple[str, str], ...]) -> None:
+        super().__init__("benchmark", stage="attached")
+        self.only = events
+
+    def _set_attached(self, on: bool) -> None:
+        if on and not self._attached:
+            for event, fn in self.only:
+                self._bpf.attach_raw_tracepoint(tp=event.encode(), fn_name=fn.encode())
+        elif not on and self._attached:
+            self._detach_all()
+        self._attached = on
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
@@ -100,6 +118,8 @@ def main() -> None:
     arms: list[tuple[str, Any]] = [
         ("without probe", None),
         ("attached", TracepointProbe("benchmark", stage="attached")),
+        ("queue only", OnlyAttached((tpprobe.CHARGE_EVENT,))),
+        ("receive only", OnlyAttached((tpprobe.RELEASE_EVENTS[0],))),
         ("filter", TracepointProbe("benchmark", stage="filter")),
         ("no stacks", TracepointProbe("benchmark", stack_every=0)),
         ("tracepoint", TracepointProbe("benchmark")),
@@ -131,7 +151,11 @@ def main() -> None:
                 if args.profile and probe is not None:
                     fns = ("on_queue", "on_release") if name.startswith("before") else PROFILED
                     print(f"{name:>16}: {profile_line(probe, fns, r.sent)}", flush=True)
-                if r.wfree and r.wfree.get("count") is not None and name not in ("attached", "filter"):
+                if (
+                    r.wfree
+                    and r.wfree.get("count") is not None
+                    and getattr(probe, "stage", 9) > tpprobe.STAGES["filter"]
+                ):
                     counts[name].append(f"{r.wfree['count']}/{r.sent} timed {r.wfree.get('timed', r.wfree['count'])}")
         base = statistics.median(pps["without probe"])
         for name, values in pps.items():
