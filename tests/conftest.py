@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from pytest_udpsend.host.state import FileLock, tag_alive
+
+# The Ctrl-C tests need Python's SIGINT handler.  A script that starts pytest as `cmd &` without job
+# control (a CI wrapper's `nohup ... &`) leaves SIGINT ignored, Python then installs no handler, and
+# those tests would fail for how the run was started (seen 2026-12-04).  Children of a process that
+# handles SIGINT get it back at its default when they exec, so `udpsend sweep` under test does too.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def netns_names() -> set[str]:

@@ -60,9 +60,10 @@ def test_rps_to_busy_cpu_fills_a_small_buffer(udp_sender):
     r = udp_sender.run(duration=0.5, cpu=0, receiver_cpu=1, sndbuf=4096)
     # The rate itself is heavy-tailed on 6.5+ (0.01 % to 70 % run to run, docs/calibration.md): claim
     # what RPS fixes, that the charge outlives send() (on plain veth SIOCOUTQ stays 0), and that a
-    # failed send means a full buffer.
+    # failed send means a full buffer.  SIOCOUTQ is sampled once in 64 calls, so a few failures may all
+    # fall between samples: claimed from 1000 failures on ((63/64)^1000 < 1e-6 even if each was alone).
     assert r.wmem["max_bytes"] > 0
-    assert not r.eagain or r.wmem["max_bytes"] >= r.sndbuf_effective
+    assert r.eagain < 1000 or r.wmem["max_bytes"] >= r.sndbuf_effective
     assert r.pressure == "2 hog(s) on CPU [1]"
     cross_checks_ok(r)
 
