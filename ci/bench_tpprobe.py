@@ -154,7 +154,7 @@ def main() -> None:
                 if (
                     r.wfree
                     and r.wfree.get("count") is not None
-                    and getattr(probe, "stage", 9) > tpprobe.STAGES["filter"]
+                    and getattr(probe, "stage", tpprobe.STAGES["full"]) > tpprobe.STAGES["filter"]
                 ):
                     counts[name].append(f"{r.wfree['count']}/{r.sent} timed {r.wfree.get('timed', r.wfree['count'])}")
         base = statistics.median(pps["without probe"])
