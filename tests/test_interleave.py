@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pytest_udpsend.frontend.interleave import orders
+from pytest_udpsend.host.state import FileLock
 from pytest_udpsend.results import paired
 
 pytest_plugins = ["pytester"]
@@ -231,7 +232,8 @@ def test_bad_interleave_options_are_usage_errors(pytester: pytest.Pytester, args
 
 def test_a_candidate_sysctl_is_set_in_the_candidate_arm_only_and_restored(pytester: pytest.Pytester) -> None:
     knob = Path("/proc/sys/net/core/netdev_budget")
-    before = knob.read_text().strip()
+    with FileLock("host"):  # another worker's test may hold the knob changed: see its resting value
+        before = knob.read_text().strip()
     pytester.makepyfile(f"""
         import os
         from pathlib import Path
@@ -252,7 +254,8 @@ def test_a_candidate_sysctl_is_set_in_the_candidate_arm_only_and_restored(pytest
     result.assert_outcomes(passed=1)
     seen = (pytester.path / "seen.txt").read_text().split("\n")
     assert sorted(x for x in seen if x) == [f"baseline {before}"] * 8 + ["candidate 17"] * 8
-    assert knob.read_text().strip() == before
+    with FileLock("host"):
+        assert knob.read_text().strip() == before
 
 
 def _doc(tmp_path: Path, cand_pps: float, control: bool = False) -> Path:
