@@ -3,8 +3,10 @@
 
 Sender packets/s on a plain veth (1400-byte payload, sender pinned to CPU 0) without a probe and
 with the tracepoint probe in several builds, in rotating order from round to round (a load that
-drifts hits every arm alike); prints each arm's median, its overhead against no probe, and the
-probe's counts against sent.  The arms locate the cost: ``attached`` (every program returns at
+drifts hits every arm alike); prints each arm's median, its overhead against no probe, the
+overhead from the rounds' pairs with its interval (the interleaved gate's rule: Hodges-Lehmann on
+log(without / arm), each bound one-sided at 5 %; a shared VM's drift cancels within a round), and the
+probe's counts against sent.  ``--arms`` runs only some arms (with more rounds in the same time).  The arms locate the cost: ``attached`` (every program returns at
 once: the price of the six raw tracepoints firing), ``queue only`` and ``receive only`` (the same,
 attached to ``net:net_dev_queue`` or ``net:netif_receive_skb`` alone: what one tracepoint firing
 per datagram costs), ``filter`` (the sender and destructor checks
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import statistics
 import subprocess
 import sys
@@ -41,6 +44,7 @@ from pytest_udpsend.host import topology
 from pytest_udpsend.measure import sender, tpprobe
 from pytest_udpsend.measure.params import make_params
 from pytest_udpsend.measure.tpprobe import TracepointProbe
+from pytest_udpsend.results import paired
 
 PROFILED = ("on_queue", "on_rx", "on_consume")  # the release programs the old one shared
 
@@ -88,20 +92,28 @@ def probe_at(rev: str) -> Any:
     return module.TracepointProbe(f"benchmark: {rev}")
 
 
-class OnlyAttached(TracepointProbe):
+def only_attached(events: tuple[tuple[str, str], ...]) -> TracepointProbe:
     """Programs that return at once, attached to ``events`` only: what each firing tracepoint costs alone."""
+    probe = TracepointProbe("benchmark", stage="attached")
+    probe.events = events
+    return probe
 
-    def __init__(self, events: tuple[tuple[str, str], ...]) -> None:
-        super().__init__("benchmark", stage="attached")
-        self.only = events
 
-    def _set_attached(self, on: bool) -> None:
-        if on and not self._attached:
-            for event, fn in self.only:
-                self._bpf.attach_raw_tracepoint(tp=event.encode(), fn_name=fn.encode())
-        elif not on and self._attached:
-            self._detach_all()
-        self._attached = on
+LEVEL = 0.05  # each bound one-sided at 5 %: a 90 % interval
+
+
+def paired_cost(without: list[float], arm: list[float]) -> str:
+    """The arm's cost from the rounds' pairs (both ran in the same round, so a drifting load hits both):
+    the Hodges-Lehmann shift of log(without / arm) and its interval, as fewer packets/s."""
+    d = [math.log(w / a) for w, a in zip(without, arm) if w > 0 and a > 0]
+    if len(d) < 6:
+        return f"{len(d)} rounds: too few for an interval (--rounds 6 or more)"
+    est, low, high = paired.interval(d, LEVEL)
+
+    def fewer(x: float) -> str:
+        return f"{1 - math.exp(-x):.1%}" if math.isfinite(x) else ("-inf" if x < 0 else "inf")
+
+    return f"{fewer(est)} fewer, interval {fewer(low)} to {fewer(high)} ({len(d)} rounds)"
 
 
 def main() -> None:
@@ -109,6 +121,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration", type=float, default=0.5)
     parser.add_argument("--before", metavar="REV", help="also measure the tracepoint probe of this git revision")
+    parser.add_argument("--arms", help="comma-separated arm names to run (default: all; 'without probe' always)")
     parser.add_argument(
         "--profile", action="store_true", help="time the programs from the inside instead of the sender"
     )
@@ -118,8 +131,8 @@ def main() -> None:
     arms: list[tuple[str, Any]] = [
         ("without probe", None),
         ("attached", TracepointProbe("benchmark", stage="attached")),
-        ("queue only", OnlyAttached((tpprobe.CHARGE_EVENT,))),
-        ("receive only", OnlyAttached((tpprobe.RELEASE_EVENTS[0],))),
+        ("queue only", only_attached((tpprobe.CHARGE_EVENT,))),
+        ("receive only", only_attached((tpprobe.RELEASE_EVENTS[0],))),
         ("filter", TracepointProbe("benchmark", stage="filter")),
         ("no stacks", TracepointProbe("benchmark", stack_every=0)),
         ("tracepoint", TracepointProbe("benchmark")),
@@ -132,6 +145,12 @@ def main() -> None:
                 sys.modules["tpprobe_before"].PROGRAM, ("on_queue", "on_release")
             )
         arms.append((f"before {args.before}", before))
+    if args.arms:
+        wanted = {"without probe", *(a.strip() for a in args.arms.split(","))}
+        unknown = wanted - {name for name, _ in arms}
+        if unknown:
+            parser.error(f"unknown arm(s) {sorted(unknown)}: choose from {[name for name, _ in arms]}")
+        arms = [(name, probe) for name, probe in arms if name in wanted]
     with standalone() as ctx:
         plain = topology.build(topology.TopologySpec(), ctx.undo, ctx.session.subnets, "plain")
         params = make_params(duration=args.duration, cpu=0)
@@ -164,6 +183,10 @@ def main() -> None:
                 f"{name:>16}: median {med:>9,.0f} pps, {1 - med / base:6.1%} fewer than without  "
                 f"({', '.join(f'{x:,.0f}' for x in values)})"
             )
+        print(f"paired by round (the interleaved gate's rule), {1 - 2 * LEVEL:.0%} interval:")
+        for name, values in pps.items():
+            if name != "without probe":
+                print(f"{name:>16}: {paired_cost(pps['without probe'], values)}")
         print(f"kernel {kernel}; released/sent per round:")
         for name, rows in counts.items():
             if rows:

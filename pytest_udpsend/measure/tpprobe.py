@@ -551,11 +551,13 @@ class TracepointProbe:
         self, reason: str, time_every: int = TIME_EVERY, stack_every: int = STACK_EVERY, stage: str = "full"
     ) -> None:
         self.reason = reason
-        self.time_every = (
-            time_every  # 1 times every datagram; others than the defaults measure the cost (ci/bench_tpprobe.py)
-        )
-        self.stack_every = stack_every  # 0: no stacks
-        self.stage = STAGES[stage]  # "attached"/"filter": a program that stops early, only to find where the cost is
+        # Other than the defaults only in ci/bench_tpprobe.py, to find where the cost is: time_every 1 times
+        # every datagram, stack_every 0 takes no stacks, stage "attached"/"filter" stops the programs early,
+        # and a subset of events attaches only those.
+        self.time_every = time_every
+        self.stack_every = stack_every
+        self.stage = STAGES[stage]
+        self.events: tuple[tuple[str, str], ...] = EVENTS
         self.offsets: dict[str, int] = {}
         self.unavailable: str | None = None
         self._bpf: Any = None
@@ -622,7 +624,7 @@ class TracepointProbe:
         bpf = self._bpf
         if on:
             try:
-                for event, fn in EVENTS:
+                for event, fn in self.events:
                     bpf.attach_raw_tracepoint(tp=event.encode(), fn_name=fn.encode())
             except Exception:
                 self._detach_all()
