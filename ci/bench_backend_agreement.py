@@ -213,6 +213,7 @@ def guest(out: Path, duration: float, only: Sequence[str], rounds: int = 0) -> i
                 out.write_text(json.dumps(doc, indent=1))
                 return 1
             doc["compile_s"] = round(time.monotonic() - started, 1)
+            doc["tp_programs"] = "typed (tp_btf)" if tp.typed_refused is None else f"raw ({tp.typed_refused})"
             doc["bpf_attach"] = bpf.attach
             for name, sc in SCENARIOS.items():
                 if only and name not in only:
@@ -445,6 +446,7 @@ def main() -> int:
             continue
         print(
             f"== {doc['kernel']}: probes compiled in {doc.get('compile_s')} s, bpf attached with {doc.get('bpf_attach')}, "
+            f"tracepoint programs {doc.get('tp_programs')}, "
             f"{doc['accel']}, boot and run {doc['wall_s']:.0f} s, guest exit {doc['guest_exit']}{' ' + doc['trouble'] if doc['trouble'] else ''}"
         )
         print("\n".join(table(doc["kernel"], doc["rows"])))

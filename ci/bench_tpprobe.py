@@ -11,7 +11,9 @@ once: the price of the six raw tracepoints firing), ``queue only`` and ``receive
 attached to ``net:net_dev_queue`` or ``net:netif_receive_skb`` alone: what one tracepoint firing
 per datagram costs), ``filter`` (the sender and destructor checks
 only), ``no stacks`` (the full program without stack sampling), ``tracepoint`` (the backend as
-shipped), ``time all`` (every datagram timed, as before sampling), and with ``--before REV`` the
+shipped: typed tracepoints where the kernel loads them), ``raw reads`` (the same program as raw
+tracepoints, its skb fields read with ``bpf_probe_read_kernel``), ``time all`` (every datagram timed, as
+before sampling), and with ``--before REV`` the
 probe of that git revision (the previous program).  ``--profile`` instead times each program
 from the inside (ktime at entry and exit, per-CPU sums; the empty program reads about 23 ns, the
 timer's own cost) and prints ns per event for the charge and release programs of each arm.
@@ -116,6 +118,14 @@ def paired_cost(without: list[float], arm: list[float]) -> str:
     return f"{fewer(est)} fewer, interval {fewer(low)} to {fewer(high)} ({len(d)} rounds)"
 
 
+class RawReads(TracepointProbe):
+    """The backend as shipped, but loaded as raw tracepoints (fields read with bpf_probe_read_kernel), as on
+    a kernel that refuses the typed programs."""
+
+    def _load_typed(self, cflags: list[str]) -> Any:
+        raise OSError("the benchmark's raw arm")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
@@ -136,6 +146,7 @@ def main() -> None:
         ("filter", TracepointProbe("benchmark", stage="filter")),
         ("no stacks", TracepointProbe("benchmark", stack_every=0)),
         ("tracepoint", TracepointProbe("benchmark")),
+        ("raw reads", RawReads("benchmark")),
         ("time all", TracepointProbe("benchmark", time_every=1, stack_every=0)),
     ]
     if args.before:

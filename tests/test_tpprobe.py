@@ -221,6 +221,45 @@ def test_every_datagram_timed_when_asked():
     assert "every datagram is timed" in w["method"] and "stacks" not in w
 
 
+@pytest.mark.parametrize("typed", [True, False], ids=["typed", "raw"])
+def test_typed_and_raw_programs_read_the_same_fields(monkeypatch, typed):
+    """Typed tracepoints (plain loads checked against BTF) where the kernel loads them; otherwise raw ones
+    (bpf_probe_read_kernel), forced here by refusing the typed load: the same counts and contexts, also of
+    a fragmented datagram (the fragment check reads protocol, head and network_header)."""
+    if (problem := tracepoint_unavailable()) is not None:
+        pytest.skip(f"the tracepoint backend cannot work here: {problem}")
+    from pytest_udpsend.frontend.session import standalone
+    from pytest_udpsend.host import topology
+    from pytest_udpsend.measure import sender, tploader
+    from pytest_udpsend.measure.params import make_params
+
+    if not typed:
+
+        def refused(*_args: object) -> None:
+            raise OSError(1, "refused by the test")
+
+        monkeypatch.setattr(tploader, "TypedPrograms", refused)
+    probe = TracepointProbe("tests/test_tpprobe.py")
+    try:
+        probe.build()
+        if typed and probe.typed_refused:
+            pytest.skip(f"this kernel does not load the typed programs: {probe.typed_refused}")
+        with standalone() as ctx:
+            plain = topology.build(topology.TopologySpec(), ctx.undo, ctx.session.subnets, "plain")
+            ctx.exclusive()
+            runs = [
+                sender.run(plain, make_params(duration=0.3, cpu=0, payload=n), ctx.sysctls, probe) for n in (64, 3000)
+            ]
+    finally:
+        probe.close()
+    assert (probe.typed_refused is None) == typed and ("refused by the test" in (probe.typed_refused or "")) != typed
+    for r in runs:
+        w = r.wfree
+        assert f"from {'typed (tp_btf)' if typed else 'raw'} tracepoints" in w["method"], w["method"]
+        assert r.sent > 500 and w["charges"] == r.sent and w["calls"] == w["count"], (w["charges"], w["calls"], r.sent)
+        assert abs(w["count"] - r.sent) <= 0.01 * r.sent and w["contexts"]["inline"] >= 0.95 * w["count"], w
+
+
 DEMANDS_TRACEPOINT = """
 import pytest
 

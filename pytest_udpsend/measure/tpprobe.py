@@ -7,12 +7,15 @@ only looks for kernel headers to give its own helpers a few basic types and macr
 itself uses no kernel struct.  So bcc is pointed (``BCC_KERNEL_SOURCE``, set only around the
 compile) at a stub "kernel tree" of tiny files (``tploader.STUB_HEADERS``: integer types, a
 version macro, PAGE_SIZE), never at another kernel's headers, whose struct layouts differ.  The
-few skb fields read (``sk``, ``destructor``, ``head``, ``network_header``, ``protocol``) are read
-with ``bpf_probe_read_kernel`` at byte offsets taken from this kernel's own BTF
-(``/sys/kernel/btf/vmlinux``, parsed by ``tploader.btf_offsets``), and ``sock_wfree``'s address
-comes from kallsyms.  Raw tracepoints attach by name without tracefs (not mounted on the host) and
-hand the program the tracepoint's C arguments (``args[0]`` is the skb for every event used, on
-6.1 and 6.18 alike).  Why not the others: bpftrace is not installed on the host and 0.17 cannot
+few skb fields read (``sk``, ``destructor``, ``head``, ``network_header``, ``protocol``) are at
+byte offsets taken from this kernel's own BTF (``/sys/kernel/btf/vmlinux``, parsed by
+``tploader.btf_offsets``), and ``sock_wfree``'s address comes from kallsyms.  The programs are
+loaded as typed tracepoints (``tp_btf``, ``tploader.TypedPrograms``: the skb is a pointer the
+verifier knows, each field a plain load) where the kernel takes them, else as raw tracepoints that
+read the fields with ``bpf_probe_read_kernel`` (about 25 ns a call on the 6.18 host, five calls a
+datagram: ``ci/bench_tpprobe.py``); the method line says which.  Both attach without tracefs (not
+mounted on the host) and hand the program the tracepoint's C arguments (``args[0]`` is the skb for
+every event used, on 6.1 and 6.18 alike).  Why not the others: bpftrace is not installed on the host and 0.17 cannot
 express raw tracepoints; libbpf CO-RE needs a clang BPF compiler, which Debian's bcc carries
 inside libbcc but the host has not as a program.  bcc is already what the bpf backend uses
 (Debian python3-bpfcc, in the CI setup and the lane guests).
@@ -130,13 +133,14 @@ INTERVAL = {
 }
 
 
-def method_text(time_every: int, timed: int) -> str:
+def method_text(time_every: int, timed: int, typed: bool = True) -> str:
     """What the tracepoint backend measured: counts and contexts of every datagram, latency of a sample."""
     sample = (
         "every datagram is timed" if time_every == 1 else f"1 datagram in {time_every} is timed (at random, per CPU)"
     )
     return (
-        "exact counts and contexts from raw tracepoints (bcc, header-free, skb offsets from kernel BTF): a datagram "
+        f"exact counts and contexts from {'typed (tp_btf)' if typed else 'raw'} tracepoints (bcc, header-free, skb "
+        f"offsets from kernel BTF, fields read {'with plain loads' if typed else 'with bpf_probe_read_kernel'}): a datagram "
         "is queued at net:net_dev_queue and released at the first of net:netif_receive_skb, "
         "net:napi_gro_receive_entry, skb:consume_skb, skb:kfree_skb with skb->destructor still sock_wfree and "
         "skb->sk a socket of the sender; inline is a release in a thread that queued the sender's datagrams; "
@@ -227,22 +231,49 @@ static __always_inline int is_sender(struct conf *f, u64 id)
     return 1;
 }
 
-/* The skb fields read at the charge, in one bpf_probe_read_kernel (a read's fixed cost outweighs its
-   bytes, and the sender's skb is in its cache): sk .. head, 176 bytes on 6.18. */
+/* The skb's fields.  Typed (tp_btf): the skb is a pointer the verifier knows as struct sk_buff, so a
+   field is a plain load, checked against the kernel's BTF.  Raw: bpf_probe_read_kernel, so the charge
+   reads all it needs in one call (a read's fixed cost outweighs its bytes, and the sender's skb is in
+   its cache): sk .. head, 176 bytes on 6.18. */
+struct skbf { u64 sk; u64 destructor; u64 head; u16 protocol; u16 network_header; };
+#ifdef TYPED
+#define SKB_U64(skb, off) (*(volatile u64 *)((skb) + (off)))
+#define SKB_U16(skb, off) (*(volatile u16 *)((skb) + (off)))
+static __always_inline void skb_fields(u64 skb, struct skbf *s)
+{
+    s->sk = SKB_U64(skb, OFF_SK);
+    s->destructor = SKB_U64(skb, OFF_DESTRUCTOR);
+    s->head = SKB_U64(skb, OFF_HEAD);
+    s->protocol = SKB_U16(skb, OFF_PROTOCOL);
+    s->network_header = SKB_U16(skb, OFF_NETWORK_HEADER);
+}
+#else
+#define SKB_U64(skb, off) read_u64((skb) + (off))
 struct skb_all { u8 b[SKB_SPAN]; };
-#define AT64(w, base, off) (*(u64 *)&(w).b[(off) - (base)])
-#define AT16(w, base, off) (*(u16 *)&(w).b[(off) - (base)])
+#define AT64(w, off) (*(u64 *)&(w).b[(off) - SKB_BASE])
+#define AT16(w, off) (*(u16 *)&(w).b[(off) - SKB_BASE])
+static __always_inline void skb_fields(u64 skb, struct skbf *s)
+{
+    struct skb_all w;
+    bpf_probe_read_kernel(&w, sizeof(w), (void *)(skb + SKB_BASE));
+    s->sk = AT64(w, OFF_SK);
+    s->destructor = AT64(w, OFF_DESTRUCTOR);
+    s->head = AT64(w, OFF_HEAD);
+    s->protocol = AT16(w, OFF_PROTOCOL);
+    s->network_header = AT16(w, OFF_NETWORK_HEADER);
+}
+#endif
 
 /* A fragment other than the first (IPv4 offset, or an IPv6 fragment header right after the fixed
    header with a non-zero offset): its datagram is counted at its first fragment.  Notes that a
    fragment was seen, so the release side checks only then. */
-static __always_inline int later_fragment(struct skb_all *w, struct conf *f)
+static __always_inline int later_fragment(struct skbf *w, struct conf *f)
 {
-    u16 proto = AT16(*w, SKB_BASE, OFF_PROTOCOL);
+    u16 proto = w->protocol;
     if (proto != ETH_P_IP_BE && proto != ETH_P_IPV6_BE)
         return 0;
-    u64 nh = AT64(*w, SKB_BASE, OFF_HEAD) + AT16(*w, SKB_BASE, OFF_NETWORK_HEADER);
-    u64 ip = read_u64(nh);  /* IPv4: frag_off in bytes 6-7; IPv6: nexthdr in byte 6 */
+    u64 nh = w->head + w->network_header;
+    u64 ip = read_u64(nh);  /* the packet's bytes: a helper read in both modes.  IPv4: frag_off in bytes 6-7; IPv6: nexthdr in byte 6 */
     u16 frag;
     if (proto == ETH_P_IP_BE) {
         frag = (u16)(ip >> 48);
@@ -310,16 +341,16 @@ int on_queue(struct bpf_raw_tracepoint_args *ctx)
     if (!is_sender(f, id))
         return 0;
     u64 skb = ctx->args[0];
-    struct skb_all w;
-    bpf_probe_read_kernel(&w, sizeof(w), (void *)(skb + SKB_BASE));
-    if (AT64(w, SKB_BASE, OFF_DESTRUCTOR) != SOCK_WFREE)
+    struct skbf w;
+    skb_fields(skb, &w);
+    if (w.destructor != SOCK_WFREE)
         return 0;  /* not charged to a socket */
 #if STAGE == 1
     return 0;
 #endif
     if (later_fragment(&w, f))
         return 0;
-    u64 sk = AT64(w, SKB_BASE, OFF_SK);
+    u64 sk = w.sk;
     if (sk != f->sk0)
         learn_sock(f, sk);
     if ((u32)id != f->tid0)
@@ -379,15 +410,15 @@ static __always_inline void release(void *ctx, struct conf *f, u64 skb)
 /* the sender's skb, still charged (destructor sock_wfree, one of the sender's sockets), not a later fragment? */
 static __always_inline int ours(struct conf *f, u64 skb)
 {
-    if (read_u64(skb + OFF_DESTRUCTOR) != SOCK_WFREE)
+    if (SKB_U64(skb, OFF_DESTRUCTOR) != SOCK_WFREE)
         return 0;  /* most skbs: one 8-byte read (a wider one costs 65 ns more on a receiver's CPU: a cold line) */
-    u64 sk = read_u64(skb + OFF_SK);
+    u64 sk = SKB_U64(skb, OFF_SK);
     if (sk != f->sk0 && (f->nsocks < 2 || !socks.lookup(&sk)))
         return 0;
     if (!f->frag_seen)
         return 1;
-    struct skb_all w;
-    bpf_probe_read_kernel(&w, sizeof(w), (void *)(skb + SKB_BASE));
+    struct skbf w;
+    skb_fields(skb, &w);
     return !later_fragment(&w, f);
 }
 
@@ -402,7 +433,7 @@ static __always_inline int do_release(struct bpf_raw_tracepoint_args *ctx)
         return 0;  /* nothing of the sender's charged yet */
     u64 skb = ctx->args[0];
 #if STAGE == 1
-    return read_u64(skb + OFF_DESTRUCTOR) == 0;
+    return SKB_U64(skb, OFF_DESTRUCTOR) == 0;
 #endif
     if (!ours(f, skb))
         return 0;
@@ -443,7 +474,7 @@ int on_gro_entry(struct bpf_raw_tracepoint_args *ctx)
         return 0;
     u64 skb = ctx->args[0];
 #if STAGE == 1
-    return read_u64(skb + OFF_DESTRUCTOR) == 0;
+    return SKB_U64(skb, OFF_DESTRUCTOR) == 0;
 #endif
     if (!ours(f, skb))
         return 0;
@@ -564,6 +595,8 @@ class TracepointProbe:
         self._error: PrivilegeError | None = None  # a failed build, kept: never retried
         self._attached = False
         self._fds: list[int] = []
+        self._typed: tploader.TypedPrograms | None = None  # None: raw tracepoints through bcc
+        self.typed_refused: str | None = None  # why the typed programs did not load, if they did not
         self._misses_at_begin: int | None = None
         self._misses_offset: int | None = None  # of recursion_misses in bpf_prog_info (kernel BTF)
 
@@ -610,12 +643,29 @@ class TracepointProbe:
             *read_spans(self.offsets),
         ]
         try:
+            return self._load_typed(cflags)
+        except (OSError, KeyError, tploader.LoadError) as exc:
+            self.typed_refused = str(exc)  # an older kernel or verifier: raw tracepoints read the same fields
+        try:
             bpf = tploader.load(PROGRAM, cflags, [fn for _, fn in EVENTS])  # loaded now, attached per run
         except tploader.LoadError as exc:
             raise PrivilegeError(
                 f"the tracepoint probe could not be built on {release} ({exc}): {exc.detail}"
             ) from None
         self._fds = [bpf.load_func(fn.encode(), BPF.RAW_TRACEPOINT).fd for _, fn in EVENTS]  # bcc's cache: the same fds
+        self.method = method_text(self.time_every, 0, typed=False)
+        return bpf
+
+    def _load_typed(self, cflags: list[str]) -> Any:
+        """The program as typed tracepoints (skb fields read with plain loads), or the reason it cannot be."""
+        bpf = tploader.load(PROGRAM, [*cflags, "-DTYPED=1"])  # compiled, its maps made; nothing loaded
+        try:
+            self._typed = tploader.TypedPrograms(bpf, EVENTS)
+        except BaseException:
+            bpf.cleanup()
+            raise
+        self._fds = list(self._typed.fds.values())
+        self.method = method_text(self.time_every, 0, typed=True)
         return bpf
 
     def _set_attached(self, on: bool) -> None:
@@ -625,7 +675,10 @@ class TracepointProbe:
         if on:
             try:
                 for event, fn in self.events:
-                    bpf.attach_raw_tracepoint(tp=event.encode(), fn_name=fn.encode())
+                    if self._typed is not None:
+                        self._typed.attach(event)
+                    else:
+                        bpf.attach_raw_tracepoint(tp=event.encode(), fn_name=fn.encode())
             except Exception:
                 self._detach_all()
                 raise
@@ -634,6 +687,10 @@ class TracepointProbe:
         self._attached = on
 
     def _detach_all(self) -> None:
+        if self._typed is not None:
+            for event, _ in EVENTS:
+                self._typed.detach(event)
+            return
         bpf = self._bpf
         for event, _ in EVENTS:
             if event.encode() in bpf.raw_tracepoint_fds:
@@ -689,7 +746,7 @@ class TracepointProbe:
         stacks = self._stacks(bpf, contexts, stats[S_LOST]) if self.stack_every else {}
         return {
             "backend": self.backend,
-            "method": method_text(self.time_every, timed),
+            "method": method_text(self.time_every, timed, self._typed is not None),
             "count": count,
             "calls": stats[S_CALLS],
             "released_at": {"gro_entry": at_gro, "other": count - at_gro},
@@ -735,6 +792,9 @@ class TracepointProbe:
         }
 
     def close(self) -> None:
+        if self._typed is not None:
+            self._typed.close()  # links and programs: bcc does not know them
+            self._typed = None
         if self._bpf is not None:
             self._attached = False  # cleanup() detaches what is attached
             self._bpf.cleanup()
