@@ -1,4 +1,4 @@
-"""The tracepoint backend (issue 26 item 1): exact counts and release contexts from raw tracepoints,
+"""The tracepoint backend (issue 26 item 1): exact counts and release contexts from tracepoints,
 on hosts without kprobes or fentry (this CI host).  Runs on the host; skips with the reason where
 the backend cannot load (no bcc, no kernel BTF, not root)."""
 
@@ -290,3 +290,22 @@ def test_wfree_latency_backend_is_validated(pytester):
     )
     out = pytester.runpytest("-p", "no:cacheprovider")
     out.stdout.fnmatch_lines(["*backend='kprobe': accepted: any, bpf, tracepoint, timestamp*"])
+
+
+def test_a_typed_program_the_verifier_refuses_says_why():
+    """The typed loader's refusal carries the verifier's own words (the probe then falls back to raw)."""
+    if (problem := tracepoint_unavailable()) is not None:
+        pytest.skip(f"the tracepoint backend cannot work here: {problem}")
+    from bcc import BPF
+
+    from pytest_udpsend.measure import tploader
+
+    with tploader.stub_kernel_tree():
+        bpf = BPF(text=b"int bad(u64 *ctx) { u64 skb = ctx[0]; return *(volatile u64 *)(skb + 100000); }")
+    try:
+        with pytest.raises(OSError, match=r"bad: .+; verifier: access beyond struct sk_buff"):
+            tploader.TypedPrograms(bpf, [("net_dev_queue", "bad")])
+        with pytest.raises(KeyError, match="no tracepoint type btf_trace_no_such_event"):
+            tploader.TypedPrograms(bpf, [("no_such_event", "bad")])
+    finally:
+        bpf.cleanup()

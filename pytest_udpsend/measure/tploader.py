@@ -252,17 +252,22 @@ class TypedPrograms:
 
     @staticmethod
     def _load(insns: bytes, btf_id: int, name: str) -> int:
+        """Loaded without a verifier log (a long one can fail a good program with ENOSPC), and on failure
+        once more with one, for the reason."""
         code = ctypes.create_string_buffer(insns, len(insns))
         license = ctypes.create_string_buffer(b"GPL")
         log = ctypes.create_string_buffer(1 << 16)
         attr = ctypes.create_string_buffer(PROG_LOAD_ATTR)
-        struct.pack_into(
-            "<IIQQIIQ", attr, 0, BPF_PROG_TYPE_TRACING, len(insns) // 8, ctypes.addressof(code),
-            ctypes.addressof(license), 1, len(log), ctypes.addressof(log),
-        )  # fmt: skip
+        struct.pack_into("<IIQQ", attr, 0, BPF_PROG_TYPE_TRACING, len(insns) // 8, ctypes.addressof(code),
+                         ctypes.addressof(license))  # fmt: skip
         struct.pack_into("<15s", attr, 48, name.encode()[:15])  # prog_name
         struct.pack_into("<I", attr, 68, BPF_TRACE_RAW_TP)  # expected_attach_type
         struct.pack_into("<I", attr, 108, btf_id)  # attach_btf_id
+        try:
+            return _bpf(BPF_PROG_LOAD, attr)
+        except OSError:
+            pass
+        struct.pack_into("<IIQ", attr, 24, 1, len(log), ctypes.addressof(log))  # log_level, log_size, log_buf
         try:
             return _bpf(BPF_PROG_LOAD, attr)
         except OSError as exc:
