@@ -17,7 +17,7 @@ from pytest_udpsend.errors import PrivilegeError
 from pytest_udpsend.frontend.options import BACKEND
 from pytest_udpsend.host import privileges
 from pytest_udpsend.host.undo import UndoStack
-from pytest_udpsend.measure import probes
+from pytest_udpsend.measure import probes, tploader
 
 Check = tuple[str, bool | None, str]  # (capability, ok / None: there but not usable as is, detail and fix)
 
@@ -157,28 +157,9 @@ def kernel_filesystems() -> set[str]:
 def _btf_ids(names: tuple[str, ...]) -> dict[str, int]:
     """Type ids of ``names`` in the kernel's BTF (a FUNC for fentry, a btf_trace_* TYPEDEF for tp_btf)."""
     try:
-        data = BTF.read_bytes()
-    except OSError:
+        return tploader.btf_type_ids(names, BTF)
+    except (OSError, ValueError, struct.error):
         return {}
-    magic, _, _, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", data)
-    if magic != 0xEB9F:
-        return {}
-    strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
-    wanted = {strings.find(b"\0" + n.encode() + b"\0") + 1: n for n in names}
-    wanted.pop(0, None)  # not found
-    extra = {1: 4, 3: 12, 14: 4, 17: 4}  # fixed bytes after struct btf_type, per kind
-    per_member = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}  # bytes per vlen entry, per kind
-    head = struct.Struct("<II")
-    found: dict[str, int] = {}
-    pos, end, type_id = hdr_len + type_off, hdr_len + type_off + type_len, 1
-    while pos < end and len(found) < len(wanted):
-        name_off, info = head.unpack_from(data, pos)
-        kind = info >> 24 & 0x1F
-        if name_off in wanted:
-            found.setdefault(wanted[name_off], type_id)
-        pos += 12 + extra.get(kind, 0) + per_member.get(kind, 0) * (info & 0xFFFF)
-        type_id += 1
-    return found
 
 
 def _syscall(index: int, *args: object) -> int:

@@ -8,7 +8,9 @@ version macro, PAGE_SIZE), never at another kernel's headers, whose struct layou
 kernel fields a program reads are read with ``bpf_probe_read_kernel`` at byte offsets taken from
 this kernel's own BTF (``/sys/kernel/btf/vmlinux``, parsed here: ``btf_offsets``); a raw
 ``sys_enter``/``sys_exit`` program's syscall arguments likewise (``syscall_cflags``, with the C
-reader ``bpfc.SYSCALL_ARGS``).  Raw tracepoints attach by name, without tracefs.
+reader ``bpfc.SYSCALL_ARGS``).  Raw tracepoints attach by name, without tracefs.  Typed
+tracepoints (``TypedPrograms``, used by tpprobe where the kernel takes them) read a tracepoint's
+struct arguments with plain loads instead; bcc compiles them, this module loads them.
 """
 
 from __future__ import annotations
@@ -139,21 +141,28 @@ def _btf_types(path: Path) -> tuple[bytes, bytes, list[int]]:
     return data, strings, positions
 
 
-def btf_typedef_ids(names: Sequence[str], path: Path | None = None) -> dict[str, int]:
-    """The BTF type ids of the typedefs ``names`` (``btf_trace_<event>``: what a typed tracepoint
-    program is loaded against); KeyError names what is missing."""
+def btf_type_ids(names: Sequence[str], path: Path | None = None) -> dict[str, int]:
+    """The BTF type ids of ``names`` (a FUNC for fentry, a ``btf_trace_<event>`` TYPEDEF for a typed
+    tracepoint), those found; OSError/ValueError for an unreadable file.  Strings are unique in the
+    kernel's BTF, so a name's string offset finds its type."""
     data, strings, positions = _btf_types(BTF_PATH if path is None else path)
-    wanted = {name.encode(): name for name in names}
+    wanted = {strings.find(b"\0" + n.encode() + b"\0") + 1: n for n in names}
+    wanted.pop(0, None)  # not found
     found: dict[str, int] = {}
     for type_id, pos in enumerate(positions[1:], start=1):
-        name_off, info = struct.unpack_from("<II", data, pos)
-        if info >> 24 & 0x1F == 8:  # BTF_KIND_TYPEDEF
-            name = strings[name_off : strings.index(b"\0", name_off)]
-            if name in wanted:
-                found[wanted[name]] = type_id
+        name_off = struct.unpack_from("<I", data, pos)[0]
+        if name_off in wanted:
+            found.setdefault(wanted[name_off], type_id)
+    return found
+
+
+def tracepoint_type_ids(events: Sequence[str]) -> dict[str, int]:
+    """``btf_trace_<event>`` -> type id for each event; KeyError names those this kernel's BTF lacks."""
+    names = [f"btf_trace_{event}" for event in events]
+    found = btf_type_ids(names)
     missing = [n for n in names if n not in found]
     if missing:
-        raise KeyError(f"no tracepoint type {', '.join(missing)}")
+        raise KeyError(f"no tracepoint type {', '.join(missing)} in {BTF_PATH}")
     return found
 
 
@@ -207,15 +216,16 @@ def syscall_cflags() -> list[str]:
 SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
 BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN = 5, 17
 BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP = 26, 23
-PROG_LOAD_ATTR = 144  # bytes of union bpf_attr passed: up to attach_btf_id and past it, zeroed
+# union bpf_attr for BPF_PROG_LOAD (include/uapi/linux/bpf.h): byte offsets of the fields set here, and the
+# size passed (the rest zero; 6.4+ writes log_true_size back at 140)
+AT_LOG, AT_NAME, AT_ATTACH_TYPE, AT_ATTACH_BTF_ID, PROG_LOAD_ATTR = 24, 48, 68, 108, 144
 
 
 def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
     """The bpf() system call; the new fd, or OSError."""
     if SYS_BPF is None:
         raise OSError(errno.ENOSYS, f"no bpf() system call number known for {platform.machine()}")
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.syscall(SYS_BPF, cmd, attr, len(attr))
+    fd = ctypes.CDLL(None, use_errno=True).syscall(SYS_BPF, cmd, attr, len(attr))
     if fd < 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     return int(fd)
@@ -236,7 +246,7 @@ class TypedPrograms:
     def __init__(self, bpf: Any, events: Sequence[tuple[str, str]]) -> None:
         from bcc import lib
 
-        ids = btf_typedef_ids([f"btf_trace_{event}" for event, _ in events])
+        ids = tracepoint_type_ids([event for event, _ in events])
         self.fds: dict[str, int] = {}
         self.links: dict[str, int] = {}
         try:
@@ -260,30 +270,35 @@ class TypedPrograms:
         attr = ctypes.create_string_buffer(PROG_LOAD_ATTR)
         struct.pack_into("<IIQQ", attr, 0, BPF_PROG_TYPE_TRACING, len(insns) // 8, ctypes.addressof(code),
                          ctypes.addressof(license))  # fmt: skip
-        struct.pack_into("<15s", attr, 48, name.encode()[:15])  # prog_name
-        struct.pack_into("<I", attr, 68, BPF_TRACE_RAW_TP)  # expected_attach_type
-        struct.pack_into("<I", attr, 108, btf_id)  # attach_btf_id
-        try:
-            return _bpf(BPF_PROG_LOAD, attr)
-        except OSError:
-            pass
-        struct.pack_into("<IIQ", attr, 24, 1, len(log), ctypes.addressof(log))  # log_level, log_size, log_buf
+        struct.pack_into("<15s", attr, AT_NAME, name.encode()[:15])
+        struct.pack_into("<I", attr, AT_ATTACH_TYPE, BPF_TRACE_RAW_TP)
+        struct.pack_into("<I", attr, AT_ATTACH_BTF_ID, btf_id)
         try:
             return _bpf(BPF_PROG_LOAD, attr)
         except OSError as exc:
+            first = exc
+        struct.pack_into("<IIQ", attr, AT_LOG, 1, len(log), ctypes.addressof(log))  # log_level, log_size, log_buf
+        try:
+            return _bpf(BPF_PROG_LOAD, attr)  # loaded with a log after all: the first refusal stands
+        except OSError as exc:
             said = [line for line in log.value.decode(errors="replace").splitlines() if line.strip()]
-            raise OSError(exc.errno, f"{name}: {exc.strerror}; verifier: {' / '.join(said[-2:]) or 'no log'}") from None
+            truncated = " (the verifier's log was cut short)" if exc.errno == errno.ENOSPC else ""
+            text = f"{' / '.join(said[-2:]) or 'no log'}{truncated}"
+        raise OSError(first.errno, f"{name}: {first.strerror}; verifier: {text}")
 
     def attach(self, event: str) -> None:
+        """Attach ``event``'s program (again a no-op while attached)."""
         if event not in self.links:
             attr = ctypes.create_string_buffer(struct.pack("<QI", 0, self.fds[event]), 16)
             self.links[event] = _bpf(BPF_RAW_TRACEPOINT_OPEN, attr)
 
     def detach(self, event: str) -> None:
+        """Closing the link detaches the program; it stays loaded."""
         if event in self.links:
             os.close(self.links.pop(event))
 
     def close(self) -> None:
+        """Detach and unload everything (safe to call twice)."""
         for event in list(self.links):
             self.detach(event)
         for fd in self.fds.values():

@@ -81,7 +81,6 @@ import contextlib
 import ctypes
 import itertools
 import os
-import platform
 import struct
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -133,7 +132,7 @@ INTERVAL = {
 }
 
 
-def method_text(time_every: int, timed: int, typed: bool = True) -> str:
+def method_text(time_every: int, timed: int, typed: bool) -> str:
     """What the tracepoint backend measured: counts and contexts of every datagram, latency of a sample."""
     sample = (
         "every datagram is timed" if time_every == 1 else f"1 datagram in {time_every} is timed (at random, per CPU)"
@@ -328,7 +327,7 @@ static __always_inline int sampled(void)
 #endif
 }
 
-/* raw tracepoint net:net_dev_queue(struct sk_buff *skb): in the sending task, before any qdisc */
+/* net:net_dev_queue(struct sk_buff *skb): in the sending task, before any qdisc */
 int on_queue(struct bpf_raw_tracepoint_args *ctx)
 {
 #if STAGE == 0
@@ -525,21 +524,20 @@ def tracepoint_unavailable() -> str | None:
     return None
 
 
-SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
 BPF_OBJ_GET_INFO_BY_FD = 15
 
 
 def recursion_misses(fds: Sequence[int], offset: int) -> int | None:
     """Events the kernel skipped for these programs (one ran nested in itself on a CPU):
     ``bpf_prog_info.recursion_misses`` at ``offset`` (from BTF), summed; None if unreadable."""
-    if SYS_BPF is None:
+    if tploader.SYS_BPF is None:
         return None
     libc = ctypes.CDLL(None, use_errno=True)
     total = 0
     for fd in fds:
         info = ctypes.create_string_buffer(offset + 8)
         attr = ctypes.create_string_buffer(struct.pack("<IIQ", fd, offset + 8, ctypes.addressof(info)), 16)
-        if libc.syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, attr, 16) != 0:
+        if libc.syscall(tploader.SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, attr, 16) != 0:
             return None
         if struct.unpack_from("<I", attr.raw, 4)[0] < offset + 8:  # an older kernel's shorter bpf_prog_info
             return None
@@ -576,7 +574,7 @@ def netem_orphans(path: TopologySpec | None) -> str | None:
 class TracepointProbe:
     backend: Backend = "tracepoint"
     receiver_timestamps = False
-    method = method_text(TIME_EVERY, 0)
+    method = method_text(TIME_EVERY, 0, typed=True)  # until build() knows which form loaded
 
     def __init__(
         self, reason: str, time_every: int = TIME_EVERY, stack_every: int = STACK_EVERY, stage: str = "full"
@@ -640,14 +638,20 @@ class TracepointProbe:
             f"-DTIME_EVERY={self.time_every}",
             f"-DSTACK_EVERY={self.stack_every}",
             f"-DSTAGE={self.stage}",
-            *read_spans(self.offsets),
         ]
+        self.typed_refused = None
         try:
             return self._load_typed(cflags)
-        except (OSError, KeyError, tploader.LoadError) as exc:
-            self.typed_refused = str(exc)  # an older kernel or verifier: raw tracepoints read the same fields
-        try:
-            bpf = tploader.load(PROGRAM, cflags, [fn for _, fn in EVENTS])  # loaded now, attached per run
+        except tploader.LoadError as exc:  # the same compiler as the raw form's: a mistake of ours, not the kernel's
+            raise PrivilegeError(
+                f"the tracepoint probe could not be built on {release} ({exc}): {exc.detail}"
+            ) from None
+        except KeyError as exc:  # a kernel without the tracepoints' BTF types (before 5.5)
+            self.typed_refused = str(exc.args[0])
+        except OSError as exc:  # the kernel or its verifier said no: raw tracepoints read the same fields
+            self.typed_refused = str(exc)
+        try:  # loaded now, attached per run
+            bpf = tploader.load(PROGRAM, [*cflags, *read_spans(self.offsets)], [fn for _, fn in EVENTS])
         except tploader.LoadError as exc:
             raise PrivilegeError(
                 f"the tracepoint probe could not be built on {release} ({exc}): {exc.detail}"
@@ -657,7 +661,9 @@ class TracepointProbe:
         return bpf
 
     def _load_typed(self, cflags: list[str]) -> Any:
-        """The program as typed tracepoints (skb fields read with plain loads), or the reason it cannot be."""
+        """The program as typed tracepoints (skb fields read with plain loads); KeyError or OSError where the
+        kernel cannot take them."""
+        tploader.tracepoint_type_ids([event for event, _ in EVENTS])  # before a compile of seconds
         bpf = tploader.load(PROGRAM, [*cflags, "-DTYPED=1"])  # compiled, its maps made; nothing loaded
         try:
             self._typed = tploader.TypedPrograms(bpf, EVENTS)
