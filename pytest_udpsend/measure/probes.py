@@ -210,7 +210,7 @@ def choose(requested: str) -> tuple[Backend, str]:
     if tp_problem is None:
         return (
             "tracepoint",
-            f"the bpf backend cannot work ({problem}); raw tracepoints, bcc and kernel BTF are available",
+            f"the bpf backend cannot work ({problem}); tracepoint eBPF, bcc and kernel BTF are available",
         )
     return "timestamp", f"eBPF unavailable: {problem}; tracepoints: {tp_problem}"
 
