@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import subprocess
 import threading
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -62,3 +64,13 @@ def host_unchanged():
     before = host_snapshot()
     yield before
     assert host_snapshot() == before
+
+
+def ci_script(name: str) -> ModuleType:
+    """A script of ci/ imported as a module (benchmarks are not a package): its pure parts are tested."""
+    path = Path(__file__).resolve().parent.parent / "ci" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

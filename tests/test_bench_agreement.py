@@ -3,23 +3,17 @@ within 2 points, the latency difference signed tracepoint - bpf.  The lane run i
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "ci" / "bench_backend_agreement.py"
+from .conftest import ci_script
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_backend_agreement", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return ci_script("bench_backend_agreement")
 
 
 def _w(count: int, calls: int, napi: int, softirq: int, p50: float, p99: float) -> dict[str, Any]:

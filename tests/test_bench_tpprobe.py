@@ -3,22 +3,16 @@ interleaved gate's rule.  The pps runs themselves are a benchmark."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "ci" / "bench_tpprobe.py"
+from .conftest import ci_script
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_tpprobe", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return ci_script("bench_tpprobe")
 
 
 def test_a_cost_hidden_by_a_drifting_load_is_found_from_the_pairs(bench: ModuleType) -> None:
