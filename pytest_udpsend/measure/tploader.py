@@ -22,7 +22,7 @@ import os
 import platform
 import struct
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -243,10 +243,12 @@ class TypedPrograms:
     ``BPF_RAW_TRACEPOINT_OPEN`` without a name (the id says where); detached by closing the link.
     """
 
-    def __init__(self, bpf: Any, events: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, bpf: Any, events: Sequence[tuple[str, str]], ids: Mapping[str, int] | None = None) -> None:
+        """``ids``: ``tracepoint_type_ids`` of the events, when the caller has them already (one BTF read)."""
         from bcc import lib
 
-        ids = tracepoint_type_ids([event for event, _ in events])
+        if ids is None:
+            ids = tracepoint_type_ids([event for event, _ in events])
         self.fds: dict[str, int] = {}
         self.links: dict[str, int] = {}
         try:

@@ -664,10 +664,10 @@ class TracepointProbe:
     def _load_typed(self, cflags: list[str]) -> Any:
         """The program as typed tracepoints (skb fields read with plain loads); KeyError or OSError where the
         kernel cannot take them."""
-        tploader.tracepoint_type_ids([event for event, _ in EVENTS])  # before a compile of seconds
+        ids = tploader.tracepoint_type_ids([event for event, _ in EVENTS])  # before a compile of seconds
         bpf = tploader.load(PROGRAM, [*cflags, "-DTYPED=1"])  # compiled, its maps made; nothing loaded
         try:
-            self._typed = tploader.TypedPrograms(bpf, EVENTS)
+            self._typed = tploader.TypedPrograms(bpf, EVENTS, ids)
         except BaseException:
             bpf.cleanup()
             raise
