@@ -91,9 +91,9 @@ class BothBackends:
     def __init__(self, bpf: Any, tp: Any) -> None:
         self.bpf, self.tp = bpf, tp
 
-    def prepare(self, sysctls: Any, path: Any = None) -> None:
-        self.bpf.prepare(sysctls, path)
-        self.tp.prepare(sysctls, path)
+    def prepare(self, sysctls: Any, path: Any = None, largest: int | None = None) -> None:
+        self.bpf.prepare(sysctls, path, largest)
+        self.tp.prepare(sysctls, path, largest)
 
     def begin(self, fd: int, tgid: int) -> None:
         self.bpf.begin(fd, tgid)

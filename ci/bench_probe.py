@@ -35,9 +35,9 @@ class BothProbes:
     def __init__(self, bpf: BpfProbe) -> None:
         self.bpf, self.ts = bpf, TimestampProbe("benchmark")
 
-    def prepare(self, sysctls: Any) -> None:
-        self.bpf.prepare(sysctls)
-        self.ts.prepare(sysctls)
+    def prepare(self, sysctls: Any, path: Any = None, largest: int | None = None) -> None:
+        self.bpf.prepare(sysctls, path, largest)
+        self.ts.prepare(sysctls, path, largest)
 
     def begin(self, fd: int, tgid: int) -> None:
         self.bpf.begin(fd, tgid)

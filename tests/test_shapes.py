@@ -80,7 +80,7 @@ def test_every_wfree_producer_builds_the_wfree_shape() -> None:
     bpf._set_attached = lambda on: None
     conforms(bpf.end([], 0, 5), shapes.Wfree)
     tp = tpprobe.TracepointProbe("chosen", stack_every=0)
-    tp._bpf = _fake_bpf(len(bpfprobe.CONTEXTS) * 2 + 4)
+    tp._bpf = _fake_bpf(tpprobe.S_AT_KFREE + 1)
     tp._set_attached = lambda on: None
     conforms(tp.end([], 0, 5), shapes.Wfree)
     frames = {1: ["sock_wfree", "ip_rcv_core", "do_softirq"], 2: ["sock_wfree", "veth_xmit", "do_syscall_64"]}

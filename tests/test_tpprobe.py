@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from pytest_udpsend.errors import PrivilegeError
-from pytest_udpsend.measure import probes
+from pytest_udpsend.measure import probes, tpprobe
 from pytest_udpsend.measure.tpprobe import BTF_PATH, TracepointProbe, btf_offsets, tracepoint_unavailable
 
 
@@ -77,6 +77,39 @@ def test_plain_veth_releases_inline_every_datagram_counted(udpsend_result, wfree
     w = _common(udpsend_result, record_property)
     assert w["contexts"]["inline"] >= 0.95 * w["count"], w["contexts"]
     assert w["calls"] == w["count"]  # no GRO: one sock_wfree per datagram
+    # skb:consume_skb is not attached on veth (its once-per-datagram firing is the receiver's free): every
+    # release was seen at the receiver's netif_receive_skb, and the result says what was attached
+    assert "consume_skb" not in w["released_at"] and w["released_at"]["netif_receive_skb"] == w["count"], w
+    assert "skb:consume_skb not attached" in w["method"], w["method"]
+
+
+@pytest.mark.topology(qdisc="tbf rate 20mbit burst 32k latency 5ms")
+@pytest.mark.udpsend(duration=0.3, cpu=0)
+def test_datagrams_a_qdisc_drops_are_released_at_the_drop(udpsend_result, wfree_probe):
+    """tbf drops what exceeds its rate: each dropped datagram was charged and its send got ENOBUFS; its
+    charge ends at skb:kfree_skb (attached on every path), so released = sent + ENOBUFS."""
+    r, w = udpsend_result, udpsend_result.wfree
+    assert r.enobufs > 0 and w["released_at"]["kfree_skb"] > 0, (r.enobufs, w["released_at"])
+    assert w["charges"] == r.sent + r.enobufs and abs(w["count"] - w["charges"]) <= 0.01 * w["charges"], (w, r.sent)
+    assert _released_line(r).endswith(": ok") and f"ENOBUFS {r.enobufs}" in _released_line(r), r.checks
+
+
+def test_consume_skb_is_attached_only_where_a_charge_can_end_there():
+    """A NIC's TX completion and netem free charged skbs through consume_skb; veth paths otherwise never do
+    (ci/diag_consume.py), so there it stays detached."""
+    from pytest_udpsend.host.qdisc import parse
+    from pytest_udpsend.host.topology import TopologySpec
+
+    def attached(spec: TopologySpec | None) -> bool:
+        return tpprobe.CONSUME_EVENT in tpprobe.attached_events(spec)
+
+    assert attached(None) and attached(TopologySpec(link="vmxnet3"))
+    assert attached(TopologySpec(qdisc=parse("netem loss 1%")))
+    assert not attached(TopologySpec()) and not attached(
+        TopologySpec(qdisc=parse("tbf rate 1mbit burst 32k latency 5ms"))
+    )
+    assert not attached(TopologySpec(gro=True, threaded_napi=True)) and not attached(TopologySpec(rps_cpus=(1,)))
+    assert tpprobe.CONSUME_EVENT == ("consume_skb", "on_consume")
 
 
 @pytest.mark.topology(gro=True, threaded_napi=True, napi_cpus=[1])
@@ -310,3 +343,18 @@ def test_a_typed_program_the_verifier_refuses_says_why():
             tploader.TypedPrograms(bpf, [("no_such_event", "bad")])
     finally:
         bpf.cleanup()
+
+
+def test_the_ip_header_is_read_only_where_a_datagram_may_be_fragmented():
+    """The charge program's fragment check (a helper read of the IP header) runs only when the run's largest
+    wire payload and the headers exceed the path's MTU, or either is not known (a replay, no topology)."""
+    from pytest_udpsend.host.topology import TopologySpec
+    from pytest_udpsend.measure.params import make_params
+
+    plain, jumbo = TopologySpec(), TopologySpec(mtu=9000)
+    assert not tpprobe.may_fragment(plain, make_params(payload=1400).largest_payload())
+    assert tpprobe.may_fragment(plain, make_params(payload=1500).largest_payload())
+    assert not tpprobe.may_fragment(jumbo, make_params(payload=3000).largest_payload())
+    gso = make_params(mode="gso", payload=14000, gso_size=1400)
+    assert gso.largest_payload() == 1400 and not tpprobe.may_fragment(plain, gso.largest_payload())
+    assert tpprobe.may_fragment(None, 64) and tpprobe.may_fragment(plain, None)

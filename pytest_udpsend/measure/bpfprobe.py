@@ -383,7 +383,7 @@ class BpfProbe:
             if tracepoint in bpf.raw_tracepoint_fds:
                 bpf.detach_raw_tracepoint(tp=tracepoint)
 
-    def prepare(self, sysctls: Sysctls, path: TopologySpec | None = None) -> None:
+    def prepare(self, sysctls: Sysctls, path: TopologySpec | None = None, largest: int | None = None) -> None:
         self._compile()  # compile outside the measured interval; exact on every path, so the path does not matter
 
     def begin(self, sock_fd: int, tgid: int) -> None:

@@ -47,6 +47,12 @@ class SendParams:
         """Wire datagrams per successful send call (GSO: ceil(payload / gso_size))."""
         return -(-self.payload // self.gso_size) if self.mode == "gso" and self.gso_size else 1
 
+    def largest_payload(self) -> int | None:
+        """The largest UDP payload a datagram on the wire carries (a GSO segment's), None for a replay (its capture's)."""
+        if self.replay is not None:
+            return None
+        return min(self.payload, self.gso_size) if self.mode == "gso" and self.gso_size else self.payload
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -63,7 +63,8 @@ class WfreeProbe(Protocol):
     method: str  # one line: how the figure is obtained
     receiver_timestamps: bool  # does the receiver need SO_TIMESTAMPNS and payload stamps?
 
-    def prepare(self, sysctls: Sysctls, path: TopologySpec | None = None) -> None: ...
+    def prepare(self, sysctls: Sysctls, path: TopologySpec | None = None, largest: int | None = None) -> None:
+        """Per run, before it: ``path`` its topology, ``largest`` its largest UDP payload (None: not known)."""
 
     def begin(self, sock_fd: int, tgid: int) -> None: ...
 
@@ -109,7 +110,7 @@ class TimestampProbe:
         self.reason = reason
         self.unavailable: str | None = None  # this run's path defeats the estimate: why (see timestamp_premise)
 
-    def prepare(self, sysctls: Sysctls, path: TopologySpec | None = None) -> None:
+    def prepare(self, sysctls: Sysctls, path: TopologySpec | None = None, largest: int | None = None) -> None:
         """Per run: where the premise fails, neither the receiver's stamps nor the global sysctl are asked for."""
         self.unavailable = timestamp_premise(path)
         self.receiver_timestamps = self.unavailable is None

@@ -49,11 +49,14 @@ class Stack(TypedDict):
 
 
 class ReleasedAt(TypedDict, total=False):
-    """Where a datagram's release was counted: at its GRO entry, else its own sock_wfree (bpf) or event (tracepoint)."""
+    """Where a datagram's release was counted: at its GRO entry, else its own sock_wfree (bpf) or, tracepoint,
+    the event where it was seen (an event not attached on that path is absent)."""
 
     gro_entry: int
     sock_wfree: int  # bpf
-    other: int  # tracepoint
+    netif_receive_skb: int  # tracepoint, from here on
+    consume_skb: int
+    kfree_skb: int
 
 
 class WfreeSamples(TypedDict):

@@ -91,7 +91,7 @@ from pytest_udpsend.host.sysctl import Sysctls
 from pytest_udpsend.measure import bpfc, tploader
 from pytest_udpsend.measure.bpfprobe import CONTEXTS, NBUCKETS, top_stacks
 from pytest_udpsend.measure.histogram import HIST_EDGES_US, percentile_us, rebin
-from pytest_udpsend.measure.shapes import Backend, ReleaseContext, Wfree
+from pytest_udpsend.measure.shapes import Backend, ReleaseContext, ReleasedAt, Wfree
 from pytest_udpsend.measure.tploader import BTF_PATH, btf_offsets
 from pytest_udpsend.measure.wfree import not_measured
 
@@ -101,7 +101,7 @@ if TYPE_CHECKING:
 SKB_FIELDS = ("sk", "destructor", "head", "network_header", "protocol")
 NETEM_ORPHANS = ("delay", "jitter", "rate")  # netem_enqueue(): skb_orphan_partial() when any is set
 # slots of the C's stats array after the per-context pairs (count, max_ns)
-S_CHARGES, S_CALLS, S_GRO, S_LOST = (len(CONTEXTS) * 2 + i for i in range(4))
+S_CHARGES, S_CALLS, S_GRO, S_LOST, S_AT_RX, S_AT_CONSUME, S_AT_KFREE = (len(CONTEXTS) * 2 + i for i in range(7))
 CHARGE_EVENT = ("net_dev_queue", "on_queue")
 RELEASE_EVENTS = (
     ("netif_receive_skb", "on_rx"),
@@ -111,6 +111,7 @@ RELEASE_EVENTS = (
     ("napi_gro_receive_exit", "on_gro_exit"),
 )
 EVENTS = (CHARGE_EVENT, *RELEASE_EVENTS)
+CONSUME_EVENT = RELEASE_EVENTS[1]
 # One datagram in TIME_EVERY is timed (chosen at random per CPU): at 400k datagrams/s that is 25k
 # timed datagrams a second, enough for a p99; untimed ones cost no map insert (ci/bench_tpprobe.py).
 TIME_EVERY = 16
@@ -133,18 +134,32 @@ INTERVAL = {
 }
 
 
-def method_text(time_every: int, timed: int, typed: bool) -> str:
+TRACEPOINT_NAMES = {
+    "netif_receive_skb": "net:netif_receive_skb",
+    "napi_gro_receive_entry": "net:napi_gro_receive_entry",
+    "consume_skb": "skb:consume_skb",
+    "kfree_skb": "skb:kfree_skb",
+}
+
+
+def method_text(time_every: int, timed: int, typed: bool, events: Sequence[tuple[str, str]] = EVENTS) -> str:
     """What the tracepoint backend measured: counts and contexts of every datagram, latency of a sample."""
     sample = (
         "every datagram is timed" if time_every == 1 else f"1 datagram in {time_every} is timed (at random, per CPU)"
     )
+    attached = {event for event, _ in events}
+    released = ", ".join(name for event, name in TRACEPOINT_NAMES.items() if event in attached)
+    unattached = (
+        ""
+        if "consume_skb" in attached
+        else " (skb:consume_skb not attached: on this path no charged skb is freed through it)"
+    )
     return (
         f"exact counts and contexts from {'typed (tp_btf)' if typed else 'raw'} tracepoints (bcc, header-free, skb "
         f"offsets from kernel BTF, fields read {'with plain loads' if typed else 'with bpf_probe_read_kernel'}): a datagram "
-        "is queued at net:net_dev_queue and released at the first of net:netif_receive_skb, "
-        "net:napi_gro_receive_entry, skb:consume_skb, skb:kfree_skb with skb->destructor still sock_wfree and "
-        "skb->sk a socket of the sender; inline is a release in a thread that queued the sender's datagrams; "
-        f"latency (percentiles, histograms, max) is sampled: {sample}, {timed} timed in this run, "
+        f"is queued at net:net_dev_queue and released at the first of {released}{unattached} with skb->destructor "
+        "still sock_wfree and skb->sk a socket of the sender; inline is a release in a thread that queued the "
+        f"sender's datagrams; latency (percentiles, histograms, max) is sampled: {sample}, {timed} timed in this run, "
         "from net_dev_queue to that release event (see interval)"
     )
 
@@ -162,10 +177,10 @@ PROGRAM = (
 #define NEXTHDR_FRAGMENT 44
 
 /* Run state, one array slot (one inlined lookup gives all of it).  Written by user space at begin
-   (tgid, dev, ino; the rest 0) and learned by the program: the sender's tgid in the initial pid
+   (tgid, dev, ino, frag_check: may the run's datagrams be fragmented; the rest 0) and learned by the program: the sender's tgid in the initial pid
    namespace, its sockets and sending threads (the first of each here, the others in a hash with a
    count), whether a fragment or a GRO entry of ours was seen, and the timed skbs in flight. */
-struct conf { u64 tgid; u64 dev; u64 ino; u64 root; u64 sk0; u64 nsocks; u64 tid0; u64 ntids;
+struct conf { u64 tgid; u64 dev; u64 ino; u64 frag_check; u64 root; u64 sk0; u64 nsocks; u64 tid0; u64 ntids;
               u64 frag_seen; u64 gro_seen; u64 inflight; };
 BPF_ARRAY(cfg, struct conf, 1);
 BPF_HASH(socks, u64, u64, 256);
@@ -176,12 +191,16 @@ BPF_HASH(charged, u64, struct charge, 65536);
 /* skbs counted at their GRO entry and not merged there: their own release event comes later */
 BPF_HASH(gro_counted, u64, u64, 16384);
 BPF_PERCPU_ARRAY(hist, u64, NCTX * NB);  /* net_dev_queue -> release of the timed datagrams, per context */
-/* per ctx: datagrams released, max_ns (timed ones); then charges, sock_wfree calls, released at GRO entry, stacks lost */
+/* per ctx: datagrams released, max_ns (timed ones); then charges, sock_wfree calls, released at GRO entry, stacks
+   lost, released at netif_receive_skb, consume_skb, kfree_skb */
 #define S_CHARGES (NCTX * 2)
 #define S_CALLS (NCTX * 2 + 1)
 #define S_GRO (NCTX * 2 + 2)
 #define S_LOST (NCTX * 2 + 3)
-BPF_PERCPU_ARRAY(stats, u64, NCTX * 2 + 4);
+#define S_AT_RX (NCTX * 2 + 4)
+#define S_AT_CONSUME (NCTX * 2 + 5)
+#define S_AT_KFREE (NCTX * 2 + 6)
+BPF_PERCPU_ARRAY(stats, u64, NCTX * 2 + 7);
 BPF_PERCPU_ARRAY(gro_pending, u64, 1);
 BPF_PERCPU_ARRAY(rng, u64, 1);  /* the sampler's state (an LCG), per CPU */
 #if STACK_EVERY
@@ -348,7 +367,7 @@ int on_queue(struct bpf_raw_tracepoint_args *ctx)
 #if STAGE == 1
     return 0;
 #endif
-    if (later_fragment(&w, f))
+    if (f->frag_check && later_fragment(&w, f))  /* the IP header: a helper read, only where fragments may be */
         return 0;
     u64 sk = w.sk;
     if (sk != f->sk0)
@@ -423,7 +442,7 @@ static __always_inline int ours(struct conf *f, u64 skb)
 }
 
 /* net:netif_receive_skb, skb:consume_skb, skb:kfree_skb: args[0] is the skb; sock_wfree follows */
-static __always_inline int do_release(struct bpf_raw_tracepoint_args *ctx)
+static __always_inline int do_release(struct bpf_raw_tracepoint_args *ctx, u32 at)
 {
 #if STAGE == 0
     return 0;
@@ -448,15 +467,16 @@ static __always_inline int do_release(struct bpf_raw_tracepoint_args *ctx)
         if (gro_counted.delete(&skb) == 0)
             return 0;
     }
+    bump(at);
     release(ctx, f, skb);
     return 0;
 }
 
 /* One program per event: a tracing program does not run nested in itself on a CPU (the kernel skips
    it and counts a miss), and a softirq's netif_receive_skb may interrupt a task's consume_skb. */
-int on_rx(struct bpf_raw_tracepoint_args *ctx) { return do_release(ctx); }
-int on_consume(struct bpf_raw_tracepoint_args *ctx) { return do_release(ctx); }
-int on_kfree(struct bpf_raw_tracepoint_args *ctx) { return do_release(ctx); }
+int on_rx(struct bpf_raw_tracepoint_args *ctx) { return do_release(ctx, S_AT_RX); }
+int on_consume(struct bpf_raw_tracepoint_args *ctx) { return do_release(ctx, S_AT_CONSUME); }
+int on_kfree(struct bpf_raw_tracepoint_args *ctx) { return do_release(ctx, S_AT_KFREE); }
 
 /* net:napi_gro_receive_entry(const struct sk_buff *skb): once per skb entering GRO */
 int on_gro_entry(struct bpf_raw_tracepoint_args *ctx)
@@ -572,6 +592,43 @@ def netem_orphans(path: TopologySpec | None) -> str | None:
     )
 
 
+def released_at(stats: Sequence[int], events: Sequence[tuple[str, str]]) -> ReleasedAt:
+    """Datagrams counted released at each attached event (GRO entry: always attached)."""
+    attached = {event for event, _ in events}
+    at: ReleasedAt = {"gro_entry": stats[S_GRO]}
+    if "netif_receive_skb" in attached:
+        at["netif_receive_skb"] = stats[S_AT_RX]
+    if "consume_skb" in attached:
+        at["consume_skb"] = stats[S_AT_CONSUME]
+    if "kfree_skb" in attached:
+        at["kfree_skb"] = stats[S_AT_KFREE]
+    return at
+
+
+IP_UDP_HEADERS = 40 + 8  # the larger of IPv4's and IPv6's fixed header, and UDP's
+
+
+def may_fragment(path: TopologySpec | None, largest: int | None) -> bool:
+    """May the run's datagrams (UDP payloads of at most ``largest`` bytes) be fragmented on ``path``?  Only
+    then does the charge program read each skb's IP header (a helper call: about a quarter of its time on
+    the 6.18 host) to count a fragmented datagram once.  Not known (either None): yes.  A wrong no shows as
+    more datagrams released than sent (the cross-check)."""
+    return path is None or largest is None or largest + IP_UDP_HEADERS > path.mtu
+
+
+def attached_events(path: TopologySpec | None) -> tuple[tuple[str, str], ...]:
+    """The events a run on ``path`` attaches.  ``skb:consume_skb`` fires for every skb the host frees, on
+    plain veth once per datagram (the receiver's free, long after ``ip_rcv_core()`` released the charge), at
+    about 2 % of the sender's pps on the 6.18 host (ci/bench_tpprobe.py).  So it is attached only where a
+    charged skb can be freed through it: a NIC's TX completion, netem (it unshares or segments an skb it
+    corrupts and consumes the charged original), or a path not known.  On veth otherwise the charge ends at
+    the receiver's ``netif_receive_skb``, GRO entry, or a drop (``kfree_skb``), all attached; a release the
+    detached event would have seen shows as fewer datagrams released than sent (the cross-check)."""
+    if path is None or path.is_nic or (path.qdisc is not None and path.qdisc.kind == "netem"):
+        return EVENTS
+    return tuple(event for event in EVENTS if event != CONSUME_EVENT)
+
+
 class TracepointProbe:
     backend: Backend = "tracepoint"
     receiver_timestamps = False
@@ -583,11 +640,13 @@ class TracepointProbe:
         self.reason = reason
         # Other than the defaults only in ci/bench_tpprobe.py, to find where the cost is: time_every 1 times
         # every datagram, stack_every 0 takes no stacks, stage "attached"/"filter" stops the programs early,
-        # and a subset of events attaches only those.
+        # and ``only`` attaches those events alone.
         self.time_every = time_every
         self.stack_every = stack_every
         self.stage = STAGES[stage]
-        self.events: tuple[tuple[str, str], ...] = EVENTS
+        self.only: tuple[tuple[str, str], ...] | None = None
+        self.events: tuple[tuple[str, str], ...] = EVENTS  # attached by begin(): set per run by prepare()
+        self.frag_check = True  # may a datagram be fragmented (then the charge reads its IP header): per run
         self.offsets: dict[str, int] = {}
         self.unavailable: str | None = None
         self._bpf: Any = None
@@ -703,9 +762,11 @@ class TracepointProbe:
             if event.encode() in bpf.raw_tracepoint_fds:
                 bpf.detach_raw_tracepoint(tp=event.encode())
 
-    def prepare(self, sysctls: Sysctls, path: TopologySpec | None = None) -> None:
+    def prepare(self, sysctls: Sysctls, path: TopologySpec | None = None, largest: int | None = None) -> None:
         self.build()  # outside the measured interval
         self.unavailable = netem_orphans(path)
+        self.events = self.only if self.only is not None else attached_events(path)
+        self.frag_check = may_fragment(path, largest)
 
     def begin(self, sock_fd: int, tgid: int) -> None:
         """Arm for one run of ``tgid`` (as numbered in this process's pid namespace) and attach."""
@@ -721,7 +782,7 @@ class TracepointProbe:
         pidns = os.stat("/proc/self/ns/pid")
         cfg = bpf[b"cfg"]
         conf = cfg.Leaf()  # all zero: nothing learned yet
-        conf.dev, conf.ino, conf.tgid = pidns.st_dev, pidns.st_ino, tgid
+        conf.dev, conf.ino, conf.tgid, conf.frag_check = pidns.st_dev, pidns.st_ino, tgid, int(self.frag_check)
         cfg[cfg.Key(0)] = conf
         self._misses_at_begin = self._misses()
         try:
@@ -748,15 +809,14 @@ class TracepointProbe:
         contexts = {name: stats[i * 2] for i, name in enumerate(CONTEXTS)}
         count = sum(contexts.values())
         max_ns = max(stats[i * 2 + 1] for i in range(len(CONTEXTS)))
-        at_gro = stats[S_GRO]
         timed = sum(total)
         stacks = self._stacks(bpf, contexts, stats[S_LOST]) if self.stack_every else {}
         return {
             "backend": self.backend,
-            "method": method_text(self.time_every, timed, self._typed is not None),
+            "method": method_text(self.time_every, timed, self._typed is not None, self.events),
             "count": count,
             "calls": stats[S_CALLS],
-            "released_at": {"gro_entry": at_gro, "other": count - at_gro},
+            "released_at": released_at(stats, self.events),
             "charges": stats[S_CHARGES],
             "p50_us": percentile_us(total, 0.50),
             "p90_us": percentile_us(total, 0.90),
