@@ -59,6 +59,19 @@ class _Table:
         pass
 
 
+class _PerCpuStruct:
+    """The tracepoint probe's one-slot per-CPU array of ``struct pcpu``, as bcc returns it: a struct per CPU."""
+
+    def __init__(self, slots: int) -> None:
+        self.cpus = [type("pcpu", (), {"stats": [i + cpu for i in range(slots)]})() for cpu in range(2)]
+
+    def Key(self, key: int) -> int:  # noqa: N802 (bcc's name)
+        return key
+
+    def __getitem__(self, key: int) -> list[Any]:
+        return self.cpus
+
+
 def _fake_bpf(slots: int) -> dict[Any, _Table]:
     """Releases in three contexts, a few buckets each; names as bytes (tpprobe) and str (bpfprobe)."""
     n = len(bpfprobe.CONTEXTS)
@@ -80,7 +93,7 @@ def test_every_wfree_producer_builds_the_wfree_shape() -> None:
     bpf._set_attached = lambda on: None
     conforms(bpf.end([], 0, 5), shapes.Wfree)
     tp = tpprobe.TracepointProbe("chosen", stack_every=0)
-    tp._bpf = _fake_bpf(tpprobe.S_AT_KFREE + 1)
+    tp._bpf = _fake_bpf(0) | {b"pcpu": _PerCpuStruct(tpprobe.S_AT_KFREE + 1)}
     tp._set_attached = lambda on: None
     conforms(tp.end([], 0, 5), shapes.Wfree)
     frames = {1: ["sock_wfree", "ip_rcv_core", "do_softirq"], 2: ["sock_wfree", "veth_xmit", "do_syscall_64"]}

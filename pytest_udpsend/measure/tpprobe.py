@@ -26,13 +26,15 @@ What it measures, per datagram of the sender's process (tgid, as its pid namespa
   ``sock_wfree`` (charged to a socket).  A fragment other than the first (IPv4 fragment offset;
   IPv6 a fragment header right after the fixed header, as ``ip6_fragment`` builds it for UDP, with
   a non-zero offset) is skipped, so a fragmented datagram counts once, at its first fragment (as
-  with the bpf backend).  Here the program learns the sender's sockets and sending threads: the
+  with the bpf backend).  That check reads the IP header with a helper, so it runs only where the
+  run's largest datagram may exceed the path's MTU (``may_fragment``).  Here the program learns the sender's sockets and sending threads: the
   first of each in the run state, others in small hashes; no per-datagram map insert.
 * **release side**, the first of: ``net:netif_receive_skb`` (veth: the receiver's
   ``ip_rcv_core()`` orphans the skb right after, in the same call chain), ``net:napi_gro_receive_entry``
   (GRO: a merged datagram's charge moves to the aggregate there; one event per datagram),
   ``skb:consume_skb`` / ``skb:kfree_skb`` (NIC TX completion, drops: both fire before
-  ``skb_release_all()`` runs the destructor).  Each requires the skb's destructor still
+  ``skb_release_all()`` runs the destructor; ``consume_skb``, which fires for every skb the host
+  frees, is attached only where a charged skb can end there: ``attached_events``).  Each requires the skb's destructor still
   ``sock_wfree`` and its ``sk`` one of the sender's sockets.  An skb counted at its GRO entry and
   not merged there (the aggregate head, GRO_NORMAL) is remembered by address until its own
   release event, which then counts only as a call.  ``calls`` counts the skbs that reach one of
@@ -200,9 +202,11 @@ BPF_PERCPU_ARRAY(hist, u64, NCTX * NB);  /* net_dev_queue -> release of the time
 #define S_AT_RX (NCTX * 2 + 4)
 #define S_AT_CONSUME (NCTX * 2 + 5)
 #define S_AT_KFREE (NCTX * 2 + 6)
-BPF_PERCPU_ARRAY(stats, u64, NCTX * 2 + 7);
-BPF_PERCPU_ARRAY(gro_pending, u64, 1);
-BPF_PERCPU_ARRAY(rng, u64, 1);  /* the sampler's state (an LCG), per CPU */
+#define NSTATS (NCTX * 2 + 7)
+/* Per CPU, in one slot: a program looks it up once (before 6.10 each lookup of a per-CPU array is a helper
+   call).  The counters above, the sampler's state (an LCG), the skb at GRO entry until its exit event. */
+struct pcpu { u64 stats[NSTATS]; u64 rng; u64 gro_pending; };
+BPF_PERCPU_ARRAY(pcpu, struct pcpu, 1);
 #if STACK_EVERY
 """
     + bpfc.STACK_MAPS
@@ -211,11 +215,17 @@ BPF_PERCPU_ARRAY(rng, u64, 1);  /* the sampler's state (an LCG), per CPU */
 """
     + bpfc.LOG2_BUCKET
     + r"""
-static __always_inline void bump(u32 slot)
+static __always_inline struct pcpu *mine(void)
 {
-    u64 *n = stats.lookup(&slot);
-    if (n)
-        (*n)++;
+    u32 zero = 0;
+    return pcpu.lookup(&zero);
+}
+
+static __always_inline void bump(u32 slot)  /* where no pcpu is at hand (count_stack's S_LOST) */
+{
+    struct pcpu *p = mine();
+    if (p && slot < NSTATS)
+        p->stats[slot]++;
 }
 
 static __always_inline u64 read_u64(u64 addr)
@@ -333,15 +343,11 @@ static __always_inline void learn_tid(struct conf *f, u64 tid)
 }
 
 /* one in TIME_EVERY, at random (an LCG per CPU: no aliasing with a periodic send pattern) */
-static __always_inline int sampled(void)
+static __always_inline int sampled(struct pcpu *p)
 {
 #if TIME_EVERY > 1
-    u32 zero = 0;
-    u64 *s = rng.lookup(&zero);
-    if (!s)
-        return 0;
-    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (*s >> 40) % TIME_EVERY == 0;
+    p->rng = p->rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (p->rng >> 40) % TIME_EVERY == 0;
 #else
     return 1;
 #endif
@@ -374,8 +380,11 @@ int on_queue(struct bpf_raw_tracepoint_args *ctx)
         learn_sock(f, sk);
     if ((u32)id != f->tid0)
         learn_tid(f, (u32)id);
-    bump(S_CHARGES);
-    if (!sampled())
+    struct pcpu *p = mine();
+    if (!p)
+        return 0;
+    p->stats[S_CHARGES]++;
+    if (!sampled(p))
         return 0;
     struct charge c = {};
     c.ts = bpf_ktime_get_ns();
@@ -392,7 +401,7 @@ int on_queue(struct bpf_raw_tracepoint_args *ctx)
     + r"""
 /* one datagram released: its context (the current task against the sender's threads), and its
    latency if it was timed */
-static __always_inline void release(void *ctx, struct conf *f, u64 skb)
+static __always_inline void release(void *ctx, struct conf *f, struct pcpu *p, u64 skb)
 {
     u64 tid = (u32)bpf_get_current_pid_tgid();
     u32 cx = 0;
@@ -406,7 +415,7 @@ static __always_inline void release(void *ctx, struct conf *f, u64 skb)
         else if (comm[0] == 'n' && comm[1] == 'a' && comm[2] == 'p' && comm[3] == 'i' && comm[4] == '/')
             cx = 3;
     }
-    bump(cx * 2);
+    p->stats[cx * 2]++;
     if (f->inflight) {  /* some timed datagram is in flight: is it this one? */
         struct charge *c = charged.lookup(&skb);
         u64 ts = c ? c->ts : 0;
@@ -417,10 +426,8 @@ static __always_inline void release(void *ctx, struct conf *f, u64 skb)
             u64 *h = hist.lookup(&hidx);
             if (h)
                 (*h)++;
-            u32 sidx = cx * 2 + 1;
-            u64 *m = stats.lookup(&sidx);
-            if (m && d > *m)
-                *m = d;
+            if (d > p->stats[cx * 2 + 1])
+                p->stats[cx * 2 + 1] = d;
         }
     }
     count_stack(ctx, cx);
@@ -456,19 +463,21 @@ static __always_inline int do_release(struct bpf_raw_tracepoint_args *ctx, u32 a
 #endif
     if (!ours(f, skb))
         return 0;
-    bump(S_CALLS);
+    struct pcpu *p = mine();
+    if (!p)
+        return 0;
+    p->stats[S_CALLS]++;
     if (f->gro_seen) {  /* counted already at its GRO entry? */
-        u32 zero = 0;
-        u64 *pending = gro_pending.lookup(&zero);
-        if (pending && *pending == skb) {  /* released inside napi_gro_receive (GRO_NORMAL batch, consumed) */
-            *pending = 0;
+        if (p->gro_pending == skb) {  /* released inside napi_gro_receive (GRO_NORMAL batch, consumed) */
+            p->gro_pending = 0;
             return 0;
         }
         if (gro_counted.delete(&skb) == 0)
             return 0;
     }
-    bump(at);
-    release(ctx, f, skb);
+    if (at < NSTATS)
+        p->stats[at]++;
+    release(ctx, f, p, skb);
     return 0;
 }
 
@@ -484,11 +493,10 @@ int on_gro_entry(struct bpf_raw_tracepoint_args *ctx)
 #if STAGE == 0
     return 0;
 #endif
-    u32 zero = 0;
-    u64 *pending = gro_pending.lookup(&zero);
-    if (!pending)
+    struct pcpu *p = mine();
+    if (!p)
         return 0;
-    *pending = 0;
+    p->gro_pending = 0;
     struct conf *f = conf();
     if (!f || !f->sk0)
         return 0;
@@ -500,9 +508,9 @@ int on_gro_entry(struct bpf_raw_tracepoint_args *ctx)
         return 0;
     if (!f->gro_seen)
         f->gro_seen = 1;
-    release(ctx, f, skb);
-    bump(S_GRO);
-    *pending = skb;
+    release(ctx, f, p, skb);
+    p->stats[S_GRO]++;
+    p->gro_pending = skb;
     return 0;
 }
 
@@ -510,12 +518,11 @@ int on_gro_entry(struct bpf_raw_tracepoint_args *ctx)
    aggregate; otherwise the skb's own release event is still to come, and must not count it again */
 int on_gro_exit(struct bpf_raw_tracepoint_args *ctx)
 {
-    u32 zero = 0;
-    u64 *pending = gro_pending.lookup(&zero);
-    if (!pending || !*pending)
+    struct pcpu *p = mine();
+    if (!p || !p->gro_pending)
         return 0;
-    u64 skb = *pending;
-    *pending = 0;
+    u64 skb = p->gro_pending;
+    p->gro_pending = 0;
     int ret = (int)ctx->args[0];
     if (ret != 0 && ret != 1) {
         u64 one = 1;
@@ -590,6 +597,15 @@ def netem_orphans(path: TopologySpec | None) -> str | None:
         "skb at enqueue (skb_orphan_partial() in netem_enqueue()), where no tracepoint fires; use --udpsend-backend bpf "
         "(the kernel lane has it) for this path"
     )
+
+
+def per_cpu_stats(table: Any) -> list[int]:
+    """The counters of every CPU's ``struct pcpu``, added up (a context's max_ns: the largest)."""
+    cpus = table[table.Key(0)]
+    return [
+        max(c.stats[i] for c in cpus) if i % 2 and i < len(CONTEXTS) * 2 else sum(c.stats[i] for c in cpus)
+        for i in range(S_AT_KFREE + 1)
+    ]
 
 
 def released_at(stats: Sequence[int], events: Sequence[tuple[str, str]]) -> ReleasedAt:
@@ -772,7 +788,7 @@ class TracepointProbe:
         """Arm for one run of ``tgid`` (as numbered in this process's pid namespace) and attach."""
         self.build()
         bpf = self._bpf
-        tables = ("hist", "stats", "charged", "gro_pending", "gro_counted", "socks", "tids")
+        tables = ("hist", "pcpu", "charged", "gro_counted", "socks", "tids")
         for table in tables + (("stack_counts", "stack_seen") if self.stack_every else ()):
             bpf[table.encode()].clear()
         if self.stack_every:  # bcc's StackTrace.clear() does nothing: delete the ids one by one
@@ -802,8 +818,7 @@ class TracepointProbe:
         if self.unavailable is not None:
             return not_measured(self.backend, self.unavailable)
         hist = [sum(v) for v in bpf[b"hist"].values()]  # per-CPU slots: add them up
-        per_cpu = list(bpf[b"stats"].values())
-        stats = [max(v) if i % 2 and i < len(CONTEXTS) * 2 else sum(v) for i, v in enumerate(per_cpu)]
+        stats = per_cpu_stats(bpf[b"pcpu"])
         per_ctx = {name: hist[i * NBUCKETS : (i + 1) * NBUCKETS] for i, name in enumerate(CONTEXTS)}
         total = [sum(col) for col in zip(*per_ctx.values())]
         contexts = {name: stats[i * 2] for i, name in enumerate(CONTEXTS)}
