@@ -7,7 +7,7 @@ drifts hits every arm alike); prints each arm's median, its overhead against no 
 overhead from the rounds' pairs with its interval (the interleaved gate's rule: Hodges-Lehmann on
 log(without / arm), each bound one-sided at 5 %; a shared VM's drift cancels within a round), and the
 probe's counts against sent.  ``--arms`` runs only some arms (with more rounds in the same time).  The arms locate the cost: ``attached`` (every program returns at
-once: the price of the six tracepoints firing), ``queue only`` and ``receive only`` (the same,
+once: the price of the tracepoints it attaches on plain veth firing; six until consume_skb was left detached there), ``queue only`` and ``receive only`` (the same,
 attached to ``net:net_dev_queue`` or ``net:netif_receive_skb`` alone: what one tracepoint firing
 per datagram costs), ``filter`` (the sender and destructor checks
 only), ``no stacks`` (the full program without stack sampling), ``tracepoint`` (the backend as
