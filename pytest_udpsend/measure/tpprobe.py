@@ -203,8 +203,8 @@ BPF_PERCPU_ARRAY(hist, u64, NCTX * NB);  /* net_dev_queue -> release of the time
 #define S_AT_CONSUME (NCTX * 2 + 5)
 #define S_AT_KFREE (NCTX * 2 + 6)
 #define NSTATS (NCTX * 2 + 7)
-/* Per CPU, in one slot: a program looks it up once (before 6.10 each lookup of a per-CPU array is a helper
-   call).  The counters above, the sampler's state (an LCG), the skb at GRO entry until its exit event. */
+/* Per CPU, in one slot: a program looks its counters up once (before 6.10 each lookup of a per-CPU array is
+   a helper call; the stack sampler's and the timed datagrams' histogram are lookups of their own).  The counters above, the sampler's state (an LCG), the skb at GRO entry until its exit event. */
 struct pcpu { u64 stats[NSTATS]; u64 rng; u64 gro_pending; };
 BPF_PERCPU_ARRAY(pcpu, struct pcpu, 1);
 #if STACK_EVERY
@@ -346,6 +346,8 @@ static __always_inline void learn_tid(struct conf *f, u64 tid)
 static __always_inline int sampled(struct pcpu *p)
 {
 #if TIME_EVERY > 1
+    if (!p->rng)
+        p->rng = bpf_get_prandom_u32() | 1;  /* each CPU and run its own sequence */
     p->rng = p->rng * 6364136223846793005ULL + 1442695040888963407ULL;
     return (p->rng >> 40) % TIME_EVERY == 0;
 #else
@@ -632,15 +634,28 @@ def may_fragment(path: TopologySpec | None, largest: int | None) -> bool:
     return path is None or largest is None or largest + IP_UDP_HEADERS > path.mtu
 
 
-def attached_events(path: TopologySpec | None) -> tuple[tuple[str, str], ...]:
+def _release_before(release: str, major: int, minor: int) -> bool:
+    """Is the kernel ``release`` ("6.1.0-56-amd64") older than ``major.minor``?  Unparsable: yes."""
+    parts = release.split(".", 2)
+    try:
+        return (int(parts[0]), int("".join(itertools.takewhile(str.isdigit, parts[1])))) < (major, minor)
+    except (IndexError, ValueError):
+        return True
+
+
+def attached_events(path: TopologySpec | None, release: str | None = None) -> tuple[tuple[str, str], ...]:
     """The events a run on ``path`` attaches.  ``skb:consume_skb`` fires for every skb the host frees, on
     plain veth once per datagram (the receiver's free, long after ``ip_rcv_core()`` released the charge), at
     about 2 % of the sender's pps on the 6.18 host (ci/bench_tpprobe.py).  So it is attached only where a
-    charged skb can be freed through it: a NIC's TX completion, netem (it unshares or segments an skb it
-    corrupts and consumes the charged original), or a path not known.  On veth otherwise the charge ends at
-    the receiver's ``netif_receive_skb``, GRO entry, or a drop (``kfree_skb``), all attached; a release the
-    detached event would have seen shows as fewer datagrams released than sent (the cross-check)."""
+    charged skb can be freed through it: a NIC's TX completion; netem (a cloned skb it corrupts, when it
+    also duplicates, is copied and the charged original consumed); veth's NAPI ring (gro, threaded_napi)
+    before 6.3, where a full ring's drop (``dev_kfree_skb_any()``) was reported as a consume; a path not
+    known.  On veth otherwise the charge ends at the receiver's ``netif_receive_skb``, GRO entry, or a drop
+    (``kfree_skb``), all attached; a release the detached event would have seen shows as fewer datagrams
+    released than sent (the cross-check)."""
     if path is None or path.is_nic or (path.qdisc is not None and path.qdisc.kind == "netem"):
+        return EVENTS
+    if (path.gro or path.threaded_napi) and _release_before(release or os.uname().release, 6, 3):
         return EVENTS
     return tuple(event for event in EVENTS if event != CONSUME_EVENT)
 
