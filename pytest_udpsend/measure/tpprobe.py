@@ -649,8 +649,9 @@ def attached_events(path: TopologySpec | None, release: str | None = None) -> tu
     about 2 % of the sender's pps on the 6.18 host (ci/bench_tpprobe.py).  So it is attached only where a
     charged skb can be freed through it: a NIC's TX completion; netem (a cloned skb it corrupts, when it
     also duplicates, is copied and the charged original consumed); veth's NAPI ring (gro, threaded_napi)
-    before 6.3, where a full ring's drop (``dev_kfree_skb_any()``) was reported as a consume; a path not
-    known.  On veth otherwise the charge ends at the receiver's ``netif_receive_skb``, GRO entry, or a drop
+    before 6.3, where a full ring's drop (``dev_kfree_skb_any()``) was reported as a consume unless the
+    kernel has the fix backported (Debian's 6.1.0-56 has: its drops came at kfree_skb in the lane); a path
+    not known.  On veth otherwise the charge ends at the receiver's ``netif_receive_skb``, GRO entry, or a drop
     (``kfree_skb``), all attached; a release the detached event would have seen shows as fewer datagrams
     released than sent (the cross-check)."""
     if path is None or path.is_nic or (path.qdisc is not None and path.qdisc.kind == "netem"):
