@@ -93,7 +93,7 @@ def test_every_wfree_producer_builds_the_wfree_shape() -> None:
     bpf._set_attached = lambda on: None
     conforms(bpf.end([], 0, 5), shapes.Wfree)
     tp = tpprobe.TracepointProbe("chosen", stack_every=0)
-    tp._bpf = _fake_bpf(0) | {b"pcpu": _PerCpuStruct(tpprobe.S_AT_KFREE + 1)}
+    tp._bpf = _fake_bpf(0) | {b"pcpu": _PerCpuStruct(tpprobe.NSTATS)}
     tp._set_attached = lambda on: None
     conforms(tp.end([], 0, 5), shapes.Wfree)
     frames = {1: ["sock_wfree", "ip_rcv_core", "do_softirq"], 2: ["sock_wfree", "veth_xmit", "do_syscall_64"]}

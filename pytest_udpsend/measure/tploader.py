@@ -221,8 +221,8 @@ BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP = 26, 23
 AT_LOG, AT_NAME, AT_ATTACH_TYPE, AT_ATTACH_BTF_ID, PROG_LOAD_ATTR = 24, 48, 68, 108, 144
 
 
-def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
-    """The bpf() system call; the new fd, or OSError."""
+def bpf_call(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
+    """The bpf() system call: the new fd (0 for a command that makes none), or OSError."""
     if SYS_BPF is None:
         raise OSError(errno.ENOSYS, f"no bpf() system call number known for {platform.machine()}")
     fd = ctypes.CDLL(None, use_errno=True).syscall(SYS_BPF, cmd, attr, len(attr))
@@ -276,12 +276,12 @@ class TypedPrograms:
         struct.pack_into("<I", attr, AT_ATTACH_TYPE, BPF_TRACE_RAW_TP)
         struct.pack_into("<I", attr, AT_ATTACH_BTF_ID, btf_id)
         try:
-            return _bpf(BPF_PROG_LOAD, attr)
+            return bpf_call(BPF_PROG_LOAD, attr)
         except OSError as exc:
             first = exc
         struct.pack_into("<IIQ", attr, AT_LOG, 1, len(log), ctypes.addressof(log))  # log_level, log_size, log_buf
         try:
-            return _bpf(BPF_PROG_LOAD, attr)  # loaded with a log after all: the first refusal stands
+            return bpf_call(BPF_PROG_LOAD, attr)  # loaded with a log after all: the first refusal stands
         except OSError as exc:
             said = [line for line in log.value.decode(errors="replace").splitlines() if line.strip()]
             truncated = " (the verifier's log was cut short)" if exc.errno == errno.ENOSPC else ""
@@ -292,7 +292,7 @@ class TypedPrograms:
         """Attach ``event``'s program (again a no-op while attached)."""
         if event not in self.links:
             attr = ctypes.create_string_buffer(struct.pack("<QI", 0, self.fds[event]), 16)
-            self.links[event] = _bpf(BPF_RAW_TRACEPOINT_OPEN, attr)
+            self.links[event] = bpf_call(BPF_RAW_TRACEPOINT_OPEN, attr)
 
     def detach(self, event: str) -> None:
         """Closing the link detaches the program; it stays loaded."""

@@ -104,6 +104,7 @@ SKB_FIELDS = ("sk", "destructor", "head", "network_header", "protocol")
 NETEM_ORPHANS = ("delay", "jitter", "rate")  # netem_enqueue(): skb_orphan_partial() when any is set
 # slots of the C's stats array after the per-context pairs (count, max_ns)
 S_CHARGES, S_CALLS, S_GRO, S_LOST, S_AT_RX, S_AT_CONSUME, S_AT_KFREE = (len(CONTEXTS) * 2 + i for i in range(7))
+NSTATS = S_AT_KFREE + 1  # the C's NSTATS
 CHARGE_EVENT = ("net_dev_queue", "on_queue")
 RELEASE_EVENTS = (
     ("netif_receive_skb", "on_rx"),
@@ -560,14 +561,13 @@ BPF_OBJ_GET_INFO_BY_FD = 15
 def recursion_misses(fds: Sequence[int], offset: int) -> int | None:
     """Events the kernel skipped for these programs (one ran nested in itself on a CPU):
     ``bpf_prog_info.recursion_misses`` at ``offset`` (from BTF), summed; None if unreadable."""
-    if tploader.SYS_BPF is None:
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
     total = 0
     for fd in fds:
         info = ctypes.create_string_buffer(offset + 8)
         attr = ctypes.create_string_buffer(struct.pack("<IIQ", fd, offset + 8, ctypes.addressof(info)), 16)
-        if libc.syscall(tploader.SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, attr, 16) != 0:
+        try:
+            tploader.bpf_call(BPF_OBJ_GET_INFO_BY_FD, attr)
+        except OSError:
             return None
         if struct.unpack_from("<I", attr.raw, 4)[0] < offset + 8:  # an older kernel's shorter bpf_prog_info
             return None
@@ -606,7 +606,7 @@ def per_cpu_stats(table: Any) -> list[int]:
     cpus = table[table.Key(0)]
     return [
         max(c.stats[i] for c in cpus) if i % 2 and i < len(CONTEXTS) * 2 else sum(c.stats[i] for c in cpus)
-        for i in range(S_AT_KFREE + 1)
+        for i in range(NSTATS)
     ]
 
 
